@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the solution and runs every test project, then prints one summary line:
+#   "Tests: N passed, N failed, N skipped"
+# Needs only the .NET 10 SDK; tests use the Fashion-MNIST sample committed in data/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+rc=0
+dotnet test MoCE.Actors.sln -c Release --logger trx --results-directory "$results" "$@" || rc=$?
+
+passed=0; failed=0; skipped=0; files=0
+for trx in "$results"/*.trx; do
+  [ -e "$trx" ] || continue
+  files=$((files + 1))
+  counters=$(grep -o '<Counters [^>]*>' "$trx" | head -n 1)
+  get() { echo "$counters" | grep -o " $1=\"[0-9]*\"" | grep -o '[0-9]\+' || echo 0; }
+  passed=$((passed + $(get passed)))
+  failed=$((failed + $(get failed) + $(get error) + $(get timeout) + $(get aborted)))
+  skipped=$((skipped + $(get notExecuted)))
+done
+if [ "$files" -eq 0 ] && [ "$rc" -ne 0 ]; then
+  echo "Tests: build failed before any test ran"
+fi
+echo "Tests: $passed passed, $failed failed, $skipped skipped"
+exit "$rc"

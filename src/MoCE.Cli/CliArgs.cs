@@ -1,0 +1,67 @@
+using MoCE.Core.Config;
+
+namespace MoCE.Cli;
+
+/// <summary>Parsed command line: <c>moce COMMAND [--preset NAME] [--config FILE]... [--run DIR] [-o key=value]...</c>
+/// plus a few command-specific flags.</summary>
+public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<string> Files, IReadOnlyList<string> Overrides,
+                             string? Run, IReadOnlyDictionary<string, string> Flags)
+{
+    public static readonly string Usage = """
+        moce: Mixture of Cluster-conditional Experts (MAE pre-training) on TorchSharp.
+
+        Usage: moce COMMAND [options]
+
+        Commands:
+          pretrain     dense MAE pre-training; running it again on the same --run resumes it
+          bench        time the reference trainer on the bench configuration (hocon/bench.conf)
+          config       print the resolved configuration and exit
+
+        Options:
+          --preset NAME     layer hocon/NAME.conf over hocon/moce.conf (e.g. quickstart, bench)
+          --config FILE     layer a HOCON file (repeatable, applied in order, after the preset)
+          -o key=value      override one key, e.g. -o pretrain.steps=500 (repeatable, applied last)
+          --run DIR         run directory (default: runs/PRESET, or runs/default)
+          bench: --warmup N (default 10)  --steps N (default 50)
+          -h, --help        this text
+        """;
+
+    public string RunDir => Run ?? Path.Combine("runs", Preset ?? "default");
+
+    public static CliArgs Parse(string[] args)
+    {
+        if (args.Length == 0 || args[0] is "-h" or "--help" or "help") return new CliArgs("help", null, [], [], null, new Dictionary<string, string>());
+        string command = args[0];
+        string? preset = null, run = null;
+        var files = new List<string>();
+        var overrides = new List<string>();
+        var flags = new Dictionary<string, string>();
+        for (int i = 1; i < args.Length; i++)
+        {
+            string a = args[i];
+            string Next() => i + 1 < args.Length ? args[++i] : throw new ConfigException(a, "needs a value");
+            switch (a)
+            {
+                case "--preset": preset = Next(); break;
+                case "--config": files.Add(Next()); break;
+                case "-o": overrides.Add(Next()); break;
+                case "--run": run = Next(); break;
+                case "-h" or "--help": return new CliArgs("help", null, [], [], null, flags);
+                default:
+                    if (a.StartsWith("--", StringComparison.Ordinal) && a.Length > 2) { flags[a[2..]] = Next(); break; }
+                    throw new ConfigException(a, "unknown argument; see moce --help");
+            }
+        }
+        return new CliArgs(command, preset, files, overrides, run, flags);
+    }
+
+    public int FlagInt(string name, int fallback) =>
+        !Flags.TryGetValue(name, out var v) ? fallback
+        : int.TryParse(v, out var x) && x > 0 ? x : throw new ConfigException("--" + name, $"expected a positive integer, got '{v}'");
+
+    public void RejectFlagsExcept(params string[] allowed)
+    {
+        foreach (var f in Flags.Keys)
+            if (!allowed.Contains(f)) throw new ConfigException("--" + f, $"unknown option for '{Command}'; see moce --help");
+    }
+}

@@ -1,0 +1,42 @@
+using MoCE.Cli.Configuration;
+using MoCE.Core.Data;
+using Serilog;
+using TorchSharp;
+
+namespace MoCE.Cli.Commands;
+
+/// <summary>What every command that trains needs: the resolved config, the run directory with its log file,
+/// torch's threads and device, and the located dataset.</summary>
+public sealed class Session
+{
+    public required MoceConfig Config { get; init; }
+    public required RunDirectory Run { get; init; }
+    public required torch.Device Device { get; init; }
+    public required FashionMnist.Location Data { get; init; }
+    public bool Resumed { get; init; }
+
+    public static Session Open(CliArgs cli)
+    {
+        var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, cli.Overrides));
+        var (config, _) = ConfigLoader.Resolve(merged);
+        var run = new RunDirectory(cli.RunDir);
+        Log.Logger = Logging.ConsoleAndFile(run.LogPath);
+        bool resumed = run.AdoptConfig(merged, Log.Logger);
+        Log.Information("moce {Command} in {Run} ({Mode})", cli.Command, run.Root, resumed ? "resuming" : "new run");
+        Log.Debug("Resolved configuration:\n{Config}", ConfigLoader.Render(merged));
+        Log.Information("Configuration written to {Path}", run.ConfigPath);
+
+        if (config.Threads > 0) torch.set_num_threads(config.Threads);
+        var device = new torch.Device(config.Device);
+        if (device.type == DeviceType.CUDA && !torch.cuda.is_available())
+            throw new MoCE.Core.Config.ConfigException("moce.device", $"\"{config.Device}\" requested but CUDA is not available in this build/machine");
+
+        var data = FashionMnist.Locate(config.Data.Path, config.Data.FallbackToSample);
+        if (data.IsSample)
+            Log.Warning("Full Fashion-MNIST not found; using the small committed sample in {Dir}. Install it: apt-get install -y dataset-fashion-mnist", data.Directory);
+        else
+            Log.Information("Fashion-MNIST from {Dir}", data.Directory);
+        Log.Information("torch {Threads} threads on {Device}", torch.get_num_threads(), device);
+        return new Session { Config = config, Run = run, Device = device, Data = data, Resumed = resumed };
+    }
+}

@@ -1,0 +1,80 @@
+using System.Globalization;
+using Akka.Configuration;
+using Akka.Configuration.Hocon;
+using MoCE.Core.Config;
+
+namespace MoCE.Cli.Configuration;
+
+/// <summary>Strict, typed reads of a HOCON tree. Every read records its key, so the loader can prove that each
+/// default is used; every failure is a <see cref="ConfigException"/> naming the key.</summary>
+public sealed class HoconTree(Config config)
+{
+    private readonly HashSet<string> read = [];
+    public Config Config { get; } = config;
+    public IReadOnlySet<string> KeysRead => read;
+
+    public string String(string key) => Leaf(key).GetString();
+
+    public bool Bool(string key) => Parse(key, "a boolean (true/false)", s => s switch
+    {
+        "true" or "on" or "yes" => true,
+        "false" or "off" or "no" => false,
+        _ => (bool?)null,
+    });
+
+    public int Int(string key) => Parse(key, "an integer", s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v : (int?)null);
+
+    public long Long(string key) => Parse(key, "an integer", s => long.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v : (long?)null);
+
+    public double Double(string key) => Parse(key, "a number", s => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && double.IsFinite(v) ? v : (double?)null);
+
+    public IReadOnlyList<int> IntList(string key)
+    {
+        var v = Leaf(key);
+        if (!v.IsArray()) throw new ConfigException(key, $"expected a list of integers like [1, 3], got '{v}'");
+        return v.GetArray().Select((e, i) => int.TryParse(e.GetString(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var x)
+            ? x : throw new ConfigException(key, $"element {i} '{e.GetString()}' is not an integer")).ToList();
+    }
+
+    private T Parse<T>(string key, string what, Func<string, T?> parse) where T : struct
+    {
+        var v = Leaf(key);
+        var s = v.IsString() ? v.GetString() : null;
+        return (s is null ? null : parse(s.Trim())) ?? throw new ConfigException(key, $"expected {what}, got '{v}'");
+    }
+
+    private HoconValue Leaf(string key)
+    {
+        read.Add(key);
+        if (!Config.HasPath(key)) throw new ConfigException(key, "missing");
+        var v = Config.GetValue(key);
+        if (v.IsObject()) throw new ConfigException(key, "expected a value, got an object");
+        return v;
+    }
+
+    /// <summary>Every leaf path under <paramref name="prefix"/> with its rendered value, in document order.</summary>
+    public static IEnumerable<(string path, HoconValue value)> Leaves(Config config, string prefix)
+    {
+        if (!config.HasPath(prefix)) yield break;
+        foreach (var leaf in Walk(prefix, config.GetValue(prefix))) yield return leaf;
+    }
+
+    private static IEnumerable<(string, HoconValue)> Walk(string path, HoconValue v)
+    {
+        if (v.IsObject())
+        {
+            foreach (var (k, child) in v.GetObject().Items)
+                foreach (var leaf in Walk($"{path}.{k}", child)) yield return leaf;
+        }
+        else yield return (path, v);
+    }
+
+    /// <summary>Renders a leaf as HOCON source: numbers and booleans bare, strings quoted, lists bracketed.</summary>
+    public static string Render(HoconValue v)
+    {
+        if (v.IsArray()) return "[" + string.Join(", ", v.GetArray().Select(Render)) + "]";
+        var s = v.GetString();
+        bool bare = s is "true" or "false" || double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out _);
+        return bare ? s : System.Text.Json.JsonSerializer.Serialize(s);
+    }
+}

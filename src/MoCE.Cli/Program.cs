@@ -1,0 +1,67 @@
+using MoCE.Cli;
+using MoCE.Cli.Commands;
+using MoCE.Cli.Configuration;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Config;
+using MoCE.Core.Data;
+using Serilog;
+
+CliArgs cli;
+try { cli = CliArgs.Parse(args); }
+catch (ConfigException e) { Console.Error.WriteLine($"moce: {e.Message}"); return 2; }
+
+Log.Logger = Logging.Console();
+using var cts = new CancellationTokenSource();
+Console.CancelKeyPress += (_, e) =>
+{
+    if (cts.IsCancellationRequested) return; // a second Ctrl-C kills the process
+    e.Cancel = true;
+    Log.Warning("Ctrl-C: finishing the current step and committing a checkpoint (press again to abort)");
+    cts.Cancel();
+};
+
+try
+{
+    return cli.Command switch
+    {
+        "help" => Help(),
+        "config" => PrintConfig(cli),
+        "pretrain" => PretrainCommand.Run(cli, cts.Token),
+        "bench" => BenchCommand.Run(cli),
+        _ => throw new ConfigException(cli.Command, "unknown command; see moce --help"),
+    };
+}
+catch (Exception e) when (e is ConfigException or DataFormatException or CheckpointCorruptException)
+{
+    Log.Error("{Error}", e.Message);
+    return 2;
+}
+catch (OperationCanceledException)
+{
+    Log.Warning("Stopped by Ctrl-C; run the same command again to resume");
+    return 130;
+}
+catch (Exception e)
+{
+    Log.Fatal(e, "moce {Command} failed", cli.Command);
+    return 1;
+}
+finally
+{
+    Log.CloseAndFlush();
+}
+
+static int Help()
+{
+    Console.WriteLine(CliArgs.Usage);
+    return 0;
+}
+
+static int PrintConfig(CliArgs cli)
+{
+    cli.RejectFlagsExcept();
+    var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, cli.Overrides));
+    ConfigLoader.Resolve(merged); // validates
+    Console.Write(ConfigLoader.Render(merged));
+    return 0;
+}

@@ -1,0 +1,46 @@
+using Akka.Configuration;
+using MoCE.Cli.Configuration;
+using MoCE.Core.Config;
+using Serilog;
+
+namespace MoCE.Cli;
+
+/// <summary>A run directory holds everything of one run: config.conf (the resolved config it was started with),
+/// logs/, and one folder per phase (pretrain/: checkpoints, metrics.csv, summary.json). Running a command again
+/// on the same directory resumes it; the architecture then comes from the run, and a conflicting flag is an
+/// error that names the key.</summary>
+public sealed class RunDirectory
+{
+    public string Root { get; }
+    public string ConfigPath => Path.Combine(Root, "config.conf");
+    public string LogPath => Path.Combine(Root, "logs", "moce.log");
+    public string Phase(string name) => Directory.CreateDirectory(Path.Combine(Root, name)).FullName;
+
+    public RunDirectory(string root)
+    {
+        Root = Path.GetFullPath(root);
+        Directory.CreateDirectory(Path.Combine(Root, "logs"));
+    }
+
+    /// <summary>Records the config of a new run, or checks a resumed run's config against it.</summary>
+    public bool AdoptConfig(Config resolved, ILogger log)
+    {
+        if (!File.Exists(ConfigPath))
+        {
+            var tmp = ConfigPath + ".tmp";
+            File.WriteAllText(tmp, ConfigLoader.Render(resolved));
+            File.Move(tmp, ConfigPath, overwrite: true);
+            return false;
+        }
+        var recorded = ConfigLoader.ParseFile(ConfigPath);
+        foreach (var (key, was, now) in ConfigLoader.Diff(recorded, resolved))
+        {
+            if (!MoceConfig.ResumeMutable.Contains(key))
+                throw new ConfigException(key, $"this run ({Root}) was started with {was ?? "(unset)"}, now {now ?? "(unset)"}; " +
+                                                "use the run's value or start a new run with --run");
+            log.Warning("Resuming with {Key} changed from {Was} to {Now}", key, was, now);
+        }
+        File.WriteAllText(ConfigPath, ConfigLoader.Render(resolved));
+        return true;
+    }
+}

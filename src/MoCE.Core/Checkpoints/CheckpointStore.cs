@@ -1,0 +1,73 @@
+namespace MoCE.Core.Checkpoints;
+
+/// <summary>A file in the checkpoint store: who wrote it, for which step, where, and its sha256.</summary>
+public sealed record CheckpointRef(string Owner, long Step, string File, string Sha256);
+
+/// <summary>A checkpoint file whose bytes do not match its recorded sha256, or that is missing.</summary>
+public sealed class CheckpointCorruptException(string path, string problem) : Exception($"checkpoint {path}: {problem}")
+{
+    public string Path { get; } = path;
+}
+
+/// <summary>The checkpoint store: a directory of content-addressed files named
+/// <c>{owner}-{step:D8}-{sha256[..16]}.ckpt</c>. A file is written under a temporary name, flushed to disk and
+/// then renamed, so a crash never leaves a partial file under a real name. Every load verifies the hash.</summary>
+public sealed class CheckpointStore
+{
+    public string Directory { get; }
+
+    public CheckpointStore(string directory)
+    {
+        Directory = directory;
+        System.IO.Directory.CreateDirectory(directory);
+    }
+
+    public string PathOf(CheckpointRef r) => System.IO.Path.Combine(Directory, r.File);
+
+    public CheckpointRef Save(string owner, long step, IReadOnlyDictionary<string, string> meta,
+                              IEnumerable<(string name, TorchSharp.torch.Tensor tensor)> tensors)
+    {
+        if (owner.Length == 0 || owner.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_')))
+            throw new ArgumentException($"checkpoint owner '{owner}' must be letters, digits, '-' or '_'");
+        var tmp = System.IO.Path.Combine(Directory, $".tmp-{owner}-{step}-{Guid.NewGuid():N}");
+        string sha;
+        using (var f = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+        {
+            sha = CheckpointFile.Write(f, meta, tensors);
+            f.Flush(flushToDisk: true);
+        }
+        var name = $"{owner}-{step:D8}-{sha[..16]}.ckpt";
+        File.Move(tmp, System.IO.Path.Combine(Directory, name), overwrite: true);
+        return new CheckpointRef(owner, step, name, sha);
+    }
+
+    /// <summary>Loads a file after checking its sha256; throws <see cref="CheckpointCorruptException"/> naming
+    /// the file if it is missing, altered or unreadable.</summary>
+    public CheckpointContent Load(CheckpointRef r)
+    {
+        var path = PathOf(r);
+        Verify(r);
+        try { return CheckpointFile.Read(path); }
+        catch (InvalidDataException e) { throw new CheckpointCorruptException(path, e.Message); }
+    }
+
+    public void Verify(CheckpointRef r)
+    {
+        var path = PathOf(r);
+        if (!File.Exists(path)) throw new CheckpointCorruptException(path, "file is missing");
+        var actual = CheckpointFile.Sha256Of(path);
+        if (actual != r.Sha256) throw new CheckpointCorruptException(path, $"sha256 mismatch: expected {r.Sha256}, file has {actual}");
+    }
+
+    /// <summary>Deletes checkpoint files (and stale temporaries) not in <paramref name="keep"/>.</summary>
+    public void DeleteAllExcept(IEnumerable<CheckpointRef> keep)
+    {
+        var live = keep.Select(k => k.File).ToHashSet();
+        foreach (var f in System.IO.Directory.EnumerateFiles(Directory))
+        {
+            var name = System.IO.Path.GetFileName(f);
+            if ((name.EndsWith(".ckpt", StringComparison.Ordinal) || name.StartsWith(".tmp-", StringComparison.Ordinal)) && !live.Contains(name))
+                File.Delete(f);
+        }
+    }
+}

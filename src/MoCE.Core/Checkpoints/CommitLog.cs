@@ -1,0 +1,61 @@
+using System.Text.Json;
+
+namespace MoCE.Core.Checkpoints;
+
+/// <summary>A consistent checkpoint: every part of step <c>Step</c>. Only a committed checkpoint counts.</summary>
+public sealed record CheckpointCommit(long Step, IReadOnlyList<CheckpointRef> Parts, DateTime CommittedUtc);
+
+/// <summary>The reference trainer's commit log: <c>commits.json</c> in the store, rewritten atomically after all
+/// parts of a checkpoint are on disk (the marker written last, as in torchtitan). The actor runtime keeps the
+/// same records in its journal instead.</summary>
+public sealed class CommitLog
+{
+    private readonly CheckpointStore store;
+    private readonly string path;
+    private readonly List<CheckpointCommit> commits;
+
+    public CommitLog(CheckpointStore store)
+    {
+        this.store = store;
+        path = Path.Combine(store.Directory, "commits.json");
+        commits = File.Exists(path)
+            ? JsonSerializer.Deserialize<List<CheckpointCommit>>(File.ReadAllText(path))
+              ?? throw new InvalidDataException($"{path}: empty commit log")
+            : [];
+    }
+
+    public IReadOnlyList<CheckpointCommit> Commits => commits;
+
+    /// <summary>Records a commit, then keeps only the newest <paramref name="keep"/> and deletes other files.</summary>
+    public void Commit(CheckpointCommit commit, int keep)
+    {
+        commits.RemoveAll(c => c.Step == commit.Step);
+        commits.Add(commit);
+        commits.Sort((a, b) => a.Step.CompareTo(b.Step));
+        if (commits.Count > keep) commits.RemoveRange(0, commits.Count - keep);
+        var tmp = path + ".tmp";
+        using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))
+        {
+            JsonSerializer.Serialize(f, commits, new JsonSerializerOptions { WriteIndented = true });
+            f.Flush(flushToDisk: true);
+        }
+        File.Move(tmp, path, overwrite: true);
+        store.DeleteAllExcept(commits.SelectMany(c => c.Parts));
+    }
+
+    /// <summary>The newest commit whose files all verify. A commit that fails verification is reported through
+    /// <paramref name="onCorrupt"/> and skipped, falling back to the previous one.</summary>
+    public CheckpointCommit? LatestValid(Action<CheckpointCommit, CheckpointCorruptException> onCorrupt)
+    {
+        for (int i = commits.Count - 1; i >= 0; i--)
+        {
+            try
+            {
+                foreach (var p in commits[i].Parts) store.Verify(p);
+                return commits[i];
+            }
+            catch (CheckpointCorruptException e) { onCorrupt(commits[i], e); }
+        }
+        return null;
+    }
+}

@@ -1,0 +1,204 @@
+using MoCE.Core.Config;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace MoCE.Core.Model;
+
+#pragma warning disable IDE1006 // reference MAE field names
+
+/// <summary>The output of one MAE forward pass. The mask is 1 = masked (removed), 0 = visible.</summary>
+public sealed record MaeOutput(Tensor Loss, Tensor Pred, Tensor Mask, Tensor Latent) : IDisposable
+{
+    public void Dispose() { Loss.Dispose(); Pred.Dispose(); Mask.Dispose(); Latent.Dispose(); }
+}
+
+/// <summary>Masked autoencoder with a ViT encoder (He et al. 2022), after facebookresearch/mae models_mae.py.
+/// Shapes: N batch, C channels, L = (H/p)² patches, L_vis = round(L·(1−r)) visible patches, D encoder width,
+/// Dd decoder width, P = p²·C pixels per patch.</summary>
+public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
+{
+    public MaeConfig Config { get; }
+
+    // encoder
+    private readonly PatchEmbed patch_embed;
+    private readonly Parameter cls_token;
+    private readonly Parameter pos_embed;      // fixed sin-cos, requires_grad = false
+    private readonly ModuleList<Block> blocks;
+    private readonly LayerNorm norm;
+    // decoder
+    private readonly Linear decoder_embed;
+    private readonly Parameter mask_token;
+    private readonly Parameter decoder_pos_embed; // fixed sin-cos
+    private readonly ModuleList<Block> decoder_blocks;
+    private readonly LayerNorm decoder_norm;
+    private readonly Linear decoder_pred;
+
+    public MaskedAutoencoder(MaeConfig config) : base(nameof(MaskedAutoencoder))
+    {
+        Config = config.Validate();
+        int d = config.Dim, dd = config.DecoderDim, l = config.NumPatches;
+        patch_embed = new PatchEmbed(config.InChans, d, config.PatchSize);
+        cls_token = Parameter(zeros(1, 1, d));
+        pos_embed = Parameter(zeros(1, l + 1, d), requires_grad: false);
+        blocks = ModuleList(Enumerable.Range(0, config.Depth).Select(_ => new Block(d, config.Heads, config.MlpRatio)).ToArray());
+        norm = LayerNorm(d, eps: 1e-6);
+
+        decoder_embed = Linear(d, dd);
+        mask_token = Parameter(zeros(1, 1, dd));
+        decoder_pos_embed = Parameter(zeros(1, l + 1, dd), requires_grad: false);
+        decoder_blocks = ModuleList(Enumerable.Range(0, config.DecoderDepth).Select(_ => new Block(dd, config.DecoderHeads, config.MlpRatio)).ToArray());
+        decoder_norm = LayerNorm(dd, eps: 1e-6);
+        decoder_pred = Linear(dd, config.PatchPixels);
+        RegisterComponents();
+    }
+
+    public ModuleList<Block> Blocks => blocks;
+
+    /// <summary>Initializes the weights as the reference MAE does, from a generator seeded by the caller.</summary>
+    public void InitializeWeights(Generator gen)
+    {
+        using var _ = no_grad();
+        var grid = Config.GridSize;
+        pos_embed.copy_(tensor(PosEmbed.SinCos2D(Config.Dim, grid)).unsqueeze(0));
+        decoder_pos_embed.copy_(tensor(PosEmbed.SinCos2D(Config.DecoderDim, grid)).unsqueeze(0));
+        // patch_embed like nn.Linear: xavier_uniform on the weight viewed as [D, C·p·p]
+        var w = patch_embed.Weight;
+        XavierUniform(w.view(w.shape[0], -1), gen);
+        // tokens: normal(std = .02), as timm's trunc_normal_ is effectively normal at that std
+        Normal(cls_token, 0.02, gen);
+        Normal(mask_token, 0.02, gen);
+        // xavier_uniform on linear layers, zero biases; LayerNorm weight 1, bias 0 (as the reference MAE)
+        foreach (var (_, m) in named_modules())
+        {
+            if (m is Linear lin)
+            {
+                XavierUniform(lin.weight!, gen);
+                if (lin.bias is not null) init.zeros_(lin.bias);
+            }
+            else if (m is Conv2d conv && conv.bias is not null) init.zeros_(conv.bias);
+            else if (m is LayerNorm ln)
+            {
+                init.ones_(ln.weight!);
+                init.zeros_(ln.bias!);
+            }
+        }
+    }
+
+    // Draws go through rand/randn with the generator: TorchSharp 0.107's init.*_ ignore their generator argument.
+    private static void XavierUniform(Tensor w, Generator gen)
+    {
+        double bound = Math.Sqrt(6.0 / (w.shape[0] + w.shape[1]));
+        using var u = rand(w.shape, generator: gen);
+        w.copy_(u.mul_(2 * bound).sub_(bound));
+    }
+
+    private static void Normal(Tensor w, double std, Generator gen)
+    {
+        using var n = randn(w.shape, generator: gen);
+        w.copy_(n.mul_(std));
+    }
+
+    // ---- pipeline ---------------------------------------------------------------------------------
+
+    /// <summary>[N, C, H, W] → [N, L, P], each patch flattened as (p, q, c) like the reference.</summary>
+    public Tensor Patchify(Tensor imgs)
+    {
+        int p = Config.PatchSize, c = Config.InChans;
+        long n = imgs.shape[0], h = imgs.shape[2] / p, w = imgs.shape[3] / p;
+        return imgs.reshape(n, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(n, h * w, p * p * c);
+    }
+
+    /// <summary>[N, L, P] → [N, C, H, W].</summary>
+    public Tensor Unpatchify(Tensor x)
+    {
+        int p = Config.PatchSize, c = Config.InChans, g = Config.GridSize;
+        long n = x.shape[0];
+        return x.reshape(n, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, g * p, g * p);
+    }
+
+    /// <summary>Keeps the L_vis patches with the smallest noise. Returns the kept tokens [N, L_vis, D], the mask
+    /// [N, L] (1 = masked, 0 = visible) and ids_restore [N, L] that undoes the shuffle.</summary>
+    public (Tensor kept, Tensor mask, Tensor idsRestore) RandomMasking(Tensor x, Tensor noise)
+    {
+        long n = x.shape[0], l = x.shape[1], d = x.shape[2];
+        int keep = Config.NumVisible;
+        var idsShuffle = noise.argsort(dim: 1);            // ascending: small noise is kept
+        var idsRestore = idsShuffle.argsort(dim: 1);
+        var idsKeep = idsShuffle[.., ..keep];              // [N, L_vis]
+        var kept = x.gather(1, idsKeep.unsqueeze(-1).expand(n, keep, d));
+        var mask = ones(n, l, device: x.device);
+        mask[.., ..keep] = zeros(1, device: x.device);
+        return (kept, mask.gather(1, idsRestore), idsRestore);
+    }
+
+    /// <summary>The mask noise of one step: uniform [N, L], a pure function of the generator's seed.</summary>
+    public Tensor MaskNoise(long batch, Generator gen, Device? device = null) =>
+        rand(new[] { batch, (long)Config.NumPatches }, generator: gen).to(device ?? CPU);
+
+    /// <summary>Patch embedding + position, masking, prepended class token: [N, 1 + L_vis, D].</summary>
+    public (Tensor x, Tensor mask, Tensor idsRestore) EmbedAndMask(Tensor imgs, Tensor noise)
+    {
+        var x = patch_embed.forward(imgs) + pos_embed[.., 1..];                  // [N, L, D]
+        var (kept, mask, idsRestore) = RandomMasking(x, noise);
+        var cls = (cls_token + pos_embed[.., ..1]).expand(kept.shape[0], -1, -1); // [N, 1, D]
+        return (cat(new[] { cls, kept }, 1), mask, idsRestore);
+    }
+
+    /// <summary>Encoder on the visible patches: latent [N, 1 + L_vis, D] after the final norm.</summary>
+    public (Tensor latent, Tensor mask, Tensor idsRestore) ForwardEncoder(Tensor imgs, Tensor noise)
+    {
+        var (x, mask, idsRestore) = EmbedAndMask(imgs, noise);
+        foreach (var blk in blocks) x = blk.forward(x);
+        return (norm.forward(x), mask, idsRestore);
+    }
+
+    /// <summary>Features for clustering and evaluation: encoder on all patches (no masking), mean of the
+    /// patch tokens after the final norm: [N, D].</summary>
+    public Tensor ForwardFeatures(Tensor imgs)
+    {
+        var x = patch_embed.forward(imgs) + pos_embed[.., 1..];
+        var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
+        x = cat(new[] { cls, x }, 1);
+        foreach (var blk in blocks) x = blk.forward(x);
+        return norm.forward(x)[.., 1..].mean(new long[] { 1 });
+    }
+
+    /// <summary>Decoder: mask tokens fill the removed positions, then unshuffle. Returns [N, L, P].</summary>
+    public Tensor ForwardDecoder(Tensor latent, Tensor idsRestore)
+    {
+        var x = decoder_embed.forward(latent);                                         // [N, 1 + L_vis, Dd]
+        long n = x.shape[0], l = idsRestore.shape[1], dd = x.shape[2];
+        var maskTokens = mask_token.expand(n, l + 1 - x.shape[1], dd);
+        var x_ = cat(new[] { x[.., 1..], maskTokens }, 1);                             // [N, L, Dd] shuffled
+        x_ = x_.gather(1, idsRestore.unsqueeze(-1).expand(n, l, dd));                   // unshuffled
+        x = cat(new[] { x[.., ..1], x_ }, 1) + decoder_pos_embed;                      // [N, 1 + L, Dd]
+        foreach (var blk in decoder_blocks) x = blk.forward(x);
+        return decoder_pred.forward(decoder_norm.forward(x))[.., 1..];                  // [N, L, P]
+    }
+
+    /// <summary>Mean squared error on the masked patches only. With norm_pix_loss each target patch is
+    /// normalized: t̂ = (t − mean(t)) / sqrt(var(t) + 1e-6).</summary>
+    public Tensor ForwardLoss(Tensor imgs, Tensor pred, Tensor mask)
+    {
+        var target = Patchify(imgs);                                                   // [N, L, P]
+        if (Config.NormPixLoss)
+        {
+            var mean = target.mean(new long[] { -1 }, keepdim: true);
+            var variance = target.var(-1, unbiased: true, keepdim: true);
+            target = (target - mean) / (variance + 1e-6).sqrt();
+        }
+        var perPatch = (pred - target).pow(2).mean(new long[] { -1 });                  // [N, L]
+        // loss = Σ (perPatch · mask) / Σ mask
+        return (perPatch * mask).sum() / mask.sum();
+    }
+
+    public override MaeOutput forward(Tensor imgs, Tensor noise)
+    {
+        var (latent, mask, idsRestore) = ForwardEncoder(imgs, noise);
+        var pred = ForwardDecoder(latent, idsRestore);
+        var loss = ForwardLoss(imgs, pred, mask);
+        return new MaeOutput(loss, pred, mask, latent);
+    }
+}

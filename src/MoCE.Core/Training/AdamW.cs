@@ -1,0 +1,121 @@
+using MoCE.Core.Config;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MoCE.Core.Training;
+
+/// <summary>AdamW (Loshchilov &amp; Hutter), written out so that every owner of parameters (the dense
+/// trainer, the router, each expert) steps and checkpoints its own state the same way. Matches
+/// torch.optim.AdamW's single-tensor update. Weight decay skips 1-D parameters (biases, norm weights), as
+/// MAE's add_weight_decay does. Parameters with requires_grad = false (fixed position embeddings) are not
+/// optimized.</summary>
+public sealed class AdamW : IDisposable
+{
+    private sealed record Slot(string Name, Parameter Param, bool Decay, Tensor ExpAvg, Tensor ExpAvgSq);
+
+    private readonly List<Slot> slots = [];
+    private readonly TrainConfig cfg;
+
+    /// <summary>Optimizer steps taken (t in the bias corrections).</summary>
+    public long StepCount { get; private set; }
+
+    public AdamW(IEnumerable<(string name, Parameter param)> parameters, TrainConfig cfg)
+    {
+        this.cfg = cfg;
+        foreach (var (name, p) in parameters)
+        {
+            if (!p.requires_grad) continue;
+            slots.Add(new Slot(name, p, p.dim() > 1, zeros_like(p).DetachFromDisposeScope(), zeros_like(p).DetachFromDisposeScope()));
+        }
+    }
+
+    public IEnumerable<string> ParameterNames => slots.Select(s => s.Name);
+
+    public void ZeroGrad()
+    {
+        foreach (var s in slots) s.Param.grad?.zero_();
+    }
+
+    /// <summary>Σ‖g‖² over this optimizer's parameters (one owner's share of the global norm).</summary>
+    public double SquaredGradNorm()
+    {
+        using var scope = NewDisposeScope();
+        var parts = slots.Where(s => s.Param.grad is not null).Select(s => s.Param.grad!.pow(2).sum()).ToArray();
+        return parts.Length == 0 ? 0.0 : stack(parts).sum().to_type(ScalarType.Float64).item<double>();
+    }
+
+    /// <summary>Clip coefficient for a global norm, as torch's clip_grad_norm_: min(1, max / (norm + 1e-6)).</summary>
+    public static double ClipScale(double globalNorm, double maxNorm) =>
+        maxNorm <= 0 ? 1.0 : Math.Min(1.0, maxNorm / (globalNorm + 1e-6));
+
+    /// <summary>One AdamW update with learning rate <paramref name="lr"/>, gradients multiplied by
+    /// <paramref name="gradScale"/> (the clip coefficient) first.</summary>
+    public void Step(double lr, double gradScale = 1.0)
+    {
+        StepCount++;
+        double b1 = cfg.Beta1, b2 = cfg.Beta2;
+        double bc1 = 1 - Math.Pow(b1, StepCount), bc2 = 1 - Math.Pow(b2, StepCount);
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        foreach (var s in slots)
+        {
+            var g = s.Param.grad;
+            if (g is null) continue;
+            if (gradScale != 1.0) g.mul_(gradScale);
+            if (s.Decay && cfg.WeightDecay > 0) s.Param.mul_(1 - lr * cfg.WeightDecay);
+            // m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
+            s.ExpAvg.mul_(b1).add_(g, alpha: 1 - b1);
+            s.ExpAvgSq.mul_(b2).addcmul_(g, g, value: 1 - b2);
+            // θ ← θ − lr/(1−β1ᵗ) · m / (sqrt(v)/sqrt(1−β2ᵗ) + ε)
+            var denom = (s.ExpAvgSq.sqrt() / Math.Sqrt(bc2)).add_(cfg.Eps);
+            s.Param.addcdiv_(s.ExpAvg, denom, value: -lr / bc1);
+        }
+    }
+
+    /// <summary>The optimizer's state as named tensors (references, not copies) for a checkpoint.</summary>
+    public IEnumerable<(string name, Tensor tensor)> StateTensors()
+    {
+        foreach (var s in slots)
+        {
+            yield return ($"exp_avg.{s.Name}", s.ExpAvg);
+            yield return ($"exp_avg_sq.{s.Name}", s.ExpAvgSq);
+        }
+    }
+
+    /// <summary>Restores the state written by <see cref="StateTensors"/>; every slot must be present.</summary>
+    public void LoadState(IReadOnlyDictionary<string, Tensor> tensors, long stepCount)
+    {
+        using var _ = no_grad();
+        foreach (var s in slots)
+        {
+            s.ExpAvg.copy_(Get($"exp_avg.{s.Name}", s.ExpAvg));
+            s.ExpAvgSq.copy_(Get($"exp_avg_sq.{s.Name}", s.ExpAvgSq));
+        }
+        StepCount = stepCount;
+
+        Tensor Get(string key, Tensor like) =>
+            tensors.TryGetValue(key, out var t) && t.shape.SequenceEqual(like.shape)
+                ? t
+                : throw new InvalidDataException($"optimizer state '{key}' is missing or has the wrong shape");
+    }
+
+    public void Dispose()
+    {
+        foreach (var s in slots) { s.ExpAvg.Dispose(); s.ExpAvgSq.Dispose(); }
+        slots.Clear();
+    }
+}
+
+/// <summary>Per-step learning rate: linear warmup from 0, then half-cycle cosine to min-lr, as MAE's
+/// util/lr_sched.adjust_learning_rate (there per fractional epoch, here per step).</summary>
+public static class LrSchedule
+{
+    public static double At(long step, TrainConfig c)
+    {
+        double peak = c.PeakLr;
+        if (step < c.WarmupSteps) return peak * step / c.WarmupSteps;
+        double progress = (step - c.WarmupSteps) / (double)Math.Max(1, c.Steps - c.WarmupSteps);
+        return c.MinLr + (peak - c.MinLr) * 0.5 * (1 + Math.Cos(Math.PI * Math.Min(1.0, progress)));
+    }
+}

@@ -1,0 +1,122 @@
+using System.Diagnostics;
+using System.Globalization;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Config;
+using Serilog;
+
+namespace MoCE.Core.Training;
+
+/// <summary>What one optimizer step reports.</summary>
+public sealed record StepStats(long Step, double Loss, double Lr, double GradNorm, int Images);
+
+/// <summary>A trainer the loop can drive: it runs step <see cref="NextStep"/>, writes its checkpoint parts and
+/// restores from a commit. The reference trainers (dense, MoCE) implement it.</summary>
+public interface ITrainer
+{
+    long NextStep { get; }
+    StepStats TrainStep();
+    IReadOnlyList<CheckpointRef> SaveCheckpoint(CheckpointStore store);
+    void Restore(CheckpointCommit commit, CheckpointStore store);
+}
+
+/// <summary>Progress of a running phase, for the console.</summary>
+public sealed record Progress(long Step, long TotalSteps, double Loss, double ImagesPerSecond, TimeSpan Eta);
+
+/// <summary>Drives an <see cref="ITrainer"/> to <see cref="TrainConfig.Steps"/>: resumes from the newest valid
+/// commit, commits a checkpoint every N steps, at the end and on cancellation, appends metrics.csv, and
+/// reports progress.</summary>
+public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDir, ILogger log)
+{
+    public CheckpointStore Store { get; } = new(Path.Combine(runDir, "checkpoints"));
+
+    /// <summary>Restores the newest commit whose files verify (falling back past corrupt ones); returns the step
+    /// to continue from, 0 for a fresh run.</summary>
+    public long Resume()
+    {
+        var commits = new CommitLog(Store);
+        var commit = commits.LatestValid((c, e) =>
+            log.Warning("Checkpoint of step {Step} is unusable, falling back to the previous commit: {Reason}", c.Step, e.Message));
+        if (commit is null)
+        {
+            if (commits.Commits.Count > 0) throw new InvalidDataException($"{Store.Directory}: no committed checkpoint verifies; refusing to start over silently");
+            return 0;
+        }
+        trainer.Restore(commit, Store);
+        log.Information("Resumed from committed checkpoint {Step} ({Parts} parts)", commit.Step, commit.Parts.Count);
+        return commit.Step;
+    }
+
+    /// <summary>Trains to the configured step count, or only up to <paramref name="stopAt"/> (a commit is made
+    /// there, as if the process had been stopped).</summary>
+    public void Run(Action<Progress>? onProgress = null, CancellationToken ct = default, long? stopAt = null)
+    {
+        long end = Math.Min(cfg.Steps, stopAt ?? cfg.Steps);
+        long start = Resume();
+        using var metrics = new MetricsCsv(Path.Combine(runDir, "metrics.csv"), truncateFrom: start);
+        var commits = new CommitLog(Store);
+        var clock = Stopwatch.StartNew();
+        var window = Stopwatch.StartNew();
+        long windowImages = 0;
+        double windowLoss = 0;
+        int windowSteps = 0;
+        if (start >= cfg.Steps) { log.Information("Run already complete at step {Step}", start); return; }
+        log.Information("Training steps {From}..{To}", start, cfg.Steps - 1);
+
+        while (trainer.NextStep < end)
+        {
+            if (ct.IsCancellationRequested)
+            {
+                log.Warning("Interrupted at step {Step}; committing a checkpoint before exit", trainer.NextStep);
+                Commit(commits);
+                ct.ThrowIfCancellationRequested();
+            }
+            var s = trainer.TrainStep();
+            if (!double.IsFinite(s.Loss)) throw new InvalidOperationException($"loss is {s.Loss} at step {s.Step}; stopping (last commit is intact)");
+            windowImages += s.Images; windowLoss += s.Loss; windowSteps++;
+            double ips = windowImages / Math.Max(1e-9, window.Elapsed.TotalSeconds);
+            metrics.Append(s, ips, clock.Elapsed.TotalSeconds);
+
+            if (trainer.NextStep % cfg.LogEvery == 0 || trainer.NextStep == cfg.Steps)
+            {
+                var eta = TimeSpan.FromSeconds((cfg.Steps - trainer.NextStep) * window.Elapsed.TotalSeconds / windowSteps);
+                onProgress?.Invoke(new Progress(trainer.NextStep, cfg.Steps, windowLoss / windowSteps, ips, eta));
+                window.Restart(); windowImages = 0; windowLoss = 0; windowSteps = 0;
+            }
+            if (trainer.NextStep % cfg.CheckpointEvery == 0 || trainer.NextStep == end) Commit(commits);
+        }
+    }
+
+    private void Commit(CommitLog commits)
+    {
+        var t = Stopwatch.StartNew();
+        var parts = trainer.SaveCheckpoint(Store);
+        commits.Commit(new CheckpointCommit(trainer.NextStep, parts, DateTime.UtcNow), cfg.KeepCheckpoints);
+        log.Information("Committed checkpoint {Step} ({Parts} parts, {Ms} ms)", trainer.NextStep, parts.Count, t.ElapsedMilliseconds);
+    }
+}
+
+/// <summary>metrics.csv: one row per step. On resume, rows at or after the resumed step (written by a run that
+/// died before its next commit) are dropped, so every step appears once.</summary>
+public sealed class MetricsCsv : IDisposable
+{
+    private const string Header = "step,loss,lr,grad_norm,images,images_per_s,wall_s";
+    private readonly StreamWriter w;
+
+    public MetricsCsv(string path, long truncateFrom)
+    {
+        var kept = new List<string>();
+        if (File.Exists(path))
+            kept.AddRange(File.ReadLines(path).Skip(1).Where(l => l.Length > 0 && long.Parse(l[..l.IndexOf(',')], CultureInfo.InvariantCulture) < truncateFrom));
+        File.WriteAllLines(path, new[] { Header }.Concat(kept));
+        w = new StreamWriter(path, append: true) { AutoFlush = false };
+    }
+
+    public void Append(StepStats s, double imagesPerSecond, double wallSeconds)
+    {
+        w.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{s.Step},{s.Loss:R},{s.Lr:R},{s.GradNorm:R},{s.Images},{imagesPerSecond:F1},{wallSeconds:F3}"));
+        if (s.Step % 10 == 0) w.Flush();
+    }
+
+    public void Dispose() => w.Dispose();
+}

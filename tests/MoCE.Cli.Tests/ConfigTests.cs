@@ -1,0 +1,137 @@
+using MoCE.Cli;
+using MoCE.Cli.Configuration;
+using MoCE.Core.Config;
+using Serilog;
+
+namespace MoCE.Cli.Tests;
+
+public class ConfigTests
+{
+    private static MoceConfig Load(params string[] overrides) =>
+        ConfigLoader.Load(new ConfigLoader.Sources(Overrides: overrides));
+
+    private static ConfigException Fails(Action a) => Assert.Throws<ConfigException>(a);
+
+    [Fact]
+    public void Defaults_load_and_validate()
+    {
+        var c = Load();
+        Assert.Equal(128, c.Model.Dim);
+        Assert.Equal(0.75, c.Model.MaskRatio);
+        Assert.Equal(0.9, c.Pretrain.Beta1);
+        Assert.Equal(0.95, c.Pretrain.Beta2);
+        Assert.Equal(0.05, c.Pretrain.WeightDecay);
+        Assert.Equal(1.5e-4 * 128 / 256, c.Pretrain.PeakLr, 12);
+    }
+
+    [Fact]
+    public void Every_default_is_bound_and_every_bound_key_has_a_default()
+    {
+        var defaults = ConfigLoader.Defaults();
+        var (_, read) = ConfigLoader.Resolve(defaults);
+        var keys = HoconTree.Leaves(defaults, "moce").Select(l => l.path).ToHashSet();
+        Assert.Empty(keys.Except(read));   // a default nobody reads is dead configuration
+        Assert.Empty(read.Except(keys));   // a key read without a default would fail on a user's machine
+    }
+
+    [Fact]
+    public void Every_default_has_a_comment()
+    {
+        var lines = File.ReadAllLines(Path.Combine(ConfigLoader.HoconDir, "moce.conf"));
+        var bare = lines.Where(l => l.Contains('=') && !l.TrimStart().StartsWith('#') && !l.Contains('#')).ToList();
+        Assert.Empty(bare);
+    }
+
+    [Theory]
+    [InlineData("model.dimm=3", "moce.model.dimm", "unknown key")]
+    [InlineData("pretrain.steps=abc", "moce.pretrain.steps", "expected an integer, got 'abc'")]
+    [InlineData("model.mask-ratio=lots", "moce.model.mask-ratio", "expected a number")]
+    [InlineData("model.norm-pix-loss=maybe", "moce.model.norm-pix-loss", "expected a boolean")]
+    [InlineData("model.heads=5", "moce.model.heads", "must divide dim 128")]
+    [InlineData("model.mask-ratio=1.0", "moce.model.mask-ratio", "must be in [0, 1)")]
+    [InlineData("pretrain.keep-checkpoints=1", "moce.pretrain.keep-checkpoints", "at least 2")]
+    [InlineData("device=tpu", "moce.device", "expected \"cpu\"")]
+    [InlineData("model=5", "moce.model", "is a section, not a value")]
+    [InlineData("model.dim={ x = 1 }", "moce.model.dim.x", "unknown key")]
+    public void Config_errors_name_the_key(string overrideText, string key, string problem)
+    {
+        var e = Fails(() => Load(overrideText));
+        Assert.Equal(key, e.Key);
+        Assert.Contains(key, e.Message);
+        Assert.Contains(problem, e.Message);
+    }
+
+    [Fact]
+    public void A_section_may_be_given_as_an_object()
+    {
+        Assert.Equal(64, Load("model={ dim = 64 }").Model.Dim);
+    }
+
+    [Fact]
+    public void Unknown_key_in_a_config_file_names_the_key_and_the_file()
+    {
+        var f = Path.Combine(Path.GetTempPath(), $"moce-{Guid.NewGuid():N}.conf");
+        File.WriteAllText(f, "moce.pretrain { stepz = 5 }");
+        var e = Fails(() => ConfigLoader.Load(new ConfigLoader.Sources(Files: [f])));
+        Assert.Equal("moce.pretrain.stepz", e.Key);
+        Assert.Contains(f, e.Message);
+    }
+
+    [Fact]
+    public void Unknown_preset_lists_the_known_ones()
+    {
+        var e = Fails(() => ConfigLoader.Load(new ConfigLoader.Sources(Preset: "quikstart")));
+        Assert.Contains("quickstart", e.Message);
+    }
+
+    [Fact]
+    public void Layers_apply_in_order_preset_then_files_then_overrides()
+    {
+        var f = Path.Combine(Path.GetTempPath(), $"moce-{Guid.NewGuid():N}.conf");
+        File.WriteAllText(f, "moce.pretrain.steps = 77\nmoce.pretrain.log-every = 7");
+        var c = ConfigLoader.Load(new ConfigLoader.Sources("quickstart", [f], ["pretrain.log-every=3"]));
+        Assert.Equal(77, c.Pretrain.Steps);
+        Assert.Equal(3, c.Pretrain.LogEvery);
+        Assert.Equal(2e-3, c.Pretrain.BaseLr); // from the preset
+        Assert.Equal(128, c.Model.Dim);        // from the defaults
+    }
+
+    [Fact]
+    public void Override_values_survive_hocon_syntax()
+    {
+        var c = Load("data.path=/data//fashion # not a comment");
+        Assert.Equal("/data//fashion # not a comment", c.Data.Path);
+    }
+
+    [Fact]
+    public void Rendered_config_parses_back_to_the_same_values()
+    {
+        var merged = ConfigLoader.Merge(new ConfigLoader.Sources("quickstart", null, ["data.path=/x/y"]));
+        var reparsed = Akka.Configuration.ConfigurationFactory.ParseString(ConfigLoader.Render(merged));
+        Assert.Empty(ConfigLoader.Diff(merged, reparsed));
+    }
+
+    [Fact]
+    public void Resuming_with_a_different_architecture_names_the_key()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N"));
+        var log = new LoggerConfiguration().CreateLogger();
+        var run = new RunDirectory(dir);
+        Assert.False(run.AdoptConfig(ConfigLoader.Merge(new ConfigLoader.Sources("quickstart")), log));
+        // mutable keys may change on resume
+        Assert.True(run.AdoptConfig(ConfigLoader.Merge(new ConfigLoader.Sources("quickstart", null, ["threads=1"])), log));
+        var e = Fails(() => run.AdoptConfig(ConfigLoader.Merge(new ConfigLoader.Sources("quickstart", null, ["model.dim=64"])), log));
+        Assert.Equal("moce.model.dim", e.Key);
+        Assert.Contains("was started with 128, now 64", e.Message);
+    }
+
+    [Fact]
+    public void Command_line_errors_name_the_argument()
+    {
+        Assert.Equal("--run", Fails(() => CliArgs.Parse(["pretrain", "--run"])).Key);
+        Assert.Equal("extra", Fails(() => CliArgs.Parse(["pretrain", "extra"])).Key);
+        var args = CliArgs.Parse(["pretrain", "--preset", "quickstart", "-o", "seed=3", "--run", "r"]);
+        Assert.Equal(("pretrain", "quickstart", "r"), (args.Command, args.Preset, args.RunDir));
+        Assert.Equal("--bogus", Fails(() => CliArgs.Parse(["pretrain", "--bogus", "1"]).RejectFlagsExcept()).Key);
+    }
+}

@@ -1,0 +1,68 @@
+using System.Diagnostics;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Data;
+
+namespace MoCE.Cli.Tests;
+
+/// <summary>Runs the real `moce` binary in a child process on the committed sample.</summary>
+public class PretrainProcessTests
+{
+    private static readonly string[] TinyModel =
+    [
+        "-o", "model.patch-size=7", "-o", "model.dim=32", "-o", "model.depth=2", "-o", "model.heads=2",
+        "-o", "model.decoder-dim=16", "-o", "model.decoder-depth=1", "-o", "model.decoder-heads=2",
+        "-o", "pretrain.batch-size=16", "-o", "pretrain.log-every=5", "-o", "pretrain.checkpoint-every=10",
+        "-o", $"data.path={FashionMnist.SampleDir}", "-o", "threads=1",
+    ];
+
+    public static (int code, string output) Moce(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "moce.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stderr = p.StandardError.ReadToEndAsync();
+        var stdout = p.StandardOutput.ReadToEnd();
+        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("moce did not finish in 120 s"); }
+        return (p.ExitCode, stdout + stderr.Result);
+    }
+
+    [Fact]
+    public void Pretrain_writes_the_run_and_a_second_invocation_resumes_it()
+    {
+        var run = Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N"));
+        var (code, output) = Moce(["pretrain", "--run", run, "-o", "pretrain.steps=20", .. TinyModel]);
+        Assert.True(code == 0, output);
+        Assert.Contains("step 20/20", output);
+        Assert.True(File.Exists(Path.Combine(run, "config.conf")));
+        Assert.True(File.Exists(Path.Combine(run, "logs", "moce.log")));
+        var metrics = File.ReadAllLines(Path.Combine(run, "pretrain", "metrics.csv"));
+        Assert.Equal(21, metrics.Length); // header + 20 steps
+        Assert.True(File.Exists(Path.Combine(run, "pretrain", "summary.json")));
+
+        // extend the same run: it resumes from the committed step 20 and runs 10 more
+        (code, output) = Moce(["pretrain", "--run", run, "-o", "pretrain.steps=30", .. TinyModel]);
+        Assert.True(code == 0, output);
+        Assert.Contains("Resumed from committed checkpoint 20", output);
+        Assert.Contains("step 30/30", output);
+        Assert.Equal(31, File.ReadAllLines(Path.Combine(run, "pretrain", "metrics.csv")).Length);
+        var commits = new CommitLog(new CheckpointStore(Path.Combine(run, "pretrain", "checkpoints"))).Commits;
+        Assert.Equal(30, commits[^1].Step);
+
+        // changing the architecture of an existing run is refused, naming the key
+        (code, output) = Moce(["pretrain", "--run", run, "-o", "pretrain.steps=30", .. TinyModel, "-o", "model.dim=64"]);
+        Assert.Equal(2, code);
+        Assert.Contains("moce.model.dim", output);
+    }
+
+    [Fact]
+    public void Bad_input_is_a_clear_error_with_exit_code_2()
+    {
+        var (code, output) = Moce("pretrain", "--run", Path.Combine(Path.GetTempPath(), "moce-tests", "x"), "-o", "data.path=/nonexistent/dir");
+        Assert.Equal(2, code);
+        Assert.Contains("/nonexistent/dir: no Fashion-MNIST train files", output);
+        (code, output) = Moce("frobnicate");
+        Assert.Equal(2, code);
+        Assert.Contains("unknown command", output);
+    }
+}

@@ -1,0 +1,147 @@
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Training;
+using Serilog;
+using static TorchSharp.torch;
+
+namespace MoCE.Core.Tests;
+
+public class CheckpointTests
+{
+    private static readonly ILogger Quiet = new LoggerConfiguration().CreateLogger();
+
+    private static List<(string name, Tensor t)> State(DenseTrainer t) =>
+        t.Model.state_dict().Select(kv => ("model." + kv.Key, kv.Value))
+         .Concat(t.Optimizer.StateTensors().Select(s => ("optim." + s.name, s.tensor))).ToList();
+
+    private static void AssertBitExact(IEnumerable<(string name, Tensor t)> a, IEnumerable<(string name, Tensor t)> b)
+    {
+        var bb = b.ToDictionary(x => x.name, x => x.t);
+        int n = 0;
+        foreach (var (name, t) in a)
+        {
+            Assert.True(bb.TryGetValue(name, out var other), $"missing {name}");
+            Assert.True(t.dtype == other!.dtype && t.shape.SequenceEqual(other.shape), name);
+            Assert.True(t.bytes.SequenceEqual(other.bytes), $"{name} differs");
+            n++;
+        }
+        Assert.Equal(bb.Count, n);
+    }
+
+    [Fact]
+    public void Checkpoint_round_trip_is_bit_exact()
+    {
+        using var data = Tiny.TrainSample();
+        var store = new CheckpointStore(Tiny.TempDir());
+        using var a = new DenseTrainer(Tiny.Model, Tiny.Train(), Tiny.Data, data);
+        for (int i = 0; i < 3; i++) a.TrainStep();
+        var refs = a.SaveCheckpoint(store);
+        var commit = new CheckpointCommit(a.NextStep, refs, DateTime.UtcNow);
+
+        using var b = new DenseTrainer(Tiny.Model, Tiny.Train(seed: 99), Tiny.Data, data); // different init
+        b.Restore(commit, store);
+        Assert.Equal(a.NextStep, b.NextStep);
+        Assert.Equal(a.Optimizer.StepCount, b.Optimizer.StepCount);
+        AssertBitExact(State(a), State(b));
+        // and the file name carries its hash
+        Assert.Contains(refs[0].Sha256[..16], refs[0].File);
+        Assert.Equal(refs[0].Sha256, CheckpointFile.Sha256Of(store.PathOf(refs[0])));
+    }
+
+    [Fact]
+    public void Train_2k_equals_train_k_then_resume_k()
+    {
+        const int k = 6;
+        using var data = Tiny.TrainSample();
+        var cfg = Tiny.Train(steps: 2 * k) with { CheckpointEvery = k };
+
+        using var straight = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data);
+        var losses = new List<double>();
+        for (int i = 0; i < 2 * k; i++) losses.Add(straight.TrainStep().Loss);
+
+        var runDir = Tiny.TempDir();
+        using (var first = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data))
+            new TrainingLoop(first, cfg, runDir, Quiet).Run(stopAt: k); // the process "stops" at k
+
+        using var resumed = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data);
+        var loop = new TrainingLoop(resumed, cfg, runDir, Quiet);
+        Assert.Equal(k, loop.Resume());
+        var resumedLosses = new List<double>();
+        for (int i = k; i < 2 * k; i++) resumedLosses.Add(resumed.TrainStep().Loss);
+
+        Assert.Equal(losses.Skip(k), resumedLosses);
+        AssertBitExact(State(straight), State(resumed));
+    }
+
+    [Fact]
+    public void Corrupt_checkpoint_is_detected_by_hash_and_named()
+    {
+        using var data = Tiny.TrainSample();
+        var store = new CheckpointStore(Tiny.TempDir());
+        using var t = new DenseTrainer(Tiny.Model, Tiny.Train(), Tiny.Data, data);
+        var r = t.SaveCheckpoint(store)[0];
+        var path = store.PathOf(r);
+        var bytes = File.ReadAllBytes(path);
+        bytes[bytes.Length / 2] ^= 0x40;
+        File.WriteAllBytes(path, bytes);
+        var e = Assert.Throws<CheckpointCorruptException>(() => store.Load(r));
+        Assert.Contains(r.File, e.Message);
+        Assert.Contains("sha256 mismatch", e.Message);
+    }
+
+    [Fact]
+    public void Resume_falls_back_to_the_previous_commit_when_the_newest_is_corrupt_or_missing()
+    {
+        using var data = Tiny.TrainSample();
+        var cfg = Tiny.Train(steps: 6) with { CheckpointEvery = 2, KeepCheckpoints = 3 };
+        var runDir = Tiny.TempDir();
+        using (var t = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data))
+            new TrainingLoop(t, cfg, runDir, Quiet).Run();
+        var store = new CheckpointStore(Path.Combine(runDir, "checkpoints"));
+        var commits = new CommitLog(store).Commits;
+        Assert.Equal(new long[] { 2, 4, 6 }, commits.Select(c => c.Step));
+
+        File.Delete(store.PathOf(commits[2].Parts[0]));                    // newest: missing
+        File.AppendAllText(store.PathOf(commits[1].Parts[0]), "garbage");  // previous: corrupt
+        var warnings = new List<string>();
+        var log = new LoggerConfiguration().WriteTo.Sink(new ListSink(warnings)).CreateLogger();
+        using var resumed = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data);
+        Assert.Equal(2, new TrainingLoop(resumed, cfg, runDir, log).Resume());
+        Assert.Contains(warnings, w => w.Contains(commits[2].Parts[0].File) && w.Contains("missing"));
+        Assert.Contains(warnings, w => w.Contains(commits[1].Parts[0].File) && w.Contains("sha256"));
+    }
+
+    [Fact]
+    public void Truncated_checkpoint_file_is_a_clear_error()
+    {
+        var dir = Tiny.TempDir();
+        var path = Path.Combine(dir, "x.ckpt");
+        using (var f = File.Create(path))
+            CheckpointFile.Write(f, new Dictionary<string, string> { ["step"] = "1" }, [("w", ones(4, 4))]);
+        var bytes = File.ReadAllBytes(path);
+        File.WriteAllBytes(path, bytes[..^10]);
+        var e = Assert.Throws<InvalidDataException>(() => CheckpointFile.Read(path));
+        Assert.Contains(path, e.Message);
+        Assert.Contains("truncated", e.Message);
+    }
+
+    [Fact]
+    public void Only_the_last_K_commits_are_kept_on_disk()
+    {
+        using var data = Tiny.TrainSample();
+        var cfg = Tiny.Train(steps: 10) with { CheckpointEvery = 2, KeepCheckpoints = 2 };
+        var runDir = Tiny.TempDir();
+        using (var t = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data))
+            new TrainingLoop(t, cfg, runDir, Quiet).Run();
+        var dir = Path.Combine(runDir, "checkpoints");
+        var files = Directory.GetFiles(dir, "*.ckpt").Select(Path.GetFileName).Order().ToList();
+        Assert.Equal(2, files.Count);
+        Assert.StartsWith("trainer-00000008-", files[0]);
+        Assert.StartsWith("trainer-00000010-", files[1]);
+        Assert.Equal(new long[] { 8, 10 }, new CommitLog(new CheckpointStore(dir)).Commits.Select(c => c.Step));
+    }
+
+    private sealed class ListSink(List<string> messages) : Serilog.Core.ILogEventSink
+    {
+        public void Emit(Serilog.Events.LogEvent e) { lock (messages) messages.Add(e.RenderMessage()); }
+    }
+}
