@@ -8,10 +8,15 @@ namespace MoCE.Core.Model;
 
 #pragma warning disable IDE1006 // reference MAE field names
 
-/// <summary>The output of one MAE forward pass. The mask is 1 = masked (removed), 0 = visible.</summary>
-public sealed record MaeOutput(Tensor Loss, Tensor Pred, Tensor Mask, Tensor Latent) : IDisposable
+/// <summary>The output of one MAE forward pass. The mask is 1 = masked (removed), 0 = visible. Loss is the
+/// masked-patch MSE, PerImage its per-image terms [N]; Routes holds each MoE layer's routing.</summary>
+public sealed record MaeOutput(Tensor Loss, Tensor PerImage, Tensor Pred, Tensor Mask, Tensor Latent, IReadOnlyList<RouteStats> Routes) : IDisposable
 {
-    public void Dispose() { Loss.Dispose(); Pred.Dispose(); Mask.Dispose(); Latent.Dispose(); }
+    public void Dispose()
+    {
+        Loss.Dispose(); PerImage.Dispose(); Pred.Dispose(); Mask.Dispose(); Latent.Dispose();
+        foreach (var r in Routes) { r.Probs.Dispose(); r.Choice.Dispose(); r.Weights.Dispose(); r.Aux.Dispose(); }
+    }
 }
 
 /// <summary>Masked autoencoder with a ViT encoder (He et al. 2022), after facebookresearch/mae models_mae.py.
@@ -20,6 +25,7 @@ public sealed record MaeOutput(Tensor Loss, Tensor Pred, Tensor Mask, Tensor Lat
 public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
 {
     public MaeConfig Config { get; }
+    public MoeConfig? Moe { get; }
 
     // encoder
     private readonly PatchEmbed patch_embed;
@@ -35,14 +41,19 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
     private readonly LayerNorm decoder_norm;
     private readonly Linear decoder_pred;
 
-    public MaskedAutoencoder(MaeConfig config) : base(nameof(MaskedAutoencoder))
+    /// <summary>A dense MAE, or with <paramref name="moe"/> a MoE MAE whose configured blocks hold MoE layers
+    /// over <paramref name="clusters"/> clusters.</summary>
+    public MaskedAutoencoder(MaeConfig config, MoeConfig? moe = null, int clusters = 0) : base(nameof(MaskedAutoencoder))
     {
         Config = config.Validate();
+        Moe = moe?.Validate(config.Depth);
+        bool IsMoe(int b) => moe is not null && moe.Method != MoeMethod.Dense && moe.Layers.Contains(b);
         int d = config.Dim, dd = config.DecoderDim, l = config.NumPatches;
         patch_embed = new PatchEmbed(config.InChans, d, config.PatchSize);
         cls_token = Parameter(zeros(1, 1, d));
         pos_embed = Parameter(zeros(1, l + 1, d), requires_grad: false);
-        blocks = ModuleList(Enumerable.Range(0, config.Depth).Select(_ => new Block(d, config.Heads, config.MlpRatio)).ToArray());
+        blocks = ModuleList(Enumerable.Range(0, config.Depth).Select(b => new Block(d, config.Heads, config.MlpRatio,
+            IsMoe(b) ? new MoeLayer(moe!, b, d, (int)(d * config.MlpRatio), clusters) : null)).ToArray());
         norm = LayerNorm(d, eps: 1e-6);
 
         decoder_embed = Linear(d, dd);
@@ -146,23 +157,28 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
         return (cat(new[] { cls, kept }, 1), mask, idsRestore);
     }
 
-    /// <summary>Encoder on the visible patches: latent [N, 1 + L_vis, D] after the final norm.</summary>
-    public (Tensor latent, Tensor mask, Tensor idsRestore) ForwardEncoder(Tensor imgs, Tensor noise)
+    /// <summary>Encoder on the visible patches: latent [N, 1 + L_vis, D] after the final norm. MoE blocks route
+    /// with <paramref name="gate"/> and append their statistics to <paramref name="routes"/>.</summary>
+    public (Tensor latent, Tensor mask, Tensor idsRestore) ForwardEncoder(Tensor imgs, Tensor noise, GateInput? gate = null, List<RouteStats>? routes = null)
     {
         var (x, mask, idsRestore) = EmbedAndMask(imgs, noise);
-        foreach (var blk in blocks) x = blk.forward(x);
-        return (norm.forward(x), mask, idsRestore);
+        return (ForwardBlocks(x, gate, routes), mask, idsRestore);
+    }
+
+    /// <summary>The encoder blocks and the final norm on a token sequence [N, T, D].</summary>
+    public Tensor ForwardBlocks(Tensor x, GateInput? gate = null, List<RouteStats>? routes = null)
+    {
+        foreach (var blk in blocks) x = blk.Forward(x, gate, routes);
+        return norm.forward(x);
     }
 
     /// <summary>Features for clustering and evaluation: encoder on all patches (no masking), mean of the
     /// patch tokens after the final norm: [N, D].</summary>
-    public Tensor ForwardFeatures(Tensor imgs)
+    public Tensor ForwardFeatures(Tensor imgs, GateInput? gate = null)
     {
         var x = patch_embed.forward(imgs) + pos_embed[.., 1..];
         var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
-        x = cat(new[] { cls, x }, 1);
-        foreach (var blk in blocks) x = blk.forward(x);
-        return norm.forward(x)[.., 1..].mean(new long[] { 1 });
+        return ForwardBlocks(cat(new[] { cls, x }, 1), gate)[.., 1..].mean(new long[] { 1 });
     }
 
     /// <summary>Decoder: mask tokens fill the removed positions, then unshuffle. Returns [N, L, P].</summary>
@@ -180,7 +196,9 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
 
     /// <summary>Mean squared error on the masked patches only. With norm_pix_loss each target patch is
     /// normalized: t̂ = (t − mean(t)) / sqrt(var(t) + 1e-6).</summary>
-    public Tensor ForwardLoss(Tensor imgs, Tensor pred, Tensor mask)
+    public Tensor ForwardLoss(Tensor imgs, Tensor pred, Tensor mask) => PerPatchLoss(imgs, pred, mask).loss;
+
+    private (Tensor loss, Tensor perImage) PerPatchLoss(Tensor imgs, Tensor pred, Tensor mask)
     {
         var target = Patchify(imgs);                                                   // [N, L, P]
         if (Config.NormPixLoss)
@@ -191,14 +209,68 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
         }
         var perPatch = (pred - target).pow(2).mean(new long[] { -1 });                  // [N, L]
         // loss = Σ (perPatch · mask) / Σ mask
-        return (perPatch * mask).sum() / mask.sum();
+        var masked = perPatch * mask;
+        return (masked.sum() / mask.sum(), masked.sum(1) / mask.sum(1).clamp_min(1));
     }
 
-    public override MaeOutput forward(Tensor imgs, Tensor noise)
+    public override MaeOutput forward(Tensor imgs, Tensor noise) => Forward(imgs, noise, null);
+
+    public MaeOutput Forward(Tensor imgs, Tensor noise, GateInput? gate)
     {
-        var (latent, mask, idsRestore) = ForwardEncoder(imgs, noise);
+        var routes = new List<RouteStats>();
+        var (latent, mask, idsRestore) = ForwardEncoder(imgs, noise, gate, routes);
         var pred = ForwardDecoder(latent, idsRestore);
-        var loss = ForwardLoss(imgs, pred, mask);
-        return new MaeOutput(loss, pred, mask, latent);
+        var (loss, perImage) = PerPatchLoss(imgs, pred, mask);
+        return new MaeOutput(loss, perImage, pred, mask, latent, routes);
+    }
+
+    // ---- mixture of experts ----------------------------------------------------------------------
+
+    /// <summary>The MoE layers by block index.</summary>
+    public IReadOnlyDictionary<int, MoeLayer> MoeLayers =>
+        Enumerable.Range(0, blocks.Count).Where(i => blocks[i].MlpModule is MoeLayer).ToDictionary(i => i, i => (MoeLayer)blocks[i].MlpModule);
+
+    /// <summary>Upcycling: copies a dense MAE's weights (names as in its state_dict); each MoE layer's experts
+    /// start from that block's dense MLP plus noise, and its gate is freshly initialized.</summary>
+    public void UpcycleFrom(IReadOnlyDictionary<string, Tensor> dense, Generator gen)
+    {
+        using var _ = no_grad();
+        var moe = MoeLayers;
+        foreach (var (name, p) in state_dict())
+        {
+            var parts = name.Split('.');
+            if (parts[0] == "blocks" && moe.ContainsKey(int.Parse(parts[1])) && parts[2] == "mlp") continue;
+            if (!dense.TryGetValue(name, out var w) || !w.shape.SequenceEqual(p.shape))
+                throw new InvalidDataException($"dense weights lack '{name}' or have another shape");
+            p.copy_(w);
+        }
+        foreach (var (b, layer) in moe.OrderBy(kv => kv.Key))
+        {
+            var prefix = $"blocks.{b}.mlp.";
+            layer.Upcycle(dense.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal))
+                .ToDictionary(kv => kv.Key[prefix.Length..], kv => kv.Value), gen);
+        }
+    }
+
+    /// <summary>A dense MAE with, in each MoE block, the chosen expert's weights; fc2 is scaled by the given
+    /// combination weight, so the dense model computes exactly what this model computes when every image is
+    /// routed to those experts with those weights.</summary>
+    public MaskedAutoencoder ExtractDense(IReadOnlyDictionary<int, (int expert, double weight)> choice)
+    {
+        var dense = new MaskedAutoencoder(Config);
+        var src = state_dict();
+        using var _ = no_grad();
+        foreach (var (name, p) in dense.state_dict())
+        {
+            var parts = name.Split('.');
+            // blocks.{b}.mlp.{fc1|fc2}.{weight|bias} ← blocks.{b}.mlp.experts.{e}.{...}
+            if (parts[0] == "blocks" && parts[2] == "mlp" && choice.TryGetValue(int.Parse(parts[1]), out var c))
+            {
+                var w = src[$"blocks.{parts[1]}.mlp.experts.{c.expert}.{parts[3]}.{parts[4]}"];
+                p.copy_(parts[3] == "fc2" ? w * c.weight : w);
+            }
+            else p.copy_(src[name]);
+        }
+        return dense;
     }
 }

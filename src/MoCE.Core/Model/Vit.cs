@@ -59,41 +59,50 @@ public sealed class Mlp : Module<Tensor, Tensor>
     }
 }
 
-/// <summary>A pre-norm transformer block. Its <c>mlp</c> is any token-wise module, so a MoCE layer can
-/// replace it without touching the rest of the block.</summary>
+/// <summary>A pre-norm transformer block: x = x + attn(norm1(x)); x = x + mlp(norm2(x)). Its <c>mlp</c> is a dense
+/// <see cref="Mlp"/> or a <see cref="MoeLayer"/>; a MoCE block differs only in which one it holds.</summary>
 public sealed class Block : Module<Tensor, Tensor>
 {
     private readonly LayerNorm norm1;
     private readonly Attention attn;
     private readonly LayerNorm norm2;
-    private Module<Tensor, Tensor> mlp;
+    private readonly nn.Module mlp;
 
-    public Block(int dim, int heads, double mlpRatio, Module<Tensor, Tensor>? mlp = null) : base(nameof(Block))
+    public Block(int dim, int heads, double mlpRatio, MoeLayer? moe = null) : base(nameof(Block))
     {
         norm1 = LayerNorm(dim, eps: 1e-6);
         attn = new Attention(dim, heads);
         norm2 = LayerNorm(dim, eps: 1e-6);
-        this.mlp = mlp ?? new Mlp(dim, (int)(dim * mlpRatio));
+        mlp = moe ?? (nn.Module)new Mlp(dim, (int)(dim * mlpRatio));
         RegisterComponents();
     }
 
-    public Module<Tensor, Tensor> MlpModule => mlp;
+    public nn.Module MlpModule => mlp;
 
-    /// <summary>Swaps the block's MLP (e.g. for a MoCE layer) and returns the old one.</summary>
-    public Module<Tensor, Tensor> ReplaceMlp(Module<Tensor, Tensor> replacement)
+    /// <summary>The attention half: x + attn(norm1(x)).</summary>
+    public Tensor Attend(Tensor x)
     {
-        var old = mlp;
-        mlp = replacement;
-        register_module(nameof(mlp), replacement);
-        return old;
+        using var a = attn.forward(norm1.forward(x));
+        return x + a;
     }
 
-    public override Tensor forward(Tensor x)
+    /// <summary>norm2(x): the input of the MLP half.</summary>
+    public Tensor Norm2(Tensor x) => norm2.forward(x);
+
+    public override Tensor forward(Tensor x) => Forward(x, null, null);
+
+    /// <summary>The block with routing for a MoE mlp; its route statistics are appended to <paramref name="routes"/>.</summary>
+    public Tensor Forward(Tensor x, GateInput? gate, List<RouteStats>? routes)
     {
-        // x = x + attn(norm1(x)); x = x + mlp(norm2(x))
-        using var a = attn.forward(norm1.forward(x));
-        using var x1 = x + a;
-        using var m = mlp.forward(norm2.forward(x1));
+        using var x1 = Attend(x);
+        using var h = Norm2(x1);
+        if (mlp is MoeLayer moe)
+        {
+            var (y, stats) = moe.forward(h, gate ?? throw new InvalidOperationException("a MoE block needs the images' cluster ids"));
+            routes?.Add(stats);
+            using (y) return x1 + y;
+        }
+        using var m = ((Mlp)mlp).forward(h);
         return x1 + m;
     }
 }

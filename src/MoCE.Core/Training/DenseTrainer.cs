@@ -104,8 +104,7 @@ public sealed class DenseTrainer : ITrainer, IDisposable
     /// <summary>Copies the "model.*" tensors of a checkpoint into a model; names and shapes must all match.</summary>
     public static void LoadModelWeights(nn.Module model, CheckpointContent c)
     {
-        var weights = c.Tensors.Where(kv => kv.Key.StartsWith("model.", StringComparison.Ordinal))
-            .ToDictionary(kv => kv.Key["model.".Length..], kv => kv.Value);
+        var weights = ModelWeights(c);
         using var _ = no_grad();
         var state = model.state_dict();
         foreach (var (name, t) in state)
@@ -117,6 +116,10 @@ public sealed class DenseTrainer : ITrainer, IDisposable
         var extra = weights.Keys.Except(state.Keys).ToList();
         if (extra.Count > 0) throw new InvalidDataException($"checkpoint has weights the model lacks: {string.Join(", ", extra.Take(5))}");
     }
+
+    /// <summary>The "model.*" tensors of a checkpoint, by their state_dict names (references into the content).</summary>
+    public static Dictionary<string, Tensor> ModelWeights(CheckpointContent c) =>
+        c.Tensors.Where(kv => kv.Key.StartsWith("model.", StringComparison.Ordinal)).ToDictionary(kv => kv.Key["model.".Length..], kv => kv.Value);
 
     public void Dispose()
     {

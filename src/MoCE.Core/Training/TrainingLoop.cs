@@ -19,6 +19,12 @@ public interface ITrainer
     void Restore(CheckpointCommit commit, CheckpointStore store);
 }
 
+/// <summary>A trainer with experts reports the routing of its last step (written to experts.csv).</summary>
+public interface IRoutingMetrics
+{
+    IReadOnlyList<ExpertStat> LastRouting { get; }
+}
+
 /// <summary>Progress of a running phase, for the console.</summary>
 public sealed record Progress(long Step, long TotalSteps, double Loss, double ImagesPerSecond, TimeSpan Eta);
 
@@ -52,7 +58,10 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
     {
         long end = Math.Min(cfg.Steps, stopAt ?? cfg.Steps);
         long start = Resume();
-        using var metrics = new MetricsCsv(Path.Combine(runDir, "metrics.csv"), truncateFrom: start);
+        using var metrics = new CsvLog(Path.Combine(runDir, "metrics.csv"), "step,loss,lr,grad_norm,images,images_per_s,wall_s", truncateFrom: start);
+        using var experts = trainer is IRoutingMetrics
+            ? new CsvLog(Path.Combine(runDir, "experts.csv"), "step,block,expert,tokens,loss_share,gate_entropy", truncateFrom: start)
+            : null;
         var commits = new CommitLog(Store);
         var clock = Stopwatch.StartNew();
         var window = Stopwatch.StartNew();
@@ -74,7 +83,12 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
             if (!double.IsFinite(s.Loss)) throw new InvalidOperationException($"loss is {s.Loss} at step {s.Step}; stopping (last commit is intact)");
             windowImages += s.Images; windowLoss += s.Loss; windowSteps++;
             double ips = windowImages / Math.Max(1e-9, window.Elapsed.TotalSeconds);
-            metrics.Append(s, ips, clock.Elapsed.TotalSeconds);
+            metrics.Append(s.Step, string.Create(CultureInfo.InvariantCulture,
+                $"{s.Step},{s.Loss:R},{s.Lr:R},{s.GradNorm:R},{s.Images},{ips:F1},{clock.Elapsed.TotalSeconds:F3}"));
+            if (experts is not null)
+                foreach (var e in ((IRoutingMetrics)trainer).LastRouting)
+                    experts.Append(s.Step, string.Create(CultureInfo.InvariantCulture,
+                        $"{s.Step},{e.Block},{e.Expert},{e.Tokens},{e.LossShare:G6},{e.GateEntropy:G6}"));
 
             if (trainer.NextStep % cfg.LogEvery == 0 || trainer.NextStep == cfg.Steps)
             {
@@ -95,27 +109,25 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
     }
 }
 
-/// <summary>metrics.csv: one row per step. On resume, rows at or after the resumed step (written by a run that
-/// died before its next commit) are dropped, so every step appears once.</summary>
-public sealed class MetricsCsv : IDisposable
+/// <summary>A per-step CSV (metrics.csv, experts.csv). On resume, rows at or after the resumed step (written by a
+/// run that died before its next commit) are dropped, so every step appears once.</summary>
+public sealed class CsvLog : IDisposable
 {
-    private const string Header = "step,loss,lr,grad_norm,images,images_per_s,wall_s";
     private readonly StreamWriter w;
 
-    public MetricsCsv(string path, long truncateFrom)
+    public CsvLog(string path, string header, long truncateFrom)
     {
         var kept = new List<string>();
         if (File.Exists(path))
             kept.AddRange(File.ReadLines(path).Skip(1).Where(l => l.Length > 0 && long.Parse(l[..l.IndexOf(',')], CultureInfo.InvariantCulture) < truncateFrom));
-        File.WriteAllLines(path, new[] { Header }.Concat(kept));
-        w = new StreamWriter(path, append: true) { AutoFlush = false };
+        File.WriteAllLines(path, new[] { header }.Concat(kept));
+        w = new StreamWriter(path, append: true);
     }
 
-    public void Append(StepStats s, double imagesPerSecond, double wallSeconds)
+    public void Append(long step, string row)
     {
-        w.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{s.Step},{s.Loss:R},{s.Lr:R},{s.GradNorm:R},{s.Images},{imagesPerSecond:F1},{wallSeconds:F3}"));
-        if (s.Step % 10 == 0) w.Flush();
+        w.WriteLine(row);
+        if (step % 10 == 0) w.Flush();
     }
 
     public void Dispose() => w.Dispose();

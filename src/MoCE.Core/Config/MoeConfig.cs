@@ -1,0 +1,57 @@
+namespace MoCE.Core.Config;
+
+/// <summary>How the MLPs of the configured encoder blocks become experts.</summary>
+public enum MoeMethod
+{
+    /// <summary>No experts: the dense MAE (the baseline, trained further for the same number of steps).</summary>
+    Dense,
+    /// <summary>Mixture of Cluster-conditional Experts: the gate reads the image's cluster.</summary>
+    Moce,
+    /// <summary>The TokenMoE baseline: the gate reads each token, with a load-balancing loss.</summary>
+    TokenMoe,
+}
+
+/// <summary>The mixture-of-experts layers and the losses that go with them. E experts, C clusters.</summary>
+public sealed record MoeConfig
+{
+    /// <summary>Which model to train: dense, moce or token-moe.</summary>
+    public MoeMethod Method { get; init; } = MoeMethod.Moce;
+    /// <summary>Experts E per MoE layer.</summary>
+    public int Experts { get; init; } = 4;
+    /// <summary>Experts chosen per image (MoCE) or per token (TokenMoE).</summary>
+    public int TopK { get; init; } = 1;
+    /// <summary>0-based encoder blocks whose MLP becomes a MoE layer.</summary>
+    public IReadOnlyList<int> Layers { get; init; } = [1, 3];
+    /// <summary>Width of the learned cluster-embedding table emb[C, gate-dim].</summary>
+    public int GateDim { get; init; } = 16;
+    /// <summary>Softmax temperature τ of the gate.</summary>
+    public double Temperature { get; init; } = 1.0;
+    /// <summary>Standard deviation of the Gaussian noise added to gate logits during training.</summary>
+    public double GateNoise { get; init; } = 1.0;
+    /// <summary>Upcycling noise: each expert starts as the dense MLP plus N(0, (noise·std(w))²) per weight.</summary>
+    public double UpcycleNoise { get; init; } = 0.01;
+    /// <summary>λ_route: weight of mean_c H(g(c)) − H(mean_c g(c)) (MoCE).</summary>
+    public double LambdaRoute { get; init; } = 0.1;
+    /// <summary>λ_distill: weight of the feature distillation from the frozen dense teacher.</summary>
+    public double LambdaDistill { get; init; } = 1.0;
+    /// <summary>λ_balance: weight of the TokenMoE load-balancing loss E·Σ_e f_e·P_e.</summary>
+    public double LambdaBalance { get; init; } = 0.01;
+
+    public MoeConfig Validate(int depth)
+    {
+        void Require(bool ok, string key, string why) { if (!ok) throw new ConfigException($"moce.moe.{key}", why); }
+        Require(Experts >= 1, "experts", "must be at least 1");
+        Require(TopK >= 1 && TopK <= Experts, "top-k", $"must be in [1, experts = {Experts}]");
+        Require(Method == MoeMethod.Dense || Layers.Count > 0, "layers", "must name at least one block");
+        Require(Layers.All(l => l >= 0 && l < depth), "layers", $"blocks must be in [0, depth = {depth})");
+        Require(Layers.Distinct().Count() == Layers.Count, "layers", "lists a block twice");
+        Require(GateDim >= 1, "gate-dim", "must be positive");
+        Require(Temperature > 0, "temperature", "must be positive");
+        Require(GateNoise >= 0, "gate-noise", "must be non-negative");
+        Require(UpcycleNoise >= 0, "upcycle-noise", "must be non-negative");
+        Require(LambdaRoute >= 0, "lambda-route", "must be non-negative");
+        Require(LambdaDistill >= 0, "lambda-distill", "must be non-negative");
+        Require(LambdaBalance >= 0, "lambda-balance", "must be non-negative");
+        return this;
+    }
+}

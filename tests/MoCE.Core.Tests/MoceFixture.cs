@@ -1,0 +1,47 @@
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Clustering;
+using MoCE.Core.Config;
+using MoCE.Core.Data;
+using MoCE.Core.Evaluation;
+using MoCE.Core.Model;
+using MoCE.Core.Training;
+using static TorchSharp.torch;
+
+namespace MoCE.Core.Tests;
+
+/// <summary>A tiny dense MAE trained a few steps, saved as a checkpoint, and clustered into 4 clusters:
+/// the starting point of every MoCE test.</summary>
+public sealed class MoceFixture : IDisposable
+{
+    public const int Clusters = 4;
+    public ImageDataset Data { get; } = Tiny.TrainSample();
+    public CheckpointStore Store { get; } = new(Tiny.TempDir());
+    public CheckpointRef DenseRef { get; }
+    public ClusteringResult Clustering { get; }
+
+    public static MoeConfig Moe => new() { Experts = 3, TopK = 1, Layers = [1], GateDim = 8, LambdaRoute = 0.1, LambdaDistill = 1.0 };
+
+    public MoceFixture()
+    {
+        using var dense = new DenseTrainer(Tiny.Model, Tiny.Train(steps: 5), Tiny.Data, Data);
+        for (int i = 0; i < 5; i++) dense.TrainStep();
+        DenseRef = dense.SaveCheckpoint(Store)[0];
+        using var feats = Features.Extract(dense.Model, Data, Enumerable.Range(0, Data.Count).ToList(), Tiny.Data.Mean, Tiny.Data.Std);
+        var km = KMeans.Fit(feats, Clusters, seed: 0);
+        Clustering = new ClusteringResult { Centroids = km.Centroids, TrainIds = km.Assignments, DenseSha256 = DenseRef.Sha256, DataSource = Data.Source };
+    }
+
+    public CheckpointContent Dense() => Store.Load(DenseRef);
+
+    public MoceTrainer Trainer(MoeConfig moe, TrainConfig train)
+    {
+        using var dense = Dense();
+        return new MoceTrainer(Tiny.Model, moe, train, Tiny.Data, Data, Clustering, dense, DenseRef.Sha256);
+    }
+
+    public void Dispose()
+    {
+        Clustering.Dispose();
+        Data.Dispose();
+    }
+}
