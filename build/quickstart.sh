@@ -12,4 +12,4 @@ if [ -z "${MOCE_DATA:-}" ] && [ ! -e /usr/share/datasets/fashion-mnist/train-ima
   $sudo apt-get install -y -qq dataset-fashion-mnist
 fi
 dotnet build src/MoCE.Cli -c Release -v quiet -nologo
-exec dotnet src/MoCE.Cli/bin/Release/net10.0/moce.dll pretrain --preset quickstart --run runs/quickstart "$@"
+exec dotnet src/MoCE.Cli/bin/Release/net10.0/moce.dll pipeline --preset quickstart --run runs/quickstart "$@"

@@ -13,15 +13,23 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
         Usage: moce COMMAND [options]
 
         Commands:
-          pretrain     dense MAE pre-training; running it again on the same --run resumes it
-          bench        time the reference trainer on the bench configuration (hocon/bench.conf)
+          pipeline     the whole method: pretrain, cluster, train (moce, token-moe, dense), customize, eval
+          pretrain     dense MAE pre-training
+          cluster      k-means over the dense MAE's features; writes each image's cluster and a report
+          train        MoE training from the dense MAE: --method moce|token-moe|dense, --engine local
+          customize    extract a dense model with the experts a task prefers: --task NAME
+          eval         linear probe and k-NN on frozen features for the configured tasks
+          bench        time the reference trainers on the bench configuration (hocon/bench.conf)
           config       print the resolved configuration and exit
+        Every command works on one run directory; running it again resumes or skips finished work.
 
         Options:
           --preset NAME     layer hocon/NAME.conf over hocon/moce.conf (e.g. quickstart, bench)
           --config FILE     layer a HOCON file (repeatable, applied in order, after the preset)
           -o key=value      override one key, e.g. -o pretrain.steps=500 (repeatable, applied last)
           --run DIR         run directory (default: runs/PRESET, or runs/default)
+          train: --method moce|token-moe|dense (default moce.moe.method)  --engine local
+          customize: --task NAME (a task under moce.tasks)
           bench: --warmup N (default 10)  --steps N (default 50)
           -h, --help        this text
         """;

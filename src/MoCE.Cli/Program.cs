@@ -2,6 +2,7 @@ using MoCE.Cli;
 using MoCE.Cli.Commands;
 using MoCE.Cli.Configuration;
 using MoCE.Core.Checkpoints;
+using MoCE.Core.Clustering;
 using MoCE.Core.Config;
 using MoCE.Core.Data;
 using Serilog;
@@ -27,11 +28,16 @@ try
         "help" => Help(),
         "config" => PrintConfig(cli),
         "pretrain" => PretrainCommand.Run(cli, cts.Token),
+        "cluster" => ClusterCommand.Run(cli),
+        "train" => TrainCommand.Run(cli, cts.Token),
+        "customize" => CustomizeCommand.Run(cli),
+        "eval" => EvalCommand.Run(cli),
+        "pipeline" => PipelineCommand.Run(cli, cts.Token),
         "bench" => BenchCommand.Run(cli),
         _ => throw new ConfigException(cli.Command, "unknown command; see moce --help"),
     };
 }
-catch (Exception e) when (e is ConfigException or DataFormatException or CheckpointCorruptException)
+catch (Exception e) when (e is ConfigException or DataFormatException or CheckpointCorruptException or RunMismatchException)
 {
     Log.Error("{Error}", e.Message);
     return 2;

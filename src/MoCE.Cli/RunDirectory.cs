@@ -35,7 +35,7 @@ public sealed class RunDirectory
         var recorded = ConfigLoader.ParseFile(ConfigPath);
         foreach (var (key, was, now) in ConfigLoader.Diff(recorded, resolved))
         {
-            if (!MoceConfig.ResumeMutable.Contains(key))
+            if (!MoceConfig.MayChangeOnResume(key))
                 throw new ConfigException(key, $"this run ({Root}) was started with {was ?? "(unset)"}, now {now ?? "(unset)"}; " +
                                                 "use the run's value or start a new run with --run");
             log.Warning("Resuming with {Key} changed from {Was} to {Now}", key, was, now);

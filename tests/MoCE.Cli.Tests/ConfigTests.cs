@@ -61,6 +61,29 @@ public class ConfigTests
         Assert.Contains(problem, e.Message);
     }
 
+    [Theory]
+    [InlineData("tasks.odd.classes=[1]", "moce.tasks.odd.classes", "at least two classes")]
+    [InlineData("tasks.odd.classes=[1, 12]", "moce.tasks.odd.classes", "labels 0..9")]
+    [InlineData("eval.tasks=[tops, nope]", "moce.eval.tasks", "task 'nope' is not defined")]
+    [InlineData("moe.method=sparse", "moce.moe.method", "expected moce, token-moe or dense")]
+    [InlineData("moe.layers=[1, 9]", "moce.moe.layers", "depth = 4")]
+    [InlineData("moe.top-k=5", "moce.moe.top-k", "[1, experts = 4]")]
+    [InlineData("moe.layers=2", "moce.moe.layers", "expected a list of integers")]
+    public void Method_config_errors_name_the_key(string overrideText, string key, string problem)
+    {
+        var e = Fails(() => Load(overrideText));
+        Assert.Equal(key, e.Key);
+        Assert.Contains(problem, e.Message);
+    }
+
+    [Fact]
+    public void Tasks_are_open_for_new_names()
+    {
+        var c = Load("tasks.bags-and-shoes.classes=[8, 5, 7, 9]", "eval.tasks=[bags-and-shoes]");
+        Assert.Equal(new[] { 8, 5, 7, 9 }, c.Tasks["bags-and-shoes"].Classes);
+        Assert.Equal(new[] { 0, 2, 4, 6 }, c.Tasks["tops"].Classes);
+    }
+
     [Fact]
     public void A_section_may_be_given_as_an_object()
     {

@@ -1,6 +1,9 @@
 using System.Diagnostics;
 using MoCE.Cli.Configuration;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Clustering;
 using MoCE.Core.Data;
+using MoCE.Core.Evaluation;
 using MoCE.Core.Training;
 using Serilog;
 using TorchSharp;
@@ -8,10 +11,13 @@ using static TorchSharp.torch;
 
 namespace MoCE.Cli.Commands;
 
-/// <summary><c>moce bench</c>: times the dense reference trainer's step on the bench configuration, and a
-/// 1024×1024 fp32 matmul in the same run, so the result can be read as a ratio that survives noisy machines.</summary>
+/// <summary><c>moce bench</c>: in one process, times the dense reference trainer's step and the reference MoCE
+/// trainer's step (from that dense model and a real k-means clustering of its features), plus a 1024×1024 fp32
+/// matmul, and prints the ratios, which survive noisy machines better than absolute times.</summary>
 public static class BenchCommand
 {
+    public const int BenchImages = 8192;
+
     public static int Run(CliArgs cli)
     {
         cli.RejectFlagsExcept("warmup", "steps");
@@ -19,26 +25,51 @@ public static class BenchCommand
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset ?? "bench", cli.Files, cli.Overrides));
         var (cfg, _) = ConfigLoader.Resolve(merged);
         if (cfg.Threads > 0) torch.set_num_threads(cfg.Threads);
+        var device = new Device(cfg.Device);
         var loc = FashionMnist.Locate(cfg.Data.Path, cfg.Data.FallbackToSample);
-        using var data = FashionMnist.Load(loc.Directory, Split.Train);
+        using var full = FashionMnist.Load(loc.Directory, Split.Train);
+        using var data = full.Take(Math.Min(BenchImages, full.Count));
         var m = cfg.Model;
-        Log.Information("bench: image {Img}, patch {P}, dim {D}, depth {Depth}, heads {H}; decoder {Dd}/{Ddepth}/{Dh}; mask {R}; batch {B}; fp32; {T} threads; data {Src}",
-            m.ImageSize, m.PatchSize, m.Dim, m.Depth, m.Heads, m.DecoderDim, m.DecoderDepth, m.DecoderHeads, m.MaskRatio, cfg.Pretrain.BatchSize, torch.get_num_threads(), data.Source);
+        Log.Information("bench: image {Img}, patch {P}, dim {D}, depth {Depth}, heads {H}; decoder {Dd}/{Ddepth}/{Dh}; mask {R}; batch {B}; fp32; {T} threads; {N} images of {Src}",
+            m.ImageSize, m.PatchSize, m.Dim, m.Depth, m.Heads, m.DecoderDim, m.DecoderDepth, m.DecoderHeads, m.MaskRatio, cfg.Pretrain.BatchSize, torch.get_num_threads(), data.Count, full.Source);
 
-        double matmulMs = MatmulMs();
-        var train = cfg.Pretrain with { Steps = warmup + steps, CheckpointEvery = long.MaxValue };
-        using var trainer = new DenseTrainer(m, train, cfg.Data, data, new Device(cfg.Device));
-        for (int i = 0; i < warmup; i++) trainer.TrainStep();
-        var sw = Stopwatch.StartNew();
-        for (int i = 0; i < steps; i++) trainer.TrainStep();
-        double stepMs = sw.Elapsed.TotalMilliseconds / steps;
-        double matmulAfter = MatmulMs();
-        double matmul = (matmulMs + matmulAfter) / 2;
+        double matmulBefore = MatmulMs();
+        var dense = cfg.Pretrain with { Steps = warmup + steps, CheckpointEvery = long.MaxValue };
+        using var denseTrainer = new DenseTrainer(m, dense, cfg.Data, data, device);
+        double denseMs = Time(denseTrainer, warmup, steps);
 
-        Console.WriteLine($"dense reference step: {stepMs:F2} ms  ({cfg.Pretrain.BatchSize * 1000 / stepMs:F0} images/s) over {steps} steps after {warmup} warm-up");
-        Console.WriteLine($"1024x1024 fp32 matmul: {matmul:F2} ms ({2.0 * 1024 * 1024 * 1024 / (matmul * 1e6):F1} GFLOP/s)");
-        Console.WriteLine($"ratio dense-step / matmul: {stepMs / matmul:F2}");
+        // MoCE from that dense model: its checkpoint, and k-means over its features of the bench images
+        var store = new CheckpointStore(Path.Combine(Path.GetTempPath(), $"moce-bench-{Guid.NewGuid():N}"));
+        try
+        {
+            var denseRef = denseTrainer.SaveCheckpoint(store)[0];
+            using var feats = Features.Extract(denseTrainer.Model, data, Enumerable.Range(0, data.Count).ToList(), cfg.Data.Mean, cfg.Data.Std, device: device);
+            var km = KMeans.Fit(feats, cfg.Cluster.K, cfg.Pretrain.Seed, cfg.Cluster.MaxIter, cfg.Cluster.Tol);
+            using var clustering = new ClusteringResult { Centroids = km.Centroids, TrainIds = km.Assignments, DenseSha256 = denseRef.Sha256, DataSource = data.Source };
+            using var ckpt = store.Load(denseRef);
+            var train = cfg.Train with { Steps = warmup + steps, CheckpointEvery = long.MaxValue };
+            using var moceTrainer = new MoceTrainer(m, cfg.Moe, train, cfg.Data, data, clustering, ckpt, denseRef.Sha256, device);
+            double moceMs = Time(moceTrainer, warmup, steps);
+            double matmul = (matmulBefore + MatmulMs()) / 2;
+
+            int b = cfg.Pretrain.BatchSize;
+            Console.WriteLine($"dense reference step: {denseMs:F2} ms ({b * 1000 / denseMs:F0} images/s)");
+            Console.WriteLine($"MoCE reference step:  {moceMs:F2} ms ({b * 1000 / moceMs:F0} images/s); E={cfg.Moe.Experts}, top-{cfg.Moe.TopK}, C={cfg.Cluster.K}, blocks [{string.Join(", ", cfg.Moe.Layers)}], distillation {(cfg.Moe.LambdaDistill > 0 ? "on" : "off")}");
+            Console.WriteLine($"1024x1024 fp32 matmul: {matmul:F2} ms ({2.0 * 1024 * 1024 * 1024 / (matmul * 1e6):F1} GFLOP/s)");
+            Console.WriteLine($"ratio MoCE-step / dense-step: {moceMs / denseMs:F3}");
+            Console.WriteLine($"ratio dense-step / matmul: {denseMs / matmul:F2}");
+            Console.WriteLine($"({steps} timed steps each after {warmup} warm-up steps)");
+        }
+        finally { Directory.Delete(store.Directory, recursive: true); }
         return 0;
+    }
+
+    private static double Time(ITrainer t, int warmup, int steps)
+    {
+        for (int i = 0; i < warmup; i++) t.TrainStep();
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < steps; i++) t.TrainStep();
+        return sw.Elapsed.TotalMilliseconds / steps;
     }
 
     private static double MatmulMs()

@@ -12,7 +12,12 @@ public static class PretrainCommand
     public static int Run(CliArgs cli, CancellationToken ct)
     {
         cli.RejectFlagsExcept();
-        var s = Session.Open(cli);
+        Execute(Session.Open(cli), ct);
+        return 0;
+    }
+
+    public static void Execute(Session s, CancellationToken ct)
+    {
         var dir = s.Run.Phase("pretrain");
         using var data = FashionMnist.Load(s.Data.Directory, Split.Train);
         Log.Information("Pre-training a dense MAE on {Count} images: {Steps} steps of {Batch}, peak lr {Lr:G3}",
@@ -26,7 +31,6 @@ public static class PretrainCommand
         File.WriteAllText(Path.Combine(dir, "summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
         Log.Information("Pre-training done: loss {First:F4} (mean of first 50 steps) → {Last:F4} (last 50), ratio {Ratio:F3}; {Ips:F0} img/s; {Wall:F0} s of training",
             summary.FirstLossMean, summary.LastLossMean, summary.LossRatio, summary.ImagesPerSecond, summary.WallSeconds);
-        return 0;
     }
 
     public sealed record Summary(long Steps, double FirstLossMean, double LastLossMean, double LossRatio,

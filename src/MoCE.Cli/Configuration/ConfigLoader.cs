@@ -42,7 +42,7 @@ public static class ConfigLoader
         foreach (var (name, layer) in layers)
         {
             foreach (var (path, _) in HoconTree.Leaves(layer, "moce"))
-                if (!known.Contains(path))
+                if (!known.Contains(path) && !MoceConfig.IsOpenKey(path))
                 {
                     var inside = known.FirstOrDefault(k => k.StartsWith(path + ".", StringComparison.Ordinal));
                     throw new ConfigException(path, inside is not null

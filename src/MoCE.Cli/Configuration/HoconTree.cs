@@ -36,6 +36,13 @@ public sealed class HoconTree(Config config)
             ? x : throw new ConfigException(key, $"element {i} '{e.GetString()}' is not an integer")).ToList();
     }
 
+    public IReadOnlyList<string> StringList(string key)
+    {
+        var v = Leaf(key);
+        if (!v.IsArray()) throw new ConfigException(key, $"expected a list like [a, b], got '{v}'");
+        return v.GetArray().Select(e => e.GetString()).ToList();
+    }
+
     private T Parse<T>(string key, string what, Func<string, T?> parse) where T : struct
     {
         var v = Leaf(key);

@@ -6,12 +6,40 @@ namespace MoCE.Cli.Configuration;
 /// <summary>The resolved configuration of a run: the typed records plus the merged HOCON it came from.</summary>
 public sealed record MoceConfig(string Device, int Threads, DataConfig Data, MaeConfig Model, TrainConfig Pretrain, Config Hocon)
 {
+    public required ClusterConfig Cluster { get; init; }
+    public required MoeConfig Moe { get; init; }
+    public required TrainConfig Train { get; init; }
+    public required bool FoldGateWeight { get; init; }
+    public required EvalConfig Eval { get; init; }
+    public required IReadOnlyDictionary<string, TaskConfig> Tasks { get; init; }
+
     /// <summary>Keys a resumed run may change; all others must equal the run's recorded config.</summary>
     public static readonly IReadOnlySet<string> ResumeMutable = new HashSet<string>
     {
         "moce.device", "moce.threads", "moce.data.path", "moce.data.fallback-to-sample",
         "moce.pretrain.log-every", "moce.pretrain.steps", "moce.pretrain.checkpoint-every", "moce.pretrain.keep-checkpoints",
+        "moce.moe.method", "moce.train.log-every", "moce.train.checkpoint-every", "moce.train.keep-checkpoints",
+        "moce.cluster.feature-batch",
     };
+
+    /// <summary>Evaluation and task settings never change what was trained, so a resumed run may change them.</summary>
+    public static bool MayChangeOnResume(string key) =>
+        ResumeMutable.Contains(key) || key.StartsWith("moce.eval.", StringComparison.Ordinal) || key.StartsWith("moce.tasks.", StringComparison.Ordinal)
+        || key.StartsWith("moce.customize.", StringComparison.Ordinal);
+
+    /// <summary>Task definitions are open: any moce.tasks.NAME.classes is a known key.</summary>
+    public static bool IsOpenKey(string key) =>
+        key.StartsWith("moce.tasks.", StringComparison.Ordinal) && key.EndsWith(".classes", StringComparison.Ordinal) && key.Count(c => c == '.') == 3;
+
+    public static MoeMethod ParseMethod(string key, string value) => value switch
+    {
+        "moce" => MoeMethod.Moce,
+        "token-moe" => MoeMethod.TokenMoe,
+        "dense" => MoeMethod.Dense,
+        _ => throw new ConfigException(key, $"expected moce, token-moe or dense, got '{value}'"),
+    };
+
+    public static string MethodName(MoeMethod m) => m switch { MoeMethod.Moce => "moce", MoeMethod.TokenMoe => "token-moe", _ => "dense" };
 
     /// <summary>Binds the merged tree to records. Reads every key it knows; the loader rejects keys it does not.</summary>
     public static (MoceConfig config, IReadOnlySet<string> keysRead) Bind(Config merged)
@@ -40,14 +68,61 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             Std = t.Double("moce.data.std"),
         }.Validate();
         long seed = t.Long("moce.seed");
-        var cfg = new MoceConfig(t.String("moce.device"), t.Int("moce.threads"), data, model, Train(t, "moce.pretrain", seed), merged);
+        var tasks = HoconTree.Leaves(merged, "moce.tasks").Select(l => l.path).Where(IsOpenKey)
+            .Select(k => new TaskConfig(k.Split('.')[2], t.IntList(k))).ToDictionary(x => x.Name);
+        foreach (var task in tasks.Values)
+        {
+            var key = $"moce.tasks.{task.Name}.classes";
+            if (task.Classes.Count < 2) throw new ConfigException(key, "a task needs at least two classes");
+            if (task.Classes.Any(c => c < 0 || c > 9)) throw new ConfigException(key, "classes must be Fashion-MNIST labels 0..9");
+            if (task.Classes.Distinct().Count() != task.Classes.Count) throw new ConfigException(key, "lists a class twice");
+        }
+        var cfg = new MoceConfig(t.String("moce.device"), t.Int("moce.threads"), data, model, TrainSection(t, "moce.pretrain", seed), merged)
+        {
+            Cluster = new ClusterConfig
+            {
+                K = t.Int("moce.cluster.k"),
+                MaxIter = t.Int("moce.cluster.max-iter"),
+                Tol = t.Double("moce.cluster.tol"),
+                FeatureBatch = t.Int("moce.cluster.feature-batch"),
+            }.Validate(),
+            Moe = new MoeConfig
+            {
+                Method = ParseMethod("moce.moe.method", t.String("moce.moe.method")),
+                Experts = t.Int("moce.moe.experts"),
+                TopK = t.Int("moce.moe.top-k"),
+                Layers = t.IntList("moce.moe.layers"),
+                GateDim = t.Int("moce.moe.gate-dim"),
+                Temperature = t.Double("moce.moe.temperature"),
+                GateNoise = t.Double("moce.moe.gate-noise"),
+                UpcycleNoise = t.Double("moce.moe.upcycle-noise"),
+                LambdaRoute = t.Double("moce.moe.lambda-route"),
+                LambdaDistill = t.Double("moce.moe.lambda-distill"),
+                LambdaBalance = t.Double("moce.moe.lambda-balance"),
+            }.Validate(model.Depth),
+            Train = TrainSection(t, "moce.train", seed),
+            FoldGateWeight = t.Bool("moce.customize.fold-gate-weight"),
+            Tasks = tasks,
+            Eval = new EvalConfig
+            {
+                Tasks = t.StringList("moce.eval.tasks"),
+                TrainImages = t.Int("moce.eval.train-images"),
+                TestImages = t.Int("moce.eval.test-images"),
+                KnnK = t.Int("moce.eval.knn-k"),
+                KnnTemperature = t.Double("moce.eval.knn-temperature"),
+                ProbeEpochs = t.Int("moce.eval.probe-epochs"),
+                ProbeLr = t.Double("moce.eval.probe-lr"),
+                ProbeWeightDecay = t.Double("moce.eval.probe-weight-decay"),
+                ProbeBatch = t.Int("moce.eval.probe-batch"),
+            }.Validate(tasks),
+        };
         if (cfg.Threads < 0) throw new ConfigException("moce.threads", "must be ≥ 0 (0 = torch's default)");
         if (cfg.Device != "cpu" && !cfg.Device.StartsWith("cuda", StringComparison.Ordinal))
             throw new ConfigException("moce.device", $"expected \"cpu\", \"cuda\" or \"cuda:N\", got \"{cfg.Device}\"");
         return (cfg, t.KeysRead);
     }
 
-    private static TrainConfig Train(HoconTree t, string s, long seed) => new TrainConfig
+    private static TrainConfig TrainSection(HoconTree t, string s, long seed) => new TrainConfig
     {
         Seed = seed,
         Steps = t.Long($"{s}.steps"),

@@ -36,16 +36,6 @@ public sealed class EpochSampler
         return cachedPerm.AsSpan(offset, BatchSize);
     }
 
-    /// <summary>Fisher–Yates with a SplitMix64 stream keyed by (seed, "epoch", e): platform-independent.</summary>
-    public int[] Permutation(long epoch)
-    {
-        var perm = Enumerable.Range(0, count).ToArray();
-        var rng = new SplitMix64(Seeds.Derive(seed, Seeds.Stream.Epoch, epoch));
-        for (int i = count - 1; i > 0; i--)
-        {
-            int j = (int)rng.NextBelow((ulong)i + 1);
-            (perm[i], perm[j]) = (perm[j], perm[i]);
-        }
-        return perm;
-    }
+    /// <summary>The permutation of epoch e, keyed by (seed, "epoch", e).</summary>
+    public int[] Permutation(long epoch) => Seeds.Permutation(count, Seeds.Derive(seed, Seeds.Stream.Epoch, epoch));
 }

@@ -37,6 +37,14 @@ public sealed class ImageDataset : IDisposable
         return new ImageDataset(img.Data, img.Count, 1, img.Shape[1], img.Shape[2], labels, imagesPath);
     }
 
+    /// <summary>The first <paramref name="n"/> images (and labels) as a new dataset.</summary>
+    public ImageDataset Take(int n)
+    {
+        if (n <= 0 || n > Count) throw new ArgumentOutOfRangeException(nameof(n), $"take {n} of {Count} images");
+        using var head = images.narrow(0, 0, n).contiguous();
+        return new ImageDataset(head.bytes.ToArray(), n, Channels, Height, Width, Labels.Length == 0 ? [] : Labels[..n], $"{Source}[0..{n})");
+    }
+
     /// <summary>The images at <paramref name="indices"/>, scaled to [0,1] and normalized: [B, C, H, W] float32.</summary>
     public Tensor Batch(ReadOnlySpan<int> indices, double mean, double std)
     {

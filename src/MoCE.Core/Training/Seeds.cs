@@ -16,6 +16,19 @@ public static class Seeds
         return SplitMix64.Mix(h ^ (ulong)index * 0x94D049BB133111EBUL);
     }
 
+    /// <summary>A permutation of 0..n−1 by Fisher–Yates over a SplitMix64 stream: platform-independent.</summary>
+    public static int[] Permutation(int n, ulong key)
+    {
+        var perm = Enumerable.Range(0, n).ToArray();
+        var rng = new SplitMix64(key);
+        for (int i = n - 1; i > 0; i--)
+        {
+            int j = (int)rng.NextBelow((ulong)i + 1);
+            (perm[i], perm[j]) = (perm[j], perm[i]);
+        }
+        return perm;
+    }
+
     /// <summary>A torch generator for one (seed, stream, index) draw.</summary>
     public static torch.Generator Generator(long seed, Stream stream, long index) =>
         new(Derive(seed, stream, index) & 0x7FFF_FFFF_FFFF_FFFFUL);

@@ -1,0 +1,93 @@
+using MoCE.Cli.Configuration;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Clustering;
+using MoCE.Core.Config;
+using MoCE.Core.Data;
+using MoCE.Core.Evaluation;
+using MoCE.Core.Model;
+using MoCE.Core.Training;
+using Serilog;
+using TorchSharp;
+
+namespace MoCE.Cli.Commands;
+
+/// <summary>The products of earlier phases of a run, loaded with their provenance checked.</summary>
+public static class Artifacts
+{
+    public static string TrainPhase(MoeMethod m) => "train-" + MoceConfig.MethodName(m);
+
+    /// <summary>The newest verified commit of a phase, or a clear error naming the command that makes it.</summary>
+    public static (CheckpointStore store, CheckpointCommit commit) LatestCommit(RunDirectory run, string phase, string makeWith, long expectedSteps)
+    {
+        var store = new CheckpointStore(Path.Combine(run.Root, phase, "checkpoints"));
+        var commit = new CommitLog(store).LatestValid((c, e) =>
+            Log.Warning("Checkpoint of step {Step} in {Phase} is unusable, falling back: {Reason}", c.Step, phase, e.Message));
+        if (commit is null)
+            throw new RunMismatchException($"no committed checkpoint in {store.Directory}: run `{makeWith}` on this run first");
+        if (commit.Step < expectedSteps)
+            Log.Warning("{Phase} is incomplete: using its checkpoint of step {Step} of {Steps}", phase, commit.Step, expectedSteps);
+        return (store, commit);
+    }
+
+    /// <summary>The dense MAE that pre-training produced, with the sha256 of its checkpoint file.</summary>
+    public static (CheckpointContent content, string sha256) Dense(Session s)
+    {
+        var (store, commit) = LatestCommit(s.Run, "pretrain", "moce pretrain", s.Config.Pretrain.Steps);
+        var part = commit.Parts.Single(p => p.Owner == DenseTrainer.Owner);
+        return (store.Load(part), part.Sha256);
+    }
+
+    public static MaskedAutoencoder DenseModel(Session s, CheckpointContent dense)
+    {
+        var m = new MaskedAutoencoder(s.Config.Model);
+        DenseTrainer.LoadModelWeights(m, dense);
+        m.to(s.Device).eval();
+        return m;
+    }
+
+    public static ClusteringResult Clustering(Session s, string denseSha, int trainCount)
+    {
+        var c = ClusteringResult.Load(Path.Combine(s.Run.Root, "cluster"));
+        c.Check(denseSha, s.Config.Model.Dim, trainCount);
+        return c;
+    }
+
+    public static string TrainedSha(Session s, MoeMethod method) =>
+        LatestCommit(s.Run, TrainPhase(method), $"moce train --method {MoceConfig.MethodName(method)}", s.Config.Train.Steps)
+            .commit.Parts.Single(p => p.Owner == MoceTrainer.Owner).Sha256;
+
+    /// <summary>The model trained by `moce train --method M` (its newest commit) and its checkpoint's sha256.</summary>
+    public static (MaskedAutoencoder model, string sha256) Trained(Session s, MoeMethod method, int clusters)
+    {
+        var (store, commit) = LatestCommit(s.Run, TrainPhase(method), $"moce train --method {MoceConfig.MethodName(method)}", s.Config.Train.Steps);
+        var part = commit.Parts.Single(p => p.Owner == MoceTrainer.Owner);
+        using var c = store.Load(part);
+        var m = new MaskedAutoencoder(s.Config.Model, s.Config.Moe with { Method = method }, clusters);
+        DenseTrainer.LoadModelWeights(m, c);
+        m.to(s.Device).eval();
+        return (m, part.Sha256);
+    }
+
+    /// <summary>A task's images in a seeded order (at most <paramref name="cap"/>) and their labels relabelled
+    /// 0..n−1 in the task's class order.</summary>
+    public static (List<int> indices, long[] labels) TaskImages(ImageDataset data, TaskConfig task, int cap, long seed)
+    {
+        var order = Seeds.Permutation(data.Count, Seeds.Derive(seed, Seeds.Stream.Probe, data.Count));
+        var idx = order.Where(i => task.Classes.Contains(data.Labels[i])).Take(cap).ToList();
+        return (idx, idx.Select(i => (long)IndexOf(task.Classes, data.Labels[i])).ToArray());
+    }
+
+    private static int IndexOf(IReadOnlyList<int> list, int x)
+    {
+        for (int i = 0; i < list.Count; i++) if (list[i] == x) return i;
+        return -1;
+    }
+
+    /// <summary>Cluster ids of images outside the clustered set: the nearest centroid of their dense features.</summary>
+    public static long[] AssignClusters(Session s, MaskedAutoencoder dense, ClusteringResult clustering, ImageDataset data, IReadOnlyList<int> indices)
+    {
+        using var f = Features.Extract(dense, data, indices, s.Config.Data.Mean, s.Config.Data.Std, batch: s.Config.Cluster.FeatureBatch, device: s.Device);
+        var (ids, d2) = KMeans.Nearest(f, clustering.Centroids);
+        using (ids) using (d2) return ids.data<long>().ToArray();
+    }
+}

@@ -1,0 +1,57 @@
+using System.Text.Json;
+using MoCE.Cli.Configuration;
+using MoCE.Core.Config;
+using MoCE.Core.Data;
+using MoCE.Core.Training;
+using Serilog;
+
+namespace MoCE.Cli.Commands;
+
+/// <summary><c>moce train [--method moce|token-moe|dense] [--engine local]</c>: trains from the run's dense MAE and
+/// its clustering with the reference (single-process) engine. Resumable like pre-training.</summary>
+public static class TrainCommand
+{
+    public static int Run(CliArgs cli, CancellationToken ct)
+    {
+        cli.RejectFlagsExcept("method", "engine");
+        var engine = cli.Flags.GetValueOrDefault("engine", "local");
+        if (engine != "local")
+            throw new ConfigException("--engine", $"'{engine}' is not available: this build has only the reference engine, 'local'");
+        var s = Session.Open(cli);
+        var method = cli.Flags.TryGetValue("method", out var m) ? MoceConfig.ParseMethod("--method", m) : s.Config.Moe.Method;
+        Execute(s, method, ct);
+        return 0;
+    }
+
+    public static void Execute(Session s, MoeMethod method, CancellationToken ct)
+    {
+        var dir = s.Run.Phase(Artifacts.TrainPhase(method));
+        var (dense, sha) = Artifacts.Dense(s);
+        using var _ = dense;
+        using var data = FashionMnist.Load(s.Data.Directory, Split.Train);
+        using var clustering = Artifacts.Clustering(s, sha, data.Count);
+        var moe = s.Config.Moe with { Method = method };
+        var train = s.Config.Train;
+        Log.Information("Training {Method} from dense checkpoint {Sha}…: {Steps} steps of {Batch}; {Experts} experts in blocks [{Layers}], top-{K}, {C} clusters",
+            MoceConfig.MethodName(method), sha[..16], train.Steps, train.BatchSize, moe.Experts, string.Join(",", moe.Layers), moe.TopK, clustering.K);
+        using var trainer = new MoceTrainer(s.Config.Model, moe, train, s.Config.Data, data, clustering, dense, sha, s.Device);
+        var loop = new TrainingLoop(trainer, train, dir, Log.Logger);
+        loop.Run(p => Log.Information("{Method} step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}{Routing}",
+            MoceConfig.MethodName(method), p.Step, p.TotalSteps, p.Loss, p.ImagesPerSecond, p.Eta, RoutingSummary(trainer)), ct);
+        var summary = PretrainCommand.Summarize(Path.Combine(dir, "metrics.csv"), data.Source);
+        File.WriteAllText(Path.Combine(dir, "summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
+        Log.Information("{Method} done: loss {First:F4} → {Last:F4}; {Ips:F0} img/s; {Wall:F0} s",
+            MoceConfig.MethodName(method), summary.FirstLossMean, summary.LastLossMean, summary.ImagesPerSecond, summary.WallSeconds);
+    }
+
+    /// <summary>" | block 1: 40/35/15/10% H=0.52" — the last step's token shares per expert and the gate entropy.</summary>
+    private static string RoutingSummary(MoceTrainer t)
+    {
+        if (t.LastRouting.Count == 0) return "";
+        return string.Concat(t.LastRouting.GroupBy(r => r.Block).Select(g =>
+        {
+            double total = Math.Max(1, g.Sum(r => r.Tokens));
+            return $" | block {g.Key}: {string.Join("/", g.Select(r => (100 * r.Tokens / total).ToString("F0")))}% H={g.First().GateEntropy:F2}";
+        }));
+    }
+}
