@@ -40,7 +40,7 @@ public static class Artifacts
     public static MaskedAutoencoder DenseModel(Session s, CheckpointContent dense)
     {
         var m = new MaskedAutoencoder(s.Config.Model);
-        DenseTrainer.LoadModelWeights(m, dense);
+        TrainerCheckpoint.LoadModelWeights(m, dense);
         m.to(s.Device).eval();
         return m;
     }
@@ -63,7 +63,7 @@ public static class Artifacts
         var part = commit.Parts.Single(p => p.Owner == MoceTrainer.Owner);
         using var c = store.Load(part);
         var m = new MaskedAutoencoder(s.Config.Model, s.Config.Moe with { Method = method }, clusters);
-        DenseTrainer.LoadModelWeights(m, c);
+        TrainerCheckpoint.LoadModelWeights(m, c);
         m.to(s.Device).eval();
         return (m, part.Sha256);
     }

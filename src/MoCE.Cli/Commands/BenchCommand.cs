@@ -12,8 +12,8 @@ using static TorchSharp.torch;
 namespace MoCE.Cli.Commands;
 
 /// <summary><c>moce bench</c>: in one process, times the dense reference trainer's step and the reference MoCE
-/// trainer's step (from that dense model and a real k-means clustering of its features), plus a 1024×1024 fp32
-/// matmul, and prints the ratios, which survive noisy machines better than absolute times.</summary>
+/// trainer's step (from that dense model and a real k-means clustering of its features), interleaved in rounds,
+/// plus a 1024×1024 fp32 matmul, and prints the ratios, which survive noisy machines better than absolute times.</summary>
 public static class BenchCommand
 {
     public const int BenchImages = 8192;
@@ -36,7 +36,7 @@ public static class BenchCommand
         double matmulBefore = MatmulMs();
         var dense = cfg.Pretrain with { Steps = warmup + steps, CheckpointEvery = long.MaxValue };
         using var denseTrainer = new DenseTrainer(m, dense, cfg.Data, data, device);
-        double denseMs = Time(denseTrainer, warmup, steps);
+        for (int i = 0; i < warmup; i++) denseTrainer.TrainStep();
 
         // MoCE from that dense model: its checkpoint, and k-means over its features of the bench images
         var store = new CheckpointStore(Path.Combine(Path.GetTempPath(), $"moce-bench-{Guid.NewGuid():N}"));
@@ -49,7 +49,8 @@ public static class BenchCommand
             using var ckpt = store.Load(denseRef);
             var train = cfg.Train with { Steps = warmup + steps, CheckpointEvery = long.MaxValue };
             using var moceTrainer = new MoceTrainer(m, cfg.Moe, train, cfg.Data, data, clustering, ckpt, denseRef.Sha256, device);
-            double moceMs = Time(moceTrainer, warmup, steps);
+            for (int i = 0; i < warmup; i++) moceTrainer.TrainStep();
+            var (denseMs, moceMs) = Interleaved(denseTrainer, moceTrainer, steps);
             double matmul = (matmulBefore + MatmulMs()) / 2;
 
             int b = cfg.Pretrain.BatchSize;
@@ -58,18 +59,30 @@ public static class BenchCommand
             Console.WriteLine($"1024x1024 fp32 matmul: {matmul:F2} ms ({2.0 * 1024 * 1024 * 1024 / (matmul * 1e6):F1} GFLOP/s)");
             Console.WriteLine($"ratio MoCE-step / dense-step: {moceMs / denseMs:F3}");
             Console.WriteLine($"ratio dense-step / matmul: {denseMs / matmul:F2}");
-            Console.WriteLine($"({steps} timed steps each after {warmup} warm-up steps)");
+            Console.WriteLine($"({steps} timed steps each, interleaved in rounds of {Round}, after {warmup} warm-up steps)");
         }
         finally { Directory.Delete(store.Directory, recursive: true); }
         return 0;
     }
 
-    private static double Time(ITrainer t, int warmup, int steps)
+    private const int Round = 5;
+
+    /// <summary>Mean step times of two trainers, timed in alternating rounds so that both see the same machine
+    /// conditions (a noisy neighbour slows both, not one).</summary>
+    private static (double a, double b) Interleaved(ITrainer a, ITrainer b, int steps)
     {
-        for (int i = 0; i < warmup; i++) t.TrainStep();
-        var sw = Stopwatch.StartNew();
-        for (int i = 0; i < steps; i++) t.TrainStep();
-        return sw.Elapsed.TotalMilliseconds / steps;
+        double ta = 0, tb = 0;
+        for (int done = 0; done < steps; done += Round)
+        {
+            int n = Math.Min(Round, steps - done);
+            var sw = Stopwatch.StartNew();
+            for (int i = 0; i < n; i++) a.TrainStep();
+            ta += sw.Elapsed.TotalMilliseconds;
+            sw.Restart();
+            for (int i = 0; i < n; i++) b.TrainStep();
+            tb += sw.Elapsed.TotalMilliseconds;
+        }
+        return (ta / steps, tb / steps);
     }
 
     private static double MatmulMs()

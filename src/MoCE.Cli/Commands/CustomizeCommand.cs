@@ -41,7 +41,7 @@ public static class CustomizeCommand
         var r = JsonSerializer.Deserialize<CheckpointRef>(File.ReadAllText(path))!;
         using var c = new CheckpointStore(Dir(s, task)).Load(r);
         var m = new MaskedAutoencoder(s.Config.Model);
-        Core.Training.DenseTrainer.LoadModelWeights(m, c);
+        Core.Checkpoints.TrainerCheckpoint.LoadModelWeights(m, c);
         m.to(s.Device).eval();
         return m;
     }

@@ -73,53 +73,21 @@ public sealed class DenseTrainer : ITrainer, IDisposable
         var meta = new Dictionary<string, string>
         {
             ["kind"] = "dense-mae",
-            ["step"] = NextStep.ToString(CultureInfo.InvariantCulture),
-            ["optimizer_steps"] = Optimizer.StepCount.ToString(CultureInfo.InvariantCulture),
             ["seed"] = cfg.Seed.ToString(CultureInfo.InvariantCulture),
-            // sampler position: the global step alone determines epoch and offset
             ["sampler_epoch"] = Sampler.EpochOf(NextStep).ToString(CultureInfo.InvariantCulture),
-            ["sampler_batch_size"] = cfg.BatchSize.ToString(CultureInfo.InvariantCulture),
-            // RNG state: every draw is derived from (seed, stream, index), so the seed is the whole state
-            ["rng"] = "derived:(seed,stream,index)",
             ["model_config"] = JsonSerializer.Serialize(modelCfg),
         };
-        var tensors = Model.state_dict().Select(kv => ("model." + kv.Key, kv.Value))
-            .Concat(Optimizer.StateTensors().Select(t => ("optim." + t.name, t.tensor)));
-        return [store.Save(Owner, NextStep, meta, tensors)];
+        return [TrainerCheckpoint.Save(store, Owner, NextStep, meta, Model, Optimizer)];
     }
 
     public void Restore(CheckpointCommit commit, CheckpointStore store)
     {
         var part = commit.Parts.Single(p => p.Owner == Owner);
         using var c = store.Load(part);
-        var saved = JsonSerializer.Deserialize<MaeConfig>(c["model_config"]);
-        if (saved != modelCfg)
+        if (JsonSerializer.Deserialize<MaeConfig>(c["model_config"]) != modelCfg)
             throw new ConfigException("moce.model", $"checkpoint {part.File} was trained with a different model config: {c["model_config"]}");
-        LoadModelWeights(Model, c);
-        Optimizer.LoadState(c.Tensors.Where(kv => kv.Key.StartsWith("optim.", StringComparison.Ordinal))
-            .ToDictionary(kv => kv.Key["optim.".Length..], kv => kv.Value), long.Parse(c["optimizer_steps"], CultureInfo.InvariantCulture));
-        NextStep = long.Parse(c["step"], CultureInfo.InvariantCulture);
+        NextStep = TrainerCheckpoint.Restore(c, Model, Optimizer);
     }
-
-    /// <summary>Copies the "model.*" tensors of a checkpoint into a model; names and shapes must all match.</summary>
-    public static void LoadModelWeights(nn.Module model, CheckpointContent c)
-    {
-        var weights = ModelWeights(c);
-        using var _ = no_grad();
-        var state = model.state_dict();
-        foreach (var (name, t) in state)
-        {
-            if (!weights.TryGetValue(name, out var w)) throw new InvalidDataException($"checkpoint lacks weight '{name}'");
-            if (!w.shape.SequenceEqual(t.shape)) throw new InvalidDataException($"weight '{name}' has shape [{string.Join(",", w.shape)}], model needs [{string.Join(",", t.shape)}]");
-            t.copy_(w);
-        }
-        var extra = weights.Keys.Except(state.Keys).ToList();
-        if (extra.Count > 0) throw new InvalidDataException($"checkpoint has weights the model lacks: {string.Join(", ", extra.Take(5))}");
-    }
-
-    /// <summary>The "model.*" tensors of a checkpoint, by their state_dict names (references into the content).</summary>
-    public static Dictionary<string, Tensor> ModelWeights(CheckpointContent c) =>
-        c.Tensors.Where(kv => kv.Key.StartsWith("model.", StringComparison.Ordinal)).ToDictionary(kv => kv.Key["model.".Length..], kv => kv.Value);
 
     public void Dispose()
     {

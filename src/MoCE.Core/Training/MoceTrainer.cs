@@ -54,12 +54,12 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
         clusterIds = clustering.TrainIds;
 
         Model = new MaskedAutoencoder(modelCfg, moe, clustering.K);
-        using (var gen = Seeds.Generator(cfg.Seed, Seeds.Stream.Upcycle, 0)) Model.UpcycleFrom(DenseTrainer.ModelWeights(dense), gen);
+        using (var gen = Seeds.Generator(cfg.Seed, Seeds.Stream.Upcycle, 0)) Model.UpcycleFrom(TrainerCheckpoint.ModelWeights(dense), gen);
         Model.to(this.device).train();
         if (moe.Method != MoeMethod.Dense && moe.LambdaDistill > 0)
         {
             Teacher = new MaskedAutoencoder(modelCfg);
-            DenseTrainer.LoadModelWeights(Teacher, dense);
+            TrainerCheckpoint.LoadModelWeights(Teacher, dense);
             Teacher.to(this.device).eval();
             foreach (var p in Teacher.parameters()) p.requires_grad = false;
         }
@@ -150,18 +150,13 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
         {
             ["kind"] = "moe-mae",
             ["method"] = moe.Method.ToString(),
-            ["step"] = NextStep.ToString(CultureInfo.InvariantCulture),
-            ["optimizer_steps"] = Optimizer.StepCount.ToString(CultureInfo.InvariantCulture),
             ["seed"] = cfg.Seed.ToString(CultureInfo.InvariantCulture),
             ["sampler_epoch"] = Sampler.EpochOf(NextStep).ToString(CultureInfo.InvariantCulture),
-            ["rng"] = "derived:(seed,stream,index)",
             ["dense_sha256"] = denseSha,
             ["model_config"] = JsonSerializer.Serialize(modelCfg),
             ["moe_config"] = JsonSerializer.Serialize(moe),
         };
-        var tensors = Model.state_dict().Select(kv => ("model." + kv.Key, kv.Value))
-            .Concat(Optimizer.StateTensors().Select(t => ("optim." + t.name, t.tensor)));
-        return [store.Save(Owner, NextStep, meta, tensors)];
+        return [TrainerCheckpoint.Save(store, Owner, NextStep, meta, Model, Optimizer)];
     }
 
     public void Restore(CheckpointCommit commit, CheckpointStore store)
@@ -172,10 +167,7 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
             throw new RunMismatchException($"checkpoint {part.File} was trained with a different model or MoE config ({c["moe_config"]})");
         if (c["dense_sha256"] != denseSha)
             throw new RunMismatchException($"checkpoint {part.File} started from dense checkpoint {c["dense_sha256"][..16]}…, this run from {denseSha[..16]}…");
-        DenseTrainer.LoadModelWeights(Model, c);
-        Optimizer.LoadState(c.Tensors.Where(kv => kv.Key.StartsWith("optim.", StringComparison.Ordinal))
-            .ToDictionary(kv => kv.Key["optim.".Length..], kv => kv.Value), long.Parse(c["optimizer_steps"], CultureInfo.InvariantCulture));
-        NextStep = long.Parse(c["step"], CultureInfo.InvariantCulture);
+        NextStep = TrainerCheckpoint.Restore(c, Model, Optimizer);
     }
 
     public void Dispose()
