@@ -17,7 +17,7 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         var layer = new MoeLayer(cfg, 0, dim, 2 * dim, clusters);
         using var dense = new Mlp(dim, 2 * dim);
         using var gen = Seeds.Generator(seed, Seeds.Stream.Upcycle, 0);
-        layer.Upcycle(dense.state_dict(), gen);
+        layer.Upcycle(dense.state_dict(), cfg.UpcycleNoise, gen);
         // make experts clearly different from each other
         using (no_grad()) foreach (var p in layer.Experts.parameters()) p.add_(randn(p.shape, generator: gen) * 0.5);
         return layer;
@@ -72,8 +72,7 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         using var scope = NewDisposeScope();
         var x = randn(7, 3, 8);
         var clusters = tensor(new long[] { 0, 1, 2, 3, 4, 1, 2 });
-        using var gen = Seeds.Generator(0, Seeds.Stream.Gate, 0);
-        var (y, s) = layer.forward(x, new GateInput(clusters, gen));
+        var (y, s) = layer.forward(x, new GateInput(clusters, new GateNoise(0, 0)));
         var mass = s.Probs.gather(1, s.Choice).sum(1);
         Assert.True(s.Weights.sum(1).allclose(mass, rtol: 0, atol: 1e-7));
         Assert.True(mass.lt(1).all().item<bool>());                          // not renormalized
@@ -111,9 +110,8 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         var imgs = data.Batch([0, 1, 2, 3, 4, 5, 6, 7], Tiny.Data.Mean, Tiny.Data.Std);
         using var mg = Seeds.Generator(1, Seeds.Stream.Mask, 0);
         var noise = dense.MaskNoise(8, mg);
-        using var gg = Seeds.Generator(1, Seeds.Stream.Gate, 0);
         using var a = dense.forward(imgs, noise);
-        using var b = moce.Forward(imgs, noise, new GateInput(tensor(new long[] { 0, 1, 2, 3, 0, 1, 2, 3 }), gg));
+        using var b = moce.Forward(imgs, noise, new GateInput(tensor(new long[] { 0, 1, 2, 3, 0, 1, 2, 3 }), new GateNoise(1, 0)));
         Assert.Equal(a.Loss.item<float>(), b.Loss.item<float>(), 1e-6);
         Assert.True(a.Latent.allclose(b.Latent, rtol: 0, atol: 1e-6));
     }

@@ -10,7 +10,12 @@ namespace MoCE.Core.Checkpoints;
 /// seed, recorded by the caller, is the whole RNG state; the sampler position is the step.</summary>
 public static class TrainerCheckpoint
 {
-    public static CheckpointRef Save(CheckpointStore store, string owner, long step, IDictionary<string, string> meta, nn.Module model, AdamW optimizer)
+    public static CheckpointRef Save(CheckpointStore store, string owner, long step, IDictionary<string, string> meta, nn.Module model, AdamW optimizer) =>
+        Save(store, owner, step, meta, model.state_dict().Select(kv => (kv.Key, kv.Value)), optimizer);
+
+    /// <summary>Saves named weights (e.g. one expert's MLPs across blocks) with their optimizer.</summary>
+    public static CheckpointRef Save(CheckpointStore store, string owner, long step, IDictionary<string, string> meta,
+                                     IEnumerable<(string name, Tensor tensor)> weights, AdamW optimizer)
     {
         var all = new Dictionary<string, string>(meta)
         {
@@ -18,26 +23,31 @@ public static class TrainerCheckpoint
             ["optimizer_steps"] = optimizer.StepCount.ToString(CultureInfo.InvariantCulture),
             ["rng"] = "derived:(seed,stream,index)",
         };
-        var tensors = model.state_dict().Select(kv => ("model." + kv.Key, kv.Value))
+        var tensors = weights.Select(w => ("model." + w.name, w.tensor))
             .Concat(optimizer.StateTensors().Select(t => ("optim." + t.name, t.tensor)));
         return store.Save(owner, step, all, tensors);
     }
 
     /// <summary>Restores weights and optimizer state; returns the step to continue from.</summary>
-    public static long Restore(CheckpointContent c, nn.Module model, AdamW optimizer)
+    public static long Restore(CheckpointContent c, nn.Module model, AdamW optimizer) =>
+        Restore(c, model.state_dict(), optimizer);
+
+    public static long Restore(CheckpointContent c, IReadOnlyDictionary<string, Tensor> weights, AdamW optimizer)
     {
-        LoadModelWeights(model, c);
+        LoadWeights(weights, c);
         optimizer.LoadState(c.Tensors.Where(kv => kv.Key.StartsWith("optim.", StringComparison.Ordinal))
             .ToDictionary(kv => kv.Key["optim.".Length..], kv => kv.Value), long.Parse(c["optimizer_steps"], CultureInfo.InvariantCulture));
         return long.Parse(c["step"], CultureInfo.InvariantCulture);
     }
 
     /// <summary>Copies the "model.*" tensors of a checkpoint into a model; names and shapes must all match.</summary>
-    public static void LoadModelWeights(nn.Module model, CheckpointContent c)
+    public static void LoadModelWeights(nn.Module model, CheckpointContent c) => LoadWeights(model.state_dict(), c);
+
+    /// <summary>Copies the "model.*" tensors of a checkpoint into named tensors; names and shapes must all match.</summary>
+    public static void LoadWeights(IReadOnlyDictionary<string, Tensor> state, CheckpointContent c)
     {
         var weights = ModelWeights(c);
         using var _ = no_grad();
-        var state = model.state_dict();
         foreach (var (name, t) in state)
         {
             if (!weights.TryGetValue(name, out var w)) throw new InvalidDataException($"checkpoint lacks weight '{name}'");

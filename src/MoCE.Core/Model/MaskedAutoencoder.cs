@@ -42,8 +42,9 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
     private readonly Linear decoder_pred;
 
     /// <summary>A dense MAE, or with <paramref name="moe"/> a MoE MAE whose configured blocks hold MoE layers
-    /// over <paramref name="clusters"/> clusters.</summary>
-    public MaskedAutoencoder(MaeConfig config, MoeConfig? moe = null, int clusters = 0) : base(nameof(MaskedAutoencoder))
+    /// over <paramref name="clusters"/> clusters. With <paramref name="remoteExperts"/> those blocks hold no experts or gate: they are computed elsewhere
+    /// (the actor runtime), and the model holds only the trunk.</summary>
+    public MaskedAutoencoder(MaeConfig config, MoeConfig? moe = null, int clusters = 0, bool remoteExperts = false) : base(nameof(MaskedAutoencoder))
     {
         Config = config.Validate();
         Moe = moe?.Validate(config.Depth);
@@ -53,7 +54,7 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
         cls_token = Parameter(zeros(1, 1, d));
         pos_embed = Parameter(zeros(1, l + 1, d), requires_grad: false);
         blocks = ModuleList(Enumerable.Range(0, config.Depth).Select(b => new Block(d, config.Heads, config.MlpRatio,
-            IsMoe(b) ? new MoeLayer(moe!, b, d, (int)(d * config.MlpRatio), clusters) : null)).ToArray());
+            !IsMoe(b) ? null : remoteExperts ? new RemoteMlp() : new MoeLayer(moe!, b, d, (int)(d * config.MlpRatio), clusters))).ToArray());
         norm = LayerNorm(d, eps: 1e-6);
 
         decoder_embed = Linear(d, dd);
@@ -215,6 +216,30 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
 
     public override MaeOutput forward(Tensor imgs, Tensor noise) => Forward(imgs, noise, null);
 
+    /// <summary>The forward pass with the MoE blocks computed by <paramref name="moe"/>(block, h) → y, where h is
+    /// norm2's output (detached, so the trunk graph ends there) and y must be a leaf that requires grad. Returns
+    /// the output and, per MoE block in forward order, (block, h, y): the segment boundaries for the backward
+    /// pass, which runs loss.backward() and then h.backward(dL/dh) from the last boundary to the first.</summary>
+    public (MaeOutput output, List<(int block, Tensor h, Tensor y)> boundaries) ForwardRemote(Tensor imgs, Tensor noise, Func<int, Tensor, Tensor> moe)
+    {
+        var boundaries = new List<(int, Tensor, Tensor)>();
+        var (x, mask, idsRestore) = EmbedAndMask(imgs, noise);
+        for (int b = 0; b < blocks.Count; b++)
+        {
+            var blk = blocks[b];
+            if (blk.MlpModule is not RemoteMlp) { x = blk.Forward(x, null, null); continue; }
+            var x1 = blk.Attend(x);
+            var h = blk.Norm2(x1);
+            var y = moe(b, h.detach());
+            boundaries.Add((b, h, y));
+            x = x1 + y;
+        }
+        var latent = norm.forward(x);
+        var pred = ForwardDecoder(latent, idsRestore);
+        var (loss, perImage) = PerPatchLoss(imgs, pred, mask);
+        return (new MaeOutput(loss, perImage, pred, mask, latent, []), boundaries);
+    }
+
     public MaeOutput Forward(Tensor imgs, Tensor noise, GateInput? gate)
     {
         var routes = new List<RouteStats>();
@@ -248,7 +273,7 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
         {
             var prefix = $"blocks.{b}.mlp.";
             layer.Upcycle(dense.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal))
-                .ToDictionary(kv => kv.Key[prefix.Length..], kv => kv.Value), gen);
+                .ToDictionary(kv => kv.Key[prefix.Length..], kv => kv.Value), Moe!.UpcycleNoise, gen);
         }
     }
 

@@ -1,4 +1,5 @@
 using MoCE.Core.Config;
+using MoCE.Core.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -8,11 +9,18 @@ namespace MoCE.Core.Model;
 
 #pragma warning disable IDE1006 // module field names are the saved weight names
 
-/// <summary>What a MoE layer needs besides its input: each image's cluster id [N] (int64), the generator for
-/// this step's gate noise (null in evaluation), and optionally a forced route (customization checks).</summary>
-public sealed record GateInput(Tensor ClusterIds, Generator? Noise = null, ForcedRoute? Forced = null);
+/// <summary>Training-time gate noise of step <c>Step</c>: block b draws from (seed, "gate", step·64 + b), so each
+/// layer's noise is a pure function of (seed, step, block), whichever process computes it.</summary>
+public sealed record GateNoise(long Seed, long Step)
+{
+    public Generator For(int block) => Seeds.Generator(Seed, Seeds.Stream.Gate, Step * 64 + block);
+}
 
-/// <summary>Send every image to one expert with a fixed combination weight.</summary>
+/// <summary>What a MoE layer needs besides its input: each image's cluster id [N] (int64), this step's gate noise
+/// (null in evaluation), and optionally a forced route (customization checks).</summary>
+public sealed record GateInput(Tensor ClusterIds, GateNoise? Noise = null, ForcedRoute? Forced = null);
+
+/// <summary>Send every row to one expert with a fixed combination weight, per block.</summary>
 public sealed record ForcedRoute(IReadOnlyDictionary<int, (int expert, double weight)> PerBlock);
 
 /// <summary>One MoE layer's routing in a forward pass. Rows are images (MoCE) or tokens (TokenMoE):
@@ -20,41 +28,34 @@ public sealed record ForcedRoute(IReadOnlyDictionary<int, (int expert, double we
 /// (routing regularizer or load balance).</summary>
 public sealed record RouteStats(int Block, Tensor Probs, Tensor Choice, Tensor Weights, Tensor Aux, long TokensPerRow);
 
-/// <summary>A mixture-of-experts MLP. For MoCE the gate reads the image's cluster:
-/// g(c) = softmax((W·emb[c] + noise) / τ), and every token of an image follows that image's top-k choice.
-/// For TokenMoE the gate reads each token. The output is Σ_{e ∈ top-k} g_e · expert_e(x).</summary>
-public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteStats stats)>
+/// <summary>The rows of one expert in a dispatch: their indices [R_e] and combination weights [R_e].</summary>
+public sealed record ExpertRows(int Expert, Tensor Rows, Tensor Weights);
+
+/// <summary>The gate of one MoE layer. MoCE: g(c) = softmax((W·emb[c] + noise) / τ), one row per image.
+/// TokenMoE: g(x_t) = softmax((W·x_t + noise) / τ), one row per token.</summary>
+public sealed class MoeGate : Module<Tensor, GateInput, Tensor>
 {
     private readonly MoeConfig cfg;
-    private readonly int blockIndex;
-    private readonly ModuleList<Mlp> experts;
+    private readonly int block;
     private readonly Parameter? emb;   // [C, Dg] cluster embeddings (MoCE)
     private readonly Linear w_gate;    // MoCE: Dg → E; TokenMoE: D → E
 
-    public MoeLayer(MoeConfig cfg, int blockIndex, int dim, int hidden, int clusters) : base(nameof(MoeLayer))
+    public MoeGate(MoeConfig cfg, int block, int dim, int clusters) : base(nameof(MoeGate))
     {
         this.cfg = cfg;
-        this.blockIndex = blockIndex;
-        experts = ModuleList(Enumerable.Range(0, cfg.Experts).Select(_ => new Mlp(dim, hidden)).ToArray());
+        this.block = block;
         if (cfg.Method == MoeMethod.Moce) emb = Parameter(zeros(clusters, cfg.GateDim));
         w_gate = Linear(cfg.Method == MoeMethod.Moce ? cfg.GateDim : dim, cfg.Experts, hasBias: false);
         RegisterComponents();
     }
 
-    public ModuleList<Mlp> Experts => experts;
     public int Clusters => emb is null ? 0 : (int)emb.shape[0];
+    public bool PerToken => cfg.Method == MoeMethod.TokenMoe;
 
-    /// <summary>Upcycling: every expert = the dense MLP + relative noise; gate: emb ~ N(0, 1), W xavier.</summary>
-    public void Upcycle(IReadOnlyDictionary<string, Tensor> src, Generator gen)
+    /// <summary>emb ~ N(0, 1), W xavier-uniform.</summary>
+    public void Initialize(Generator gen)
     {
         using var _ = no_grad();
-        foreach (var expert in experts)
-            foreach (var (name, p) in expert.state_dict())
-            {
-                var w = src.TryGetValue(name, out var t) ? t : throw new InvalidDataException($"dense MLP weights lack '{name}'");
-                using var n = randn(w.shape, generator: gen);
-                p.copy_(w + n * (cfg.UpcycleNoise * (w.numel() > 1 ? w.std().item<float>() : 0)));
-            }
         if (emb is not null) { using var e = randn(emb.shape, generator: gen); emb.copy_(e); }
         double bound = Math.Sqrt(6.0 / (w_gate.weight!.shape[0] + w_gate.weight.shape[1]));
         using var u = rand(w_gate.weight.shape, generator: gen);
@@ -68,43 +69,25 @@ public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteSt
         return softmax(w_gate.forward(emb) / cfg.Temperature, 1);
     }
 
-    public override (Tensor output, RouteStats stats) forward(Tensor x, GateInput gate) => // x: [N, T, D]
-        cfg.Method == MoeMethod.TokenMoe ? ForwardTokens(x, gate) : ForwardImages(x, gate);
-
-    private (Tensor, RouteStats) ForwardImages(Tensor x, GateInput gate)
+    /// <summary>Gate probabilities [R, E]; x is [N, T, D] (read by TokenMoE only).</summary>
+    public override Tensor forward(Tensor x, GateInput gate)
     {
-        // g(c) = softmax((W·emb[c] + noise) / τ), one row per image
-        var logits = w_gate.forward(emb!.index_select(0, gate.ClusterIds));                    // [N, E]
+        var logits = PerToken
+            ? w_gate.forward(x.reshape(-1, x.shape[2]))                           // [N·T, E]
+            : w_gate.forward(emb!.index_select(0, gate.ClusterIds));              // [N, E]
         if (gate.Noise is not null && cfg.GateNoise > 0)
-            logits = logits + randn(logits.shape, generator: gate.Noise).to(logits.device) * cfg.GateNoise;
-        var probs = softmax(logits / cfg.Temperature, 1);                                       // [N, E]
-        var (weights, choice) = Choose(probs, gate);                                            // [N, k]
-        var aux = RoutingRegularizer(probs);
-        var y = Dispatch(x, choice, weights);
-        return (y, new RouteStats(blockIndex, probs, choice, weights, aux, x.shape[1]));
-    }
-
-    private (Tensor, RouteStats) ForwardTokens(Tensor x, GateInput gate)
-    {
-        long n = x.shape[0], t = x.shape[1], d = x.shape[2];
-        var flat = x.reshape(n * t, 1, d);                                                      // each token a "row"
-        var logits = w_gate.forward(flat.squeeze(1));                                           // [N·T, E]
-        if (gate.Noise is not null && cfg.GateNoise > 0)
-            logits = logits + randn(logits.shape, generator: gate.Noise).to(logits.device) * cfg.GateNoise;
-        var probs = softmax(logits / cfg.Temperature, 1);
-        var (weights, choice) = Choose(probs, gate);
-        // load balance (Switch Transformer): E · Σ_e f_e · P_e, f_e = share of tokens whose top-1 is e
-        var f = functional.one_hot(choice[.., 0], cfg.Experts).to_type(probs.dtype).mean(new long[] { 0 });
-        var aux = cfg.Experts * (f * probs.mean(new long[] { 0 })).sum();
-        var y = Dispatch(flat, choice, weights).reshape(n, t, d);
-        return (y, new RouteStats(blockIndex, probs, choice, weights, aux, 1));
+        {
+            using var gen = gate.Noise.For(block);
+            logits = logits + randn(logits.shape, generator: gen).to(logits.device) * cfg.GateNoise;
+        }
+        return softmax(logits / cfg.Temperature, 1);
     }
 
     /// <summary>Top-k experts per row; the combination weights are their gate probabilities (not renormalized),
-    /// so they sum to the gate mass of the chosen experts.</summary>
-    private (Tensor weights, Tensor choice) Choose(Tensor probs, GateInput gate)
+    /// so they sum to the gate mass of the chosen experts. A forced route overrides the choice.</summary>
+    public (Tensor weights, Tensor choice) Choose(Tensor probs, GateInput gate)
     {
-        if (gate.Forced is not null && gate.Forced.PerBlock.TryGetValue(blockIndex, out var f))
+        if (gate.Forced is not null && gate.Forced.PerBlock.TryGetValue(block, out var f))
         {
             long r = probs.shape[0];
             return (full(r, 1, f.weight, dtype: probs.dtype, device: probs.device), full(r, 1, (long)f.expert, dtype: ScalarType.Int64, device: probs.device));
@@ -113,19 +96,79 @@ public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteSt
         return (v, i);
     }
 
-    /// <summary>y_r = Σ_j weights[r, j] · expert_{choice[r, j]}(x_r), each expert run once on its rows.</summary>
-    private Tensor Dispatch(Tensor x, Tensor choice, Tensor weights)
+    /// <summary>MoCE: the routing regularizer; TokenMoE: the load-balancing loss.</summary>
+    public Tensor Aux(Tensor probs, Tensor choice) => PerToken ? MoeLayer.LoadBalance(probs, choice, cfg.Experts) : MoeLayer.RoutingRegularizer(probs);
+}
+
+/// <summary>A mixture-of-experts MLP: a <see cref="MoeGate"/> and E expert MLPs. Every token of an image follows
+/// that image's top-k choice (MoCE), or each token its own (TokenMoE). The output is Σ_{e ∈ top-k} g_e·expert_e(x).
+/// <see cref="Plan"/> and <see cref="Combine"/> are the dispatch math shared with the actor runtime's router.</summary>
+public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteStats stats)>
+{
+    private readonly int blockIndex;
+    private readonly MoeGate gate;
+    private readonly ModuleList<Mlp> experts;
+
+    public MoeLayer(MoeConfig cfg, int blockIndex, int dim, int hidden, int clusters) : base(nameof(MoeLayer))
     {
-        var y = zeros_like(x);
-        for (int e = 0; e < experts.Count; e++)
+        this.blockIndex = blockIndex;
+        gate = new MoeGate(cfg, blockIndex, dim, clusters);
+        experts = ModuleList(Enumerable.Range(0, cfg.Experts).Select(_ => new Mlp(dim, hidden)).ToArray());
+        RegisterComponents();
+    }
+
+    public MoeGate Gate => gate;
+    public ModuleList<Mlp> Experts => experts;
+    public int Clusters => gate.Clusters;
+    public Tensor ClusterGate() => gate.ClusterGate();
+
+    /// <summary>Upcycling: every expert = the dense MLP (its state_dict, fc1/fc2) + N(0, (noise·std(w))²) per
+    /// weight; then the gate is initialized.</summary>
+    public void Upcycle(IReadOnlyDictionary<string, Tensor> src, double noise, Generator gen)
+    {
+        using var _ = no_grad();
+        foreach (var expert in experts)
+            foreach (var (name, p) in expert.state_dict())
+            {
+                var w = src.TryGetValue(name, out var t) ? t : throw new InvalidDataException($"dense MLP weights lack '{name}'");
+                using var n = randn(w.shape, generator: gen);
+                p.copy_(w + n * (noise * (w.numel() > 1 ? w.std().item<float>() : 0)));
+            }
+        gate.Initialize(gen);
+    }
+
+    public override (Tensor output, RouteStats stats) forward(Tensor x, GateInput input) // x: [N, T, D]
+    {
+        long n = x.shape[0], t = x.shape[1], d = x.shape[2];
+        var rows = gate.PerToken ? x.reshape(n * t, 1, d) : x;                     // a row is a token or an image
+        var probs = gate.forward(x, input);                                         // [R, E]
+        var (weights, choice) = gate.Choose(probs, input);                          // [R, k]
+        var plan = Plan(choice, weights, experts.Count);
+        var outputs = plan.Select(p => experts[p.Expert].forward(rows.index_select(0, p.Rows))).ToList();
+        var y = Combine(rows, plan, outputs).reshape(n, t, d);
+        return (y, new RouteStats(blockIndex, probs, choice, weights, gate.Aux(probs, choice), gate.PerToken ? 1 : t));
+    }
+
+    /// <summary>For each expert with work: the rows routed to it and their combination weights.</summary>
+    public static List<ExpertRows> Plan(Tensor choice, Tensor weights, int experts)
+    {
+        var plan = new List<ExpertRows>();
+        for (int e = 0; e < experts; e++)
         {
-            var hit = choice.eq(e);                                                             // [R, k]
+            var hit = choice.eq(e);                                                 // [R, k]
             var rows = hit.any(1).nonzero().flatten();
             if (rows.numel() == 0) continue;
-            var we = (weights * hit).sum(1).index_select(0, rows);                              // [R_e]
-            var out_e = experts[e].forward(x.index_select(0, rows));                            // [R_e, T, D]
-            y = y.index_add(0, rows, out_e * we.view(-1, 1, 1), 1.0);
+            plan.Add(new ExpertRows(e, rows, (weights * hit).sum(1).index_select(0, rows)));
         }
+        return plan;
+    }
+
+    /// <summary>y_r = Σ_e w_{r,e}·out_e[r]: the experts' outputs scattered back with their gate weights.</summary>
+    public static Tensor Combine(Tensor rows, IReadOnlyList<ExpertRows> plan, IReadOnlyList<Tensor> outputs)
+    {
+        var y = zeros_like(rows);
+        for (int i = 0; i < plan.Count; i++)
+            y = y.index_add(0, plan[i].Rows, outputs[i] * plan[i].Weights.view(-1, 1, 1), 1.0);
         return y;
     }
 
@@ -133,6 +176,13 @@ public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteSt
     /// its image's g(c), so clusters count by their images). Confident per cluster, balanced overall; minimizing
     /// it maximizes the mutual information between cluster and expert. Its range is [−log E, 0].</summary>
     public static Tensor RoutingRegularizer(Tensor probs) => Entropy(probs).mean() - Entropy(probs.mean(new long[] { 0 }));
+
+    /// <summary>Load balance (Switch Transformer): E · Σ_e f_e · P_e, f_e = share of rows whose top-1 is e.</summary>
+    public static Tensor LoadBalance(Tensor probs, Tensor choice, int experts)
+    {
+        var f = functional.one_hot(choice[.., 0], experts).to_type(probs.dtype).mean(new long[] { 0 });
+        return experts * (f * probs.mean(new long[] { 0 })).sum();
+    }
 
     private static Tensor Entropy(Tensor p) => -(p * p.clamp_min(1e-12).log()).sum(-1);
 }

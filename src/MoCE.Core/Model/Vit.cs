@@ -27,7 +27,12 @@ public sealed class Attention : Module<Tensor, Tensor>
     public override Tensor forward(Tensor x) // [N, T, D]
     {
         long n = x.shape[0], t = x.shape[1], d = x.shape[2];
-        using var qkvT = qkv.forward(x).reshape(n, t, 3, heads, d / heads).permute(2, 0, 3, 1, 4); // [3, N, H, T, Dh]
+        // The key bias adds q·b_k to every logit of a query's row, which softmax cancels: its true gradient is 0,
+        // and AdamW would turn the rounding noise in that gradient into real steps (lr·g/ε). It is pinned to 0
+        // here; the stored qkv.bias keeps the reference MAE's [3D] shape.
+        var b = qkv.bias!;
+        using var bias = cat(new[] { b[..(int)d], zeros(d, dtype: b.dtype, device: b.device), b[(int)(2 * d)..] });
+        using var qkvT = functional.linear(x, qkv.weight!, bias).reshape(n, t, 3, heads, d / heads).permute(2, 0, 3, 1, 4); // [3, N, H, T, Dh]
         using var q = qkvT[0];
         using var k = qkvT[1];
         using var v = qkvT[2];
@@ -68,7 +73,7 @@ public sealed class Block : Module<Tensor, Tensor>
     private readonly LayerNorm norm2;
     private readonly nn.Module mlp;
 
-    public Block(int dim, int heads, double mlpRatio, MoeLayer? moe = null) : base(nameof(Block))
+    public Block(int dim, int heads, double mlpRatio, nn.Module? moe = null) : base(nameof(Block))
     {
         norm1 = LayerNorm(dim, eps: 1e-6);
         attn = new Attention(dim, heads);
@@ -102,9 +107,17 @@ public sealed class Block : Module<Tensor, Tensor>
             routes?.Add(stats);
             using (y) return x1 + y;
         }
-        using var m = ((Mlp)mlp).forward(h);
+        using var m = ((Module<Tensor, Tensor>)mlp).forward(h);
         return x1 + m;
     }
+}
+
+/// <summary>Marks a block whose MLP is owned elsewhere (the actor runtime's router and experts): no parameters,
+/// and the block must be run through <see cref="MaskedAutoencoder.ForwardRemote"/>.</summary>
+public sealed class RemoteMlp : Module<Tensor, Tensor>
+{
+    public RemoteMlp() : base(nameof(RemoteMlp)) { }
+    public override Tensor forward(Tensor x) => throw new InvalidOperationException("this block's experts are owned by other actors");
 }
 
 /// <summary>Image to patch tokens with a strided convolution: [N, C, H, W] → [N, L, D].</summary>

@@ -12,7 +12,34 @@ using F = TorchSharp.torch.nn.functional;
 namespace MoCE.Core.Training;
 
 /// <summary>Routing of one MoE layer in one step, for experts.csv.</summary>
-public sealed record ExpertStat(int Block, int Expert, long Tokens, double LossShare, double GateEntropy);
+public sealed record ExpertStat(int Block, int Expert, long Tokens, double LossShare, double GateEntropy)
+{
+    /// <summary>Tokens routed to each expert (by top-1), its share of the masked-patch loss, and the layer's mean
+    /// gate entropy. A TokenMoE row is a token and carries 1/T of its image's loss.</summary>
+    public static IReadOnlyList<ExpertStat> From(IEnumerable<RouteStats> routes, Tensor perImageLoss, int experts)
+    {
+        var stats = new List<ExpertStat>();
+        var perImage = perImageLoss.detach().to_type(ScalarType.Float64).cpu().data<double>().ToArray();
+        double total = perImage.Sum();
+        foreach (var r in routes)
+        {
+            var top1 = r.Choice[.., 0].cpu().data<long>().ToArray();
+            var probs = r.Probs.detach();
+            double entropy = (-(probs * probs.clamp_min(1e-12).log()).sum(1)).mean().item<float>();
+            long rowsPerImage = top1.Length / perImage.Length;
+            var tokens = new long[experts];
+            var loss = new double[experts];
+            for (int i = 0; i < top1.Length; i++)
+            {
+                tokens[top1[i]] += r.TokensPerRow;
+                loss[top1[i]] += perImage[i / rowsPerImage] / rowsPerImage;
+            }
+            for (int e = 0; e < experts; e++)
+                stats.Add(new ExpertStat(r.Block, e, tokens[e], total > 0 ? loss[e] / total : 0, entropy));
+        }
+        return stats;
+    }
+}
 
 /// <summary>The single-process reference MoCE trainer (also TokenMoE and dense-continued): starts from a dense
 /// MAE checkpoint and its clustering, upcycles the configured blocks into experts, and trains with
@@ -53,8 +80,7 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
         clustering.Check(denseSha256, modelCfg.Dim, data.Count);
         clusterIds = clustering.TrainIds;
 
-        Model = new MaskedAutoencoder(modelCfg, moe, clustering.K);
-        using (var gen = Seeds.Generator(cfg.Seed, Seeds.Stream.Upcycle, 0)) Model.UpcycleFrom(TrainerCheckpoint.ModelWeights(dense), gen);
+        Model = InitialModel(modelCfg, moe, clustering.K, TrainerCheckpoint.ModelWeights(dense), cfg.Seed);
         Model.to(this.device).train();
         if (moe.Method != MoeMethod.Dense && moe.LambdaDistill > 0)
         {
@@ -74,16 +100,35 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
         return ids;
     }
 
+    /// <summary>The model at step 0: the dense weights, with each MoE block upcycled from its dense MLP using noise
+    /// from (seed, "upcycle"). Every engine starts from exactly this state.</summary>
+    public static MaskedAutoencoder InitialModel(MaeConfig modelCfg, MoeConfig moe, int clusters, IReadOnlyDictionary<string, Tensor> dense, long seed)
+    {
+        var m = new MaskedAutoencoder(modelCfg, moe, clusters);
+        using var gen = Seeds.Generator(seed, Seeds.Stream.Upcycle, 0);
+        m.UpcycleFrom(dense, gen);
+        return m;
+    }
+
+    /// <summary>The inputs of step s, identical on every replay and in every engine: the batch's images, mask
+    /// noise, and the gate input (cluster ids and this step's gate noise).</summary>
+    public static (Tensor imgs, Tensor noise, GateInput gate) StepInputs(long step, EpochSampler sampler, ImageDataset data, DataConfig dataCfg,
+                                                                        long[] clusterIds, MaskedAutoencoder model, long seed, Device device)
+    {
+        var batch = sampler.Batch(step);
+        var imgs = data.Batch(batch, dataCfg.Mean, dataCfg.Std).to(device);
+        using var maskGen = Seeds.Generator(seed, Seeds.Stream.Mask, step);
+        var noise = model.MaskNoise(batch.Length, maskGen, device);
+        var ids = new long[batch.Length];
+        for (int i = 0; i < ids.Length; i++) ids[i] = clusterIds[batch[i]];
+        return (imgs, noise, new GateInput(tensor(ids).to(device), new GateNoise(seed, step)));
+    }
+
     public StepStats TrainStep()
     {
         long step = NextStep;
         using var scope = NewDisposeScope();
-        var batch = Sampler.Batch(step);
-        var imgs = data.Batch(batch, dataCfg.Mean, dataCfg.Std).to(device);
-        using var maskGen = Seeds.Generator(cfg.Seed, Seeds.Stream.Mask, step);
-        var noise = Model.MaskNoise(cfg.BatchSize, maskGen, device);
-        using var gateGen = Seeds.Generator(cfg.Seed, Seeds.Stream.Gate, step);
-        var gate = new GateInput(tensor(ClusterIdsOf(batch)).to(device), gateGen);
+        var (imgs, noise, gate) = StepInputs(step, Sampler, data, dataCfg, clusterIds, Model, cfg.Seed, device);
 
         using var o = Model.Forward(imgs, noise, gate);
         var loss = o.Loss;
@@ -118,31 +163,7 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
         return F.mse_loss(s, t);
     }
 
-    /// <summary>Tokens routed to each expert (by top-1), its share of the masked-patch loss, and the layer's mean
-    /// gate entropy. A TokenMoE row is a token and carries 1/T of its image's loss.</summary>
-    private IReadOnlyList<ExpertStat> Routing(MaeOutput o)
-    {
-        var stats = new List<ExpertStat>();
-        var perImage = o.PerImage.detach().to_type(ScalarType.Float64).cpu().data<double>().ToArray();
-        double total = perImage.Sum();
-        foreach (var r in o.Routes)
-        {
-            var top1 = r.Choice[.., 0].cpu().data<long>().ToArray();
-            var probs = r.Probs.detach();
-            double entropy = (-(probs * probs.clamp_min(1e-12).log()).sum(1)).mean().item<float>();
-            long rowsPerImage = top1.Length / perImage.Length;
-            var tokens = new long[moe.Experts];
-            var loss = new double[moe.Experts];
-            for (int i = 0; i < top1.Length; i++)
-            {
-                tokens[top1[i]] += r.TokensPerRow;
-                loss[top1[i]] += perImage[i / rowsPerImage] / rowsPerImage;
-            }
-            for (int e = 0; e < moe.Experts; e++)
-                stats.Add(new ExpertStat(r.Block, e, tokens[e], total > 0 ? loss[e] / total : 0, entropy));
-        }
-        return stats;
-    }
+    private IReadOnlyList<ExpertStat> Routing(MaeOutput o) => ExpertStat.From(o.Routes, o.PerImage, moe.Experts);
 
     public IReadOnlyList<CheckpointRef> SaveCheckpoint(CheckpointStore store)
     {

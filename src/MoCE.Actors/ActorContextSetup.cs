@@ -1,0 +1,42 @@
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Config;
+using MoCE.Core.Data;
+using TorchSharp;
+
+namespace MoCE.Actors;
+
+/// <summary>How the supervisor recovers from a failed owner.</summary>
+public enum RecoveryPolicy
+{
+    /// <summary>Pause, restore every owner to the last committed checkpoint, replay: equals a run that never failed.</summary>
+    GlobalRollback,
+    /// <summary>Only the failed expert restores its own last snapshot; the router reroutes its images meanwhile.</summary>
+    ExpertLocal,
+}
+
+/// <summary>Everything the actors of one run share, fixed for the run: configuration, data, the initial (upcycled)
+/// weights, the checkpoint store, the device and the chaos plan. Read-only after construction.</summary>
+public sealed class ActorContextSetup
+{
+    public const string PinnedDispatcher = "akka.actor.moce-pinned-dispatcher";
+
+    public required string RunId { get; init; }
+    public required MaeConfig Model { get; init; }
+    public required MoeConfig Moe { get; init; }
+    public required TrainConfig Train { get; init; }
+    public required DataConfig DataConfig { get; init; }
+    public required ImageDataset Data { get; init; }
+    public required long[] ClusterIds { get; init; }
+    public required int Clusters { get; init; }
+    /// <summary>The full model's initial state (dense weights upcycled), by state_dict name; each owner copies its part.</summary>
+    public required IReadOnlyDictionary<string, torch.Tensor> Initial { get; init; }
+    /// <summary>The frozen dense teacher's weights (distillation), by state_dict name; null when distillation is off.</summary>
+    public IReadOnlyDictionary<string, torch.Tensor>? Teacher { get; init; }
+    public required CheckpointStore Store { get; init; }
+    public required torch.Device Device { get; init; }
+    public ChaosPlan Chaos { get; init; } = ChaosPlan.None;
+    public RecoveryPolicy Policy { get; init; } = RecoveryPolicy.GlobalRollback;
+    public bool RestoreOwnSnapshotOnStart { get; init; } = true;
+    /// <summary>How long a blocking wait for another owner's reply may take before the step fails.</summary>
+    public TimeSpan AskTimeout { get; init; } = TimeSpan.FromSeconds(60);
+}

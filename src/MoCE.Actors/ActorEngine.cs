@@ -1,0 +1,56 @@
+using Akka.Actor;
+using Akka.Configuration;
+using Akka.Persistence.Sql;
+using Microsoft.Data.Sqlite;
+using MoCE.Actors.Messages;
+
+namespace MoCE.Actors;
+
+/// <summary>Hosts one run's actor system: the journal and snapshot store in SQLite inside the run directory (WAL
+/// mode), the supervisor with its owners, and the step loop until the target step. Killing the process at any
+/// moment loses at most the steps after the last commit; starting again resumes from it.</summary>
+public static class ActorEngine
+{
+    public static string AkkaConfPath => Path.Combine(AppContext.BaseDirectory, "hocon", "akka.conf");
+
+    public static Config Config(string runDir)
+    {
+        var db = Path.Combine(runDir, "journal.db");
+        using (var c = new SqliteConnection($"Data Source={db}"))
+        {
+            c.Open();
+            using var cmd = c.CreateCommand();
+            cmd.CommandText = "PRAGMA journal_mode=WAL;";   // persistent in the file: one writer, concurrent readers
+            cmd.ExecuteScalar();
+        }
+        var conn = $"Data Source={db}";
+        return ConfigurationFactory.ParseString($"""
+            akka.persistence.journal.sql.connection-string = "{conn}"
+            akka.persistence.snapshot-store.sql.connection-string = "{conn}"
+            """)
+            .WithFallback(ConfigurationFactory.ParseString(File.ReadAllText(AkkaConfPath)))
+            .WithFallback(SqlPersistence.DefaultConfiguration);
+    }
+
+    /// <summary>Trains until <paramref name="until"/>, calling <paramref name="onStep"/> for each completed step.
+    /// Cancelling commits a checkpoint at the current step first.</summary>
+    public static RunFinished Run(ActorContextSetup setup, string runDir, long until, long checkpointEvery, int keep,
+                                  Action<StepCompleted> onStep, CancellationToken ct = default)
+    {
+        using var system = ActorSystem.Create("moce", Config(runDir));
+        try
+        {
+            var supervisor = system.ActorOf(SupervisorActor.Props(setup, onStep, checkpointEvery, keep), "supervisor");
+            using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit()));
+            var finished = supervisor.Ask<RunFinished>(new SupervisorActor.Start(until), Timeout.InfiniteTimeSpan);
+            var died = supervisor.WatchAsync();
+            if (Task.WhenAny(finished, died).GetAwaiter().GetResult() == died)
+                throw new InvalidOperationException("the supervisor stopped before the run finished; see the log for its error");
+            return finished.GetAwaiter().GetResult();
+        }
+        finally
+        {
+            system.Terminate().Wait(TimeSpan.FromSeconds(30));
+        }
+    }
+}

@@ -1,0 +1,134 @@
+using Akka.Actor;
+using Akka.Event;
+using Akka.Persistence;
+using MoCE.Actors.Messages;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Model;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MoCE.Actors;
+
+/// <summary>Expert e: owns its MLP in every MoE block, their AdamW state and its device. Persistent: after each
+/// checkpoint it snapshots {step, file, sha256} (never the weights), so on its own it can come back to its last
+/// snapshot (expert-local recovery). Runs on its own thread.</summary>
+public sealed class ExpertActor : ReceivePersistentActor
+{
+    public sealed record ExpertSnapshot(long Step, CheckpointRef Ref);
+
+    private readonly ActorContextSetup setup;
+    private readonly int expert;
+    private readonly Dictionary<int, Mlp> mlps = [];
+    private readonly ParameterOwner owner;
+    private readonly Dictionary<int, (Tensor input, Tensor output)> inFlight = [];
+    private readonly ILoggingAdapter log = Context.GetLogger();
+    private ExpertSnapshot? lastSnapshot;
+
+    public override string PersistenceId { get; }
+
+    public static Props Props(ActorContextSetup setup, int expert) =>
+        Akka.Actor.Props.Create(() => new ExpertActor(setup, expert)).WithDispatcher(ActorContextSetup.PinnedDispatcher);
+
+    public ExpertActor(ActorContextSetup setup, int expert)
+    {
+        this.setup = setup;
+        this.expert = expert;
+        PersistenceId = $"{setup.RunId}-{Name}";
+        var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
+        foreach (var b in setup.Moe.Layers)
+        {
+            var mlp = new Mlp(setup.Model.Dim, (int)(setup.Model.Dim * setup.Model.MlpRatio));
+            mlps[b] = mlp;
+            foreach (var (n, param) in mlp.named_parameters()) p[$"blocks.{b}.mlp.experts.{expert}.{n}"] = param;
+        }
+        owner = new ParameterOwner(Name, p, setup.Train, setup.Store);
+        owner.LoadInitial(setup.Initial);
+        foreach (var m in mlps.Values) m.to(setup.Device);
+
+        Recover<SnapshotOffer>(o => lastSnapshot = (ExpertSnapshot)o.Snapshot);
+        Command<ExpertForward>(HandleForward);
+        Command<ExpertBackward>(HandleBackward);
+        Command<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
+        Command<Apply>(HandleApply);
+        Command<Checkpoint>(HandleCheckpoint);
+        Command<RestoreCheckpoint>(HandleRestore);
+        Command<SaveSnapshotSuccess>(_ => { });
+        Command<SaveSnapshotFailure>(f => log.Warning("expert {0}: snapshot record not saved: {1}", expert, f.Cause.Message));
+    }
+
+    private string Name => $"expert-{expert}";
+
+    /// <summary>After a restart (expert-local recovery) the expert restores its own last snapshot.</summary>
+    protected override void OnReplaySuccess()
+    {
+        if (setup.Policy == RecoveryPolicy.ExpertLocal && lastSnapshot is not null && setup.RestoreOwnSnapshotOnStart)
+        {
+            owner.Restore(lastSnapshot.Ref);
+            log.Info("expert {0} restored its own snapshot of step {1}", expert, lastSnapshot.Step);
+        }
+    }
+
+    private void HandleForward(ExpertForward m)
+    {
+        try
+        {
+            setup.Chaos.Check(Name, m.Step);
+            using var scope = NewDisposeScope();
+            var input = m.Input.detach().requires_grad_(true);                      // a leaf: dL/dInput goes back
+            var output = mlps[m.Block].forward(input);
+            var reply = output.detach();
+            m.Input.Dispose();
+            inFlight[m.Block] = (input.MoveToOuterDisposeScope(), output.MoveToOuterDisposeScope());
+            Sender.Tell(new ExpertOutput(m.Step, m.Generation, m.Block, expert, reply.MoveToOuterDisposeScope()));
+        }
+        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
+    }
+
+    private void HandleBackward(ExpertBackward m)
+    {
+        try
+        {
+            var (input, output) = inFlight[m.Block];
+            output.backward([m.GradOutput]);                                         // accumulates the parameter grads
+            m.GradOutput.Dispose();
+            Sender.Tell(new ExpertInputGrad(m.Step, m.Generation, m.Block, expert, input.grad!.detach().clone()));
+        }
+        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
+    }
+
+    private void HandleApply(Apply m)
+    {
+        owner.Apply(m.Lr, m.ClipScale);
+        FreeStep();
+        Sender.Tell(new StepApplied(m.Step, Name));
+    }
+
+    private void HandleCheckpoint(Checkpoint m)
+    {
+        var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "expert", ["expert"] = expert.ToString() });
+        lastSnapshot = new ExpertSnapshot(m.Step, r);
+        SaveSnapshot(lastSnapshot);
+        Sender.Tell(new CheckpointWritten(m.Step, r));
+    }
+
+    private void HandleRestore(RestoreCheckpoint m)
+    {
+        FreeStep();
+        owner.Restore(m.Ref);
+        Sender.Tell(new Restored(m.Step, Name));
+    }
+
+    private void FreeStep()
+    {
+        foreach (var (input, output) in inFlight.Values) { input.Dispose(); output.Dispose(); }
+        inFlight.Clear();
+    }
+
+    protected override void PostStop()
+    {
+        FreeStep();
+        owner.Dispose();
+        foreach (var m in mlps.Values) m.Dispose();
+        base.PostStop();
+    }
+}

@@ -1,0 +1,27 @@
+using MoCE.Core.Checkpoints;
+
+namespace MoCE.Actors.Messages;
+
+// The protocol every parameter owner (trainer, router, each expert) speaks. Each owner keeps its weights and its
+// own AdamW; the global gradient norm is the sum of the owners' shares. Every message carries its step.
+
+/// <summary>A message about one training step.</summary>
+public interface IStepMessage { long Step { get; } }
+
+/// <summary>Query: this owner's Σ‖g‖² for step s, its share of the global gradient norm.</summary>
+public sealed record GetSquaredGradNorm(long Step) : IStepMessage;
+public sealed record SquaredGradNormResponse(long Step, string Owner, double Value) : IStepMessage;
+
+/// <summary>Command: scale the gradients by the global clip coefficient, take one AdamW step with lr, zero the
+/// gradients and free the step's autograd state. Step s is complete when every owner has acknowledged.</summary>
+public sealed record Apply(long Step, double Lr, double ClipScale) : IStepMessage;
+public sealed record StepApplied(long Step, string Owner) : IStepMessage;
+
+/// <summary>Command: write weights and optimizer state for the cut after step s (s steps done) to the checkpoint
+/// store. The reply carries the content-addressed file; the owner also keeps it as its own snapshot.</summary>
+public sealed record Checkpoint(long Step) : IStepMessage;
+public sealed record CheckpointWritten(long Step, CheckpointRef Ref) : IStepMessage;
+
+/// <summary>Command: drop any in-flight step and load this checkpoint part (hash-verified).</summary>
+public sealed record RestoreCheckpoint(long Step, CheckpointRef Ref) : IStepMessage;
+public sealed record Restored(long Step, string Owner) : IStepMessage;

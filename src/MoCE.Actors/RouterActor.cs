@@ -1,0 +1,187 @@
+using Akka.Actor;
+using MoCE.Actors.Messages;
+using MoCE.Core.Config;
+using MoCE.Core.Model;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MoCE.Actors;
+
+/// <summary>The router: owns every MoE block's gate (cluster embeddings and W), splits each block's batch by expert,
+/// combines the experts' outputs with the gate weights, owns the routing regularizer, and on the way back scatters
+/// the experts' input gradients into one dL/dh. Uses the same Plan/Combine as the reference MoE layer. Non-blocking:
+/// it collects expert replies as messages. Runs on its own thread.</summary>
+public sealed class RouterActor : ReceiveActor
+{
+    /// <summary>One block's routing in flight.</summary>
+    private sealed class Pending
+    {
+        public required IActorRef ReplyTo;
+        public required Tensor Hidden;       // h [N, T, D] (a leaf; TokenMoE's gate reads it)
+        public required Tensor Rows;         // h as rows [R, T', D]
+        public required List<ExpertRows> Plan;
+        public required Tensor Probs, Choice, Aux;
+        public readonly Dictionary<int, Tensor> Outputs = [];   // expert → its output, a leaf
+        public readonly Dictionary<int, Tensor> InputGrads = [];
+        public Tensor? Y;
+        public int Rerouted;
+    }
+
+    private readonly ActorContextSetup setup;
+    private readonly Dictionary<int, MoeGate> gates = [];
+    private readonly ParameterOwner owner;
+    private readonly IReadOnlyList<IActorRef> experts;
+    private readonly Dictionary<int, Pending> pending = [];
+    private readonly HashSet<int> down = [];
+    private long step = -1;
+    private int generation = -1;
+
+    public const string Name = "router";
+
+    public static Props Props(ActorContextSetup setup, IReadOnlyList<IActorRef> experts) =>
+        Akka.Actor.Props.Create(() => new RouterActor(setup, experts)).WithDispatcher(ActorContextSetup.PinnedDispatcher);
+
+    public RouterActor(ActorContextSetup setup, IReadOnlyList<IActorRef> experts)
+    {
+        this.setup = setup;
+        this.experts = experts;
+        var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
+        foreach (var b in setup.Moe.Layers)
+        {
+            var g = new MoeGate(setup.Moe, b, setup.Model.Dim, setup.Clusters);
+            gates[b] = g;
+            foreach (var (n, param) in g.named_parameters()) p[$"blocks.{b}.mlp.gate.{n}"] = param;
+        }
+        owner = new ParameterOwner(Name, p, setup.Train, setup.Store);
+        owner.LoadInitial(setup.Initial);
+        foreach (var g in gates.Values) g.to(setup.Device);
+
+        Receive<Route>(HandleRoute);
+        Receive<ExpertOutput>(HandleExpertOutput);
+        Receive<RouteBackward>(HandleBackward);
+        Receive<ExpertInputGrad>(HandleExpertInputGrad);
+        Receive<Status.Failure>(f => FailAll(f.Cause));
+        Receive<ExpertAvailability>(m => { if (m.Available) down.Remove(m.Expert); else down.Add(m.Expert); });
+        Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
+        Receive<Apply>(m => { owner.Apply(m.Lr, m.ClipScale); FreeStep(); Sender.Tell(new StepApplied(m.Step, Name)); });
+        Receive<Checkpoint>(m => Sender.Tell(new CheckpointWritten(m.Step, owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "router" }))));
+        Receive<RestoreCheckpoint>(m => { FreeStep(); owner.Restore(m.Ref); Sender.Tell(new Restored(m.Step, Name)); });
+    }
+
+    private void HandleRoute(Route m)
+    {
+        try
+        {
+            setup.Chaos.Check(Name, m.Step);
+            step = m.Step;
+            generation = m.Generation;
+            var gate = gates[m.Block];
+            using var scope = NewDisposeScope();
+            var h = m.Hidden.detach().requires_grad_(gate.PerToken);
+            long n = h.shape[0], t = h.shape[1], d = h.shape[2];
+            var rows = gate.PerToken ? h.reshape(n * t, 1, d) : h;
+            var input = new GateInput(m.ClusterIds, new GateNoise(setup.Train.Seed, m.Step));
+            var probs = gate.forward(h, input);                                    // g(c) [R, E]
+            var (weights, choice) = gate.Choose(probs, input);
+            int rerouted = 0;
+            if (down.Count > 0) (choice, rerouted) = Reroute(probs, choice);
+            var plan = MoeLayer.Plan(choice, weights, setup.Moe.Experts);
+            var aux = gate.Aux(probs, choice);
+            var p = new Pending
+            {
+                ReplyTo = Sender, Hidden = h.MoveToOuterDisposeScope(), Rows = rows.MoveToOuterDisposeScope(),
+                Plan = plan.Select(e => new ExpertRows(e.Expert, e.Rows.MoveToOuterDisposeScope(), e.Weights.MoveToOuterDisposeScope())).ToList(),
+                Probs = probs.MoveToOuterDisposeScope(), Choice = choice.MoveToOuterDisposeScope(), Aux = aux.MoveToOuterDisposeScope(), Rerouted = rerouted,
+            };
+            pending[m.Block] = p;
+            foreach (var e in p.Plan)
+                experts[e.Expert].Tell(new ExpertForward(m.Step, m.Generation, m.Block, p.Rows.index_select(0, e.Rows).detach().MoveToOuterDisposeScope()));
+            m.Hidden.Dispose();
+            m.ClusterIds.Dispose();
+            if (p.Plan.Count == 0) throw new InvalidOperationException("no expert received rows");
+        }
+        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
+    }
+
+    /// <summary>expert-local: rows whose top-1 expert is down go to their best available expert, same weight.</summary>
+    private (Tensor choice, int rerouted) Reroute(Tensor probs, Tensor choice)
+    {
+        var masked = probs.clone();
+        foreach (var e in down) masked[.., e] = tensor(-1f);
+        var best = masked.argmax(1, keepdim: true);
+        var isDown = zeros_like(choice, dtype: ScalarType.Bool);
+        foreach (var e in down) isDown = isDown.logical_or(choice.eq(e));
+        int rerouted = (int)isDown.any(1).sum().item<long>();
+        return (where(isDown, best.expand_as(choice), choice), rerouted);
+    }
+
+    private void HandleExpertOutput(ExpertOutput m)
+    {
+        if (m.Step != step || m.Generation != generation || !pending.TryGetValue(m.Block, out var p)) { m.Output.Dispose(); return; } // from an abandoned attempt
+        p.Outputs[m.Expert] = m.Output.requires_grad_(true);
+        if (p.Outputs.Count < p.Plan.Count) return;
+        using var scope = NewDisposeScope();
+        // y = Σ_e w_e · out_e, scattered back to the rows
+        var y = MoeLayer.Combine(p.Rows, p.Plan, p.Plan.Select(e => p.Outputs[e.Expert]).ToList()).reshape(p.Hidden.shape);
+        p.Y = y.MoveToOuterDisposeScope();
+        p.ReplyTo.Tell(new Routed(m.Step, m.Block, y.detach().MoveToOuterDisposeScope(), p.Probs.detach().clone().MoveToOuterDisposeScope(),
+            p.Choice.clone().MoveToOuterDisposeScope(), gates[m.Block].PerToken ? 1 : p.Hidden.shape[1], p.Rerouted));
+    }
+
+    private void HandleBackward(RouteBackward m)
+    {
+        try
+        {
+            var p = pending[m.Block];
+            p.ReplyTo = Sender;
+            double lambda = setup.Moe.Method == MoeMethod.TokenMoe ? setup.Moe.LambdaBalance : setup.Moe.LambdaRoute;
+            // dL/dy from the trainer, plus the regularizer λ·aux the router owns
+            using (var scope = NewDisposeScope())
+                TorchSharp.torch.autograd.backward([p.Y!, p.Aux], [m.GradOutput, tensor(lambda, dtype: p.Aux.dtype, device: p.Aux.device)]);
+            m.GradOutput.Dispose();
+            foreach (var e in p.Plan)
+                experts[e.Expert].Tell(new ExpertBackward(m.Step, m.Generation, m.Block, p.Outputs[e.Expert].grad!.detach().clone()));
+        }
+        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
+    }
+
+    private void HandleExpertInputGrad(ExpertInputGrad m)
+    {
+        if (m.Step != step || m.Generation != generation || !pending.TryGetValue(m.Block, out var p)) { m.GradInput.Dispose(); return; }
+        p.InputGrads[m.Expert] = m.GradInput;
+        if (p.InputGrads.Count < p.Plan.Count) return;
+        using var scope = NewDisposeScope();
+        // dL/dh = Σ_e scatter(dL/dInput_e) (+ the gate's path for TokenMoE)
+        var dh = zeros_like(p.Rows);
+        foreach (var e in p.Plan) dh = dh.index_add(0, e.Rows, p.InputGrads[e.Expert], 1.0);
+        dh = dh.reshape(p.Hidden.shape);
+        if (p.Hidden.grad is not null) dh = dh + p.Hidden.grad;
+        p.ReplyTo.Tell(new RoutedBackward(m.Step, m.Block, dh.detach().MoveToOuterDisposeScope()));
+    }
+
+    private void FailAll(Exception cause)
+    {
+        foreach (var p in pending.Values) p.ReplyTo.Tell(new Status.Failure(cause));
+        FreeStep();
+    }
+
+    private void FreeStep()
+    {
+        foreach (var p in pending.Values)
+        {
+            p.Hidden.Dispose(); p.Rows.Dispose(); p.Probs.Dispose(); p.Choice.Dispose(); p.Aux.Dispose(); p.Y?.Dispose();
+            foreach (var e in p.Plan) { e.Rows.Dispose(); e.Weights.Dispose(); }
+            foreach (var t in p.Outputs.Values) t.Dispose();
+            foreach (var t in p.InputGrads.Values) t.Dispose();
+        }
+        pending.Clear();
+    }
+
+    protected override void PostStop()
+    {
+        FreeStep();
+        owner.Dispose();
+        foreach (var g in gates.Values) g.Dispose();
+        base.PostStop();
+    }
+}

@@ -1,0 +1,186 @@
+using System.Diagnostics;
+using Akka.Actor;
+using Akka.Actor.Internal;
+using Akka.Event;
+using Akka.Persistence;
+using MoCE.Actors.Messages;
+using MoCE.Core.Checkpoints;
+
+namespace MoCE.Actors;
+
+/// <summary>The supervisor: owns the run. It creates the owners (trainer, router, experts) as its children and
+/// watches them, drives the step loop, takes a consistent checkpoint every N steps (every owner writes its part,
+/// then <see cref="CheckpointCommitted"/> is persisted: only that makes a checkpoint count), and on an owner's
+/// failure applies the recovery policy. Its journal (SQLite by default) holds commits and recoveries, never
+/// tensors, so a restarted process resumes from the last commit.</summary>
+public sealed class SupervisorActor : ReceivePersistentActor
+{
+    /// <summary>Command from the engine: train until step <c>Until</c> (exclusive); reply <see cref="RunFinished"/>.</summary>
+    public sealed record Start(long Until);
+    /// <summary>Command from the engine (Ctrl-C): commit a checkpoint at the current step and finish.</summary>
+    public sealed record StopAndCommit;
+
+    private sealed record CutDone(long Step, int Generation, CheckpointRef[] Refs);
+    private sealed record RestoreDone(long Step, int Generation);
+    private sealed record OperationFailed(int Generation, Exception Error);
+    private sealed record OwnerFailed(string Owner, Exception Error);
+
+    private readonly ActorContextSetup setup;
+    private readonly Action<StepCompleted> onStep;
+    private readonly long checkpointEvery;
+    private readonly int keep;
+    private readonly ILoggingAdapter log = Context.GetLogger();
+    private readonly List<CheckpointCommitted> commits = [];
+    private readonly List<RecoveryRecord> recoveries = [];
+    private readonly List<IActorRef> owners = [];
+    private IActorRef trainer = ActorRefs.Nobody;
+    private IActorRef? replyTo;
+    private long step, end;
+    private int generation;
+    private bool recovering, stopRequested;
+    private (string owner, string error, long step, Stopwatch clock)? failure;
+
+    public override string PersistenceId { get; }
+
+    public static Props Props(ActorContextSetup setup, Action<StepCompleted> onStep, long checkpointEvery, int keep) =>
+        Akka.Actor.Props.Create(() => new SupervisorActor(setup, onStep, checkpointEvery, keep));
+
+    public SupervisorActor(ActorContextSetup setup, Action<StepCompleted> onStep, long checkpointEvery, int keep)
+    {
+        this.setup = setup;
+        this.onStep = onStep;
+        this.checkpointEvery = checkpointEvery;
+        this.keep = keep;
+        PersistenceId = $"{setup.RunId}-supervisor";
+
+        Recover<CheckpointCommitted>(e => commits.Add(e));
+        Recover<RecoveryRecord>(e => recoveries.Add(e));
+        Command<Start>(HandleStart);
+        Command<StepCompleted>(HandleStepCompleted);
+        Command<CutDone>(HandleCutDone);
+        Command<RestoreDone>(HandleRestoreDone);
+        Command<OwnerFailed>(HandleOwnerFailed);
+        Command<OperationFailed>(m => { if (m.Generation == generation) Self.Tell(new OwnerFailed("supervisor", m.Error)); });
+        Command<StopAndCommit>(_ => stopRequested = true);
+        Command<GetRunStatus>(m => Sender.Tell(new RunStatusResponse(step, commits.LastOrDefault()?.Step ?? -1, recoveries)));
+    }
+
+    protected override void PreStart()
+    {
+        base.PreStart();
+        var experts = Enumerable.Range(0, setup.Moe.Experts).Select(e => Context.ActorOf(ExpertActor.Props(setup, e), $"expert-{e}")).ToList();
+        var router = Context.ActorOf(RouterActor.Props(setup, experts), RouterActor.Name);
+        trainer = Context.ActorOf(TrainerActor.Props(setup, router, experts), TrainerActor.Name);
+        owners.Add(trainer);
+        owners.Add(router);
+        owners.AddRange(experts);
+    }
+
+    /// <summary>Every failed owner is restarted (a fresh instance) and the failure is handed to the policy.</summary>
+    protected override SupervisorStrategy SupervisorStrategy() => new NamingStrategy(this);
+
+    private sealed class NamingStrategy(SupervisorActor sup) : OneForOneStrategy(-1, -1, _ => Directive.Restart)
+    {
+        public override void ProcessFailure(IActorContext context, bool restart, IActorRef child, Exception cause, ChildRestartStats stats, IReadOnlyCollection<ChildRestartStats> children)
+        {
+            sup.Self.Tell(new OwnerFailed(child.Path.Name, cause));
+            base.ProcessFailure(context, restart, child, cause, stats, children);
+        }
+    }
+
+    private void HandleStart(Start m)
+    {
+        replyTo = Sender;
+        end = m.Until;
+        if (commits.Count == 0) Cut(0);                 // the initial state is commit 0: rollback always has a target
+        else Restore();
+    }
+
+    private void Next()
+    {
+        if (stopRequested && commits.LastOrDefault()?.Step != step) { Cut(step); return; }
+        if (step >= end || stopRequested) { replyTo?.Tell(new RunFinished(step, recoveries)); return; }
+        trainer.Tell(new TrainStep(step, generation));
+    }
+
+    private void HandleStepCompleted(StepCompleted m)
+    {
+        if (recovering || m.Step != step) return;        // a step from an abandoned attempt
+        onStep(m);
+        step = m.Step + 1;
+        if (step % checkpointEvery == 0 || step == end) Cut(step);
+        else Next();
+    }
+
+    /// <summary>A consistent cut after step s: every owner writes its file; then the commit is persisted.</summary>
+    private void Cut(long s)
+    {
+        int g = generation;
+        Task.WhenAll(owners.Select(o => o.Ask<CheckpointWritten>(new Checkpoint(s), setup.AskTimeout)))
+            .PipeTo(Self, success: r => new CutDone(s, g, r.Select(w => w.Ref).ToArray()), failure: e => new OperationFailed(g, e));
+    }
+
+    private void HandleCutDone(CutDone m)
+    {
+        if (m.Generation != generation || recovering) return;
+        Persist(new CheckpointCommitted(m.Step, m.Refs), e =>
+        {
+            commits.Add(e);
+            // keep the last K commits' files (and never delete a file a kept commit names)
+            if (commits.Count > keep) setup.Store.DeleteAllExcept(commits.TakeLast(keep).SelectMany(c => c.Manifest));
+            log.Info("Committed checkpoint {0} ({1} owners)", e.Step, e.Manifest.Count);
+            step = e.Step;
+            Next();
+        });
+    }
+
+    private void HandleOwnerFailed(OwnerFailed m)
+    {
+        log.Warning("Owner {0} failed at step {1}: {2}", m.Owner, step, m.Error.Message);
+        failure ??= (m.Owner, m.Error.Message, step, Stopwatch.StartNew());
+        generation++;                                   // replies of the failed attempt are now stale
+        recovering = true;
+        Restore();
+    }
+
+    /// <summary>global-rollback: every owner restores the newest commit whose files all verify (falling back past a
+    /// corrupt or missing file, by name), and the run replays from there.</summary>
+    private void Restore()
+    {
+        CheckpointCommitted? target = null;
+        for (int i = commits.Count - 1; i >= 0 && target is null; i--)
+        {
+            try { foreach (var r in commits[i].Manifest) setup.Store.Verify(r); target = commits[i]; }
+            catch (CheckpointCorruptException e) { log.Warning("Commit {0} is unusable, falling back to the previous one: {1}", commits[i].Step, e.Message); }
+        }
+        if (target is null) throw new InvalidOperationException("no committed checkpoint verifies; cannot restore");
+        int g = generation;
+        var parts = target.Manifest.ToDictionary(r => r.Owner);
+        Task.WhenAll(owners.Select(o => o.Ask<Restored>(new RestoreCheckpoint(target.Step, parts[o.Path.Name]), setup.AskTimeout)))
+            .PipeTo(Self, success: _ => new RestoreDone(target.Step, g), failure: e => new OperationFailed(g, e));
+    }
+
+    private void HandleRestoreDone(RestoreDone m)
+    {
+        if (m.Generation != generation) return;
+        recovering = false;
+        step = m.Step;
+        if (failure is { } f)
+        {
+            var record = new RecoveryRecord(f.step, f.owner, "global-rollback", f.error, m.Step, f.step - m.Step, f.clock.Elapsed.TotalMilliseconds, 0);
+            failure = null;
+            Persist(record, r =>
+            {
+                recoveries.Add(r);
+                log.Warning("Recovered from {0}'s failure at step {1}: restored commit {2}, replaying {3} steps ({4:F0} ms)",
+                    r.Owner, r.Step, r.RestoredStep, r.StepsReplayed, r.DetectionToRecoveredMs);
+                Next();
+            });
+        }
+        else
+        {
+            log.Info("Resumed from committed checkpoint {0}", m.Step);
+            Next();
+        }
+    }
+}

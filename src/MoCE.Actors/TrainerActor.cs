@@ -1,0 +1,117 @@
+using Akka.Actor;
+using MoCE.Actors.Messages;
+using MoCE.Core.Config;
+using MoCE.Core.Data;
+using MoCE.Core.Model;
+using MoCE.Core.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MoCE.Actors;
+
+/// <summary>The trainer: owns the trunk (patch embedding, attention, dense MLPs, norms, decoder), the frozen teacher,
+/// the sampler position and the step loop. A step runs forward in segments separated by MoE blocks (Route to the
+/// router at each), the loss, then backward in reverse segments (RouteBackward at each), the global clip across
+/// all owners, and Apply. It blocks on replies, so it runs on its own thread.</summary>
+public sealed class TrainerActor : ReceiveActor
+{
+    public const string Name = "trainer";
+
+    private readonly ActorContextSetup setup;
+    private readonly MaskedAutoencoder model;
+    private readonly MaskedAutoencoder? teacher;
+    private readonly ParameterOwner owner;
+    private readonly EpochSampler sampler;
+    private readonly IActorRef router;
+    private readonly IReadOnlyList<IActorRef> experts;
+
+    public static Props Props(ActorContextSetup setup, IActorRef router, IReadOnlyList<IActorRef> experts) =>
+        Akka.Actor.Props.Create(() => new TrainerActor(setup, router, experts)).WithDispatcher(ActorContextSetup.PinnedDispatcher);
+
+    public TrainerActor(ActorContextSetup setup, IActorRef router, IReadOnlyList<IActorRef> experts)
+    {
+        this.setup = setup;
+        this.router = router;
+        this.experts = experts;
+        model = new MaskedAutoencoder(setup.Model, setup.Moe, setup.Clusters, remoteExperts: true);
+        owner = new ParameterOwner(Name, model.named_parameters().ToDictionary(p => p.name, p => p.parameter), setup.Train, setup.Store);
+        owner.LoadInitial(setup.Initial);
+        model.to(setup.Device).train();
+        if (setup.Teacher is not null)
+        {
+            teacher = new MaskedAutoencoder(setup.Model);
+            using (no_grad()) foreach (var (n, p) in teacher.named_parameters()) { p.copy_(setup.Teacher[n]); p.requires_grad = false; }
+            teacher.to(setup.Device).eval();
+        }
+        sampler = new EpochSampler(setup.Data.Count, setup.Train.BatchSize, setup.Train.Seed);
+
+        Receive<TrainStep>(HandleTrainStep);
+        Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
+        Receive<Checkpoint>(m => Sender.Tell(new CheckpointWritten(m.Step, owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "trainer" }))));
+        Receive<RestoreCheckpoint>(m => { owner.Optimizer.ZeroGrad(); owner.Restore(m.Ref); Sender.Tell(new Restored(m.Step, Name)); });
+    }
+
+    /// <summary>A blocking request from the trainer's own thread. The Ask runs on the default task scheduler: inside
+    /// an actor, its continuation would otherwise be queued behind the very message that is waiting for it.</summary>
+    private T Ask<T>(IActorRef to, object message) => Wait(() => to.Ask<T>(message, setup.AskTimeout));
+
+    private static T Wait<T>(Func<Task<T>> request) => Task.Run(request).GetAwaiter().GetResult();
+
+    private void HandleTrainStep(TrainStep m)
+    {
+        long s = m.Step;
+        setup.Chaos.Check(Name, s);
+        using var scope = NewDisposeScope();
+        var (imgs, noise, gate) = MoceTrainer.StepInputs(s, sampler, setup.Data, setup.DataConfig, setup.ClusterIds, model, setup.Train.Seed, setup.Device);
+        var routes = new List<RouteStats>();
+
+        // forward, segment by segment: at each MoE block the router computes y = Σ g_e·expert_e(h)
+        var (o, boundaries) = model.ForwardRemote(imgs, noise, (block, h) =>
+        {
+            var r = Ask<Routed>(router, new Route(s, m.Generation, block, h.clone().DetachFromDisposeScope(), gate.ClusterIds.clone().DetachFromDisposeScope()));
+            scope.Attach(r.Output); scope.Attach(r.Probs); scope.Attach(r.Choice);
+            routes.Add(new RouteStats(block, r.Probs, r.Choice, r.Choice, r.Probs, r.TokensPerRow));
+            return r.Output.requires_grad_(true);                                 // the segment boundary: a leaf
+        });
+        var loss = o.Loss;
+        if (teacher is not null)
+        {
+            Tensor target;
+            using (no_grad()) target = teacher.ForwardEncoder(imgs, noise).latent;
+            loss = loss + setup.Moe.LambdaDistill * MoceTrainer.Distill(o.Latent, target);
+        }
+
+        // backward in reverse segments: the direct path, then through each MoE block from the last to the first
+        loss.backward(retain_graph: boundaries.Count > 0);
+        for (int i = boundaries.Count - 1; i >= 0; i--)
+        {
+            var (block, h, y) = boundaries[i];
+            var dy = y.grad ?? zeros_like(y);
+            var back = Ask<RoutedBackward>(router, new RouteBackward(s, m.Generation, block, dy.detach().clone().DetachFromDisposeScope()));
+            scope.Attach(back.GradHidden);
+            h.backward([back.GradHidden], retain_graph: i > 0);
+        }
+
+        // clip by the global norm: every owner reports its share of Σ‖g‖²
+        var others = experts.Append(router).ToList();
+        var norms = Wait(() => Task.WhenAll(others.Select(a => a.Ask<SquaredGradNormResponse>(new GetSquaredGradNorm(s), setup.AskTimeout))));
+        double norm = Math.Sqrt(owner.SquaredGradNorm() + norms.Sum(n => n.Value));
+        double lr = LrSchedule.At(s, setup.Train);
+        double clip = AdamW.ClipScale(norm, setup.Train.ClipGrad);
+        var applied = Task.Run(() => Task.WhenAll(others.Select(a => a.Ask<StepApplied>(new Apply(s, lr, clip), setup.AskTimeout))));
+        owner.Apply(lr, clip);                                                       // overlaps the others' updates
+        applied.GetAwaiter().GetResult();
+
+        var stats = new StepStats(s, o.Loss.item<float>(), lr, norm, setup.Train.BatchSize);
+        Sender.Tell(new StepCompleted(s, stats, ExpertStat.From(routes, o.PerImage, setup.Moe.Experts)));
+        o.Dispose();
+    }
+
+    protected override void PostStop()
+    {
+        owner.Dispose();
+        model.Dispose();
+        teacher?.Dispose();
+        base.PostStop();
+    }
+}

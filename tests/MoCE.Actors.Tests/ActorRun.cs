@@ -1,0 +1,62 @@
+using MoCE.Actors;
+using MoCE.Actors.Messages;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Config;
+using MoCE.Core.Tests;
+using MoCE.Core.Training;
+using static TorchSharp.torch;
+
+namespace MoCE.Actors.Tests;
+
+/// <summary>Runs the actor engine on the fixture's dense MAE and clustering, and the reference trainer for comparison.</summary>
+public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
+{
+    public string RunDir { get; } = Tiny.TempDir();
+    public SortedDictionary<long, double> Losses { get; } = [];
+
+    public ActorContextSetup Setup(ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback)
+    {
+        using var dense = fx.Dense();
+        var weights = TrainerCheckpoint.ModelWeights(dense);
+        using var initial = MoceTrainer.InitialModel(Tiny.Model, moe, MoceFixture.Clusters, weights, train.Seed);
+        return new ActorContextSetup
+        {
+            RunId = "test",
+            Model = Tiny.Model, Moe = moe, Train = train, DataConfig = Tiny.Data, Data = fx.Data,
+            ClusterIds = fx.Clustering.TrainIds, Clusters = MoceFixture.Clusters,
+            Initial = initial.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone()),
+            Teacher = moe.LambdaDistill > 0 ? weights.ToDictionary(kv => kv.Key, kv => kv.Value.clone()) : null,
+            Store = new CheckpointStore(Path.Combine(RunDir, "checkpoints")),
+            Device = CPU,
+            Chaos = chaos ?? ChaosPlan.None,
+            Policy = policy,
+            AskTimeout = TimeSpan.FromSeconds(30),
+        };
+    }
+
+    public RunFinished Run(long until, long checkpointEvery, ChaosPlan? chaos = null)
+    {
+        var setup = Setup(chaos);
+        return ActorEngine.Run(setup, RunDir, until, checkpointEvery, keep: 3, m => { lock (Losses) Losses[m.Step] = m.Stats.Loss; });
+    }
+
+    /// <summary>The newest commit's weights, by full state_dict name, read back from the owners' files.</summary>
+    public Dictionary<string, Tensor> CommittedWeights(long step)
+    {
+        var store = new CheckpointStore(Path.Combine(RunDir, "checkpoints"));
+        var files = Directory.GetFiles(store.Directory, $"*-{step:D8}-*.ckpt");
+        var all = new Dictionary<string, Tensor>();
+        foreach (var f in files)
+        {
+            using var c = CheckpointFile.Read(f);
+            foreach (var (name, t) in TrainerCheckpoint.ModelWeights(c)) all[name] = t.clone();
+        }
+        return all;
+    }
+
+    public static double MaxAbsDiff(IReadOnlyDictionary<string, Tensor> a, IReadOnlyDictionary<string, Tensor> b)
+    {
+        Assert.Equal(a.Keys.Order(), b.Keys.Order());
+        return a.Max(kv => (kv.Value - b[kv.Key]).abs().max().item<float>());
+    }
+}

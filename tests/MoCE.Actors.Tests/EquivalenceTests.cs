@@ -1,0 +1,54 @@
+using MoCE.Actors;
+using MoCE.Core.Config;
+using MoCE.Core.Tests;
+using MoCE.Core.Training;
+using static TorchSharp.torch;
+
+namespace MoCE.Actors.Tests;
+
+public class EquivalenceTests(MoceFixture fx) : IClassFixture<MoceFixture>
+{
+    private static readonly MoeConfig Moe = MoceFixture.Moe with { Layers = [0, 1] };
+
+    private Dictionary<string, Tensor> Reference(TrainConfig train, out List<double> losses)
+    {
+        using var t = fx.Trainer(Moe, train);
+        losses = Enumerable.Range(0, (int)train.Steps).Select(_ => t.TrainStep().Loss).ToList();
+        return t.Model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+    }
+
+    [Fact]
+    public void Actor_engine_equals_the_reference_for_50_steps()
+    {
+        var train = Tiny.Train(steps: 50);
+        var expected = Reference(train, out var losses);
+        var run = new ActorRun(fx, Moe, train);
+        var done = run.Run(until: 50, checkpointEvery: 25);
+        Assert.Equal(50, done.Step);
+        Assert.Equal(Enumerable.Range(0, 50).Select(i => (long)i), run.Losses.Keys);
+        for (int s = 0; s < 50; s++) Assert.True(Math.Abs(losses[s] - run.Losses[s]) <= 1e-5, $"step {s}: reference {losses[s]}, actors {run.Losses[s]}");
+        double diff = ActorRun.MaxAbsDiff(expected, run.CommittedWeights(50));
+        Assert.True(diff <= 1e-5, $"max |Δw| = {diff}");
+    }
+
+    [Theory]
+    [InlineData("expert-1")]
+    [InlineData("router")]
+    [InlineData("trainer")]
+    public void Global_rollback_after_a_failure_at_step_23_of_60_equals_an_uninterrupted_run(string owner)
+    {
+        var train = Tiny.Train(steps: 60);
+        var expected = Reference(train, out _);
+        var run = new ActorRun(fx, Moe, train);
+        var chaos = new ChaosPlan().FailAt(owner, 23);
+        var done = run.Run(until: 60, checkpointEvery: 10, chaos);
+        Assert.Equal(60, done.Step);
+        Assert.Single(chaos.Fired);
+        var rec = Assert.Single(done.Recoveries);
+        Assert.Equal(owner, rec.Owner);
+        Assert.Equal(20, rec.RestoredStep);
+        Assert.Equal(3, rec.StepsReplayed);
+        double diff = ActorRun.MaxAbsDiff(expected, run.CommittedWeights(60));
+        Assert.True(diff <= 1e-5, $"max |Δw| = {diff}");
+    }
+}
