@@ -35,12 +35,12 @@ public static class ActorEngine
     /// <summary>Trains until <paramref name="until"/>, calling <paramref name="onStep"/> for each completed step.
     /// Cancelling commits a checkpoint at the current step first.</summary>
     public static RunFinished Run(ActorContextSetup setup, string runDir, long until, long checkpointEvery, int keep,
-                                  Action<StepCompleted> onStep, CancellationToken ct = default)
+                                  SupervisorHooks hooks, CancellationToken ct = default)
     {
         using var system = ActorSystem.Create("moce", Config(runDir));
         try
         {
-            var supervisor = system.ActorOf(SupervisorActor.Props(setup, onStep, checkpointEvery, keep), "supervisor");
+            var supervisor = system.ActorOf(SupervisorActor.Props(setup, hooks, checkpointEvery, keep), "supervisor");
             using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit()));
             var finished = supervisor.Ask<RunFinished>(new SupervisorActor.Start(until), Timeout.InfiniteTimeSpan);
             var died = supervisor.WatchAsync();

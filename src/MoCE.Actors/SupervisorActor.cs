@@ -8,6 +8,10 @@ using MoCE.Core.Checkpoints;
 
 namespace MoCE.Actors;
 
+/// <summary>Callbacks for the host (metrics files, the commit export, progress). They run on the supervisor's thread
+/// and must be quick.</summary>
+public sealed record SupervisorHooks(Action<StepCompleted>? OnStep = null, Action<CheckpointCommitted>? OnCommit = null, Action<RecoveryRecord>? OnRecovery = null);
+
 /// <summary>The supervisor: owns the run. It creates the owners (trainer, router, experts) as its children and
 /// watches them, drives the step loop, takes a consistent checkpoint every N steps (every owner writes its part,
 /// then <see cref="CheckpointCommitted"/> is persisted: only that makes a checkpoint count), and on an owner's
@@ -26,7 +30,7 @@ public sealed class SupervisorActor : ReceivePersistentActor
     private sealed record OwnerFailed(string Owner, Exception Error);
 
     private readonly ActorContextSetup setup;
-    private readonly Action<StepCompleted> onStep;
+    private readonly SupervisorHooks hooks;
     private readonly long checkpointEvery;
     private readonly int keep;
     private readonly ILoggingAdapter log = Context.GetLogger();
@@ -42,13 +46,13 @@ public sealed class SupervisorActor : ReceivePersistentActor
 
     public override string PersistenceId { get; }
 
-    public static Props Props(ActorContextSetup setup, Action<StepCompleted> onStep, long checkpointEvery, int keep) =>
-        Akka.Actor.Props.Create(() => new SupervisorActor(setup, onStep, checkpointEvery, keep));
+    public static Props Props(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep) =>
+        Akka.Actor.Props.Create(() => new SupervisorActor(setup, hooks, checkpointEvery, keep));
 
-    public SupervisorActor(ActorContextSetup setup, Action<StepCompleted> onStep, long checkpointEvery, int keep)
+    public SupervisorActor(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep)
     {
         this.setup = setup;
-        this.onStep = onStep;
+        this.hooks = hooks;
         this.checkpointEvery = checkpointEvery;
         this.keep = keep;
         PersistenceId = $"{setup.RunId}-supervisor";
@@ -106,7 +110,7 @@ public sealed class SupervisorActor : ReceivePersistentActor
     private void HandleStepCompleted(StepCompleted m)
     {
         if (recovering || m.Step != step) return;        // a step from an abandoned attempt
-        onStep(m);
+        hooks.OnStep?.Invoke(m);
         step = m.Step + 1;
         if (step % checkpointEvery == 0 || step == end) Cut(step);
         else Next();
@@ -129,6 +133,7 @@ public sealed class SupervisorActor : ReceivePersistentActor
             // keep the last K commits' files (and never delete a file a kept commit names)
             if (commits.Count > keep) setup.Store.DeleteAllExcept(commits.TakeLast(keep).SelectMany(c => c.Manifest));
             log.Info("Committed checkpoint {0} ({1} owners)", e.Step, e.Manifest.Count);
+            hooks.OnCommit?.Invoke(e);
             step = e.Step;
             Next();
         });
@@ -172,6 +177,7 @@ public sealed class SupervisorActor : ReceivePersistentActor
             Persist(record, r =>
             {
                 recoveries.Add(r);
+                hooks.OnRecovery?.Invoke(r);
                 log.Warning("Recovered from {0}'s failure at step {1}: restored commit {2}, replaying {3} steps ({4:F0} ms)",
                     r.Owner, r.Step, r.RestoredStep, r.StepsReplayed, r.DetectionToRecoveredMs);
                 Next();

@@ -37,7 +37,7 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     public RunFinished Run(long until, long checkpointEvery, ChaosPlan? chaos = null)
     {
         var setup = Setup(chaos);
-        return ActorEngine.Run(setup, RunDir, until, checkpointEvery, keep: 3, m => { lock (Losses) Losses[m.Step] = m.Stats.Loss; });
+        return ActorEngine.Run(setup, RunDir, until, checkpointEvery, keep: 3, new SupervisorHooks(OnStep: m => { lock (Losses) Losses[m.Step] = m.Stats.Loss; }));
     }
 
     /// <summary>The newest commit's weights, by full state_dict name, read back from the owners' files.</summary>

@@ -52,20 +52,30 @@ public static class Artifacts
         return c;
     }
 
+    /// <summary>Identifies a trained model: its commit's part hashes (one part for the reference engine, one per
+    /// owner for the actor engine).</summary>
     public static string TrainedSha(Session s, MoeMethod method) =>
-        LatestCommit(s.Run, TrainPhase(method), $"moce train --method {MoceConfig.MethodName(method)}", s.Config.Train.Steps)
-            .commit.Parts.Single(p => p.Owner == MoceTrainer.Owner).Sha256;
+        string.Join("+", LatestCommit(s.Run, TrainPhase(method), $"moce train --method {MoceConfig.MethodName(method)}", s.Config.Train.Steps)
+            .commit.Parts.OrderBy(p => p.Owner, StringComparer.Ordinal).Select(p => p.Sha256[..16]));
 
     /// <summary>The model trained by `moce train --method M` (its newest commit) and its checkpoint's sha256.</summary>
     public static (MaskedAutoencoder model, string sha256) Trained(Session s, MoeMethod method, int clusters)
     {
         var (store, commit) = LatestCommit(s.Run, TrainPhase(method), $"moce train --method {MoceConfig.MethodName(method)}", s.Config.Train.Steps);
-        var part = commit.Parts.Single(p => p.Owner == MoceTrainer.Owner);
-        using var c = store.Load(part);
+        // the model is the union of the commit's parts: one for the reference engine, trainer + router + experts for the actors
+        var weights = new Dictionary<string, TorchSharp.torch.Tensor>();
+        foreach (var part in commit.Parts)
+        {
+            using var c = store.Load(part);
+            foreach (var (name, t) in TrainerCheckpoint.ModelWeights(c)) weights[name] = t.clone();
+        }
         var m = new MaskedAutoencoder(s.Config.Model, s.Config.Moe with { Method = method }, clusters);
-        TrainerCheckpoint.LoadModelWeights(m, c);
+        using (TorchSharp.torch.no_grad())
+            foreach (var (name, p) in m.state_dict())
+                p.copy_(weights.TryGetValue(name, out var w) ? w : throw new InvalidDataException($"{TrainPhase(method)} commit {commit.Step} lacks weight '{name}'"));
+        foreach (var w in weights.Values) w.Dispose();
         m.to(s.Device).eval();
-        return (m, part.Sha256);
+        return (m, TrainedSha(s, method));
     }
 
     /// <summary>A task's images in a seeded order (at most <paramref name="cap"/>) and their labels relabelled

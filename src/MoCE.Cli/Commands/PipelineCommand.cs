@@ -28,7 +28,7 @@ public static class PipelineCommand
         Phase("pretrain", () => PretrainCommand.Execute(s, ct));
         Phase("cluster", () => ClusterCommand.Execute(s));
         foreach (var m in new[] { MoeMethod.Moce, MoeMethod.TokenMoe, MoeMethod.Dense })
-            Phase(Artifacts.TrainPhase(m), () => TrainCommand.Execute(s, m, ct));
+            Phase(Artifacts.TrainPhase(m), () => TrainCommand.Execute(s, m, s.Config.Engine, ct));
         foreach (var task in s.Config.Eval.Tasks)
             Phase($"customize-{task}", () => CustomizeCommand.Execute(s, task));
         Phase("eval", () => EvalCommand.Execute(s));

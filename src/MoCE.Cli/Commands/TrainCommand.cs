@@ -7,23 +7,22 @@ using Serilog;
 
 namespace MoCE.Cli.Commands;
 
-/// <summary><c>moce train [--method moce|token-moe|dense] [--engine local]</c>: trains from the run's dense MAE and
-/// its clustering with the reference (single-process) engine. Resumable like pre-training.</summary>
+/// <summary><c>moce train [--method moce|token-moe|dense] [--engine actors|local]</c>: trains from the run's dense MAE
+/// and its clustering, on the actor engine (default) or the single-process reference. Resumable either way.</summary>
 public static class TrainCommand
 {
     public static int Run(CliArgs cli, CancellationToken ct)
     {
         cli.RejectFlagsExcept("method", "engine");
-        var engine = cli.Flags.GetValueOrDefault("engine", "local");
-        if (engine != "local")
-            throw new ConfigException("--engine", $"'{engine}' is not available: this build has only the reference engine, 'local'");
         var s = Session.Open(cli);
+        var engine = cli.Flags.GetValueOrDefault("engine", s.Config.Engine);
+        if (engine is not ("actors" or "local")) throw new ConfigException("--engine", $"expected actors or local, got '{engine}'");
         var method = cli.Flags.TryGetValue("method", out var m) ? MoceConfig.ParseMethod("--method", m) : s.Config.Moe.Method;
-        Execute(s, method, ct);
+        Execute(s, method, engine, ct);
         return 0;
     }
 
-    public static void Execute(Session s, MoeMethod method, CancellationToken ct)
+    public static void Execute(Session s, MoeMethod method, string engine, CancellationToken ct)
     {
         var dir = s.Run.Phase(Artifacts.TrainPhase(method));
         var (dense, sha) = Artifacts.Dense(s);
@@ -34,10 +33,16 @@ public static class TrainCommand
         var train = s.Config.Train;
         Log.Information("Training {Method} from dense checkpoint {Sha}…: {Steps} steps of {Batch}; {Experts} experts in blocks [{Layers}], top-{K}, {C} clusters",
             MoceConfig.MethodName(method), sha[..16], train.Steps, train.BatchSize, moe.Experts, string.Join(",", moe.Layers), moe.TopK, clustering.K);
-        using var trainer = new MoceTrainer(s.Config.Model, moe, train, s.Config.Data, data, clustering, dense, sha, s.Device);
-        var loop = new TrainingLoop(trainer, train, dir, Log.Logger);
-        loop.Run(p => Log.Information("{Method} step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}{Routing}",
-            MoceConfig.MethodName(method), p.Step, p.TotalSteps, p.Loss, p.ImagesPerSecond, p.Eta, RoutingSummary(trainer)), ct);
+        if (engine == "actors" && method != MoeMethod.Dense)
+            ActorTrain.Execute(s, moe, dir, dense, sha, data, clustering, ct);
+        else
+        {
+            if (engine == "actors") Log.Information("dense has no experts to distribute; the reference engine trains it");
+            using var trainer = new MoceTrainer(s.Config.Model, moe, train, s.Config.Data, data, clustering, dense, sha, s.Device);
+            var loop = new TrainingLoop(trainer, train, dir, Log.Logger);
+            loop.Run(p => Log.Information("{Method} step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}{Routing}",
+                MoceConfig.MethodName(method), p.Step, p.TotalSteps, p.Loss, p.ImagesPerSecond, p.Eta, RoutingSummary(trainer)), ct);
+        }
         var summary = PretrainCommand.Summarize(Path.Combine(dir, "metrics.csv"), data.Source);
         File.WriteAllText(Path.Combine(dir, "summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
         Log.Information("{Method} done: loss {First:F4} → {Last:F4}; {Ips:F0} img/s; {Wall:F0} s",

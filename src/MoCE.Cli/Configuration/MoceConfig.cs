@@ -10,6 +10,10 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public required MoeConfig Moe { get; init; }
     public required TrainConfig Train { get; init; }
     public required bool FoldGateWeight { get; init; }
+    /// <summary>Default engine of `moce train`: "actors" or "local".</summary>
+    public required string Engine { get; init; }
+    public required string RecoveryPolicy { get; init; }
+    public required TimeSpan AskTimeout { get; init; }
     public required EvalConfig Eval { get; init; }
     public required IReadOnlyDictionary<string, TaskConfig> Tasks { get; init; }
 
@@ -19,7 +23,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         "moce.device", "moce.threads", "moce.data.path", "moce.data.fallback-to-sample",
         "moce.pretrain.log-every", "moce.pretrain.steps", "moce.pretrain.checkpoint-every", "moce.pretrain.keep-checkpoints",
         "moce.moe.method", "moce.train.log-every", "moce.train.checkpoint-every", "moce.train.keep-checkpoints",
-        "moce.cluster.feature-batch",
+        "moce.cluster.feature-batch", "moce.actors.engine", "moce.actors.policy", "moce.actors.ask-timeout",
     };
 
     /// <summary>Evaluation and task settings never change what was trained, so a resumed run may change them.</summary>
@@ -102,6 +106,12 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             }.Validate(model.Depth),
             Train = TrainSection(t, "moce.train", seed),
             FoldGateWeight = t.Bool("moce.customize.fold-gate-weight"),
+            Engine = t.String("moce.actors.engine") is "actors" or "local" ? t.String("moce.actors.engine")
+                : throw new ConfigException("moce.actors.engine", $"expected actors or local, got '{t.String("moce.actors.engine")}'"),
+            RecoveryPolicy = t.String("moce.actors.policy") is "global-rollback" ? "global-rollback"
+                : throw new ConfigException("moce.actors.policy", $"expected global-rollback (expert-local is not available yet), got '{t.String("moce.actors.policy")}'"),
+            AskTimeout = TimeSpan.FromSeconds(t.Double("moce.actors.ask-timeout") > 0 ? t.Double("moce.actors.ask-timeout")
+                : throw new ConfigException("moce.actors.ask-timeout", "must be positive")),
             Tasks = tasks,
             Eval = new EvalConfig
             {

@@ -26,8 +26,9 @@ public sealed class CommitLog
 
     public IReadOnlyList<CheckpointCommit> Commits => commits;
 
-    /// <summary>Records a commit, then keeps only the newest <paramref name="keep"/> and deletes other files.</summary>
-    public void Commit(CheckpointCommit commit, int keep)
+    /// <summary>Records a commit, then keeps only the newest <paramref name="keep"/> and (unless another component
+    /// owns retention, as the actor supervisor does) deletes the other files.</summary>
+    public void Commit(CheckpointCommit commit, int keep, bool deleteFiles = true)
     {
         commits.RemoveAll(c => c.Step == commit.Step);
         commits.Add(commit);
@@ -40,7 +41,7 @@ public sealed class CommitLog
             f.Flush(flushToDisk: true);
         }
         File.Move(tmp, path, overwrite: true);
-        store.DeleteAllExcept(commits.SelectMany(c => c.Parts));
+        if (deleteFiles) store.DeleteAllExcept(commits.SelectMany(c => c.Parts));
     }
 
     /// <summary>The newest commit whose files all verify. A commit that fails verification is reported through
