@@ -37,6 +37,11 @@ public sealed class ActorContextSetup
     public ChaosPlan Chaos { get; init; } = ChaosPlan.None;
     public RecoveryPolicy Policy { get; init; } = RecoveryPolicy.GlobalRollback;
     public bool RestoreOwnSnapshotOnStart { get; init; } = true;
+    /// <summary>Torch intra-op threads of the trainer's thread (the trunk's compute); 0 keeps torch's default.</summary>
+    public int TrainerThreads { get; init; }
+    /// <summary>Torch intra-op threads of the router's and each expert's thread. They run concurrently with each
+    /// other, so one each keeps the machine from being oversubscribed by OpenMP teams.</summary>
+    public int OwnerThreads { get; init; } = 1;
     /// <summary>How long a blocking wait for another owner's reply may take before the step fails.</summary>
     public TimeSpan AskTimeout { get; init; } = TimeSpan.FromSeconds(60);
 }

@@ -32,6 +32,7 @@ public sealed class ExpertActor : ReceivePersistentActor
     public ExpertActor(ActorContextSetup setup, int expert)
     {
         this.setup = setup;
+        if (setup.OwnerThreads > 0) torch.set_num_threads(setup.OwnerThreads);   // this thread's OpenMP team
         this.expert = expert;
         PersistenceId = $"{setup.RunId}-{Name}";
         var p = new Dictionary<string, TorchSharp.Modules.Parameter>();

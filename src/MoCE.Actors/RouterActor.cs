@@ -44,6 +44,7 @@ public sealed class RouterActor : ReceiveActor
     public RouterActor(ActorContextSetup setup, IReadOnlyList<IActorRef> experts)
     {
         this.setup = setup;
+        if (setup.OwnerThreads > 0) torch.set_num_threads(setup.OwnerThreads);   // this thread's OpenMP team
         this.experts = experts;
         var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
         foreach (var b in setup.Moe.Layers)

@@ -9,8 +9,10 @@ using MoCE.Core.Checkpoints;
 namespace MoCE.Actors;
 
 /// <summary>Callbacks for the host (metrics files, the commit export, progress). They run on the supervisor's thread
-/// and must be quick.</summary>
-public sealed record SupervisorHooks(Action<StepCompleted>? OnStep = null, Action<CheckpointCommitted>? OnCommit = null, Action<RecoveryRecord>? OnRecovery = null);
+/// and must be quick. BeforeCommit runs after every owner wrote its part and before the commit is persisted:
+/// whatever describes the steps up to the commit (metrics rows) must be durable by then.</summary>
+public sealed record SupervisorHooks(Action<StepCompleted>? OnStep = null, Action<CheckpointCommitted>? OnCommit = null,
+                                     Action<RecoveryRecord>? OnRecovery = null, Action<long>? BeforeCommit = null);
 
 /// <summary>The supervisor: owns the run. It creates the owners (trainer, router, experts) as its children and
 /// watches them, drives the step loop, takes a consistent checkpoint every N steps (every owner writes its part,
@@ -127,6 +129,7 @@ public sealed class SupervisorActor : ReceivePersistentActor
     private void HandleCutDone(CutDone m)
     {
         if (m.Generation != generation || recovering) return;
+        hooks.BeforeCommit?.Invoke(m.Step);
         Persist(new CheckpointCommitted(m.Step, m.Refs), e =>
         {
             commits.Add(e);

@@ -31,6 +31,7 @@ public sealed class TrainerActor : ReceiveActor
     public TrainerActor(ActorContextSetup setup, IActorRef router, IReadOnlyList<IActorRef> experts)
     {
         this.setup = setup;
+        if (setup.TrainerThreads > 0) torch.set_num_threads(setup.TrainerThreads);   // this thread's OpenMP team
         this.router = router;
         this.experts = experts;
         model = new MaskedAutoencoder(setup.Model, setup.Moe, setup.Clusters, remoteExperts: true);

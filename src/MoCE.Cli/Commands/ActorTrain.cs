@@ -34,7 +34,7 @@ public static class ActorTrain
             ClusterIds = clustering.TrainIds, Clusters = clustering.K,
             Initial = initial.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value),
             Teacher = moe.LambdaDistill > 0 ? denseWeights : null,
-            Store = store, Device = s.Device, AskTimeout = s.Config.AskTimeout,
+            Store = store, Device = s.Device, AskTimeout = s.Config.AskTimeout, TrainerThreads = s.Config.Threads,
             Policy = RecoveryPolicy.GlobalRollback,
         };
 
@@ -75,6 +75,7 @@ public static class ActorTrain
                         window.Restart(); windowLoss = 0; windowSteps = 0;
                     }
                 },
+                BeforeCommit: _ => { metrics?.Flush(); experts?.Flush(); },
                 OnCommit: c => commits.Commit(new CheckpointCommit(c.Step, c.Manifest, DateTime.UtcNow), train.KeepCheckpoints, deleteFiles: false),
                 OnRecovery: r =>
                 {

@@ -51,6 +51,10 @@ public static class BenchCommand
             using var moceTrainer = new MoceTrainer(m, cfg.Moe, train, cfg.Data, data, clustering, ckpt, denseRef.Sha256, device);
             for (int i = 0; i < warmup; i++) moceTrainer.TrainStep();
             var (denseMs, moceMs) = Interleaved(denseTrainer, moceTrainer, steps);
+
+            // the actor engine on the same MoCE configuration, interleaved with the reference MoCE trainer: every
+            // Round actor steps, the supervisor's step hook (which pauses the engine) runs Round reference steps
+            var (actorMs, refMs) = ActorVersusReference(cfg, data, clustering, ckpt, denseRef.Sha256, device, warmup, steps);
             double matmul = (matmulBefore + MatmulMs()) / 2;
 
             int b = cfg.Pretrain.BatchSize;
@@ -58,6 +62,8 @@ public static class BenchCommand
             Console.WriteLine($"MoCE reference step:  {moceMs:F2} ms ({b * 1000 / moceMs:F0} images/s); E={cfg.Moe.Experts}, top-{cfg.Moe.TopK}, C={cfg.Cluster.K}, blocks [{string.Join(", ", cfg.Moe.Layers)}], distillation {(cfg.Moe.LambdaDistill > 0 ? "on" : "off")}");
             Console.WriteLine($"1024x1024 fp32 matmul: {matmul:F2} ms ({2.0 * 1024 * 1024 * 1024 / (matmul * 1e6):F1} GFLOP/s)");
             Console.WriteLine($"ratio MoCE-step / dense-step: {moceMs / denseMs:F3}");
+            Console.WriteLine($"actor engine MoCE step: {actorMs:F2} ms; reference MoCE step in the same interleaved run: {refMs:F2} ms");
+            Console.WriteLine($"ratio actor-step / reference-step: {actorMs / refMs:F3}");
             Console.WriteLine($"ratio dense-step / matmul: {denseMs / matmul:F2}");
             Console.WriteLine($"({steps} timed steps each, interleaved in rounds of {Round}, after {warmup} warm-up steps)");
         }
@@ -83,6 +89,70 @@ public static class BenchCommand
             tb += sw.Elapsed.TotalMilliseconds;
         }
         return (ta / steps, tb / steps);
+    }
+
+    private static (double actorMs, double referenceMs) ActorVersusReference(Configuration.MoceConfig cfg, ImageDataset data, ClusteringResult clustering,
+        CheckpointContent dense, string denseSha, Device device, int warmup, int steps)
+    {
+        var train = cfg.Train with { Steps = warmup + steps, CheckpointEvery = long.MaxValue };
+        using var reference = new MoceTrainer(cfg.Model, cfg.Moe, train, cfg.Data, data, clustering, dense, denseSha, device);
+        var weights = TrainerCheckpoint.ModelWeights(dense);
+        using var initial = MoceTrainer.InitialModel(cfg.Model, cfg.Moe, clustering.K, weights, train.Seed);
+        var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-actors-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        var setup = new Actors.ActorContextSetup
+        {
+            RunId = "bench", Model = cfg.Model, Moe = cfg.Moe, Train = train, DataConfig = cfg.Data, Data = data,
+            ClusterIds = clustering.TrainIds, Clusters = clustering.K, Initial = initial.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value),
+            Teacher = cfg.Moe.LambdaDistill > 0 ? weights : null, Store = new CheckpointStore(Path.Combine(dir, "checkpoints")), Device = device,
+            TrainerThreads = cfg.Threads,
+        };
+        // the reference gets one long-lived thread of its own, like each actor: torch's thread-local state (OpenMP
+        // team, oneDNN caches) stays warm, as it does on the actors' pinned threads
+        using var request = new SemaphoreSlim(0);
+        using var done = new SemaphoreSlim(0);
+        double refTime = 0;
+        bool stop = false;
+        var refThread = new Thread(() =>
+        {
+            if (cfg.Threads > 0) torch.set_num_threads(cfg.Threads);
+            for (int i = 0; i < warmup; i++) reference.TrainStep();
+            while (true)
+            {
+                request.Wait();
+                if (stop) return;
+                var t = Stopwatch.StartNew();
+                for (int i = 0; i < Round; i++) reference.TrainStep();
+                refTime += t.Elapsed.TotalMilliseconds;
+                done.Release();
+            }
+        }) { IsBackground = true, Name = "bench-reference" };
+        refThread.Start();
+        var sw = Stopwatch.StartNew();
+        double actor = 0, lastReturn = 0;
+        try
+        {
+            Actors.ActorEngine.Run(setup, dir, warmup + steps, long.MaxValue, 2, new Actors.SupervisorHooks(OnStep: m =>
+            {
+                double now = sw.Elapsed.TotalMilliseconds;
+                if (m.Step >= warmup) actor += now - lastReturn;           // the engine's time for this step
+                if (m.Step >= warmup && (m.Step - warmup) % Round == Round - 1)
+                {
+                    request.Release();
+                    done.Wait();
+                }
+                lastReturn = sw.Elapsed.TotalMilliseconds;
+            }));
+        }
+        finally
+        {
+            stop = true;
+            request.Release();
+            refThread.Join();
+            Directory.Delete(dir, recursive: true);
+        }
+        int timedRef = steps / Round * Round;
+        return (actor / steps, refTime / Math.Max(1, timedRef));
     }
 
     private static double MatmulMs()

@@ -76,6 +76,8 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
             if (ct.IsCancellationRequested)
             {
                 log.Warning("Interrupted at step {Step}; committing a checkpoint before exit", trainer.NextStep);
+                metrics.Flush();
+                experts?.Flush();
                 Commit(commits);
                 ct.ThrowIfCancellationRequested();
             }
@@ -96,7 +98,12 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
                 onProgress?.Invoke(new Progress(trainer.NextStep, cfg.Steps, windowLoss / windowSteps, ips, eta));
                 window.Restart(); windowImages = 0; windowLoss = 0; windowSteps = 0;
             }
-            if (trainer.NextStep % cfg.CheckpointEvery == 0 || trainer.NextStep == end) Commit(commits);
+            if (trainer.NextStep % cfg.CheckpointEvery == 0 || trainer.NextStep == end)
+            {
+                metrics.Flush();
+                experts?.Flush();
+                Commit(commits);
+            }
         }
     }
 
@@ -129,6 +136,9 @@ public sealed class CsvLog : IDisposable
         w.WriteLine(row);
         if (step % 10 == 0) w.Flush();
     }
+
+    /// <summary>Called at every commit: a row of a committed step must never be lost to a crash.</summary>
+    public void Flush() => w.Flush();
 
     public void Dispose() => w.Dispose();
 }

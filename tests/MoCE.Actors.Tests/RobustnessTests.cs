@@ -1,0 +1,76 @@
+using System.Diagnostics;
+using MoCE.Actors;
+using MoCE.Core.Config;
+using MoCE.Core.Tests;
+using MoCE.Core.Training;
+using Serilog;
+using Serilog.Core;
+using Serilog.Events;
+
+namespace MoCE.Actors.Tests;
+
+public class RobustnessTests(MoceFixture fx) : IClassFixture<MoceFixture>
+{
+    private static readonly MoeConfig Moe = MoceFixture.Moe with { Layers = [0, 1] };
+
+    private sealed class Capture : ILogEventSink
+    {
+        public readonly List<string> Messages = [];
+        public void Emit(LogEvent e) { lock (Messages) Messages.Add(e.RenderMessage()); }
+    }
+
+    [Fact]
+    public void A_corrupt_newest_commit_is_reported_by_name_and_the_run_falls_back_to_the_previous_one()
+    {
+        var train = Tiny.Train(steps: 30);
+        var run = new ActorRun(fx, Moe, train);
+        Assert.Equal(20, run.Run(until: 20, checkpointEvery: 10).Step);
+
+        var trainerFile = Directory.GetFiles(Path.Combine(run.RunDir, "checkpoints"), "trainer-00000020-*.ckpt").Single();
+        File.AppendAllText(trainerFile, "corruption");
+        var capture = new Capture();
+        Log.Logger = new LoggerConfiguration().WriteTo.Sink(capture).CreateLogger();
+        run.Losses.Clear();
+        Assert.Equal(30, run.Run(until: 30, checkpointEvery: 10).Step);
+
+        Assert.Equal(10, run.Losses.Keys.First());                      // replayed from commit 10, not 20
+        lock (capture.Messages)
+            Assert.Contains(capture.Messages, m => m.Contains("Commit 20 is unusable") && m.Contains(Path.GetFileName(trainerFile)) && m.Contains("sha256 mismatch"));
+        using var t = fx.Trainer(Moe, train);
+        for (int i = 0; i < 30; i++) t.TrainStep();
+        var expected = t.Model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+        Assert.True(ActorRun.MaxAbsDiff(expected, run.CommittedWeights(30)) <= 1e-5);
+    }
+}
+
+/// <summary>Resident memory is a process-wide number, so this test runs alone: no other test class allocates
+/// while it measures.</summary>
+[CollectionDefinition("memory", DisableParallelization = true)]
+public sealed class MemoryCollection : ICollectionFixture<MoceFixture>;
+
+[Collection("memory")]
+public class MemoryTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHelper output)
+{
+    private static readonly MoeConfig Moe = MoceFixture.Moe with { Layers = [0, 1] };
+
+    [Fact]
+    public void Resident_memory_stays_flat_from_step_100_to_step_500()
+    {
+        var train = Tiny.Train(steps: 500);
+        var run = new ActorRun(fx, Moe, train);
+        var rss = new Dictionary<long, long>();
+        var setup = run.Setup();
+        ActorEngine.Run(setup, run.RunDir, 500, 250, 2, new SupervisorHooks(OnStep: m =>
+        {
+            if (m.Step is not (99 or 499)) return;
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            GC.Collect();
+            using var self = Process.GetCurrentProcess();
+            rss[m.Step] = self.WorkingSet64;
+        }));
+        double growth = (rss[499] - rss[99]) / (double)rss[99];
+        output.WriteLine($"RSS after step 100: {rss[99] >> 20} MiB; after step 500: {rss[499] >> 20} MiB ({growth:+0.0%;-0.0%})");
+        Assert.True(growth <= 0.05, $"RSS {rss[99] >> 20} MiB at step 100, {rss[499] >> 20} MiB at step 500 (+{growth:P1})");
+    }
+}

@@ -1,0 +1,97 @@
+using System.Diagnostics;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Data;
+using static MoCE.Cli.Tests.PretrainProcessTests;
+
+namespace MoCE.Cli.Tests;
+
+/// <summary>Kills the real `moce train` process (actor engine) with SIGKILL at seeded random moments, resumes it,
+/// and compares the result with an uninterrupted run.</summary>
+public class ProcessKillTests
+{
+    private static readonly string[] Baby =
+    [
+        "-o", "model.patch-size=7", "-o", "model.dim=32", "-o", "model.depth=2", "-o", "model.heads=2",
+        "-o", "model.decoder-dim=16", "-o", "model.decoder-depth=1", "-o", "model.decoder-heads=2",
+        "-o", "moe.layers=[0, 1]", "-o", "moe.experts=3", "-o", "cluster.k=4",
+        "-o", "pretrain.steps=20", "-o", "pretrain.batch-size=32", "-o", "train.batch-size=16",
+        "-o", "train.steps=150", "-o", "train.checkpoint-every=10", "-o", "train.log-every=10",
+        "-o", $"data.path={FashionMnist.SampleDir}", "-o", "threads=1",
+    ];
+
+    private static string[] Train(string run) => ["train", "--run", run, "--engine", "actors", .. Baby];
+
+    private static Dictionary<string, float[]> FinalWeights(string run)
+    {
+        var store = new CheckpointStore(Path.Combine(run, "train-moce", "checkpoints"));
+        var commits = new CommitLog(store).Commits;
+        foreach (var c in commits) foreach (var p in c.Parts) store.Verify(p);     // every kept commit verifies
+        var w = new Dictionary<string, float[]>();
+        foreach (var p in commits[^1].Parts)
+        {
+            using var c = store.Load(p);
+            foreach (var (n, t) in TrainerCheckpoint.ModelWeights(c)) w[n] = t.data<float>().ToArray();
+        }
+        Assert.Equal(150, commits[^1].Step);
+        return w;
+    }
+
+    [Fact]
+    public void Sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run()
+    {
+        var a = Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N"));
+        var (code, output) = Moce(["pretrain", "--run", a, .. Baby]);
+        Assert.True(code == 0, output);
+        (code, output) = Moce(["cluster", "--run", a, .. Baby]);
+        Assert.True(code == 0, output);
+        var b = a + "-uninterrupted";
+        CopyDirectory(a, b);
+
+        (code, output) = Moce(Train(b));
+        Assert.True(code == 0, output);
+
+        // three kills at seeded random moments: once the log shows a random step, after a random sub-second delay
+        var rng = new Random(1234);
+        int kills = 0;
+        foreach (int target in new[] { rng.Next(20, 50), rng.Next(60, 90), rng.Next(100, 130) })
+        {
+            var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+            psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "moce.dll"));
+            foreach (var arg in Train(a)) psi.ArgumentList.Add(arg);
+            using var p = Process.Start(psi)!;
+            using var reached = new ManualResetEventSlim();
+            p.OutputDataReceived += (_, e) =>
+            {
+                var m = e.Data is null ? null : System.Text.RegularExpressions.Regex.Match(e.Data, @"\[actors\] step (\d+)/");
+                if (m is { Success: true } && int.Parse(m.Groups[1].Value) >= target) reached.Set();
+            };
+            p.ErrorDataReceived += (_, _) => { };
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+            if (reached.Wait(TimeSpan.FromSeconds(60)))
+            {
+                Thread.Sleep(rng.Next(0, 400));
+                p.Kill(entireProcessTree: true);   // SIGKILL: no shutdown, no final commit
+                kills++;
+            }
+            p.WaitForExit();
+        }
+        Assert.Equal(3, kills);
+        (code, output) = Moce(Train(a));
+        Assert.True(code == 0, output);
+
+        var expected = FinalWeights(b);
+        var got = FinalWeights(a);
+        Assert.Equal(expected.Keys.Order(), got.Keys.Order());
+        double max = expected.Max(kv => kv.Value.Zip(got[kv.Key], (x, y) => Math.Abs(x - y)).Max());
+        Assert.True(max <= 1e-5, $"max |Δw| = {max} after {kills} kills");
+        Assert.Equal(151, File.ReadAllLines(Path.Combine(a, "train-moce", "metrics.csv")).Length); // every step once
+    }
+
+    private static void CopyDirectory(string from, string to)
+    {
+        foreach (var d in Directory.GetDirectories(from, "*", SearchOption.AllDirectories)) Directory.CreateDirectory(d.Replace(from, to));
+        Directory.CreateDirectory(to);
+        foreach (var f in Directory.GetFiles(from, "*", SearchOption.AllDirectories)) File.Copy(f, f.Replace(from, to));
+    }
+}
