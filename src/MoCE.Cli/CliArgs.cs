@@ -16,9 +16,10 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           pipeline     the whole method: pretrain, cluster, train (moce, token-moe, dense), customize, eval
           pretrain     dense MAE pre-training
           cluster      k-means over the dense MAE's features; writes each image's cluster and a report
-          train        MoE training from the dense MAE: --method moce|token-moe|dense, --engine local
+          train        MoE training from the dense MAE: --method moce|token-moe|dense, --engine actors|local
           customize    extract a dense model with the experts a task prefers: --task NAME
           eval         linear probe and k-NN on frozen features for the configured tasks
+          status RUN   committed steps, owners and their checkpoint files, recent recoveries
           bench        time the reference trainers on the bench configuration (hocon/bench.conf)
           config       print the resolved configuration and exit
         Every command works on one run directory; running it again resumes or skips finished work.
@@ -28,7 +29,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           --config FILE     layer a HOCON file (repeatable, applied in order, after the preset)
           -o key=value      override one key, e.g. -o pretrain.steps=500 (repeatable, applied last)
           --run DIR         run directory (default: runs/PRESET, or runs/default)
-          train: --method moce|token-moe|dense (default moce.moe.method)  --engine local
+          train: --method moce|token-moe|dense (default moce.moe.method)  --engine actors|local (default moce.actors.engine)
           customize: --task NAME (a task under moce.tasks)
           bench: --warmup N (default 10)  --steps N (default 50)
           -h, --help        this text
@@ -57,6 +58,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
                 case "-h" or "--help": return new CliArgs("help", null, [], [], null, flags);
                 default:
                     if (a.StartsWith("--", StringComparison.Ordinal) && a.Length > 2) { flags[a[2..]] = Next(); break; }
+                    if (command == "status" && run is null && !a.StartsWith('-')) { run = a; break; }   // moce status RUN
                     throw new ConfigException(a, "unknown argument; see moce --help");
             }
         }

@@ -33,6 +33,7 @@ try
         "customize" => CustomizeCommand.Run(cli),
         "eval" => EvalCommand.Run(cli),
         "pipeline" => PipelineCommand.Run(cli, cts.Token),
+        "status" => StatusCommand.Run(cli),
         "bench" => BenchCommand.Run(cli),
         _ => throw new ConfigException(cli.Command, "unknown command; see moce --help"),
     };

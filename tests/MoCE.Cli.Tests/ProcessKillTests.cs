@@ -86,6 +86,12 @@ public class ProcessKillTests
         double max = expected.Max(kv => kv.Value.Zip(got[kv.Key], (x, y) => Math.Abs(x - y)).Max());
         Assert.True(max <= 1e-5, $"max |Δw| = {max} after {kills} kills");
         Assert.Equal(151, File.ReadAllLines(Path.Combine(a, "train-moce", "metrics.csv")).Length); // every step once
+
+        (code, output) = Moce("status", a);
+        Assert.True(code == 0, output);
+        Assert.Contains("train-moce (actors): committed step 150", output);
+        foreach (var owner in new[] { "trainer", "router", "expert-0", "expert-1", "expert-2" })
+            Assert.Matches($@"{owner}\s+step 150 .* ok", output);
     }
 
     private static void CopyDirectory(string from, string to)
