@@ -1,6 +1,7 @@
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Config;
 using MoCE.Core.Data;
+using MoCE.Core.Training;
 using TorchSharp;
 
 namespace MoCE.Actors;
@@ -10,13 +11,15 @@ public enum RecoveryPolicy
 {
     /// <summary>Pause, restore every owner to the last committed checkpoint, replay: equals a run that never failed.</summary>
     GlobalRollback,
-    /// <summary>Only the failed expert restores its own last snapshot; the router reroutes its images meanwhile.</summary>
+    /// <summary>Only the failed expert restores its own last snapshot; training goes on without it, the router
+    /// reroutes its images to their next-best expert meanwhile. Faster, but approximate. A failed router or
+    /// trainer still triggers global-rollback.</summary>
     ExpertLocal,
 }
 
 /// <summary>Everything the actors of one run share, fixed for the run: configuration, data, the initial (upcycled)
 /// weights, the checkpoint store, the device and the chaos plan. Read-only after construction.</summary>
-public sealed class ActorContextSetup
+public sealed record ActorContextSetup
 {
     public const string PinnedDispatcher = "akka.actor.moce-pinned-dispatcher";
 
@@ -36,12 +39,29 @@ public sealed class ActorContextSetup
     public required torch.Device Device { get; init; }
     public ChaosPlan Chaos { get; init; } = ChaosPlan.None;
     public RecoveryPolicy Policy { get; init; } = RecoveryPolicy.GlobalRollback;
-    public bool RestoreOwnSnapshotOnStart { get; init; } = true;
     /// <summary>Torch intra-op threads of the trainer's thread (the trunk's compute); 0 keeps torch's default.</summary>
     public int TrainerThreads { get; init; }
     /// <summary>Torch intra-op threads of the router's and each expert's thread. They run concurrently with each
     /// other, so one each keeps the machine from being oversubscribed by OpenMP teams.</summary>
     public int OwnerThreads { get; init; } = 1;
+    /// <summary>The setup of a run that starts from a dense MAE: the initial state is the dense weights upcycled
+    /// exactly as the reference trainer does (<see cref="MoceTrainer.InitialModel"/>), and the frozen teacher is the
+    /// dense model when distillation is on.</summary>
+    public static ActorContextSetup FromDense(string runId, MaeConfig model, MoeConfig moe, TrainConfig train, DataConfig dataConfig,
+        ImageDataset data, long[] clusterIds, int clusters, IReadOnlyDictionary<string, torch.Tensor> dense, CheckpointStore store,
+        torch.Device device, int trainerThreads)
+    {
+        using var initial = MoceTrainer.InitialModel(model, moe, clusters, dense, train.Seed);
+        return new ActorContextSetup
+        {
+            RunId = runId, Model = model, Moe = moe, Train = train, DataConfig = dataConfig, Data = data,
+            ClusterIds = clusterIds, Clusters = clusters,
+            Initial = initial.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone()),
+            Teacher = moe.LambdaDistill > 0 ? dense.ToDictionary(kv => kv.Key, kv => kv.Value.clone()) : null,
+            Store = store, Device = device, TrainerThreads = trainerThreads,
+        };
+    }
+
     /// <summary>How long a blocking wait for another owner's reply may take before the step fails.</summary>
     public TimeSpan AskTimeout { get; init; } = TimeSpan.FromSeconds(60);
 }

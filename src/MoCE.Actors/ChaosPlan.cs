@@ -26,5 +26,16 @@ public sealed class ChaosPlan
             throw new InjectedFault(owner, step);
     }
 
+    private readonly ConcurrentDictionary<string, TimeSpan> recoveryDelays = new();
+
+    /// <summary>A slow recovery (straggler): the owner takes this long to come back after a restart.</summary>
+    public ChaosPlan DelayRecovery(string owner, TimeSpan delay)
+    {
+        recoveryDelays[owner] = delay;
+        return this;
+    }
+
+    public TimeSpan RecoveryDelay(string owner) => recoveryDelays.GetValueOrDefault(owner, TimeSpan.Zero);
+
     public IReadOnlyList<(string owner, long step)> Fired => events.Where(kv => kv.Value).Select(kv => kv.Key).ToList();
 }

@@ -12,8 +12,10 @@ namespace MoCE.Actors;
 /// <summary>Expert e: owns its MLP in every MoE block, their AdamW state and its device. Persistent: after each
 /// checkpoint it snapshots {step, file, sha256} (never the weights), so on its own it can come back to its last
 /// snapshot (expert-local recovery). Runs on its own thread.</summary>
-public sealed class ExpertActor : ReceivePersistentActor
+public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 {
+    public ITimerScheduler Timers { get; set; } = null!;
+
     public sealed record ExpertSnapshot(long Step, CheckpointRef Ref);
 
     private readonly ActorContextSetup setup;
@@ -23,6 +25,7 @@ public sealed class ExpertActor : ReceivePersistentActor
     private readonly Dictionary<int, (Tensor input, Tensor output)> inFlight = [];
     private readonly ILoggingAdapter log = Context.GetLogger();
     private ExpertSnapshot? lastSnapshot;
+    private bool restarted;
 
     public override string PersistenceId { get; }
 
@@ -53,20 +56,36 @@ public sealed class ExpertActor : ReceivePersistentActor
         Command<Apply>(HandleApply);
         Command<Checkpoint>(HandleCheckpoint);
         Command<RestoreCheckpoint>(HandleRestore);
+        Command<RestoreOwnSnapshot>(_ => HandleRestoreOwnSnapshot());
+        Command<AbortStep>(m => { owner.Optimizer.ZeroGrad(); FreeStep(); Sender.Tell(new StepAborted(m.Step, Name)); });
         Command<SaveSnapshotSuccess>(_ => { });
         Command<SaveSnapshotFailure>(f => log.Warning("expert {0}: snapshot record not saved: {1}", expert, f.Cause.Message));
     }
 
     private string Name => $"expert-{expert}";
 
-    /// <summary>After a restart (expert-local recovery) the expert restores its own last snapshot.</summary>
+    protected override void PostRestart(Exception reason)
+    {
+        restarted = true;
+        base.PostRestart(reason);
+    }
+
+    /// <summary>After a restart under expert-local, the expert restores its own last snapshot by itself and tells the
+    /// supervisor it can take rows again.</summary>
     protected override void OnReplaySuccess()
     {
-        if (setup.Policy == RecoveryPolicy.ExpertLocal && lastSnapshot is not null && setup.RestoreOwnSnapshotOnStart)
-        {
-            owner.Restore(lastSnapshot.Ref);
-            log.Info("expert {0} restored its own snapshot of step {1}", expert, lastSnapshot.Step);
-        }
+        if (restarted && setup.Policy == RecoveryPolicy.ExpertLocal && lastSnapshot is not null)
+            Timers.StartSingleTimer("restore-own-snapshot", new RestoreOwnSnapshot(), setup.Chaos.RecoveryDelay(Name));
+    }
+
+    private sealed record RestoreOwnSnapshot;
+
+    private void HandleRestoreOwnSnapshot()
+    {
+        FreeStep();
+        owner.Restore(lastSnapshot!.Ref);
+        log.Info("expert {0} restored its own snapshot of step {1}", expert, lastSnapshot.Step);
+        Context.Parent.Tell(new ExpertRecovered(lastSnapshot.Step, expert));
     }
 
     private void HandleForward(ExpertForward m)

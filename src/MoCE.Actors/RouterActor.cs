@@ -32,7 +32,6 @@ public sealed class RouterActor : ReceiveActor
     private readonly ParameterOwner owner;
     private readonly IReadOnlyList<IActorRef> experts;
     private readonly Dictionary<int, Pending> pending = [];
-    private readonly HashSet<int> down = [];
     private long step = -1;
     private int generation = -1;
 
@@ -62,11 +61,11 @@ public sealed class RouterActor : ReceiveActor
         Receive<RouteBackward>(HandleBackward);
         Receive<ExpertInputGrad>(HandleExpertInputGrad);
         Receive<Status.Failure>(f => FailAll(f.Cause));
-        Receive<ExpertAvailability>(m => { if (m.Available) down.Remove(m.Expert); else down.Add(m.Expert); });
         Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
         Receive<Apply>(m => { owner.Apply(m.Lr, m.ClipScale); FreeStep(); Sender.Tell(new StepApplied(m.Step, Name)); });
         Receive<Checkpoint>(m => Sender.Tell(new CheckpointWritten(m.Step, owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "router" }))));
         Receive<RestoreCheckpoint>(m => { FreeStep(); owner.Restore(m.Ref); Sender.Tell(new Restored(m.Step, Name)); });
+        Receive<AbortStep>(m => { owner.Optimizer.ZeroGrad(); FreeStep(); Sender.Tell(new StepAborted(m.Step, Name)); });
     }
 
     private void HandleRoute(Route m)
@@ -85,7 +84,7 @@ public sealed class RouterActor : ReceiveActor
             var probs = gate.forward(h, input);                                    // g(c) [R, E]
             var (weights, choice) = gate.Choose(probs, input);
             int rerouted = 0;
-            if (down.Count > 0) (choice, rerouted) = Reroute(probs, choice);
+            if (m.Down.Count > 0) (choice, rerouted) = Reroute(probs, choice, m.Down);
             var plan = MoeLayer.Plan(choice, weights, setup.Moe.Experts);
             var aux = gate.Aux(probs, choice);
             var p = new Pending
@@ -105,7 +104,7 @@ public sealed class RouterActor : ReceiveActor
     }
 
     /// <summary>expert-local: rows whose top-1 expert is down go to their best available expert, same weight.</summary>
-    private (Tensor choice, int rerouted) Reroute(Tensor probs, Tensor choice)
+    private static (Tensor choice, int rerouted) Reroute(Tensor probs, Tensor choice, IReadOnlySet<int> down)
     {
         var masked = probs.clone();
         foreach (var e in down) masked[.., e] = tensor(-1f);

@@ -43,8 +43,12 @@ public sealed class SupervisorActor : ReceivePersistentActor
     private IActorRef? replyTo;
     private long step, end;
     private int generation;
-    private bool recovering, stopRequested;
+    private bool recovering, stopRequested, waitingForExperts;
     private (string owner, string error, long step, Stopwatch clock)? failure;
+    // expert-local: experts recovering (no rows, no updates), those ready to rejoin, and what their downtime cost
+    private readonly HashSet<int> down = [];
+    private readonly Dictionary<int, long> rejoining = [];
+    private readonly Dictionary<int, (long step, string error, Stopwatch clock, int rerouted)> outages = [];
 
     public override string PersistenceId { get; }
 
@@ -68,6 +72,13 @@ public sealed class SupervisorActor : ReceivePersistentActor
         Command<OwnerFailed>(HandleOwnerFailed);
         Command<OperationFailed>(m => { if (m.Generation == generation) Self.Tell(new OwnerFailed("supervisor", m.Error)); });
         Command<StopAndCommit>(_ => stopRequested = true);
+        Command<StepFailed>(HandleStepFailed);
+        Command<ExpertRecovered>(m =>
+        {
+            if (!down.Contains(m.Expert)) return;
+            rejoining[m.Expert] = m.Step;
+            if (waitingForExperts) { waitingForExperts = false; Next(); }
+        });
         Command<GetRunStatus>(m => Sender.Tell(new RunStatusResponse(step, commits.LastOrDefault()?.Step ?? -1, recoveries)));
     }
 
@@ -104,14 +115,54 @@ public sealed class SupervisorActor : ReceivePersistentActor
 
     private void Next()
     {
+        if (rejoining.Count > 0) { Rejoin(); return; }
+        if (step >= end && down.Count > 0 && !stopRequested)
+        {
+            // the final commit must hold every expert's own state: wait for the recovering ones
+            log.Info("All steps done; waiting for experts [{0}] to finish recovering before the final commit", string.Join(",", down));
+            waitingForExperts = true;
+            return;
+        }
         if (stopRequested && commits.LastOrDefault()?.Step != step) { Cut(step); return; }
         if (step >= end || stopRequested) { replyTo?.Tell(new RunFinished(step, recoveries)); return; }
-        trainer.Tell(new TrainStep(step, generation));
+        trainer.Tell(new TrainStep(step, generation, new HashSet<int>(down)));
+    }
+
+    /// <summary>expert-local: recovered experts take rows again from the next step; their recovery is recorded.</summary>
+    private void Rejoin()
+    {
+        var records = rejoining.Select(kv =>
+        {
+            var o = outages[kv.Key];
+            down.Remove(kv.Key);
+            outages.Remove(kv.Key);
+            return new RecoveryRecord(o.step, $"expert-{kv.Key}", "expert-local", o.error, kv.Value, 0, o.clock.Elapsed.TotalMilliseconds, o.rerouted, step - kv.Value);
+        }).ToList();
+        rejoining.Clear();
+        PersistAll(records, r =>
+        {
+            recoveries.Add(r);
+            hooks.OnRecovery?.Invoke(r);
+            log.Warning("{0} is back from its snapshot of step {1} after {2:F0} ms: it missed {3} steps, {4} image routings went to the next-best expert",
+                r.Owner, r.RestoredStep, r.DetectionToRecoveredMs, r.StepsMissed, r.ReroutedImages);
+            if (r != records[^1]) return;
+            if (step >= end) Cut(step);                 // the last commit was cut without them: cut again
+            else Next();
+        });
+    }
+
+    private void HandleStepFailed(StepFailed m)
+    {
+        // expert-local: the failed expert is marked down (OwnerFailed); retry the same step without it
+        if (recovering || m.Step != step || setup.Policy != RecoveryPolicy.ExpertLocal) return;
+        log.Warning("Step {0} failed ({1}); retrying it with experts [{2}] down", m.Step, m.Error, string.Join(",", down));
+        Next();
     }
 
     private void HandleStepCompleted(StepCompleted m)
     {
         if (recovering || m.Step != step) return;        // a step from an abandoned attempt
+        foreach (var e in down) outages[e] = outages[e] with { rerouted = outages[e].rerouted + m.ReroutedImages };
         hooks.OnStep?.Invoke(m);
         step = m.Step + 1;
         if (step % checkpointEvery == 0 || step == end) Cut(step);
@@ -122,9 +173,14 @@ public sealed class SupervisorActor : ReceivePersistentActor
     private void Cut(long s)
     {
         int g = generation;
-        Task.WhenAll(owners.Select(o => o.Ask<CheckpointWritten>(new Checkpoint(s), setup.AskTimeout)))
-            .PipeTo(Self, success: r => new CutDone(s, g, r.Select(w => w.Ref).ToArray()), failure: e => new OperationFailed(g, e));
+        // an expert that is down (expert-local) is not in the cut: the commit carries its last committed part
+        var absent = owners.Where(o => IsDown(o)).Select(o => commits[^1].Manifest.Single(r => r.Owner == o.Path.Name)).ToArray();
+        Task.WhenAll(owners.Where(o => !IsDown(o)).Select(o => o.Ask<CheckpointWritten>(new Checkpoint(s), setup.AskTimeout)))
+            .PipeTo(Self, success: r => new CutDone(s, g, r.Select(w => w.Ref).Concat(absent).ToArray()), failure: e => new OperationFailed(g, e));
     }
+
+    private bool IsDown(IActorRef owner) =>
+        owner.Path.Name.StartsWith("expert-", StringComparison.Ordinal) && down.Contains(int.Parse(owner.Path.Name["expert-".Length..]));
 
     private void HandleCutDone(CutDone m)
     {
@@ -145,6 +201,14 @@ public sealed class SupervisorActor : ReceivePersistentActor
     private void HandleOwnerFailed(OwnerFailed m)
     {
         log.Warning("Owner {0} failed at step {1}: {2}", m.Owner, step, m.Error.Message);
+        if (setup.Policy == RecoveryPolicy.ExpertLocal && !recovering && m.Owner.StartsWith("expert-", StringComparison.Ordinal))
+        {
+            // expert-local: only this expert goes back (to its own snapshot, on restart); training goes on without it
+            int e = int.Parse(m.Owner["expert-".Length..]);
+            if (down.Add(e)) outages[e] = (step, m.Error.Message, Stopwatch.StartNew(), 0);
+            generation++;                               // the in-flight attempt's replies are stale; the trainer reports StepFailed
+            return;
+        }
         failure ??= (m.Owner, m.Error.Message, step, Stopwatch.StartNew());
         generation++;                                   // replies of the failed attempt are now stale
         recovering = true;

@@ -60,16 +60,34 @@ public sealed class TrainerActor : ReceiveActor
 
     private void HandleTrainStep(TrainStep m)
     {
+        setup.Chaos.Check(Name, m.Step);
+        try { RunStep(m); }
+        catch (Exception e) when (setup.Policy == RecoveryPolicy.ExpertLocal)
+        {
+            // another owner failed mid-step: drop the step everywhere, then let the supervisor retry it
+            owner.Optimizer.ZeroGrad();
+            foreach (var a in experts.Append(router))
+            {
+                try { Ask<StepAborted>(a, new AbortStep(m.Step)); }
+                catch (Exception) { /* a failed owner restores its own state when it comes back */ }
+            }
+            Sender.Tell(new StepFailed(m.Step, m.Generation, e.Message));
+        }
+    }
+
+    private void RunStep(TrainStep m)
+    {
         long s = m.Step;
-        setup.Chaos.Check(Name, s);
         using var scope = NewDisposeScope();
+        int rerouted = 0;
         var (imgs, noise, gate) = MoceTrainer.StepInputs(s, sampler, setup.Data, setup.DataConfig, setup.ClusterIds, model, setup.Train.Seed, setup.Device);
         var routes = new List<RouteStats>();
 
         // forward, segment by segment: at each MoE block the router computes y = Σ g_e·expert_e(h)
         var (o, boundaries) = model.ForwardRemote(imgs, noise, (block, h) =>
         {
-            var r = Ask<Routed>(router, new Route(s, m.Generation, block, h.clone().DetachFromDisposeScope(), gate.ClusterIds.clone().DetachFromDisposeScope()));
+            var r = Ask<Routed>(router, new Route(s, m.Generation, block, h.clone().DetachFromDisposeScope(), gate.ClusterIds.clone().DetachFromDisposeScope(), m.Down));
+            rerouted += r.ReroutedRows;
             scope.Attach(r.Output); scope.Attach(r.Probs); scope.Attach(r.Choice);
             routes.Add(new RouteStats(block, r.Probs, r.Choice, r.Choice, r.Probs, r.TokensPerRow));
             return r.Output.requires_grad_(true);                                 // the segment boundary: a leaf
@@ -94,7 +112,7 @@ public sealed class TrainerActor : ReceiveActor
         }
 
         // clip by the global norm: every owner reports its share of Σ‖g‖²
-        var others = experts.Append(router).ToList();
+        var others = experts.Where((_, e) => !m.Down.Contains(e)).Append(router).ToList();   // a recovering expert sits out
         var norms = Wait(() => Task.WhenAll(others.Select(a => a.Ask<SquaredGradNormResponse>(new GetSquaredGradNorm(s), setup.AskTimeout))));
         double norm = Math.Sqrt(owner.SquaredGradNorm() + norms.Sum(n => n.Value));
         double lr = LrSchedule.At(s, setup.Train);
@@ -104,7 +122,7 @@ public sealed class TrainerActor : ReceiveActor
         applied.GetAwaiter().GetResult();
 
         var stats = new StepStats(s, o.Loss.item<float>(), lr, norm, setup.Train.BatchSize);
-        Sender.Tell(new StepCompleted(s, stats, ExpertStat.From(routes, o.PerImage, setup.Moe.Experts)));
+        Sender.Tell(new StepCompleted(s, stats, ExpertStat.From(routes, o.PerImage, setup.Moe.Experts), rerouted));
         o.Dispose();
     }
 

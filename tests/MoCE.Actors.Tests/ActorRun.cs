@@ -17,27 +17,28 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     public ActorContextSetup Setup(ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback)
     {
         using var dense = fx.Dense();
-        var weights = TrainerCheckpoint.ModelWeights(dense);
-        using var initial = MoceTrainer.InitialModel(Tiny.Model, moe, MoceFixture.Clusters, weights, train.Seed);
-        return new ActorContextSetup
+        return ActorContextSetup.FromDense("test", Tiny.Model, moe, train, Tiny.Data, fx.Data, fx.Clustering.TrainIds, MoceFixture.Clusters,
+            TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(RunDir, "checkpoints")), CPU, trainerThreads: 0) with
         {
-            RunId = "test",
-            Model = Tiny.Model, Moe = moe, Train = train, DataConfig = Tiny.Data, Data = fx.Data,
-            ClusterIds = fx.Clustering.TrainIds, Clusters = MoceFixture.Clusters,
-            Initial = initial.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone()),
-            Teacher = moe.LambdaDistill > 0 ? weights.ToDictionary(kv => kv.Key, kv => kv.Value.clone()) : null,
-            Store = new CheckpointStore(Path.Combine(RunDir, "checkpoints")),
-            Device = CPU,
             Chaos = chaos ?? ChaosPlan.None,
             Policy = policy,
             AskTimeout = TimeSpan.FromSeconds(30),
         };
     }
 
-    public RunFinished Run(long until, long checkpointEvery, ChaosPlan? chaos = null)
+    public RunFinished Run(long until, long checkpointEvery, ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback)
     {
-        var setup = Setup(chaos);
+        var setup = Setup(chaos, policy);
         return ActorEngine.Run(setup, RunDir, until, checkpointEvery, keep: 3, new SupervisorHooks(OnStep: m => { lock (Losses) Losses[m.Step] = m.Stats.Loss; }));
+    }
+
+    /// <summary>An owner's optimizer step count in the commit of <paramref name="step"/>.</summary>
+    public long OptimizerSteps(string owner, long step)
+    {
+        var f = Directory.GetFiles(Path.Combine(RunDir, "checkpoints"), $"{owner}-*.ckpt")
+            .Select(CheckpointFile.Read).ToList();
+        try { return f.Where(c => long.Parse(c["step"]) == step).Select(c => long.Parse(c["optimizer_steps"])).Single(); }
+        finally { foreach (var c in f) c.Dispose(); }
     }
 
     /// <summary>The newest commit's weights, by full state_dict name, read back from the owners' files.</summary>

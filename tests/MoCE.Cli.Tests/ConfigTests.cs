@@ -69,11 +69,22 @@ public class ConfigTests
     [InlineData("moe.layers=[1, 9]", "moce.moe.layers", "depth = 4")]
     [InlineData("moe.top-k=5", "moce.moe.top-k", "[1, experts = 4]")]
     [InlineData("moe.layers=2", "moce.moe.layers", "expected a list of integers")]
+    [InlineData("actors.policy=pray", "moce.actors.policy", "expected global-rollback or expert-local")]
+    [InlineData("actors.engine=gpu", "moce.actors.engine", "expected actors or local")]
+    [InlineData("actors.ask-timeout=0", "moce.actors.ask-timeout", "must be positive")]
     public void Method_config_errors_name_the_key(string overrideText, string key, string problem)
     {
         var e = Fails(() => Load(overrideText));
         Assert.Equal(key, e.Key);
         Assert.Contains(problem, e.Message);
+    }
+
+    [Fact]
+    public void Actor_runtime_settings_bind()
+    {
+        var c = Load("actors.policy=expert-local", "actors.ask-timeout=2.5", "actors.engine=local");
+        Assert.Equal(("expert-local", TimeSpan.FromSeconds(2.5), "local"), (c.RecoveryPolicy, c.AskTimeout, c.Engine));
+        Assert.Equal("actors", Load().Engine);
     }
 
     [Fact]

@@ -1,5 +1,4 @@
 using System.Text.Json;
-using MoCE.Core.Data;
 using static MoCE.Cli.Tests.PretrainProcessTests;
 
 namespace MoCE.Cli.Tests;
@@ -9,13 +8,10 @@ public class PipelineProcessTests
 {
     private static readonly string[] Baby =
     [
-        "-o", "model.patch-size=7", "-o", "model.dim=32", "-o", "model.depth=2", "-o", "model.heads=2",
-        "-o", "model.decoder-dim=16", "-o", "model.decoder-depth=1", "-o", "model.decoder-heads=2",
-        "-o", "moe.layers=[0, 1]", "-o", "moe.experts=3", "-o", "cluster.k=4",
+        .. MoCE.Cli.Tests.Baby.Model,
         "-o", "pretrain.steps=20", "-o", "train.steps=10", "-o", "pretrain.batch-size=32", "-o", "train.batch-size=32",
         "-o", "pretrain.log-every=10", "-o", "train.log-every=5",
         "-o", "eval.train-images=400", "-o", "eval.test-images=200", "-o", "eval.probe-epochs=3",
-        "-o", $"data.path={FashionMnist.SampleDir}", "-o", "threads=1",
     ];
 
     private static string NewRun() => Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N"));

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using MoCE.Core.Checkpoints;
-using MoCE.Core.Data;
 using static MoCE.Cli.Tests.PretrainProcessTests;
 
 namespace MoCE.Cli.Tests;
@@ -11,12 +10,9 @@ public class ProcessKillTests
 {
     private static readonly string[] Baby =
     [
-        "-o", "model.patch-size=7", "-o", "model.dim=32", "-o", "model.depth=2", "-o", "model.heads=2",
-        "-o", "model.decoder-dim=16", "-o", "model.decoder-depth=1", "-o", "model.decoder-heads=2",
-        "-o", "moe.layers=[0, 1]", "-o", "moe.experts=3", "-o", "cluster.k=4",
+        .. MoCE.Cli.Tests.Baby.Model,
         "-o", "pretrain.steps=20", "-o", "pretrain.batch-size=32", "-o", "train.batch-size=16",
         "-o", "train.steps=150", "-o", "train.checkpoint-every=10", "-o", "train.log-every=10",
-        "-o", $"data.path={FashionMnist.SampleDir}", "-o", "threads=1",
     ];
 
     private static string[] Train(string run) => ["train", "--run", run, "--engine", "actors", .. Baby];

@@ -25,3 +25,7 @@ public sealed record CheckpointWritten(long Step, CheckpointRef Ref) : IStepMess
 /// <summary>Command: drop any in-flight step and load this checkpoint part (hash-verified).</summary>
 public sealed record RestoreCheckpoint(long Step, CheckpointRef Ref) : IStepMessage;
 public sealed record Restored(long Step, string Owner) : IStepMessage;
+
+/// <summary>Command: step s failed elsewhere; zero the gradients and drop the step's autograd state.</summary>
+public sealed record AbortStep(long Step) : IStepMessage;
+public sealed record StepAborted(long Step, string Owner) : IStepMessage;

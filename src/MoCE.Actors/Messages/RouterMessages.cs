@@ -5,8 +5,9 @@ namespace MoCE.Actors.Messages;
 // Trainer ↔ router, one pair per MoE block per step.
 
 /// <summary>Command: route block b's MLP input h [N, T, D] by the images' clusters; reply with the combined
-/// expert output.</summary>
-public sealed record Route(long Step, int Generation, int Block, torch.Tensor Hidden, torch.Tensor ClusterIds) : IStepMessage;
+/// expert output. Rows whose chosen expert is in <c>Down</c> (recovering, expert-local) go to their best
+/// available expert with the same weight.</summary>
+public sealed record Route(long Step, int Generation, int Block, torch.Tensor Hidden, torch.Tensor ClusterIds, IReadOnlySet<int> Down) : IStepMessage;
 
 /// <summary>The combined output y [N, T, D], and the routing (gate probabilities, top-k choice) for metrics.</summary>
 public sealed record Routed(long Step, int Block, torch.Tensor Output, torch.Tensor Probs, torch.Tensor Choice, long TokensPerRow, int ReroutedRows) : IStepMessage;
@@ -14,7 +15,3 @@ public sealed record Routed(long Step, int Block, torch.Tensor Output, torch.Ten
 /// <summary>Command: backpropagate dL/dy of block b (plus λ·aux, which the router owns); reply with dL/dh.</summary>
 public sealed record RouteBackward(long Step, int Generation, int Block, torch.Tensor GradOutput) : IStepMessage;
 public sealed record RoutedBackward(long Step, int Block, torch.Tensor GradHidden) : IStepMessage;
-
-/// <summary>Event for the router: an expert is down (expert-local recovery) or back; its rows go to the next-best
-/// available expert meanwhile.</summary>
-public sealed record ExpertAvailability(long Step, int Expert, bool Available) : IStepMessage;

@@ -5,10 +5,15 @@ namespace MoCE.Actors.Messages;
 
 // Supervisor ↔ trainer, the run's control plane, and the supervisor's persisted events.
 
-/// <summary>Command to the trainer: run training step s end to end (forward, backward, clip, apply).</summary>
-public sealed record TrainStep(long Step, int Generation) : IStepMessage;
-/// <summary>Step s is applied by every owner.</summary>
-public sealed record StepCompleted(long Step, StepStats Stats, IReadOnlyList<ExpertStat> Routing) : IStepMessage;
+/// <summary>Command to the trainer: run training step s end to end (forward, backward, clip, apply). Experts in
+/// <c>Down</c> are recovering (expert-local): they get no rows, take no part in the norm and are not applied.</summary>
+public sealed record TrainStep(long Step, int Generation, IReadOnlySet<int> Down) : IStepMessage;
+/// <summary>Step s is applied by every available owner; ReroutedImages counts images sent to a next-best expert.</summary>
+public sealed record StepCompleted(long Step, StepStats Stats, IReadOnlyList<ExpertStat> Routing, int ReroutedImages = 0) : IStepMessage;
+/// <summary>Step s could not complete (another owner failed); every owner has dropped its partial state.</summary>
+public sealed record StepFailed(long Step, int Generation, string Error) : IStepMessage;
+/// <summary>A restarted expert restored its own last snapshot (expert-local) and can take rows again.</summary>
+public sealed record ExpertRecovered(long Step, int Expert) : IStepMessage;
 
 /// <summary>Query: the run's committed step and recovery history.</summary>
 public sealed record GetRunStatus(long Step) : IStepMessage;
@@ -22,6 +27,9 @@ public sealed record RunFinished(long Step, IReadOnlyList<RecoveryRecord> Recove
 /// <summary>Event: a consistent checkpoint after step s, with every owner's file. Only this makes a checkpoint count.</summary>
 public sealed record CheckpointCommitted(long Step, IReadOnlyList<CheckpointRef> Manifest) : IStepMessage;
 
-/// <summary>Event: a failure was detected and recovered from.</summary>
+/// <summary>Event: a failure was detected and recovered from. global-rollback: every owner went back to commit
+/// RestoredStep and StepsReplayed steps were replayed. expert-local: the expert went back to its snapshot of
+/// RestoredStep, training went on without it for StepsMissed steps, and ReroutedImages images went to their
+/// next-best expert meanwhile.</summary>
 public sealed record RecoveryRecord(long Step, string Owner, string Policy, string Error, long RestoredStep, long StepsReplayed,
-                                    double DetectionToRecoveredMs, int ReroutedImages) : IStepMessage;
+                                    double DetectionToRecoveredMs, int ReroutedImages, long StepsMissed = 0) : IStepMessage;

@@ -24,18 +24,12 @@ public static class ActorTrain
                                ClusteringResult clustering, CancellationToken ct)
     {
         var train = s.Config.Train;
-        var denseWeights = TrainerCheckpoint.ModelWeights(dense);
-        using var initial = MoceTrainer.InitialModel(s.Config.Model, moe, clustering.K, denseWeights, train.Seed);
         var store = new CheckpointStore(Path.Combine(dir, "checkpoints"));
-        var setup = new ActorContextSetup
+        var setup = ActorContextSetup.FromDense($"{MoceConfig.MethodName(moe.Method)}-{denseSha[..16]}", s.Config.Model, moe, train, s.Config.Data,
+            data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), store, s.Device, s.Config.Threads) with
         {
-            RunId = $"{MoceConfig.MethodName(moe.Method)}-{denseSha[..16]}",
-            Model = s.Config.Model, Moe = moe, Train = train, DataConfig = s.Config.Data, Data = data,
-            ClusterIds = clustering.TrainIds, Clusters = clustering.K,
-            Initial = initial.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value),
-            Teacher = moe.LambdaDistill > 0 ? denseWeights : null,
-            Store = store, Device = s.Device, AskTimeout = s.Config.AskTimeout, TrainerThreads = s.Config.Threads,
-            Policy = RecoveryPolicy.GlobalRollback,
+            AskTimeout = s.Config.AskTimeout,
+            Policy = s.Config.RecoveryPolicy == "expert-local" ? RecoveryPolicy.ExpertLocal : RecoveryPolicy.GlobalRollback,
         };
 
         CsvLog? metrics = null, experts = null;

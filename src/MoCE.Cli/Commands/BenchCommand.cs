@@ -55,6 +55,7 @@ public static class BenchCommand
             // the actor engine on the same MoCE configuration, interleaved with the reference MoCE trainer: every
             // Round actor steps, the supervisor's step hook (which pauses the engine) runs Round reference steps
             var (actorMs, refMs) = ActorVersusReference(cfg, data, clustering, ckpt, denseRef.Sha256, device, warmup, steps);
+            var (cutMs, stepMs, cuts) = CheckpointOverhead(cfg, data, clustering, ckpt, device, every: 50, totalSteps: 100);
             double matmul = (matmulBefore + MatmulMs()) / 2;
 
             int b = cfg.Pretrain.BatchSize;
@@ -63,7 +64,9 @@ public static class BenchCommand
             Console.WriteLine($"1024x1024 fp32 matmul: {matmul:F2} ms ({2.0 * 1024 * 1024 * 1024 / (matmul * 1e6):F1} GFLOP/s)");
             Console.WriteLine($"ratio MoCE-step / dense-step: {moceMs / denseMs:F3}");
             Console.WriteLine($"actor engine MoCE step: {actorMs:F2} ms; reference MoCE step in the same interleaved run: {refMs:F2} ms");
-            Console.WriteLine($"ratio actor-step / reference-step: {actorMs / refMs:F3}");
+            Console.WriteLine($"ratio actor-step / reference-step (interleaved): {actorMs / refMs:F3}");
+            Console.WriteLine($"ratio actor-step / MoCE reference step timed alone above: {actorMs / moceMs:F3}");
+            Console.WriteLine($"actor checkpoint (consistent cut + journal commit): {cutMs:F1} ms over {cuts} commits; one per 50 steps of {stepMs:F1} ms = {cutMs / (cutMs + 50 * stepMs):P2} of wall time");
             Console.WriteLine($"ratio dense-step / matmul: {denseMs / matmul:F2}");
             Console.WriteLine($"({steps} timed steps each, interleaved in rounds of {Round}, after {warmup} warm-up steps)");
         }
@@ -96,17 +99,10 @@ public static class BenchCommand
     {
         var train = cfg.Train with { Steps = warmup + steps, CheckpointEvery = long.MaxValue };
         using var reference = new MoceTrainer(cfg.Model, cfg.Moe, train, cfg.Data, data, clustering, dense, denseSha, device);
-        var weights = TrainerCheckpoint.ModelWeights(dense);
-        using var initial = MoceTrainer.InitialModel(cfg.Model, cfg.Moe, clustering.K, weights, train.Seed);
         var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-actors-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
-        var setup = new Actors.ActorContextSetup
-        {
-            RunId = "bench", Model = cfg.Model, Moe = cfg.Moe, Train = train, DataConfig = cfg.Data, Data = data,
-            ClusterIds = clustering.TrainIds, Clusters = clustering.K, Initial = initial.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value),
-            Teacher = cfg.Moe.LambdaDistill > 0 ? weights : null, Store = new CheckpointStore(Path.Combine(dir, "checkpoints")), Device = device,
-            TrainerThreads = cfg.Threads,
-        };
+        var setup = Actors.ActorContextSetup.FromDense("bench", cfg.Model, cfg.Moe, train, cfg.Data, data, clustering.TrainIds, clustering.K,
+            TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")), device, cfg.Threads);
         // the reference gets one long-lived thread of its own, like each actor: torch's thread-local state (OpenMP
         // team, oneDNN caches) stays warm, as it does on the actors' pinned threads
         using var request = new SemaphoreSlim(0);
@@ -153,6 +149,34 @@ public static class BenchCommand
         }
         int timedRef = steps / Round * Round;
         return (actor / steps, refTime / Math.Max(1, timedRef));
+    }
+
+    /// <summary>Runs the actor engine with a commit every <paramref name="every"/> steps and times each cut, from the
+    /// last completed step to the persisted commit (every owner writes its file, then the journal event).</summary>
+    private static (double cutMs, double stepMs, int cuts) CheckpointOverhead(Configuration.MoceConfig cfg, ImageDataset data, ClusteringResult clustering,
+        CheckpointContent dense, Device device, long every, long totalSteps)
+    {
+        var train = cfg.Train with { Steps = totalSteps };
+        var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-ckpt-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        var setup = Actors.ActorContextSetup.FromDense("bench-ckpt", cfg.Model, cfg.Moe, train, cfg.Data, data, clustering.TrainIds, clustering.K,
+            TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")), device, cfg.Threads);
+        var sw = Stopwatch.StartNew();
+        double last = 0, cut = 0, steps = 0;
+        int cuts = 0;
+        try
+        {
+            Actors.ActorEngine.Run(setup, dir, totalSteps, every, 2, new Actors.SupervisorHooks(
+                OnStep: _ => { double now = sw.Elapsed.TotalMilliseconds; steps += now - last; last = now; },
+                OnCommit: c =>
+                {
+                    double now = sw.Elapsed.TotalMilliseconds;
+                    if (c.Step > 0) { cut += now - last; cuts++; }           // commit 0 is the run's initial state
+                    last = now;
+                }));
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+        return (cut / Math.Max(1, cuts), steps / totalSteps, cuts);
     }
 
     private static double MatmulMs()

@@ -108,8 +108,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             FoldGateWeight = t.Bool("moce.customize.fold-gate-weight"),
             Engine = t.String("moce.actors.engine") is "actors" or "local" ? t.String("moce.actors.engine")
                 : throw new ConfigException("moce.actors.engine", $"expected actors or local, got '{t.String("moce.actors.engine")}'"),
-            RecoveryPolicy = t.String("moce.actors.policy") is "global-rollback" ? "global-rollback"
-                : throw new ConfigException("moce.actors.policy", $"expected global-rollback (expert-local is not available yet), got '{t.String("moce.actors.policy")}'"),
+            RecoveryPolicy = t.String("moce.actors.policy") is "global-rollback" or "expert-local" ? t.String("moce.actors.policy")
+                : throw new ConfigException("moce.actors.policy", $"expected global-rollback or expert-local, got '{t.String("moce.actors.policy")}'"),
             AskTimeout = TimeSpan.FromSeconds(t.Double("moce.actors.ask-timeout") > 0 ? t.Double("moce.actors.ask-timeout")
                 : throw new ConfigException("moce.actors.ask-timeout", "must be positive")),
             Tasks = tasks,

@@ -1,0 +1,35 @@
+using MoCE.Actors;
+using MoCE.Core.Config;
+using MoCE.Core.Tests;
+
+namespace MoCE.Actors.Tests;
+
+public class ExpertLocalTests(MoceFixture fx) : IClassFixture<MoceFixture>
+{
+    [Fact]
+    public void Expert_local_keeps_training_reroutes_while_the_expert_is_down_and_reports_its_downtime()
+    {
+        var moe = MoceFixture.Moe with { Layers = [0, 1] };
+        var train = Tiny.Train(steps: 60);
+        var run = new ActorRun(fx, moe, train);
+        // expert-1 throws at step 23 and needs 1.5 s to come back from its snapshot of step 20
+        var chaos = new ChaosPlan().FailAt("expert-1", 23).DelayRecovery("expert-1", TimeSpan.FromSeconds(1.5));
+        var done = run.Run(until: 60, checkpointEvery: 10, chaos, RecoveryPolicy.ExpertLocal);
+
+        Assert.Equal(60, done.Step);
+        var r = Assert.Single(done.Recoveries);
+        Assert.Equal(("expert-1", "expert-local", 23L, 20L), (r.Owner, r.Policy, r.Step, r.RestoredStep));
+        Assert.Equal(0, r.StepsReplayed);                               // nobody else went back
+        Assert.True(r.DetectionToRecoveredMs >= 1500, $"downtime {r.DetectionToRecoveredMs} ms");
+        Assert.True(r.StepsMissed > 3, $"missed {r.StepsMissed} steps");  // training went on while it was down
+        Assert.True(r.ReroutedImages > 0, "its images went to the next-best expert meanwhile");
+        Assert.Equal(60, run.Losses.Count);
+
+        // its weights are its snapshot of step 20 plus the steps after it rejoined: 20 + (60 − rejoin) updates,
+        // while every other owner took all 60
+        long rejoin = r.RestoredStep + r.StepsMissed;
+        Assert.Equal(20 + (60 - rejoin), run.OptimizerSteps("expert-1", 60));
+        foreach (var other in new[] { "expert-0", "expert-2", "router", "trainer" })
+            Assert.Equal(60, run.OptimizerSteps(other, 60));
+    }
+}
