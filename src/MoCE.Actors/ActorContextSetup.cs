@@ -41,15 +41,15 @@ public sealed record ActorContextSetup
     public RecoveryPolicy Policy { get; init; } = RecoveryPolicy.GlobalRollback;
     /// <summary>Torch intra-op threads of the trainer's thread (the trunk's compute); 0 keeps torch's default.</summary>
     public int TrainerThreads { get; init; }
-    /// <summary>Torch intra-op threads of the router's and each expert's thread. They run concurrently with each
-    /// other, so one each keeps the machine from being oversubscribed by OpenMP teams.</summary>
-    public int OwnerThreads { get; init; } = 1;
+    /// <summary>Torch intra-op threads of the router's and each expert's thread; 0 leaves torch's setting alone.
+    /// Note that torch.set_num_threads also sets MKL's thread count, which is process-wide.</summary>
+    public int OwnerThreads { get; init; }
     /// <summary>The setup of a run that starts from a dense MAE: the initial state is the dense weights upcycled
     /// exactly as the reference trainer does (<see cref="MoceTrainer.InitialModel"/>), and the frozen teacher is the
     /// dense model when distillation is on.</summary>
     public static ActorContextSetup FromDense(string runId, MaeConfig model, MoeConfig moe, TrainConfig train, DataConfig dataConfig,
         ImageDataset data, long[] clusterIds, int clusters, IReadOnlyDictionary<string, torch.Tensor> dense, CheckpointStore store,
-        torch.Device device, int trainerThreads)
+        torch.Device device, int trainerThreads, int ownerThreads = 0)
     {
         using var initial = MoceTrainer.InitialModel(model, moe, clusters, dense, train.Seed);
         return new ActorContextSetup
@@ -58,7 +58,7 @@ public sealed record ActorContextSetup
             ClusterIds = clusterIds, Clusters = clusters,
             Initial = initial.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone()),
             Teacher = moe.LambdaDistill > 0 ? dense.ToDictionary(kv => kv.Key, kv => kv.Value.clone()) : null,
-            Store = store, Device = device, TrainerThreads = trainerThreads,
+            Store = store, Device = device, TrainerThreads = trainerThreads, OwnerThreads = ownerThreads,
         };
     }
 

@@ -26,7 +26,7 @@ public static class ActorTrain
         var train = s.Config.Train;
         var store = new CheckpointStore(Path.Combine(dir, "checkpoints"));
         var setup = ActorContextSetup.FromDense($"{MoceConfig.MethodName(moe.Method)}-{denseSha[..16]}", s.Config.Model, moe, train, s.Config.Data,
-            data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), store, s.Device, s.Config.Threads) with
+            data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), store, s.Device, s.Config.Threads, s.Config.OwnerThreads) with
         {
             AskTimeout = s.Config.AskTimeout,
             Policy = s.Config.RecoveryPolicy == "expert-local" ? RecoveryPolicy.ExpertLocal : RecoveryPolicy.GlobalRollback,

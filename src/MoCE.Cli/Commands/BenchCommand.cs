@@ -102,7 +102,7 @@ public static class BenchCommand
         var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-actors-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
         var setup = Actors.ActorContextSetup.FromDense("bench", cfg.Model, cfg.Moe, train, cfg.Data, data, clustering.TrainIds, clustering.K,
-            TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")), device, cfg.Threads);
+            TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")), device, cfg.Threads, cfg.OwnerThreads);
         // the reference gets one long-lived thread of its own, like each actor: torch's thread-local state (OpenMP
         // team, oneDNN caches) stays warm, as it does on the actors' pinned threads
         using var request = new SemaphoreSlim(0);
@@ -160,7 +160,7 @@ public static class BenchCommand
         var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-ckpt-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
         var setup = Actors.ActorContextSetup.FromDense("bench-ckpt", cfg.Model, cfg.Moe, train, cfg.Data, data, clustering.TrainIds, clustering.K,
-            TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")), device, cfg.Threads);
+            TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")), device, cfg.Threads, cfg.OwnerThreads);
         var sw = Stopwatch.StartNew();
         double last = 0, cut = 0, steps = 0;
         int cuts = 0;

@@ -14,6 +14,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public required string Engine { get; init; }
     public required string RecoveryPolicy { get; init; }
     public required TimeSpan AskTimeout { get; init; }
+    public required int OwnerThreads { get; init; }
     public required EvalConfig Eval { get; init; }
     public required IReadOnlyDictionary<string, TaskConfig> Tasks { get; init; }
 
@@ -23,7 +24,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         "moce.device", "moce.threads", "moce.data.path", "moce.data.fallback-to-sample",
         "moce.pretrain.log-every", "moce.pretrain.steps", "moce.pretrain.checkpoint-every", "moce.pretrain.keep-checkpoints",
         "moce.moe.method", "moce.train.log-every", "moce.train.checkpoint-every", "moce.train.keep-checkpoints",
-        "moce.cluster.feature-batch", "moce.actors.engine", "moce.actors.policy", "moce.actors.ask-timeout",
+        "moce.cluster.feature-batch", "moce.actors.engine", "moce.actors.policy", "moce.actors.ask-timeout", "moce.actors.owner-threads",
     };
 
     /// <summary>Evaluation and task settings never change what was trained, so a resumed run may change them.</summary>
@@ -110,6 +111,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 : throw new ConfigException("moce.actors.engine", $"expected actors or local, got '{t.String("moce.actors.engine")}'"),
             RecoveryPolicy = t.String("moce.actors.policy") is "global-rollback" or "expert-local" ? t.String("moce.actors.policy")
                 : throw new ConfigException("moce.actors.policy", $"expected global-rollback or expert-local, got '{t.String("moce.actors.policy")}'"),
+            OwnerThreads = t.Int("moce.actors.owner-threads") >= 0 ? t.Int("moce.actors.owner-threads")
+                : throw new ConfigException("moce.actors.owner-threads", "must be ≥ 0"),
             AskTimeout = TimeSpan.FromSeconds(t.Double("moce.actors.ask-timeout") > 0 ? t.Double("moce.actors.ask-timeout")
                 : throw new ConfigException("moce.actors.ask-timeout", "must be positive")),
             Tasks = tasks,
