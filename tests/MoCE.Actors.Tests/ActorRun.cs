@@ -26,10 +26,15 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
         };
     }
 
-    public RunFinished Run(long until, long checkpointEvery, ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback)
+    public RunFinished Run(long until, long checkpointEvery, ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback,
+                           Action<long>? afterStep = null, CancellationToken ct = default)
     {
         var setup = Setup(chaos, policy);
-        return ActorEngine.Run(setup, RunDir, until, checkpointEvery, keep: 3, new SupervisorHooks(OnStep: m => { lock (Losses) Losses[m.Step] = m.Stats.Loss; }));
+        return ActorEngine.Run(setup, RunDir, until, checkpointEvery, keep: 3, new SupervisorHooks(OnStep: m =>
+        {
+            lock (Losses) Losses[m.Step] = m.Stats.Loss;
+            afterStep?.Invoke(m.Step);
+        }), ct);
     }
 
     /// <summary>An owner's optimizer step count in the commit of <paramref name="step"/>.</summary>

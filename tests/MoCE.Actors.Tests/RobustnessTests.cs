@@ -20,6 +20,25 @@ public class RobustnessTests(MoceFixture fx) : IClassFixture<MoceFixture>
     }
 
     [Fact]
+    public void Cancelling_commits_at_the_current_step_and_the_resumed_run_equals_an_uninterrupted_one()
+    {
+        var train = Tiny.Train(steps: 30);
+        var run = new ActorRun(fx, Moe, train);
+        using var cts = new CancellationTokenSource();
+        var stopped = run.Run(until: 30, checkpointEvery: 10, afterStep: s => { if (s == 16) cts.Cancel(); }, ct: cts.Token);
+        Assert.InRange(stopped.Step, 17, 29);                            // stopped mid-run, not at a scheduled commit
+        Assert.NotEmpty(Directory.GetFiles(Path.Combine(run.RunDir, "checkpoints"), $"trainer-{stopped.Step:D8}-*.ckpt"));
+
+        run.Losses.Clear();
+        Assert.Equal(30, run.Run(until: 30, checkpointEvery: 10).Step);
+        Assert.Equal(stopped.Step, run.Losses.Keys.First());              // resumed exactly where it stopped
+        using var t = fx.Trainer(Moe, train);
+        for (int i = 0; i < 30; i++) t.TrainStep();
+        var expected = t.Model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+        Assert.True(ActorRun.MaxAbsDiff(expected, run.CommittedWeights(30)) <= 1e-5);
+    }
+
+    [Fact]
     public void A_corrupt_newest_commit_is_reported_by_name_and_the_run_falls_back_to_the_previous_one()
     {
         var train = Tiny.Train(steps: 30);
