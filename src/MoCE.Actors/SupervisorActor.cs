@@ -209,7 +209,10 @@ public sealed class SupervisorActor : ReceivePersistentActor
             generation++;                               // the in-flight attempt's replies are stale; the trainer reports StepFailed
             return;
         }
-        failure ??= (m.Owner, m.Error.Message, step, Stopwatch.StartNew());
+        // one incident often fails two owners: the trainer blocks on the others, so its failure is usually the
+        // consequence; the record names the other owner as the cause
+        if (failure is { } f && f.owner == TrainerActor.Name && m.Owner != TrainerActor.Name) failure = (m.Owner, m.Error.Message, f.step, f.clock);
+        else failure ??= (m.Owner, m.Error.Message, step, Stopwatch.StartNew());
         generation++;                                   // replies of the failed attempt are now stale
         recovering = true;
         Restore();
