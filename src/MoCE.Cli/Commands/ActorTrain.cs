@@ -64,8 +64,8 @@ public static class ActorTrain
                     if (done % train.LogEvery == 0 || done == train.Steps)
                     {
                         var eta = TimeSpan.FromSeconds((train.Steps - done) * window.Elapsed.TotalSeconds / windowSteps);
-                        Log.Information("{Method} [actors] step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}",
-                            MoceConfig.MethodName(moe.Method), done, train.Steps, windowLoss / windowSteps, ips, eta);
+                        Log.Information("{Method} [actors] step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}{Routing}",
+                            MoceConfig.MethodName(moe.Method), done, train.Steps, windowLoss / windowSteps, ips, eta, TrainCommand.RoutingSummary(m.Routing));
                         window.Restart(); windowLoss = 0; windowSteps = 0;
                     }
                 },

@@ -41,7 +41,7 @@ public static class TrainCommand
             using var trainer = new MoceTrainer(s.Config.Model, moe, train, s.Config.Data, data, clustering, dense, sha, s.Device);
             var loop = new TrainingLoop(trainer, train, dir, Log.Logger);
             loop.Run(p => Log.Information("{Method} step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}{Routing}",
-                MoceConfig.MethodName(method), p.Step, p.TotalSteps, p.Loss, p.ImagesPerSecond, p.Eta, RoutingSummary(trainer)), ct);
+                MoceConfig.MethodName(method), p.Step, p.TotalSteps, p.Loss, p.ImagesPerSecond, p.Eta, RoutingSummary(trainer.LastRouting)), ct);
         }
         var summary = PretrainCommand.Summarize(Path.Combine(dir, "metrics.csv"), data.Source);
         File.WriteAllText(Path.Combine(dir, "summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
@@ -50,10 +50,10 @@ public static class TrainCommand
     }
 
     /// <summary>" | block 1: 40/35/15/10% H=0.52" — the last step's token shares per expert and the gate entropy.</summary>
-    private static string RoutingSummary(MoceTrainer t)
+    public static string RoutingSummary(IReadOnlyList<ExpertStat> routing)
     {
-        if (t.LastRouting.Count == 0) return "";
-        return string.Concat(t.LastRouting.GroupBy(r => r.Block).Select(g =>
+        if (routing.Count == 0) return "";
+        return string.Concat(routing.GroupBy(r => r.Block).Select(g =>
         {
             double total = Math.Max(1, g.Sum(r => r.Tokens));
             return $" | block {g.Key}: {string.Join("/", g.Select(r => (100 * r.Tokens / total).ToString("F0")))}% H={g.First().GateEntropy:F2}";
