@@ -111,7 +111,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             var (input, output) = inFlight[m.Block];
             output.backward([m.GradOutput]);                                         // accumulates the parameter grads
             m.GradOutput.Dispose();
-            Sender.Tell(new ExpertInputGrad(m.Step, m.Generation, m.Block, expert, input.grad!.detach().clone()));
+            Sender.Tell(new ExpertInputGrad(m.Step, m.Generation, m.Block, expert, input.grad!.detach()));
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
     }

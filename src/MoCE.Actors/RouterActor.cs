@@ -124,8 +124,8 @@ public sealed class RouterActor : ReceiveActor
         // y = Σ_e w_e · out_e, scattered back to the rows
         var y = MoeLayer.Combine(p.Rows, p.Plan, p.Plan.Select(e => p.Outputs[e.Expert]).ToList()).reshape(p.Hidden.shape);
         p.Y = y.MoveToOuterDisposeScope();
-        p.ReplyTo.Tell(new Routed(m.Step, m.Block, y.detach().MoveToOuterDisposeScope(), p.Probs.detach().clone().MoveToOuterDisposeScope(),
-            p.Choice.clone().MoveToOuterDisposeScope(), gates[m.Block].PerToken ? 1 : p.Hidden.shape[1], p.Rerouted));
+        p.ReplyTo.Tell(new Routed(m.Step, m.Block, y.detach().MoveToOuterDisposeScope(), p.Probs.detach().MoveToOuterDisposeScope(),
+            p.Choice.alias().MoveToOuterDisposeScope(), gates[m.Block].PerToken ? 1 : p.Hidden.shape[1], p.Rerouted));
     }
 
     private void HandleBackward(RouteBackward m)
@@ -140,7 +140,7 @@ public sealed class RouterActor : ReceiveActor
                 TorchSharp.torch.autograd.backward([p.Y!, p.Aux], [m.GradOutput, tensor(lambda, dtype: p.Aux.dtype, device: p.Aux.device)]);
             m.GradOutput.Dispose();
             foreach (var e in p.Plan)
-                experts[e.Expert].Tell(new ExpertBackward(m.Step, m.Generation, m.Block, p.Outputs[e.Expert].grad!.detach().clone()));
+                experts[e.Expert].Tell(new ExpertBackward(m.Step, m.Generation, m.Block, p.Outputs[e.Expert].grad!.detach()));
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
     }

@@ -83,10 +83,11 @@ public sealed class TrainerActor : ReceiveActor
         var (imgs, noise, gate) = MoceTrainer.StepInputs(s, sampler, setup.Data, setup.DataConfig, setup.ClusterIds, model, setup.Train.Seed, setup.Device);
         var routes = new List<RouteStats>();
 
-        // forward, segment by segment: at each MoE block the router computes y = Σ g_e·expert_e(h)
+        // forward, segment by segment: at each MoE block the router computes y = Σ g_e·expert_e(h). Tensors are
+        // handed over as new handles on the same storage (no copies): the router owns and disposes what it receives.
         var (o, boundaries) = model.ForwardRemote(imgs, noise, (block, h) =>
         {
-            var r = Ask<Routed>(router, new Route(s, m.Generation, block, h.clone().DetachFromDisposeScope(), gate.ClusterIds.clone().DetachFromDisposeScope(), m.Down));
+            var r = Ask<Routed>(router, new Route(s, m.Generation, block, h.DetachFromDisposeScope(), gate.ClusterIds.alias().DetachFromDisposeScope(), m.Down));
             rerouted += r.ReroutedRows;
             scope.Attach(r.Output); scope.Attach(r.Probs); scope.Attach(r.Choice);
             routes.Add(new RouteStats(block, r.Probs, r.Choice, r.Choice, r.Probs, r.TokensPerRow));
@@ -106,7 +107,7 @@ public sealed class TrainerActor : ReceiveActor
         {
             var (block, h, y) = boundaries[i];
             var dy = y.grad ?? zeros_like(y);
-            var back = Ask<RoutedBackward>(router, new RouteBackward(s, m.Generation, block, dy.detach().clone().DetachFromDisposeScope()));
+            var back = Ask<RoutedBackward>(router, new RouteBackward(s, m.Generation, block, dy.detach().DetachFromDisposeScope()));
             scope.Attach(back.GradHidden);
             h.backward([back.GradHidden], retain_graph: i > 0);
         }
