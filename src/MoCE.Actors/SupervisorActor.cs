@@ -153,7 +153,9 @@ public sealed class SupervisorActor : ReceivePersistentActor
 
     private void HandleStepFailed(StepFailed m)
     {
-        // expert-local: the failed expert is marked down (OwnerFailed); retry the same step without it
+        // global-rollback: the failed owner's supervision drives the rollback, so there is nothing to do here.
+        // expert-local: the failed expert is already marked down (its OwnerFailed is queued before the trainer's
+        // abort can complete); retry the same step without it
         if (recovering || m.Step != step || setup.Policy != RecoveryPolicy.ExpertLocal) return;
         log.Warning("Step {0} failed ({1}); retrying it with experts [{2}] down", m.Step, m.Error, string.Join(",", down));
         Next();
@@ -209,10 +211,7 @@ public sealed class SupervisorActor : ReceivePersistentActor
             generation++;                               // the in-flight attempt's replies are stale; the trainer reports StepFailed
             return;
         }
-        // one incident often fails two owners: the trainer blocks on the others, so its failure is usually the
-        // consequence; the record names the other owner as the cause
-        if (failure is { } f && f.owner == TrainerActor.Name && m.Owner != TrainerActor.Name) failure = (m.Owner, m.Error.Message, f.step, f.clock);
-        else failure ??= (m.Owner, m.Error.Message, step, Stopwatch.StartNew());
+        failure ??= (m.Owner, m.Error.Message, step, Stopwatch.StartNew());
         generation++;                                   // replies of the failed attempt are now stale
         recovering = true;
         Restore();

@@ -56,20 +56,30 @@ public sealed class TrainerActor : ReceiveActor
     /// an actor, its continuation would otherwise be queued behind the very message that is waiting for it.</summary>
     private T Ask<T>(IActorRef to, object message) => Wait(() => to.Ask<T>(message, setup.AskTimeout));
 
-    private static T Wait<T>(Func<Task<T>> request) => Task.Run(request).GetAwaiter().GetResult();
+    /// <summary>Waits for replies. An owner that failed answers with a failure and is itself supervised, so that
+    /// becomes <see cref="OwnerReplyFailed"/>: not the trainer's fault. A timeout (no answer at all) stays an error.</summary>
+    private static T Wait<T>(Func<Task<T>> request)
+    {
+        try { return Task.Run(request).GetAwaiter().GetResult(); }
+        catch (Exception e) when (e is not AskTimeoutException) { throw new OwnerReplyFailed(e); }
+    }
+
+    private sealed class OwnerReplyFailed(Exception cause) : Exception($"another owner failed: {cause.Message}", cause);
 
     private void HandleTrainStep(TrainStep m)
     {
         setup.Chaos.Check(Name, m.Step);
         try { RunStep(m); }
-        catch (Exception e) when (setup.Policy == RecoveryPolicy.ExpertLocal)
+        catch (OwnerReplyFailed e)
         {
-            // another owner failed mid-step: drop the step everywhere, then let the supervisor retry it
+            // another owner failed mid-step (its supervisor handles it): drop the step everywhere and report it; the
+            // supervisor rolls back (global-rollback) or retries the step without the failed expert (expert-local).
+            // The trainer's own errors and timeouts are not caught: it fails, and the supervisor recovers it.
             owner.Optimizer.ZeroGrad();
             foreach (var a in experts.Append(router))
             {
                 try { Ask<StepAborted>(a, new AbortStep(m.Step)); }
-                catch (Exception) { /* a failed owner restores its own state when it comes back */ }
+                catch (Exception) { /* a failed owner restores its state when it comes back */ }
             }
             Sender.Tell(new StepFailed(m.Step, m.Generation, e.Message));
         }
