@@ -111,16 +111,13 @@ public sealed class TrainerActor : ReceiveActor
             loss = loss + setup.Moe.LambdaDistill * MoceTrainer.Distill(o.Latent, target);
         }
 
-        // backward in reverse segments: the direct path, then through each MoE block from the last to the first
-        loss.backward(retain_graph: boundaries.Count > 0);
-        for (int i = boundaries.Count - 1; i >= 0; i--)
+        // backward in reverse segments: each MoE block's dL/dy goes to the router, which returns dL/dh
+        MaskedAutoencoder.BackwardRemote(loss, boundaries, (block, dy) =>
         {
-            var (block, h, y) = boundaries[i];
-            var dy = y.grad ?? zeros_like(y);
             var back = Ask<RoutedBackward>(router, new RouteBackward(s, m.Generation, block, dy.detach().DetachFromDisposeScope()));
             scope.Attach(back.GradHidden);
-            h.backward([back.GradHidden], retain_graph: i > 0);
-        }
+            return back.GradHidden;
+        });
 
         // clip by the global norm: every owner reports its share of Σ‖g‖²
         var others = experts.Where((_, e) => !m.Down.Contains(e)).Append(router).ToList();   // a recovering expert sits out

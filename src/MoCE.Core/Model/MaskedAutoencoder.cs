@@ -216,13 +216,17 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
 
     public override MaeOutput forward(Tensor imgs, Tensor noise) => Forward(imgs, noise, null);
 
+    /// <summary>One MoE block's cut in the segmented forward: the residual x1 and h = norm2(x1) end the segment
+    /// before it; the next segment starts from two leaves, the residual's copy and y = moe(h).</summary>
+    public sealed record Boundary(int Block, Tensor Residual, Tensor Hidden, Tensor ResidualLeaf, Tensor Output);
+
     /// <summary>The forward pass with the MoE blocks computed by <paramref name="moe"/>(block, h) → y, where h is
-    /// norm2's output (detached, so the trunk graph ends there) and y must be a leaf that requires grad. Returns
-    /// the output and, per MoE block in forward order, (block, h, y): the segment boundaries for the backward
-    /// pass, which runs loss.backward() and then h.backward(dL/dh) from the last boundary to the first.</summary>
-    public (MaeOutput output, List<(int block, Tensor h, Tensor y)> boundaries) ForwardRemote(Tensor imgs, Tensor noise, Func<int, Tensor, Tensor> moe)
+    /// norm2's output (detached) and y must be a leaf that requires grad. Each MoE block cuts the graph, so the
+    /// backward (<see cref="BackwardRemote"/>) visits every segment exactly once, like one backward through the
+    /// whole model. Returns the output and the cuts in forward order.</summary>
+    public (MaeOutput output, List<Boundary> boundaries) ForwardRemote(Tensor imgs, Tensor noise, Func<int, Tensor, Tensor> moe)
     {
-        var boundaries = new List<(int, Tensor, Tensor)>();
+        var boundaries = new List<Boundary>();
         var (x, mask, idsRestore) = EmbedAndMask(imgs, noise);
         for (int b = 0; b < blocks.Count; b++)
         {
@@ -231,13 +235,30 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
             var x1 = blk.Attend(x);
             var h = blk.Norm2(x1);
             var y = moe(b, h.detach());
-            boundaries.Add((b, h, y));
-            x = x1 + y;
+            var x1Leaf = x1.detach().requires_grad_(true);
+            boundaries.Add(new Boundary(b, x1, h, x1Leaf, y));
+            x = x1Leaf + y;                                                            // x = x1 + Σ_e g_e·E_e(h)
         }
         var latent = norm.forward(x);
         var pred = ForwardDecoder(latent, idsRestore);
         var (loss, perImage) = PerPatchLoss(imgs, pred, mask);
         return (new MaeOutput(loss, perImage, pred, mask, latent, []), boundaries);
+    }
+
+    /// <summary>The backward pass of <see cref="ForwardRemote"/>, segment by segment from the last: the segment after
+    /// a cut leaves dL/dy and dL/dx1 on its two leaves; <paramref name="moeBackward"/>(block, dL/dy) → dL/dh goes
+    /// through the MoE block, and both gradients continue into the segment before it.</summary>
+    public static void BackwardRemote(Tensor loss, IReadOnlyList<Boundary> boundaries, Func<int, Tensor, Tensor> moeBackward)
+    {
+        loss.backward();
+        for (int i = boundaries.Count - 1; i >= 0; i--)
+        {
+            var c = boundaries[i];
+            var dy = c.Output.grad ?? zeros_like(c.Output);
+            var dx1 = c.ResidualLeaf.grad ?? zeros_like(c.ResidualLeaf);
+            var dh = moeBackward(c.Block, dy);
+            autograd.backward([c.Residual, c.Hidden], [dx1, dh]);
+        }
     }
 
     public MaeOutput Forward(Tensor imgs, Tensor noise, GateInput? gate)
