@@ -41,15 +41,16 @@ public sealed record ActorContextSetup
     public RecoveryPolicy Policy { get; init; } = RecoveryPolicy.GlobalRollback;
     /// <summary>Torch intra-op threads of the trainer's thread (the trunk's compute); 0 keeps torch's default.</summary>
     public int TrainerThreads { get; init; }
-    /// <summary>Torch intra-op threads of the router's and each expert's thread; 0 leaves torch's setting alone.
-    /// Note that torch.set_num_threads also sets MKL's thread count, which is process-wide.</summary>
-    public int OwnerThreads { get; init; }
+    /// <summary>Torch intra-op threads of the router's, each expert's and the teacher's thread; 0 leaves torch's
+    /// setting alone. 1 (the default) gives them no OpenMP pool of their own: they compute side by side, and the
+    /// trainer's pool is the process's only one (see <see cref="MoCE.Core.Runtime.ComputeThread"/>).</summary>
+    public int OwnerThreads { get; init; } = 1;
     /// <summary>The setup of a run that starts from a dense MAE: the initial state is the dense weights upcycled
     /// exactly as the reference trainer does (<see cref="MoceTrainer.InitialModel"/>), and the frozen teacher is the
     /// dense model when distillation is on.</summary>
     public static ActorContextSetup FromDense(string runId, MaeConfig model, MoeConfig moe, TrainConfig train, DataConfig dataConfig,
         ImageDataset data, long[] clusterIds, int clusters, IReadOnlyDictionary<string, torch.Tensor> dense, CheckpointStore store,
-        torch.Device device, int trainerThreads, int ownerThreads = 0)
+        torch.Device device, int trainerThreads, int ownerThreads = 1)
     {
         using var initial = MoceTrainer.InitialModel(model, moe, clusters, dense, train.Seed);
         return new ActorContextSetup
@@ -61,6 +62,9 @@ public sealed record ActorContextSetup
             Store = store, Device = device, TrainerThreads = trainerThreads, OwnerThreads = ownerThreads,
         };
     }
+
+    /// <summary>The compute actors' threads, which the engine waits for when it stops.</summary>
+    public EngineThreads Threads { get; init; } = new();
 
     /// <summary>How long a blocking wait for another owner's reply may take before the step fails.</summary>
     public TimeSpan AskTimeout { get; init; } = TimeSpan.FromSeconds(60);

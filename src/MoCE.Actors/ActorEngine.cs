@@ -51,6 +51,7 @@ public static class ActorEngine
         finally
         {
             system.Terminate().Wait(TimeSpan.FromSeconds(30));
+            setup.Threads.JoinAll(TimeSpan.FromSeconds(30));
         }
     }
 }

@@ -4,6 +4,7 @@ using Akka.Persistence;
 using MoCE.Actors.Messages;
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Model;
+using MoCE.Core.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -35,7 +36,8 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     public ExpertActor(ActorContextSetup setup, int expert)
     {
         this.setup = setup;
-        if (setup.OwnerThreads > 0) torch.set_num_threads(setup.OwnerThreads);   // this thread's OpenMP team
+        setup.Threads.RegisterCurrent();
+        ComputeThread.UseThreads(setup.OwnerThreads);                            // this thread's OpenMP and MKL threads
         this.expert = expert;
         PersistenceId = $"{setup.RunId}-{Name}";
         var p = new Dictionary<string, TorchSharp.Modules.Parameter>();

@@ -5,7 +5,10 @@ using MoCE.Core.Checkpoints;
 using MoCE.Core.Clustering;
 using MoCE.Core.Config;
 using MoCE.Core.Data;
+using MoCE.Core.Runtime;
 using Serilog;
+
+OpenMp.UseDefaultSpinCount();   // before the first torch call: libgomp reads it when libtorch loads
 
 CliArgs cli;
 try { cli = CliArgs.Parse(args); }
@@ -23,7 +26,8 @@ Console.CancelKeyPress += (_, e) =>
 
 try
 {
-    return cli.Command switch
+    // the main thread never computes: a command's torch work runs on a thread that exits with it (ComputeThread)
+    return ComputeThread.Run($"moce-{cli.Command}", 0, () => cli.Command switch
     {
         "help" => Help(),
         "config" => PrintConfig(cli),
@@ -36,7 +40,7 @@ try
         "status" => StatusCommand.Run(cli),
         "bench" => BenchCommand.Run(cli),
         _ => throw new ConfigException(cli.Command, "unknown command; see moce --help"),
-    };
+    });
 }
 catch (Exception e) when (e is ConfigException or DataFormatException or CheckpointCorruptException or RunMismatchException)
 {

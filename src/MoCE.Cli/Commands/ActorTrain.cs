@@ -8,6 +8,7 @@ using MoCE.Core.Checkpoints;
 using MoCE.Core.Clustering;
 using MoCE.Core.Config;
 using MoCE.Core.Data;
+using MoCE.Core.Runtime;
 using MoCE.Core.Training;
 using Serilog;
 using TorchSharp;
@@ -25,8 +26,10 @@ public static class ActorTrain
     {
         var train = s.Config.Train;
         var store = new CheckpointStore(Path.Combine(dir, "checkpoints"));
-        var setup = ActorContextSetup.FromDense($"{MoceConfig.MethodName(moe.Method)}-{denseSha[..16]}", s.Config.Model, moe, train, s.Config.Data,
-            data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), store, s.Device, s.Config.Threads, s.Config.OwnerThreads) with
+        // upcycling computes: on a thread of its own, so that this thread (which hosts the engine) holds no OpenMP pool
+        var setup = ComputeThread.Run("actor-setup", s.Config.Threads, () => ActorContextSetup.FromDense($"{MoceConfig.MethodName(moe.Method)}-{denseSha[..16]}",
+            s.Config.Model, moe, train, s.Config.Data, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), store, s.Device,
+            s.Config.Threads, s.Config.OwnerThreads)) with
         {
             AskTimeout = s.Config.AskTimeout,
             Policy = s.Config.RecoveryPolicy == "expert-local" ? RecoveryPolicy.ExpertLocal : RecoveryPolicy.GlobalRollback,

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using MoCE.Core.Config;
+using MoCE.Core.Runtime;
 using Serilog;
 
 namespace MoCE.Cli.Commands;
@@ -21,7 +22,7 @@ public static class PipelineCommand
             ct.ThrowIfCancellationRequested();
             Log.Information("== {Phase} ==", name);
             var sw = Stopwatch.StartNew();
-            a();
+            ComputeThread.Run(name, s.Config.Threads, a);      // the phase's OpenMP pool ends with its thread
             timings[name] = Math.Round(sw.Elapsed.TotalSeconds, 1);
             Log.Information("{Phase} took {Seconds:F0} s", name, sw.Elapsed.TotalSeconds);
         }
