@@ -2,6 +2,7 @@ using Akka.Actor;
 using MoCE.Actors.Messages;
 using MoCE.Core.Config;
 using MoCE.Core.Model;
+using MoCE.Core.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -43,7 +44,8 @@ public sealed class RouterActor : ReceiveActor
     public RouterActor(ActorContextSetup setup, IReadOnlyList<IActorRef> experts)
     {
         this.setup = setup;
-        if (setup.OwnerThreads > 0) torch.set_num_threads(setup.OwnerThreads);   // this thread's OpenMP team
+        setup.Threads.RegisterCurrent();
+        ComputeThread.UseThreads(setup.OwnerThreads);                            // this thread's OpenMP and MKL threads
         this.experts = experts;
         var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
         foreach (var b in setup.Moe.Layers)
@@ -135,12 +137,21 @@ public sealed class RouterActor : ReceiveActor
             var p = pending[m.Block];
             p.ReplyTo = Sender;
             double lambda = setup.Moe.Method == MoeMethod.TokenMoe ? setup.Moe.LambdaBalance : setup.Moe.LambdaRoute;
-            // dL/dy from the trainer, plus the regularizer λ·aux the router owns
             using (var scope = NewDisposeScope())
-                TorchSharp.torch.autograd.backward([p.Y!, p.Aux], [m.GradOutput, tensor(lambda, dtype: p.Aux.dtype, device: p.Aux.device)]);
+            {
+                // first the experts' share, dL/d out_e = w_e · dL/dy on e's rows, so that they start at once
+                var outs = p.Plan.Select(e => p.Outputs[e.Expert]).ToList();
+                var grads = torch.autograd.grad([p.Y!], outs, [m.GradOutput], retain_graph: true);
+                for (int i = 0; i < outs.Count; i++)
+                    experts[p.Plan[i].Expert].Tell(new ExpertBackward(m.Step, m.Generation, m.Block, grads[i].detach().MoveToOuterDisposeScope()));
+                // then the router's own, while they work: dL/dy and the regularizer λ·aux into the gate (and for
+                // TokenMoE into h, which its gate reads)
+                var gate = gates[m.Block];
+                var inputs = gate.parameters().Select(t => (Tensor)t).ToList();
+                if (gate.PerToken) inputs.Add(p.Hidden);
+                torch.autograd.backward([p.Y!, p.Aux], [m.GradOutput, tensor(lambda, dtype: p.Aux.dtype, device: p.Aux.device)], inputs: inputs);
+            }
             m.GradOutput.Dispose();
-            foreach (var e in p.Plan)
-                experts[e.Expert].Tell(new ExpertBackward(m.Step, m.Generation, m.Block, p.Outputs[e.Expert].grad!.detach()));
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
     }

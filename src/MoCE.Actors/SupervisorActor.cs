@@ -14,7 +14,7 @@ namespace MoCE.Actors;
 public sealed record SupervisorHooks(Action<StepCompleted>? OnStep = null, Action<CheckpointCommitted>? OnCommit = null,
                                      Action<RecoveryRecord>? OnRecovery = null, Action<long>? BeforeCommit = null);
 
-/// <summary>The supervisor: owns the run. It creates the owners (trainer, router, experts) as its children and
+/// <summary>The supervisor: owns the run. It creates the owners (trainer, router, experts) and the teacher as its children and
 /// watches them, drives the step loop, takes a consistent checkpoint every N steps (every owner writes its part,
 /// then <see cref="CheckpointCommitted"/> is persisted: only that makes a checkpoint count), and on an owner's
 /// failure applies the recovery policy. Its journal (SQLite by default) holds commits and recoveries, never
@@ -87,7 +87,8 @@ public sealed class SupervisorActor : ReceivePersistentActor
         base.PreStart();
         var experts = Enumerable.Range(0, setup.Moe.Experts).Select(e => Context.ActorOf(ExpertActor.Props(setup, e), $"expert-{e}")).ToList();
         var router = Context.ActorOf(RouterActor.Props(setup, experts), RouterActor.Name);
-        trainer = Context.ActorOf(TrainerActor.Props(setup, router, experts), TrainerActor.Name);
+        var teacher = setup.Teacher is null ? null : Context.ActorOf(TeacherActor.Props(setup), TeacherActor.Name);
+        trainer = Context.ActorOf(TrainerActor.Props(setup, router, experts, teacher), TrainerActor.Name);
         owners.Add(trainer);
         owners.Add(router);
         owners.AddRange(experts);

@@ -4,46 +4,43 @@ using MoCE.Core.Config;
 using MoCE.Core.Data;
 using MoCE.Core.Model;
 using MoCE.Core.Training;
+using MoCE.Core.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace MoCE.Actors;
 
-/// <summary>The trainer: owns the trunk (patch embedding, attention, dense MLPs, norms, decoder), the frozen teacher,
-/// the sampler position and the step loop. A step runs forward in segments separated by MoE blocks (Route to the
-/// router at each), the loss, then backward in reverse segments (RouteBackward at each), the global clip across
-/// all owners, and Apply. It blocks on replies, so it runs on its own thread.</summary>
+/// <summary>The trainer: owns the trunk (patch embedding, attention, dense MLPs, norms, decoder), the sampler position
+/// and the step loop. A step asks the teacher for its distillation target (computed ahead), runs forward in segments
+/// separated by MoE blocks (Route to the router at each), the loss, then backward in reverse segments (RouteBackward
+/// at each), the global clip across all owners, and Apply. It blocks on replies, so it runs on its own thread.</summary>
 public sealed class TrainerActor : ReceiveActor
 {
     public const string Name = "trainer";
 
     private readonly ActorContextSetup setup;
     private readonly MaskedAutoencoder model;
-    private readonly MaskedAutoencoder? teacher;
+    private readonly IActorRef? teacher;
     private readonly ParameterOwner owner;
     private readonly EpochSampler sampler;
     private readonly IActorRef router;
     private readonly IReadOnlyList<IActorRef> experts;
 
-    public static Props Props(ActorContextSetup setup, IActorRef router, IReadOnlyList<IActorRef> experts) =>
-        Akka.Actor.Props.Create(() => new TrainerActor(setup, router, experts)).WithDispatcher(ActorContextSetup.PinnedDispatcher);
+    public static Props Props(ActorContextSetup setup, IActorRef router, IReadOnlyList<IActorRef> experts, IActorRef? teacher) =>
+        Akka.Actor.Props.Create(() => new TrainerActor(setup, router, experts, teacher)).WithDispatcher(ActorContextSetup.PinnedDispatcher);
 
-    public TrainerActor(ActorContextSetup setup, IActorRef router, IReadOnlyList<IActorRef> experts)
+    public TrainerActor(ActorContextSetup setup, IActorRef router, IReadOnlyList<IActorRef> experts, IActorRef? teacher)
     {
         this.setup = setup;
-        if (setup.TrainerThreads > 0) torch.set_num_threads(setup.TrainerThreads);   // this thread's OpenMP team
+        setup.Threads.RegisterCurrent();
+        ComputeThread.UseThreads(setup.TrainerThreads);                          // this thread's OpenMP and MKL threads
         this.router = router;
         this.experts = experts;
+        this.teacher = teacher;
         model = new MaskedAutoencoder(setup.Model, setup.Moe, setup.Clusters, remoteExperts: true);
         owner = new ParameterOwner(Name, model.named_parameters().ToDictionary(p => p.name, p => p.parameter), setup.Train, setup.Store);
         owner.LoadInitial(setup.Initial);
         model.to(setup.Device).train();
-        if (setup.Teacher is not null)
-        {
-            teacher = new MaskedAutoencoder(setup.Model);
-            using (no_grad()) foreach (var (n, p) in teacher.named_parameters()) { p.copy_(setup.Teacher[n]); p.requires_grad = false; }
-            teacher.to(setup.Device).eval();
-        }
         sampler = new EpochSampler(setup.Data.Count, setup.Train.BatchSize, setup.Train.Seed);
 
         Receive<TrainStep>(HandleTrainStep);
@@ -85,6 +82,15 @@ public sealed class TrainerActor : ReceiveActor
         }
     }
 
+    /// <summary>Asks the teacher for step s's distillation target (computed while the previous step ran) and has it
+    /// start on step s + 1's. Null when distillation is off.</summary>
+    private Task<Target>? RequestTarget(long s) => teacher is null ? null : Task.Run(() =>
+    {
+        var t = teacher.Ask<Target>(new GetTarget(s), setup.AskTimeout);
+        if (s + 1 < setup.Train.Steps) teacher.Tell(new Prefetch(s + 1));    // sent after GetTarget(s): the mailbox keeps the order
+        return t;
+    });
+
     private void RunStep(TrainStep m)
     {
         long s = m.Step;
@@ -92,24 +98,32 @@ public sealed class TrainerActor : ReceiveActor
         int rerouted = 0;
         var (imgs, noise, gate) = MoceTrainer.StepInputs(s, sampler, setup.Data, setup.DataConfig, setup.ClusterIds, model, setup.Train.Seed, setup.Device);
         var routes = new List<RouteStats>();
-
-        // forward, segment by segment: at each MoE block the router computes y = Σ g_e·expert_e(h). Tensors are
-        // handed over as new handles on the same storage (no copies): the router owns and disposes what it receives.
-        var (o, boundaries) = model.ForwardRemote(imgs, noise, (block, h) =>
+        var target = RequestTarget(s);
+        MaeOutput o;
+        List<MaskedAutoencoder.Boundary> boundaries;
+        Tensor loss;
+        try
         {
-            var r = Ask<Routed>(router, new Route(s, m.Generation, block, h.DetachFromDisposeScope(), gate.ClusterIds.alias().DetachFromDisposeScope(), m.Down));
-            rerouted += r.ReroutedRows;
-            scope.Attach(r.Output); scope.Attach(r.Probs); scope.Attach(r.Choice);
-            routes.Add(new RouteStats(block, r.Probs, r.Choice, r.Choice, r.Probs, r.TokensPerRow));
-            return r.Output.requires_grad_(true);                                 // the segment boundary: a leaf
-        });
-        var loss = o.Loss;
-        if (teacher is not null)
-        {
-            Tensor target;
-            using (no_grad()) target = teacher.ForwardEncoder(imgs, noise).latent;
-            loss = loss + setup.Moe.LambdaDistill * MoceTrainer.Distill(o.Latent, target);
+            // forward, segment by segment: at each MoE block the router computes y = Σ g_e·expert_e(h). Tensors are
+            // handed over as new handles on the same storage (no copies): the router owns and disposes what it receives.
+            (o, boundaries) = model.ForwardRemote(imgs, noise, (block, h) =>
+            {
+                var r = Ask<Routed>(router, new Route(s, m.Generation, block, h.DetachFromDisposeScope(), gate.ClusterIds.alias().DetachFromDisposeScope(), m.Down));
+                rerouted += r.ReroutedRows;
+                scope.Attach(r.Output); scope.Attach(r.Probs); scope.Attach(r.Choice);
+                routes.Add(new RouteStats(block, r.Probs, r.Choice, r.Choice, r.Probs, r.TokensPerRow));
+                return r.Output.requires_grad_(true);                                 // the segment boundary: a leaf
+            });
+            loss = o.Loss;
+            if (target is not null)
+            {
+                var t = Wait(() => target).Latent;
+                scope.Attach(t);
+                target = null;
+                loss = loss + setup.Moe.LambdaDistill * MoceTrainer.Distill(o.Latent, t);
+            }
         }
+        finally { target?.ContinueWith(t => t.Result.Latent.Dispose(), TaskContinuationOptions.OnlyOnRanToCompletion); }   // a failed step's target is dropped
 
         // backward in reverse segments: each MoE block's dL/dy goes to the router, which returns dL/dh
         MaskedAutoencoder.BackwardRemote(loss, boundaries, (block, dy) =>
@@ -121,8 +135,10 @@ public sealed class TrainerActor : ReceiveActor
 
         // clip by the global norm: every owner reports its share of Σ‖g‖²
         var others = experts.Where((_, e) => !m.Down.Contains(e)).Append(router).ToList();   // a recovering expert sits out
-        var norms = Wait(() => Task.WhenAll(others.Select(a => a.Ask<SquaredGradNormResponse>(new GetSquaredGradNorm(s), setup.AskTimeout))));
-        double norm = Math.Sqrt(owner.SquaredGradNorm() + norms.Sum(n => n.Value));
+        var asked = Task.Run(() => Task.WhenAll(others.Select(a => a.Ask<SquaredGradNormResponse>(new GetSquaredGradNorm(s), setup.AskTimeout))));
+        double own = owner.SquaredGradNorm();                                         // while the others compute theirs
+        var norms = Wait(() => asked);
+        double norm = Math.Sqrt(own + norms.Sum(n => n.Value));
         double lr = LrSchedule.At(s, setup.Train);
         double clip = AdamW.ClipScale(norm, setup.Train.ClipGrad);
         var applied = Task.Run(() => Task.WhenAll(others.Select(a => a.Ask<StepApplied>(new Apply(s, lr, clip), setup.AskTimeout))));
@@ -138,7 +154,6 @@ public sealed class TrainerActor : ReceiveActor
     {
         owner.Dispose();
         model.Dispose();
-        teacher?.Dispose();
         base.PostStop();
     }
 }

@@ -35,6 +35,7 @@ public class EquivalenceTests(MoceFixture fx) : IClassFixture<MoceFixture>
     [InlineData("expert-1")]
     [InlineData("router")]
     [InlineData("trainer")]
+    [InlineData("teacher")]
     public void Global_rollback_after_a_failure_at_step_23_of_60_equals_an_uninterrupted_run(string owner)
     {
         var train = Tiny.Train(steps: 60);
