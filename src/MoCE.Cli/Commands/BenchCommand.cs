@@ -4,6 +4,7 @@ using MoCE.Core.Checkpoints;
 using MoCE.Core.Clustering;
 using MoCE.Core.Data;
 using MoCE.Core.Evaluation;
+using MoCE.Core.Runtime;
 using MoCE.Core.Training;
 using Serilog;
 using TorchSharp;
@@ -12,8 +13,10 @@ using static TorchSharp.torch;
 namespace MoCE.Cli.Commands;
 
 /// <summary><c>moce bench</c>: in one process, times the dense reference trainer's step and the reference MoCE
-/// trainer's step (from that dense model and a real k-means clustering of its features), interleaved in rounds,
-/// plus a 1024×1024 fp32 matmul, and prints the ratios, which survive noisy machines better than absolute times.</summary>
+/// trainer's step (from that dense model and a real k-means clustering of its features), interleaved in rounds; the
+/// actor engine's step against the reference MoCE trainer's, in alternating rounds; the actor engine's checkpoint
+/// overhead; and a 1024×1024 fp32 matmul. It prints the ratios, which survive noisy machines better than absolute
+/// times.</summary>
 public static class BenchCommand
 {
     public const int BenchImages = 8192;
@@ -24,51 +27,67 @@ public static class BenchCommand
         int warmup = cli.FlagInt("warmup", 10), steps = cli.FlagInt("steps", 50);
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset ?? "bench", cli.Files, cli.Overrides));
         var (cfg, _) = ConfigLoader.Resolve(merged);
-        if (cfg.Threads > 0) torch.set_num_threads(cfg.Threads);
         var device = new Device(cfg.Device);
         var loc = FashionMnist.Locate(cfg.Data.Path, cfg.Data.FallbackToSample);
         using var full = FashionMnist.Load(loc.Directory, Split.Train);
-        using var data = full.Take(Math.Min(BenchImages, full.Count));
+        // every phase computes on a thread of its own that exits afterwards (see ComputeThread): this thread, which
+        // hosts the actor engine, never holds an OpenMP pool, as in `moce train`
+        using var data = ComputeThread.Run("bench-data", cfg.Threads, () => full.Take(Math.Min(BenchImages, full.Count)));
         var m = cfg.Model;
+        int threads = cfg.Threads;
         Log.Information("bench: image {Img}, patch {P}, dim {D}, depth {Depth}, heads {H}; decoder {Dd}/{Ddepth}/{Dh}; mask {R}; batch {B}; fp32; {T} threads; {N} images of {Src}",
-            m.ImageSize, m.PatchSize, m.Dim, m.Depth, m.Heads, m.DecoderDim, m.DecoderDepth, m.DecoderHeads, m.MaskRatio, cfg.Pretrain.BatchSize, torch.get_num_threads(), data.Count, full.Source);
+            m.ImageSize, m.PatchSize, m.Dim, m.Depth, m.Heads, m.DecoderDim, m.DecoderDepth, m.DecoderHeads, m.MaskRatio, cfg.Pretrain.BatchSize, threads, data.Count, full.Source);
 
-        double matmulBefore = MatmulMs();
+        double matmulBefore = ComputeThread.Run("bench-matmul", threads, MatmulMs);
         var dense = cfg.Pretrain with { Steps = warmup + steps, CheckpointEvery = long.MaxValue };
-        using var denseTrainer = new DenseTrainer(m, dense, cfg.Data, data, device);
-        for (int i = 0; i < warmup; i++) denseTrainer.TrainStep();
+        using var denseTrainer = ComputeThread.Run("bench-dense", threads, () =>
+        {
+            var t = new DenseTrainer(m, dense, cfg.Data, data, device);
+            for (int i = 0; i < warmup; i++) t.TrainStep();
+            return t;
+        });
 
         // MoCE from that dense model: its checkpoint, and k-means over its features of the bench images
         var store = new CheckpointStore(Path.Combine(Path.GetTempPath(), $"moce-bench-{Guid.NewGuid():N}"));
         try
         {
             var denseRef = denseTrainer.SaveCheckpoint(store)[0];
-            using var feats = Features.Extract(denseTrainer.Model, data, Enumerable.Range(0, data.Count).ToList(), cfg.Data.Mean, cfg.Data.Std, device: device);
-            var km = KMeans.Fit(feats, cfg.Cluster.K, cfg.Pretrain.Seed, cfg.Cluster.MaxIter, cfg.Cluster.Tol);
-            using var clustering = new ClusteringResult { Centroids = km.Centroids, TrainIds = km.Assignments, DenseSha256 = denseRef.Sha256, DataSource = data.Source };
+            using var clustering = ComputeThread.Run("bench-cluster", threads, () =>
+            {
+                using var feats = Features.Extract(denseTrainer.Model, data, Enumerable.Range(0, data.Count).ToList(), cfg.Data.Mean, cfg.Data.Std, device: device);
+                var km = KMeans.Fit(feats, cfg.Cluster.K, cfg.Pretrain.Seed, cfg.Cluster.MaxIter, cfg.Cluster.Tol);
+                return new ClusteringResult { Centroids = km.Centroids, TrainIds = km.Assignments, DenseSha256 = denseRef.Sha256, DataSource = data.Source };
+            });
             using var ckpt = store.Load(denseRef);
-            var train = cfg.Train with { Steps = warmup + steps, CheckpointEvery = long.MaxValue };
-            using var moceTrainer = new MoceTrainer(m, cfg.Moe, train, cfg.Data, data, clustering, ckpt, denseRef.Sha256, device);
-            for (int i = 0; i < warmup; i++) moceTrainer.TrainStep();
-            var (denseMs, moceMs) = Interleaved(denseTrainer, moceTrainer, steps);
+            var train = cfg.Train with { Steps = long.MaxValue, CheckpointEvery = long.MaxValue };
+            MoceTrainer? moceTrainer = null;
+            var (denseMs, moceMs) = ComputeThread.Run("bench-reference", threads, () =>
+            {
+                moceTrainer = new MoceTrainer(m, cfg.Moe, train, cfg.Data, data, clustering, ckpt, denseRef.Sha256, device);
+                for (int i = 0; i < warmup; i++) moceTrainer.TrainStep();
+                return Interleaved(denseTrainer, moceTrainer, steps);
+            });
 
-            // the actor engine on the same MoCE configuration, interleaved with the reference MoCE trainer: every
-            // Round actor steps, the supervisor's step hook (which pauses the engine) runs Round reference steps
-            var (actorMs, refMs) = ActorVersusReference(cfg, data, clustering, ckpt, denseRef.Sha256, device, warmup, steps);
+            moceTrainer?.Dispose();
+            // the actor engine on the same MoCE configuration, from the same seed, threads and batch, in rounds
+            // alternating with a reference MoCE trainer
+            var (actorRounds, refRounds) = ActorVersusReference(cfg, data, clustering, ckpt, device, warmup, steps);
             var (cutMs, stepMs, cuts) = CheckpointOverhead(cfg, data, clustering, ckpt, device, every: 50, totalSteps: 100);
-            double matmul = (matmulBefore + MatmulMs()) / 2;
+            double matmul = (matmulBefore + ComputeThread.Run("bench-matmul", threads, MatmulMs)) / 2;
+            double actorMs = actorRounds.Average(), refMs = refRounds.Average();
 
             int b = cfg.Pretrain.BatchSize;
             Console.WriteLine($"dense reference step: {denseMs:F2} ms ({b * 1000 / denseMs:F0} images/s)");
             Console.WriteLine($"MoCE reference step:  {moceMs:F2} ms ({b * 1000 / moceMs:F0} images/s); E={cfg.Moe.Experts}, top-{cfg.Moe.TopK}, C={cfg.Cluster.K}, blocks [{string.Join(", ", cfg.Moe.Layers)}], distillation {(cfg.Moe.LambdaDistill > 0 ? "on" : "off")}");
             Console.WriteLine($"1024x1024 fp32 matmul: {matmul:F2} ms ({2.0 * 1024 * 1024 * 1024 / (matmul * 1e6):F1} GFLOP/s)");
             Console.WriteLine($"ratio MoCE-step / dense-step: {moceMs / denseMs:F3}");
-            Console.WriteLine($"actor engine MoCE step: {actorMs:F2} ms; reference MoCE step in the same interleaved run: {refMs:F2} ms");
-            Console.WriteLine($"ratio actor-step / reference-step (interleaved): {actorMs / refMs:F3}");
-            Console.WriteLine($"ratio actor-step / MoCE reference step timed alone above: {actorMs / moceMs:F3}");
+            Console.WriteLine($"actor engine MoCE step: {actorMs:F2} ms ({b * 1000 / actorMs:F0} images/s); trainer {threads} threads, router, experts and teacher {cfg.OwnerThreads} each; GOMP_SPINCOUNT={Environment.GetEnvironmentVariable("GOMP_SPINCOUNT") ?? "libgomp's default"}");
+            Console.WriteLine($"reference MoCE step in the same rounds: {refMs:F2} ms ({b * 1000 / refMs:F0} images/s)");
+            Console.WriteLine($"per round, actor / reference: {string.Join(", ", actorRounds.Zip(refRounds, (a, r) => $"{a:F1}/{r:F1}"))} ms");
+            Console.WriteLine($"ratio actor-step / reference-step: {actorMs / refMs:F3}");
             Console.WriteLine($"actor checkpoint (consistent cut + journal commit): {cutMs:F1} ms over {cuts} commits; one per 50 steps of {stepMs:F1} ms = {cutMs / (cutMs + 50 * stepMs):P2} of wall time");
             Console.WriteLine($"ratio dense-step / matmul: {denseMs / matmul:F2}");
-            Console.WriteLine($"({steps} timed steps each, interleaved in rounds of {Round}, after {warmup} warm-up steps)");
+            Console.WriteLine($"({steps} timed steps each after {warmup} warm-up steps; dense and MoCE reference interleaved in rounds of {Round}, actor engine and reference in {Rounds} rounds)");
         }
         finally { Directory.Delete(store.Directory, recursive: true); }
         return 0;
@@ -94,61 +113,57 @@ public static class BenchCommand
         return (ta / steps, tb / steps);
     }
 
-    private static (double actorMs, double referenceMs) ActorVersusReference(Configuration.MoceConfig cfg, ImageDataset data, ClusteringResult clustering,
-        CheckpointContent dense, string denseSha, Device device, int warmup, int steps)
+    private const int Rounds = 4;
+    /// <summary>Steps at the start of each round that are not timed: a fresh thread's first kernels, and for the
+    /// engine the JIT work its restart brings (a real run starts once).</summary>
+    private const int Untimed = 3;
+
+    /// <summary>The actor engine against the reference MoCE trainer, same seed, threads, batch and steps, in
+    /// <see cref="Rounds"/> alternating rounds: the reference on a fresh compute thread, then the engine in a fresh
+    /// actor system resumed from its last commit. So both see the same machine, and neither has the other's threads
+    /// (and OpenMP pools, see ComputeThread) alive next to it. The first <see cref="Untimed"/> steps of each side's
+    /// round are not timed; nor are the engine's start, restore and final commit.</summary>
+    private static (double[] actorMs, double[] referenceMs) ActorVersusReference(Configuration.MoceConfig cfg, ImageDataset data,
+        ClusteringResult clustering, CheckpointContent dense, Device device, int warmup, int steps)
     {
-        var train = cfg.Train with { Steps = warmup + steps, CheckpointEvery = long.MaxValue };
-        using var reference = new MoceTrainer(cfg.Model, cfg.Moe, train, cfg.Data, data, clustering, dense, denseSha, device);
+        int perRound = Math.Max(1, steps / Rounds);
+        var train = cfg.Train with { Steps = warmup + Rounds * (Untimed + perRound), CheckpointEvery = long.MaxValue };
+        using var reference = ComputeThread.Run("bench-reference", cfg.Threads, () =>
+            new MoceTrainer(cfg.Model, cfg.Moe, train, cfg.Data, data, clustering, dense, clustering.DenseSha256, device));
         var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-actors-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
-        var setup = Actors.ActorContextSetup.FromDense("bench", cfg.Model, cfg.Moe, train, cfg.Data, data, clustering.TrainIds, clustering.K,
-            TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")), device, cfg.Threads, cfg.OwnerThreads);
-        // the reference gets one long-lived thread of its own, like each actor: torch's thread-local state (OpenMP
-        // team, oneDNN caches) stays warm, as it does on the actors' pinned threads
-        using var request = new SemaphoreSlim(0);
-        using var done = new SemaphoreSlim(0);
-        double refTime = 0;
-        bool stop = false;
-        var refThread = new Thread(() =>
-        {
-            if (cfg.Threads > 0) torch.set_num_threads(cfg.Threads);
-            for (int i = 0; i < warmup; i++) reference.TrainStep();
-            while (true)
-            {
-                request.Wait();
-                if (stop) return;
-                var t = Stopwatch.StartNew();
-                for (int i = 0; i < Round; i++) reference.TrainStep();
-                refTime += t.Elapsed.TotalMilliseconds;
-                done.Release();
-            }
-        }) { IsBackground = true, Name = "bench-reference" };
-        refThread.Start();
-        var sw = Stopwatch.StartNew();
-        double actor = 0, lastReturn = 0;
+        var setup = ComputeThread.Run("bench-setup", cfg.Threads, () => Actors.ActorContextSetup.FromDense("bench", cfg.Model, cfg.Moe,
+            train, cfg.Data, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense),
+            new CheckpointStore(Path.Combine(dir, "checkpoints")), device, cfg.Threads, cfg.OwnerThreads));
+        var actor = new double[Rounds];
+        var refMs = new double[Rounds];
         try
         {
-            Actors.ActorEngine.Run(setup, dir, warmup + steps, long.MaxValue, 2, new Actors.SupervisorHooks(OnStep: m =>
+            ComputeThread.Run("bench-reference", cfg.Threads, () => { for (int i = 0; i < warmup; i++) reference.TrainStep(); });
+            Actors.ActorEngine.Run(setup, dir, warmup, long.MaxValue, 2, new Actors.SupervisorHooks());
+            long done = warmup;
+            for (int r = 0; r < Rounds; r++)
             {
-                double now = sw.Elapsed.TotalMilliseconds;
-                if (m.Step >= warmup) actor += now - lastReturn;           // the engine's time for this step
-                if (m.Step >= warmup && (m.Step - warmup) % Round == Round - 1)
+                refMs[r] = ComputeThread.Run("bench-reference", cfg.Threads, () =>
                 {
-                    request.Release();
-                    done.Wait();
-                }
-                lastReturn = sw.Elapsed.TotalMilliseconds;
-            }));
+                    for (int i = 0; i < Untimed; i++) reference.TrainStep();
+                    var t = Stopwatch.StartNew();
+                    for (int i = 0; i < perRound; i++) reference.TrainStep();
+                    return t.Elapsed.TotalMilliseconds / perRound;
+                });
+                var sw = new Stopwatch();
+                long first = done + Untimed - 1, last = first + perRound;
+                Actors.ActorEngine.Run(setup, dir, last + 1, long.MaxValue, 2, new Actors.SupervisorHooks(OnStep: m =>
+                {
+                    if (m.Step == first) sw.Start();                                 // after the round's untimed steps
+                    if (m.Step == last) sw.Stop();
+                }));
+                actor[r] = sw.Elapsed.TotalMilliseconds / perRound;
+                done = last + 1;
+            }
         }
-        finally
-        {
-            stop = true;
-            request.Release();
-            refThread.Join();
-            Directory.Delete(dir, recursive: true);
-        }
-        int timedRef = steps / Round * Round;
-        return (actor / steps, refTime / Math.Max(1, timedRef));
+        finally { Directory.Delete(dir, recursive: true); }
+        return (actor, refMs);
     }
 
     /// <summary>Runs the actor engine with a commit every <paramref name="every"/> steps and times each cut, from the
@@ -159,8 +174,9 @@ public static class BenchCommand
         var train = cfg.Train with { Steps = totalSteps };
         var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-ckpt-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
-        var setup = Actors.ActorContextSetup.FromDense("bench-ckpt", cfg.Model, cfg.Moe, train, cfg.Data, data, clustering.TrainIds, clustering.K,
-            TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")), device, cfg.Threads, cfg.OwnerThreads);
+        var setup = ComputeThread.Run("bench-setup", cfg.Threads, () => Actors.ActorContextSetup.FromDense("bench-ckpt", cfg.Model, cfg.Moe, train,
+            cfg.Data, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")),
+            device, cfg.Threads, cfg.OwnerThreads));
         var sw = Stopwatch.StartNew();
         double last = 0, cut = 0, steps = 0;
         int cuts = 0;
