@@ -10,7 +10,7 @@ public static class OpenMp
     /// <summary>How long an idle OpenMP worker spins before it sleeps, in libgomp's spin iterations (about 0.1 ms per
     /// 10 000 here). libgomp's default, 300 000, suits one thread computing at a time; in the actor engine, the
     /// trainer's worker keeps spinning on a core while the router and the experts compute on their threads.</summary>
-    public const long DefaultSpinCount = 30_000;
+    public const long DefaultSpinCount = 10_000;
 
     /// <summary>Sets GOMP_SPINCOUNT to <see cref="DefaultSpinCount"/> unless the environment already chooses
     /// (GOMP_SPINCOUNT or OMP_WAIT_POLICY). Call it before anything touches TorchSharp. Returns the value in effect,
