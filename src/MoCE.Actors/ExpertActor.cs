@@ -110,10 +110,11 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     {
         try
         {
+            using var scope = NewDisposeScope();
             var (input, output) = inFlight[m.Block];
             output.backward([m.GradOutput]);                                         // accumulates the parameter grads
             m.GradOutput.Dispose();
-            Sender.Tell(new ExpertInputGrad(m.Step, m.Generation, m.Block, expert, input.grad!.detach()));
+            Sender.Tell(new ExpertInputGrad(m.Step, m.Generation, m.Block, expert, input.grad!.detach().MoveToOuterDisposeScope()));
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
     }

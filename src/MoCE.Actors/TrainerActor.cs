@@ -66,7 +66,11 @@ public sealed class TrainerActor : ReceiveActor
     private void HandleTrainStep(TrainStep m)
     {
         setup.Chaos.Check(Name, m.Step);
-        try { RunStep(m); }
+        try
+        {
+            RunStep(m);
+            NativeMemory.AfterStep(m.Step, setup.Train.CollectEvery);             // the step's tensors are disposed by now
+        }
         catch (OwnerReplyFailed e)
         {
             // another owner failed mid-step (its supervisor handles it): drop the step everywhere and report it; the

@@ -22,8 +22,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public static readonly IReadOnlySet<string> ResumeMutable = new HashSet<string>
     {
         "moce.device", "moce.threads", "moce.data.path", "moce.data.fallback-to-sample",
-        "moce.pretrain.log-every", "moce.pretrain.steps", "moce.pretrain.checkpoint-every", "moce.pretrain.keep-checkpoints",
-        "moce.moe.method", "moce.train.log-every", "moce.train.checkpoint-every", "moce.train.keep-checkpoints",
+        "moce.pretrain.log-every", "moce.pretrain.collect-every", "moce.pretrain.steps", "moce.pretrain.checkpoint-every", "moce.pretrain.keep-checkpoints",
+        "moce.moe.method", "moce.train.log-every", "moce.train.collect-every", "moce.train.checkpoint-every", "moce.train.keep-checkpoints",
         "moce.cluster.feature-batch", "moce.actors.engine", "moce.actors.policy", "moce.actors.ask-timeout", "moce.actors.owner-threads",
     };
 
@@ -151,5 +151,6 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         CheckpointEvery = t.Long($"{s}.checkpoint-every"),
         KeepCheckpoints = t.Int($"{s}.keep-checkpoints"),
         LogEvery = t.Long($"{s}.log-every"),
+        CollectEvery = t.Long($"{s}.collect-every"),
     }.Validate(s);
 }

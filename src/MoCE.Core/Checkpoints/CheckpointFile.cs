@@ -57,7 +57,8 @@ public static class CheckpointFile
         U32((uint)list.Count);
         foreach (var (name, t) in list)
         {
-            using var c = t.detach().cpu().contiguous();
+            using var scope = NewDisposeScope();                                    // detach/cpu/contiguous each make a handle
+            var c = t.detach().cpu().contiguous();
             Str(name);
             U32((uint)(int)c.dtype);
             U32((uint)c.dim());
@@ -89,8 +90,9 @@ public static class CheckpointFile
                 for (int d = 0; d < shape.Length; d++) shape[d] = r.I64();
                 var len = r.I64();
                 var t = empty(shape, dtype);
-                if (t.bytes.Length != len) { t.Dispose(); throw r.Bad($"tensor '{name}' holds {len} bytes, its shape needs {t.bytes.Length}"); }
-                t.bytes = r.Bytes((int)len).ToArray();
+                long need = t.NumberOfElements * t.ElementSize;
+                if (need != len) { t.Dispose(); throw r.Bad($"tensor '{name}' holds {len} bytes, its shape needs {need}"); }
+                r.Bytes((int)len).CopyTo(t.bytes);                            // t.bytes: a span over the CPU tensor's memory
                 tensors.Add(name, t);
             }
             if (!r.AtEnd) throw r.Bad("trailing bytes after the last tensor");

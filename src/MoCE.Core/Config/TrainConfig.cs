@@ -31,6 +31,9 @@ public sealed record TrainConfig
     public int KeepCheckpoints { get; init; } = 3;
     /// <summary>Log a progress line every this many steps.</summary>
     public long LogEvery { get; init; } = 20;
+    /// <summary>Run a young-generation garbage collection every this many steps; 0 leaves collections to the runtime
+    /// (see <see cref="MoCE.Core.Runtime.NativeMemory"/>).</summary>
+    public long CollectEvery { get; init; } = 50;
 
     public double PeakLr => BaseLr * BatchSize / 256.0;
 
@@ -49,6 +52,7 @@ public sealed record TrainConfig
         Require(CheckpointEvery > 0, "checkpoint-every", "must be positive");
         Require(KeepCheckpoints >= 2, "keep-checkpoints", "must be at least 2");
         Require(LogEvery > 0, "log-every", "must be positive");
+        Require(CollectEvery >= 0, "collect-every", "must be non-negative (0 = leave it to the runtime)");
         return this;
 
         void Require(bool ok, string key, string why)

@@ -34,6 +34,7 @@ public sealed class AdamW : IDisposable
 
     public void ZeroGrad()
     {
+        using var scope = NewDisposeScope();                 // each .grad read is a new handle: dispose it here, not in the finalizer
         foreach (var s in slots) s.Param.grad?.zero_();
     }
 

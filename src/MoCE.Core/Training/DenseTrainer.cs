@@ -4,6 +4,7 @@ using MoCE.Core.Checkpoints;
 using MoCE.Core.Config;
 using MoCE.Core.Data;
 using MoCE.Core.Model;
+using MoCE.Core.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -53,6 +54,13 @@ public sealed class DenseTrainer : ITrainer, IDisposable
     }
 
     public StepStats TrainStep()
+    {
+        var stats = Step();
+        NativeMemory.AfterStep(stats.Step, cfg.CollectEvery);                   // after the step's scope is gone
+        return stats;
+    }
+
+    private StepStats Step()
     {
         long step = NextStep;
         using var scope = NewDisposeScope();

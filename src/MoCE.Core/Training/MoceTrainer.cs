@@ -5,6 +5,7 @@ using MoCE.Core.Clustering;
 using MoCE.Core.Config;
 using MoCE.Core.Data;
 using MoCE.Core.Model;
+using MoCE.Core.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -125,6 +126,13 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
     }
 
     public StepStats TrainStep()
+    {
+        var stats = Step();
+        NativeMemory.AfterStep(stats.Step, cfg.CollectEvery);                   // after the step's scope is gone
+        return stats;
+    }
+
+    private StepStats Step()
     {
         long step = NextStep;
         using var scope = NewDisposeScope();
