@@ -10,9 +10,11 @@ public sealed class EngineThreads
 {
     private readonly Dictionary<Thread, ThreadDisposeScopeStatistics> threads = [];
 
-    /// <summary>Called by a compute actor from its own thread (again after a restart: the same thread).</summary>
-    public void RegisterCurrent()
+    /// <summary>Called by a compute actor from its own thread (again after a restart: the same thread). Names the
+    /// thread (moce-trainer, moce-expert-2, ...), as `top -H` and debuggers show it.</summary>
+    public void RegisterCurrent(string name)
     {
+        Thread.CurrentThread.Name = name;
         lock (threads) threads[Thread.CurrentThread] = DisposeScopeManager.Statistics;
     }
 

@@ -36,9 +36,9 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     public ExpertActor(ActorContextSetup setup, int expert)
     {
         this.setup = setup;
-        setup.Threads.RegisterCurrent();
         ComputeThread.UseThreads(setup.OwnerThreads);                            // this thread's OpenMP and MKL threads
         this.expert = expert;
+        setup.Threads.RegisterCurrent($"moce-expert-{expert}");
         PersistenceId = $"{setup.RunId}-{Name}";
         var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
         foreach (var b in setup.Moe.Layers)

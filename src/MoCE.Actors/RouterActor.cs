@@ -24,7 +24,9 @@ public sealed class RouterActor : ReceiveActor
         public required Tensor Probs, Choice, Aux;
         public readonly Dictionary<int, Tensor> Outputs = [];   // expert → its output, a leaf
         public readonly Dictionary<int, Tensor> InputGrads = [];
-        public Tensor? Y;
+        public Tensor? Y;                    // Σ w_e·out_e over the first Folded plan entries (forward), the combined y when all are in
+        public Tensor? GradRows;             // Σ scatter(dL/dInput_e) over the first Folded plan entries (backward)
+        public int Folded;
         public int Rerouted;
     }
 
@@ -44,7 +46,7 @@ public sealed class RouterActor : ReceiveActor
     public RouterActor(ActorContextSetup setup, IReadOnlyList<IActorRef> experts)
     {
         this.setup = setup;
-        setup.Threads.RegisterCurrent();
+        setup.Threads.RegisterCurrent("moce-router");
         ComputeThread.UseThreads(setup.OwnerThreads);                            // this thread's OpenMP and MKL threads
         this.experts = experts;
         var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
@@ -121,12 +123,19 @@ public sealed class RouterActor : ReceiveActor
     {
         if (m.Step != step || m.Generation != generation || !pending.TryGetValue(m.Block, out var p)) { m.Output.Dispose(); return; } // from an abandoned attempt
         p.Outputs[m.Expert] = m.Output.requires_grad_(true);
-        if (p.Outputs.Count < p.Plan.Count) return;
         using var scope = NewDisposeScope();
-        // y = Σ_e w_e · out_e, scattered back to the rows
-        var y = MoeLayer.Combine(p.Rows, p.Plan, p.Plan.Select(e => p.Outputs[e.Expert]).ToList()).reshape(p.Hidden.shape);
-        p.Y = y.MoveToOuterDisposeScope();
-        p.ReplyTo.Tell(new Routed(m.Step, m.Block, y.detach().MoveToOuterDisposeScope(), p.Probs.detach().MoveToOuterDisposeScope(),
+        // y = Σ_e w_e · out_e, scattered back to the rows: MoeLayer.Combine's fold, each term as soon as it and the
+        // terms before it (plan order, so the sum is the reference's bit for bit) are in, while slower experts compute
+        p.Y ??= zeros_like(p.Rows).MoveToOuterDisposeScope();
+        for (; p.Folded < p.Plan.Count && p.Outputs.TryGetValue(p.Plan[p.Folded].Expert, out var output); p.Folded++)
+        {
+            var next = MoeLayer.CombineOne(p.Y, p.Plan[p.Folded], output).MoveToOuterDisposeScope();
+            p.Y.Dispose();                                                          // the graph keeps what backward needs
+            p.Y = next;
+        }
+        if (p.Folded < p.Plan.Count) return;
+        p.Folded = 0;
+        p.ReplyTo.Tell(new Routed(m.Step, m.Block, p.Y.reshape(p.Hidden.shape).detach().MoveToOuterDisposeScope(), p.Probs.detach().MoveToOuterDisposeScope(),
             p.Choice.alias().MoveToOuterDisposeScope(), gates[m.Block].PerToken ? 1 : p.Hidden.shape[1], p.Rerouted));
     }
 
@@ -139,17 +148,19 @@ public sealed class RouterActor : ReceiveActor
             double lambda = setup.Moe.Method == MoeMethod.TokenMoe ? setup.Moe.LambdaBalance : setup.Moe.LambdaRoute;
             using (var scope = NewDisposeScope())
             {
-                // first the experts' share, dL/d out_e = w_e · dL/dy on e's rows, so that they start at once
-                var outs = p.Plan.Select(e => p.Outputs[e.Expert]).ToList();
-                var grads = torch.autograd.grad([p.Y!], outs, [m.GradOutput], retain_graph: true);
-                for (int i = 0; i < outs.Count; i++)
-                    experts[p.Plan[i].Expert].Tell(new ExpertBackward(m.Step, m.Generation, m.Block, grads[i].detach().MoveToOuterDisposeScope()));
+                // first the experts' share, so that they start at once: dL/d out_e = w_e · (dL/dy on e's rows), which
+                // is CombineOne's backward written out (what autograd computes for it, without a graph traversal)
+                var dRows = m.GradOutput.reshape(p.Rows.shape);
+                using (no_grad())
+                    foreach (var e in p.Plan)
+                        experts[e.Expert].Tell(new ExpertBackward(m.Step, m.Generation, m.Block,
+                            (dRows.index_select(0, e.Rows) * e.Weights.view(-1, 1, 1)).MoveToOuterDisposeScope()));
                 // then the router's own, while they work: dL/dy and the regularizer λ·aux into the gate (and for
                 // TokenMoE into h, which its gate reads)
                 var gate = gates[m.Block];
                 var inputs = gate.parameters().Select(t => (Tensor)t).ToList();
                 if (gate.PerToken) inputs.Add(p.Hidden);
-                torch.autograd.backward([p.Y!, p.Aux], [m.GradOutput, tensor(lambda, dtype: p.Aux.dtype, device: p.Aux.device)], inputs: inputs);
+                torch.autograd.backward([p.Y!, p.Aux], [dRows, tensor(lambda, dtype: p.Aux.dtype, device: p.Aux.device)], inputs: inputs);
             }
             m.GradOutput.Dispose();
         }
@@ -160,12 +171,13 @@ public sealed class RouterActor : ReceiveActor
     {
         if (m.Step != step || m.Generation != generation || !pending.TryGetValue(m.Block, out var p)) { m.GradInput.Dispose(); return; }
         p.InputGrads[m.Expert] = m.GradInput;
-        if (p.InputGrads.Count < p.Plan.Count) return;
         using var scope = NewDisposeScope();
-        // dL/dh = Σ_e scatter(dL/dInput_e) (+ the gate's path for TokenMoE)
-        var dh = zeros_like(p.Rows);
-        foreach (var e in p.Plan) dh = dh.index_add(0, e.Rows, p.InputGrads[e.Expert], 1.0);
-        dh = dh.reshape(p.Hidden.shape);
+        // dL/dh = Σ_e scatter(dL/dInput_e) (+ the gate's path for TokenMoE), folded in plan order as the gradients arrive
+        p.GradRows ??= zeros_like(p.Rows).MoveToOuterDisposeScope();
+        for (; p.Folded < p.Plan.Count && p.InputGrads.TryGetValue(p.Plan[p.Folded].Expert, out var g); p.Folded++)
+            p.GradRows.index_add_(0, p.Plan[p.Folded].Rows, g, 1.0);
+        if (p.Folded < p.Plan.Count) return;
+        var dh = p.GradRows.reshape(p.Hidden.shape);
         if (p.Hidden.grad is not null) dh = dh + p.Hidden.grad;
         p.ReplyTo.Tell(new RoutedBackward(m.Step, m.Block, dh.detach().MoveToOuterDisposeScope()));
     }
@@ -180,7 +192,7 @@ public sealed class RouterActor : ReceiveActor
     {
         foreach (var p in pending.Values)
         {
-            p.Hidden.Dispose(); p.Rows.Dispose(); p.Probs.Dispose(); p.Choice.Dispose(); p.Aux.Dispose(); p.Y?.Dispose();
+            p.Hidden.Dispose(); p.Rows.Dispose(); p.Probs.Dispose(); p.Choice.Dispose(); p.Aux.Dispose(); p.Y?.Dispose(); p.GradRows?.Dispose();
             foreach (var e in p.Plan) { e.Rows.Dispose(); e.Weights.Dispose(); }
             foreach (var t in p.Outputs.Values) t.Dispose();
             foreach (var t in p.InputGrads.Values) t.Dispose();

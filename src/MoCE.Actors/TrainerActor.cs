@@ -32,7 +32,7 @@ public sealed class TrainerActor : ReceiveActor
     public TrainerActor(ActorContextSetup setup, IActorRef router, IReadOnlyList<IActorRef> experts, IActorRef? teacher)
     {
         this.setup = setup;
-        setup.Threads.RegisterCurrent();
+        setup.Threads.RegisterCurrent("moce-trainer");
         ComputeThread.UseThreads(setup.TrainerThreads);                          // this thread's OpenMP and MKL threads
         this.router = router;
         this.experts = experts;

@@ -20,7 +20,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           customize    extract a dense model with the experts a task prefers: --task NAME
           eval         linear probe and k-NN on frozen features for the configured tasks
           status RUN   committed steps, owners and their checkpoint files, recent recoveries
-          bench        time the reference trainers on the bench configuration (hocon/bench.conf)
+          bench        time the reference trainers and the actor engine on the bench configuration (hocon/bench.conf)
           config       print the resolved configuration and exit
         Every command works on one run directory; running it again resumes or skips finished work.
 
@@ -31,7 +31,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           --run DIR         run directory (default: runs/PRESET, or runs/default)
           train: --method moce|token-moe|dense (default moce.moe.method)  --engine actors|local (default moce.actors.engine)
           customize: --task NAME (a task under moce.tasks)
-          bench: --warmup N (default 10)  --steps N (default 50)
+          bench: --warmup N (default 40)  --steps N (default 160)  --rounds N (default 8)
           -h, --help        this text
         """;
 

@@ -31,6 +31,23 @@ public class EquivalenceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         Assert.True(diff <= 1e-5, $"max |Δw| = {diff}");
     }
 
+    /// <summary>TokenMoE with top-2: rows go to two experts each, so the router's fold order (plan order) matters,
+    /// and the gate reads the tokens, so dL/dh has the gate's path too.</summary>
+    [Fact]
+    public void Actor_engine_equals_the_reference_for_token_moe_with_top_2()
+    {
+        var moe = Moe with { Method = MoeMethod.TokenMoe, TopK = 2, LambdaDistill = 0, LambdaBalance = 0.01 };
+        var train = Tiny.Train(steps: 20);
+        using var t = fx.Trainer(moe, train);
+        var losses = Enumerable.Range(0, 20).Select(_ => t.TrainStep().Loss).ToList();
+        var expected = t.Model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+        var run = new ActorRun(fx, moe, train);
+        Assert.Equal(20, run.Run(until: 20, checkpointEvery: 10).Step);
+        for (int s = 0; s < 20; s++) Assert.True(Math.Abs(losses[s] - run.Losses[s]) <= 1e-5, $"step {s}: reference {losses[s]}, actors {run.Losses[s]}");
+        double diff = ActorRun.MaxAbsDiff(expected, run.CommittedWeights(20));
+        Assert.True(diff <= 1e-5, $"max |Δw| = {diff}");
+    }
+
     [Theory]
     [InlineData("expert-1")]
     [InlineData("router")]

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using MoCE.Cli.Configuration;
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Clustering;
+using MoCE.Core.Config;
 using MoCE.Core.Data;
 using MoCE.Core.Evaluation;
 using MoCE.Core.Runtime;
@@ -23,8 +24,10 @@ public static class BenchCommand
 
     public static int Run(CliArgs cli)
     {
-        cli.RejectFlagsExcept("warmup", "steps");
-        int warmup = cli.FlagInt("warmup", 10), steps = cli.FlagInt("steps", 50);
+        cli.RejectFlagsExcept("warmup", "steps", "rounds");
+        int warmup = cli.FlagInt("warmup", 40), steps = cli.FlagInt("steps", 160), rounds = cli.FlagInt("rounds", 8);
+        if (warmup < 1 || steps < 1 || rounds < 1 || steps < rounds)
+            throw new ConfigException("--steps", $"--warmup, --steps and --rounds must be positive, and --steps at least --rounds (got {warmup}, {steps}, {rounds})");
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset ?? "bench", cli.Files, cli.Overrides));
         var (cfg, _) = ConfigLoader.Resolve(merged);
         var device = new Device(cfg.Device);
@@ -71,7 +74,7 @@ public static class BenchCommand
             moceTrainer?.Dispose();
             // the actor engine on the same MoCE configuration, from the same seed, threads and batch, in rounds
             // alternating with a reference MoCE trainer
-            var (actorRounds, refRounds) = ActorVersusReference(cfg, data, clustering, ckpt, device, warmup, steps);
+            var (actorRounds, refRounds, actorCpu, refCpu, actorGc, refGc) = ActorVersusReference(cfg, data, clustering, ckpt, device, warmup, steps, rounds);
             var (cutMs, stepMs, cuts) = CheckpointOverhead(cfg, data, clustering, ckpt, device, every: 50, totalSteps: 100);
             double matmul = (matmulBefore + ComputeThread.Run("bench-matmul", threads, MatmulMs)) / 2;
             double actorMs = actorRounds.Average(), refMs = refRounds.Average();
@@ -84,10 +87,14 @@ public static class BenchCommand
             Console.WriteLine($"actor engine MoCE step: {actorMs:F2} ms ({b * 1000 / actorMs:F0} images/s); trainer {threads} threads, router, experts and teacher {cfg.OwnerThreads} each; GOMP_SPINCOUNT={Environment.GetEnvironmentVariable("GOMP_SPINCOUNT") ?? "libgomp's default"}");
             Console.WriteLine($"reference MoCE step in the same rounds: {refMs:F2} ms ({b * 1000 / refMs:F0} images/s)");
             Console.WriteLine($"per round, actor / reference: {string.Join(", ", actorRounds.Zip(refRounds, (a, r) => $"{a:F1}/{r:F1}"))} ms");
+            var perRound = actorRounds.Zip(refRounds, (a, r) => a / r).Order().ToArray();
+            Console.WriteLine($"process CPU per step (all threads, spinning included): actor {actorCpu:F1} ms, reference {refCpu:F1} ms");
+            Console.WriteLine($"GC pause per step (collect-every = {cfg.Train.CollectEvery}): actor {actorGc:F2} ms, reference {refGc:F2} ms");
+            Console.WriteLine($"median of the per-round ratios: {(perRound[(perRound.Length - 1) / 2] + perRound[perRound.Length / 2]) / 2:F3}");
             Console.WriteLine($"ratio actor-step / reference-step: {actorMs / refMs:F3}");
             Console.WriteLine($"actor checkpoint (consistent cut + journal commit): {cutMs:F1} ms over {cuts} commits; one per 50 steps of {stepMs:F1} ms = {cutMs / (cutMs + 50 * stepMs):P2} of wall time");
             Console.WriteLine($"ratio dense-step / matmul: {denseMs / matmul:F2}");
-            Console.WriteLine($"({steps} timed steps each after {warmup} warm-up steps; dense and MoCE reference interleaved in rounds of {Round}, actor engine and reference in {Rounds} rounds)");
+            Console.WriteLine($"({steps} timed steps each after {warmup} warm-up steps; dense and MoCE reference interleaved in rounds of {Round}, actor engine and reference in {rounds} rounds)");
         }
         finally { Directory.Delete(store.Directory, recursive: true); }
         return 0;
@@ -113,21 +120,22 @@ public static class BenchCommand
         return (ta / steps, tb / steps);
     }
 
-    private const int Rounds = 4;
     /// <summary>Steps at the start of each round that are not timed: a fresh thread's first kernels, and for the
     /// engine the JIT work its restart brings (a real run starts once).</summary>
     private const int Untimed = 3;
 
     /// <summary>The actor engine against the reference MoCE trainer, same seed, threads, batch and steps, in
-    /// <see cref="Rounds"/> alternating rounds: the reference on a fresh compute thread, then the engine in a fresh
-    /// actor system resumed from its last commit. So both see the same machine, and neither has the other's threads
-    /// (and OpenMP pools, see ComputeThread) alive next to it. The first <see cref="Untimed"/> steps of each side's
-    /// round are not timed; nor are the engine's start, restore and final commit.</summary>
-    private static (double[] actorMs, double[] referenceMs) ActorVersusReference(Configuration.MoceConfig cfg, ImageDataset data,
-        ClusteringResult clustering, CheckpointContent dense, Device device, int warmup, int steps)
+    /// <paramref name="rounds"/> alternating rounds: the reference on a fresh compute thread, then the engine in a
+    /// fresh actor system resumed from its last commit. So both see the same machine, and neither has the other's
+    /// threads (and OpenMP pools, see ComputeThread) alive next to it. Both first train <paramref name="warmup"/>
+    /// steps: .NET compiles a method again, optimized, after some 30 calls, and the engine's code is not warm from
+    /// the earlier phases. The first <see cref="Untimed"/> steps of each side's round are not timed; nor are the
+    /// engine's start, restore and final commit. Also returns each side's process CPU time per timed step.</summary>
+    private static (double[] actorMs, double[] referenceMs, double actorCpu, double referenceCpu, double actorGc, double referenceGc) ActorVersusReference(Configuration.MoceConfig cfg,
+        ImageDataset data, ClusteringResult clustering, CheckpointContent dense, Device device, int warmup, int steps, int rounds)
     {
-        int perRound = Math.Max(1, steps / Rounds);
-        var train = cfg.Train with { Steps = warmup + Rounds * (Untimed + perRound), CheckpointEvery = long.MaxValue };
+        int perRound = Math.Max(1, steps / rounds);
+        var train = cfg.Train with { Steps = warmup + rounds * (Untimed + perRound), CheckpointEvery = long.MaxValue };
         using var reference = ComputeThread.Run("bench-reference", cfg.Threads, () =>
             new MoceTrainer(cfg.Model, cfg.Moe, train, cfg.Data, data, clustering, dense, clustering.DenseSha256, device));
         var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-actors-{Guid.NewGuid():N}");
@@ -135,35 +143,47 @@ public static class BenchCommand
         var setup = ComputeThread.Run("bench-setup", cfg.Threads, () => Actors.ActorContextSetup.FromDense("bench", cfg.Model, cfg.Moe,
             train, cfg.Data, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense),
             new CheckpointStore(Path.Combine(dir, "checkpoints")), device, cfg.Threads, cfg.OwnerThreads));
-        var actor = new double[Rounds];
-        var refMs = new double[Rounds];
+        var actor = new double[rounds];
+        var refMs = new double[rounds];
+        TimeSpan actorCpu = default, refCpu = default, actorGc = default, refGc = default;
         try
         {
             ComputeThread.Run("bench-reference", cfg.Threads, () => { for (int i = 0; i < warmup; i++) reference.TrainStep(); });
             Actors.ActorEngine.Run(setup, dir, warmup, long.MaxValue, 2, new Actors.SupervisorHooks());
             long done = warmup;
-            for (int r = 0; r < Rounds; r++)
+            for (int r = 0; r < rounds; r++)
             {
                 refMs[r] = ComputeThread.Run("bench-reference", cfg.Threads, () =>
                 {
                     for (int i = 0; i < Untimed; i++) reference.TrainStep();
                     var t = Stopwatch.StartNew();
+                    var (cpu, gc) = (ProcessCpu(), GC.GetTotalPauseDuration());
                     for (int i = 0; i < perRound; i++) reference.TrainStep();
+                    refCpu += ProcessCpu() - cpu;
+                    refGc += GC.GetTotalPauseDuration() - gc;
                     return t.Elapsed.TotalMilliseconds / perRound;
                 });
                 var sw = new Stopwatch();
+                TimeSpan cpu = default, gc = default;
                 long first = done + Untimed - 1, last = first + perRound;
                 Actors.ActorEngine.Run(setup, dir, last + 1, long.MaxValue, 2, new Actors.SupervisorHooks(OnStep: m =>
                 {
-                    if (m.Step == first) sw.Start();                                 // after the round's untimed steps
-                    if (m.Step == last) sw.Stop();
+                    if (m.Step == first) { sw.Start(); (cpu, gc) = (ProcessCpu(), GC.GetTotalPauseDuration()); }   // after the round's untimed steps
+                    if (m.Step == last) { sw.Stop(); actorCpu += ProcessCpu() - cpu; actorGc += GC.GetTotalPauseDuration() - gc; }
                 }));
                 actor[r] = sw.Elapsed.TotalMilliseconds / perRound;
                 done = last + 1;
             }
         }
         finally { Directory.Delete(dir, recursive: true); }
-        return (actor, refMs);
+        int timed = rounds * perRound;
+        return (actor, refMs, actorCpu.TotalMilliseconds / timed, refCpu.TotalMilliseconds / timed, actorGc.TotalMilliseconds / timed, refGc.TotalMilliseconds / timed);
+    }
+
+    private static TimeSpan ProcessCpu()
+    {
+        using var self = Process.GetCurrentProcess();
+        return self.TotalProcessorTime;
     }
 
     /// <summary>Runs the actor engine with a commit every <paramref name="every"/> steps and times each cut, from the

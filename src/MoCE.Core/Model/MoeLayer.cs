@@ -163,14 +163,17 @@ public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteSt
         return plan;
     }
 
-    /// <summary>y_r = Σ_e w_{r,e}·out_e[r]: the experts' outputs scattered back with their gate weights.</summary>
+    /// <summary>y_r = Σ_e w_{r,e}·out_e[r]: the experts' outputs scattered back with their gate weights, folded
+    /// in plan order from y = 0 (the router folds each output as it arrives, in the same order).</summary>
     public static Tensor Combine(Tensor rows, IReadOnlyList<ExpertRows> plan, IReadOnlyList<Tensor> outputs)
     {
         var y = zeros_like(rows);
-        for (int i = 0; i < plan.Count; i++)
-            y = y.index_add(0, plan[i].Rows, outputs[i] * plan[i].Weights.view(-1, 1, 1), 1.0);
+        for (int i = 0; i < plan.Count; i++) y = CombineOne(y, plan[i], outputs[i]);
         return y;
     }
+
+    /// <summary>One term of <see cref="Combine"/>: y + scatter(w_e·out_e).</summary>
+    public static Tensor CombineOne(Tensor y, ExpertRows e, Tensor output) => y.index_add(0, e.Rows, output * e.Weights.view(-1, 1, 1), 1.0);
 
     /// <summary>Routing regularizer: mean_c H(g(c)) − H(mean_c g(c)) over the batch's images [N, E] (each row is
     /// its image's g(c), so clusters count by their images). Confident per cluster, balanced overall; minimizing
