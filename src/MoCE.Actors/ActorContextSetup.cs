@@ -17,6 +17,17 @@ public enum RecoveryPolicy
     ExpertLocal,
 }
 
+/// <summary>How the supervisor paces recovery from failures that keep coming. After the n-th failure in a row (no
+/// step completed past the failed one in between) it waits Min·2^(n−1), at most Max, before it restores; at the
+/// MaxFailures-th it stops the run with the error instead of looping, and the last commit stays for a later resume.</summary>
+public sealed record RestartBackoff(TimeSpan Min, TimeSpan Max, int MaxFailures)
+{
+    public static readonly RestartBackoff Default = new(TimeSpan.FromSeconds(0.2), TimeSpan.FromSeconds(30), 8);
+
+    public TimeSpan Delay(int failuresInARow) =>
+        TimeSpan.FromTicks((long)Math.Min(Max.Ticks, Min.Ticks * Math.Pow(2, Math.Max(0, failuresInARow - 1))));
+}
+
 /// <summary>Everything the actors of one run share, fixed for the run: configuration, data, the initial (upcycled)
 /// weights, the checkpoint store, the device and the chaos plan. Read-only after construction.</summary>
 public sealed record ActorContextSetup
@@ -39,6 +50,7 @@ public sealed record ActorContextSetup
     public required torch.Device Device { get; init; }
     public ChaosPlan Chaos { get; init; } = ChaosPlan.None;
     public RecoveryPolicy Policy { get; init; } = RecoveryPolicy.GlobalRollback;
+    public RestartBackoff Backoff { get; init; } = RestartBackoff.Default;
     /// <summary>Torch intra-op threads of the trainer's thread (the trunk's compute); 0 keeps torch's default.</summary>
     public int TrainerThreads { get; init; }
     /// <summary>Torch intra-op threads of the router's, each expert's and the teacher's thread; 0 leaves torch's

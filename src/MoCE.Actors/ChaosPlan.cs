@@ -3,27 +3,51 @@ using System.Collections.Concurrent;
 namespace MoCE.Actors;
 
 /// <summary>A deliberately injected fault: a real exception that the owner throws from its own handler.</summary>
-public sealed class InjectedFault(string owner, long step) : Exception($"chaos: {owner} fails at step {step}");
+public sealed class InjectedFault(string owner, long step, string? what = null) : Exception(what is null ? $"chaos: {owner} fails at step {step}" : $"chaos: {owner} {what}");
 
-/// <summary>Fault injection for researchers and tests: "owner fails at step s", each event firing once. The plan is
-/// shared by the actors of one process; a fired event stays fired across the owner's restart.</summary>
+/// <summary>Fault injection for researchers and tests: "owner fails at step s", once or on several attempts of that
+/// step. The plan is shared by the actors of one process; what has fired stays fired across the owner's restart.</summary>
 public sealed class ChaosPlan
 {
-    private readonly ConcurrentDictionary<(string owner, long step), bool> events = new();
+    private readonly ConcurrentDictionary<(string owner, long step), int> remaining = new();
+    private readonly ConcurrentQueue<(string owner, long step)> fired = new();
 
     public static readonly ChaosPlan None = new();
 
-    public ChaosPlan FailAt(string owner, long step)
+    /// <summary>The owner throws the first <paramref name="times"/> times it reaches step s (a replay reaches it again).</summary>
+    public ChaosPlan FailAt(string owner, long step, int times = 1)
     {
-        events[(owner, step)] = false;
+        ArgumentOutOfRangeException.ThrowIfLessThan(times, 1);
+        remaining[(owner, step)] = times;
         return this;
     }
 
-    /// <summary>Throws <see cref="InjectedFault"/> the first time (owner, step) is reached.</summary>
+    /// <summary>Throws <see cref="InjectedFault"/> while (owner, step) has firings left.</summary>
     public void Check(string owner, long step)
     {
-        if (events.TryGetValue((owner, step), out var fired) && !fired && events.TryUpdate((owner, step), true, false))
+        var key = (owner, step);
+        while (remaining.TryGetValue(key, out var left) && left > 0)
+        {
+            if (!remaining.TryUpdate(key, left - 1, left)) continue;
+            fired.Enqueue(key);
             throw new InjectedFault(owner, step);
+        }
+    }
+
+    private readonly ConcurrentDictionary<string, bool> uncreatable = new();
+
+    /// <summary>The owner cannot be created (its constructor throws, as a failed device or a bad weight file would):
+    /// the supervisor cannot restart it and stops the run.</summary>
+    public ChaosPlan FailCreation(string owner)
+    {
+        uncreatable[owner] = true;
+        return this;
+    }
+
+    /// <summary>Called first thing by each owner's constructor.</summary>
+    public void CheckCreation(string owner)
+    {
+        if (uncreatable.ContainsKey(owner)) throw new InjectedFault(owner, -1, "cannot be created");
     }
 
     private readonly ConcurrentDictionary<string, TimeSpan> recoveryDelays = new();
@@ -37,5 +61,6 @@ public sealed class ChaosPlan
 
     public TimeSpan RecoveryDelay(string owner) => recoveryDelays.GetValueOrDefault(owner, TimeSpan.Zero);
 
-    public IReadOnlyList<(string owner, long step)> Fired => events.Where(kv => kv.Value).Select(kv => kv.Key).ToList();
+    /// <summary>Every fault thrown so far, in order (one entry per firing).</summary>
+    public IReadOnlyList<(string owner, long step)> Fired => [.. fired];
 }

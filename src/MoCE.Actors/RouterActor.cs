@@ -47,6 +47,7 @@ public sealed class RouterActor : ReceiveActor
     {
         this.setup = setup;
         setup.Threads.RegisterCurrent("moce-router");
+        setup.Chaos.CheckCreation(Name);
         ComputeThread.UseThreads(setup.OwnerThreads);                            // this thread's OpenMP and MKL threads
         this.experts = experts;
         var p = new Dictionary<string, TorchSharp.Modules.Parameter>();

@@ -14,13 +14,19 @@ namespace MoCE.Actors;
 public sealed record SupervisorHooks(Action<StepCompleted>? OnStep = null, Action<CheckpointCommitted>? OnCommit = null,
                                      Action<RecoveryRecord>? OnRecovery = null, Action<long>? BeforeCommit = null);
 
+/// <summary>The run could not go on: failures kept coming (see <see cref="RestartBackoff"/>), an owner could not be
+/// (re)created, or no commit verifies. The journal and the last commit are intact.</summary>
+public sealed class RunFailedException(string message) : Exception(message);
+
 /// <summary>The supervisor: owns the run. It creates the owners (trainer, router, experts) and the teacher as its children and
 /// watches them, drives the step loop, takes a consistent checkpoint every N steps (every owner writes its part,
 /// then <see cref="CheckpointCommitted"/> is persisted: only that makes a checkpoint count), and on an owner's
-/// failure applies the recovery policy. Its journal (SQLite by default) holds commits and recoveries, never
-/// tensors, so a restarted process resumes from the last commit.</summary>
-public sealed class SupervisorActor : ReceivePersistentActor
+/// failure applies the recovery policy, with backoff when failures repeat. Its journal (SQLite by default) holds
+/// commits and recoveries, never tensors, so a restarted process resumes from the last commit.</summary>
+public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
 {
+    public ITimerScheduler Timers { get; set; } = null!;
+
     /// <summary>Command from the engine: train until step <c>Until</c> (exclusive); reply <see cref="RunFinished"/>.</summary>
     public sealed record Start(long Until);
     /// <summary>Command from the engine (Ctrl-C): commit a checkpoint at the current step and finish.</summary>
@@ -30,6 +36,7 @@ public sealed class SupervisorActor : ReceivePersistentActor
     private sealed record RestoreDone(long Step, int Generation);
     private sealed record OperationFailed(int Generation, Exception Error);
     private sealed record OwnerFailed(string Owner, Exception Error);
+    private sealed record RestoreAfterBackoff(int Generation);
 
     private readonly ActorContextSetup setup;
     private readonly SupervisorHooks hooks;
@@ -45,6 +52,11 @@ public sealed class SupervisorActor : ReceivePersistentActor
     private int generation;
     private bool recovering, stopRequested, waitingForExperts;
     private (string owner, string error, long step, Stopwatch clock)? failure;
+    // failures in a row (no step completed past the last failed one since), for the backoff; a run that cannot go on
+    private int failuresInARow;
+    private long lastFailedStep = -1;
+    private RunFailedException? fatal;
+    private readonly Dictionary<string, Exception> stopCauses = [];
     // expert-local: experts recovering (no rows, no updates), those ready to rejoin, and what their downtime cost
     private readonly HashSet<int> down = [];
     private readonly Dictionary<int, long> rejoining = [];
@@ -70,6 +82,10 @@ public sealed class SupervisorActor : ReceivePersistentActor
         Command<CutDone>(HandleCutDone);
         Command<RestoreDone>(HandleRestoreDone);
         Command<OwnerFailed>(HandleOwnerFailed);
+        Command<RestoreAfterBackoff>(m => { if (m.Generation == generation && fatal is null) Restore(); });
+        Command<Terminated>(t => Fail($"{t.ActorRef.Path.Name} stopped" +
+            (stopCauses.TryGetValue(t.ActorRef.Path.Name, out var c) ? $" because it could not be created: {c.GetBaseException().Message}" : "") +
+            "; the run cannot go on without it"));
         Command<OperationFailed>(m => { if (m.Generation == generation) Self.Tell(new OwnerFailed("supervisor", m.Error)); });
         Command<StopAndCommit>(_ => stopRequested = true);
         Command<StepFailed>(HandleStepFailed);
@@ -92,23 +108,39 @@ public sealed class SupervisorActor : ReceivePersistentActor
         owners.Add(trainer);
         owners.Add(router);
         owners.AddRange(experts);
+        foreach (var child in owners.Append(teacher ?? ActorRefs.Nobody).Where(c => !c.IsNobody())) Context.Watch(child);
     }
 
-    /// <summary>Every failed owner is restarted (a fresh instance) and the failure is handed to the policy.</summary>
+    /// <summary>Every failed owner is restarted (a fresh instance) and the failure is handed to the policy. One that
+    /// cannot even be created is stopped: its Terminated (the supervisor watches every child) ends the run.</summary>
     protected override SupervisorStrategy SupervisorStrategy() => new NamingStrategy(this);
 
-    private sealed class NamingStrategy(SupervisorActor sup) : OneForOneStrategy(-1, -1, _ => Directive.Restart)
+    private sealed class NamingStrategy(SupervisorActor sup)
+        : OneForOneStrategy(-1, -1, e => e is ActorInitializationException ? Directive.Stop : Directive.Restart)
     {
         public override void ProcessFailure(IActorContext context, bool restart, IActorRef child, Exception cause, ChildRestartStats stats, IReadOnlyCollection<ChildRestartStats> children)
         {
-            sup.Self.Tell(new OwnerFailed(child.Path.Name, cause));
+            if (restart) sup.Self.Tell(new OwnerFailed(child.Path.Name, cause));
+            else sup.stopCauses[child.Path.Name] = cause;                            // runs on the supervisor's own thread
             base.ProcessFailure(context, restart, child, cause, stats, children);
         }
+    }
+
+    /// <summary>Ends the run with an error the engine rethrows. Nothing is lost: the last commit stays.</summary>
+    private void Fail(string why, bool commitsUsable = true)
+    {
+        if (fatal is not null) return;
+        var last = commits.LastOrDefault()?.Step;
+        fatal = new RunFailedException($"{why}. Stopping; " + (!commitsUsable ? "see the warnings above for each commit's bad file"
+            : last is null ? "nothing was committed yet" : $"the last commit ({last}) is intact: fix the cause and run again to resume from it") + ".");
+        log.Error(fatal.Message);
+        replyTo?.Tell(new Status.Failure(fatal));
     }
 
     private void HandleStart(Start m)
     {
         replyTo = Sender;
+        if (fatal is not null) { replyTo.Tell(new Status.Failure(fatal)); return; }
         end = m.Until;
         if (commits.Count == 0) Cut(0);                 // the initial state is commit 0: rollback always has a target
         else Restore();
@@ -116,6 +148,7 @@ public sealed class SupervisorActor : ReceivePersistentActor
 
     private void Next()
     {
+        if (fatal is not null) return;
         if (rejoining.Count > 0) { Rejoin(); return; }
         if (step >= end && down.Count > 0 && !stopRequested)
         {
@@ -165,6 +198,7 @@ public sealed class SupervisorActor : ReceivePersistentActor
     private void HandleStepCompleted(StepCompleted m)
     {
         if (recovering || m.Step != step) return;        // a step from an abandoned attempt
+        if (m.Step > lastFailedStep) failuresInARow = 0;  // got past the failure: the next one starts a new count
         foreach (var e in down) outages[e] = outages[e] with { rerouted = outages[e].rerouted + m.ReroutedImages };
         hooks.OnStep?.Invoke(m);
         step = m.Step + 1;
@@ -204,6 +238,14 @@ public sealed class SupervisorActor : ReceivePersistentActor
     private void HandleOwnerFailed(OwnerFailed m)
     {
         log.Warning("Owner {0} failed at step {1}: {2}", m.Owner, step, m.Error.Message);
+        if (fatal is not null) return;
+        failuresInARow++;
+        lastFailedStep = Math.Max(lastFailedStep, step);
+        if (failuresInARow >= setup.Backoff.MaxFailures)
+        {
+            Fail($"{m.Owner} failed at step {step}: {m.Error.Message}. That is failure {failuresInARow} in a row (moce.actors.max-failures = {setup.Backoff.MaxFailures})");
+            return;
+        }
         if (setup.Policy == RecoveryPolicy.ExpertLocal && !recovering && m.Owner.StartsWith("expert-", StringComparison.Ordinal))
         {
             // expert-local: only this expert goes back (to its own snapshot, on restart); training goes on without it
@@ -215,7 +257,11 @@ public sealed class SupervisorActor : ReceivePersistentActor
         failure ??= (m.Owner, m.Error.Message, step, Stopwatch.StartNew());
         generation++;                                   // replies of the failed attempt are now stale
         recovering = true;
-        Restore();
+        // backoff: a failure that keeps coming back is retried ever more slowly (the restarted owners wait for Restore)
+        var delay = setup.Backoff.Delay(failuresInARow);
+        if (delay <= TimeSpan.Zero) { Restore(); return; }
+        log.Info("Restoring in {0:F0} ms (failure {1} in a row)", delay.TotalMilliseconds, failuresInARow);
+        Timers.StartSingleTimer("restore", new RestoreAfterBackoff(generation), delay);
     }
 
     /// <summary>global-rollback: every owner restores the newest commit whose files all verify (falling back past a
@@ -228,7 +274,7 @@ public sealed class SupervisorActor : ReceivePersistentActor
             try { foreach (var r in commits[i].Manifest) setup.Store.Verify(r); target = commits[i]; }
             catch (CheckpointCorruptException e) { log.Warning("Commit {0} is unusable, falling back to the previous one: {1}", commits[i].Step, e.Message); }
         }
-        if (target is null) throw new InvalidOperationException("no committed checkpoint verifies; cannot restore");
+        if (target is null) { Fail($"no committed checkpoint of the {commits.Count} in the journal verifies; cannot restore", commitsUsable: false); return; }
         int g = generation;
         var parts = target.Manifest.ToDictionary(r => r.Owner);
         Task.WhenAll(owners.Select(o => o.Ask<Restored>(new RestoreCheckpoint(target.Step, parts[o.Path.Name]), setup.AskTimeout)))

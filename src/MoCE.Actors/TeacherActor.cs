@@ -34,6 +34,7 @@ public sealed class TeacherActor : ReceiveActor
     {
         this.setup = setup;
         setup.Threads.RegisterCurrent("moce-teacher");
+        setup.Chaos.CheckCreation(Name);
         ComputeThread.UseThreads(setup.OwnerThreads);                            // this thread's OpenMP and MKL threads
         ComputeThread.OnlyWhenIdle();                                            // prefetch fills the gaps of the critical path
         var weights = setup.Teacher ?? throw new ArgumentException("the teacher needs the dense weights (distillation is off)");

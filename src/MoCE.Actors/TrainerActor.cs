@@ -33,6 +33,7 @@ public sealed class TrainerActor : ReceiveActor
     {
         this.setup = setup;
         setup.Threads.RegisterCurrent("moce-trainer");
+        setup.Chaos.CheckCreation(Name);
         ComputeThread.UseThreads(setup.TrainerThreads);                          // this thread's OpenMP and MKL threads
         this.router = router;
         this.experts = experts;

@@ -14,7 +14,7 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     public string RunDir { get; } = Tiny.TempDir();
     public SortedDictionary<long, double> Losses { get; } = [];
 
-    public ActorContextSetup Setup(ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback)
+    public ActorContextSetup Setup(ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback, RestartBackoff? backoff = null)
     {
         using var dense = fx.Dense();
         return ActorContextSetup.FromDense("test", Tiny.Model, moe, train, Tiny.Data, fx.Data, fx.Clustering.TrainIds, MoceFixture.Clusters,
@@ -22,14 +22,15 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
         {
             Chaos = chaos ?? ChaosPlan.None,
             Policy = policy,
+            Backoff = backoff ?? RestartBackoff.Default,
             AskTimeout = TimeSpan.FromSeconds(30),
         };
     }
 
     public RunFinished Run(long until, long checkpointEvery, ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback,
-                           Action<long>? afterStep = null, CancellationToken ct = default)
+                           Action<long>? afterStep = null, CancellationToken ct = default, RestartBackoff? backoff = null)
     {
-        var setup = Setup(chaos, policy);
+        var setup = Setup(chaos, policy, backoff);
         return ActorEngine.Run(setup, RunDir, until, checkpointEvery, keep: 3, new SupervisorHooks(OnStep: m =>
         {
             lock (Losses) Losses[m.Step] = m.Stats.Loss;

@@ -72,6 +72,9 @@ public class ConfigTests
     [InlineData("actors.policy=pray", "moce.actors.policy", "expected global-rollback or expert-local")]
     [InlineData("actors.engine=gpu", "moce.actors.engine", "expected actors or local")]
     [InlineData("actors.ask-timeout=0", "moce.actors.ask-timeout", "must be positive")]
+    [InlineData("actors.max-failures=0", "moce.actors.max-failures", "must be ≥ 1")]
+    [InlineData("actors.backoff-max=0.1", "moce.actors.backoff-max", "must be ≥ moce.actors.backoff-min")]
+    [InlineData("train.collect-every=-1", "moce.train.collect-every", "must be non-negative")]
     public void Method_config_errors_name_the_key(string overrideText, string key, string problem)
     {
         var e = Fails(() => Load(overrideText));
@@ -82,8 +85,9 @@ public class ConfigTests
     [Fact]
     public void Actor_runtime_settings_bind()
     {
-        var c = Load("actors.policy=expert-local", "actors.ask-timeout=2.5", "actors.engine=local");
+        var c = Load("actors.policy=expert-local", "actors.ask-timeout=2.5", "actors.engine=local", "actors.backoff-min=0.5", "actors.max-failures=3");
         Assert.Equal(("expert-local", TimeSpan.FromSeconds(2.5), "local"), (c.RecoveryPolicy, c.AskTimeout, c.Engine));
+        Assert.Equal(new MoCE.Actors.RestartBackoff(TimeSpan.FromSeconds(0.5), TimeSpan.FromSeconds(30), 3), c.Backoff);
         Assert.Equal("actors", Load().Engine);
     }
 

@@ -32,6 +32,7 @@ public static class ActorTrain
             s.Config.Threads, s.Config.OwnerThreads)) with
         {
             AskTimeout = s.Config.AskTimeout,
+            Backoff = s.Config.Backoff,
             Policy = s.Config.RecoveryPolicy == "expert-local" ? RecoveryPolicy.ExpertLocal : RecoveryPolicy.GlobalRollback,
         };
 

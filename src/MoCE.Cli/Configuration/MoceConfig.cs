@@ -14,6 +14,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public required string Engine { get; init; }
     public required string RecoveryPolicy { get; init; }
     public required TimeSpan AskTimeout { get; init; }
+    public required MoCE.Actors.RestartBackoff Backoff { get; init; }
     public required int OwnerThreads { get; init; }
     public required EvalConfig Eval { get; init; }
     public required IReadOnlyDictionary<string, TaskConfig> Tasks { get; init; }
@@ -25,6 +26,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         "moce.pretrain.log-every", "moce.pretrain.collect-every", "moce.pretrain.steps", "moce.pretrain.checkpoint-every", "moce.pretrain.keep-checkpoints",
         "moce.moe.method", "moce.train.log-every", "moce.train.collect-every", "moce.train.checkpoint-every", "moce.train.keep-checkpoints",
         "moce.cluster.feature-batch", "moce.actors.engine", "moce.actors.policy", "moce.actors.ask-timeout", "moce.actors.owner-threads",
+        "moce.actors.backoff-min", "moce.actors.backoff-max", "moce.actors.max-failures",
     };
 
     /// <summary>Evaluation and task settings never change what was trained, so a resumed run may change them.</summary>
@@ -115,6 +117,13 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 : throw new ConfigException("moce.actors.owner-threads", "must be ≥ 0"),
             AskTimeout = TimeSpan.FromSeconds(t.Double("moce.actors.ask-timeout") > 0 ? t.Double("moce.actors.ask-timeout")
                 : throw new ConfigException("moce.actors.ask-timeout", "must be positive")),
+            Backoff = new MoCE.Actors.RestartBackoff(
+                TimeSpan.FromSeconds(t.Double("moce.actors.backoff-min") >= 0 ? t.Double("moce.actors.backoff-min")
+                    : throw new ConfigException("moce.actors.backoff-min", "must be ≥ 0")),
+                TimeSpan.FromSeconds(t.Double("moce.actors.backoff-max") >= t.Double("moce.actors.backoff-min") ? t.Double("moce.actors.backoff-max")
+                    : throw new ConfigException("moce.actors.backoff-max", "must be ≥ moce.actors.backoff-min")),
+                t.Int("moce.actors.max-failures") >= 1 ? t.Int("moce.actors.max-failures")
+                    : throw new ConfigException("moce.actors.max-failures", "must be ≥ 1")),
             Tasks = tasks,
             Eval = new EvalConfig
             {
