@@ -38,6 +38,15 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
         }), ct);
     }
 
+    /// <summary>The reference trainer over the same configuration: its loss at every step and its final weights, by
+    /// full state_dict name. What the engine must equal.</summary>
+    public Dictionary<string, Tensor> Reference(out List<double> losses)
+    {
+        using var t = fx.Trainer(moe, train);
+        losses = Enumerable.Range(0, (int)train.Steps).Select(_ => t.TrainStep().Loss).ToList();
+        return t.Model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+    }
+
     /// <summary>An owner's optimizer step count in the commit of <paramref name="step"/>.</summary>
     public long OptimizerSteps(string owner, long step)
     {

@@ -1,8 +1,6 @@
 using MoCE.Actors;
 using MoCE.Core.Config;
 using MoCE.Core.Tests;
-using MoCE.Core.Training;
-using static TorchSharp.torch;
 
 namespace MoCE.Actors.Tests;
 
@@ -10,19 +8,12 @@ public class EquivalenceTests(MoceFixture fx) : IClassFixture<MoceFixture>
 {
     private static readonly MoeConfig Moe = MoceFixture.Moe with { Layers = [0, 1] };
 
-    private Dictionary<string, Tensor> Reference(TrainConfig train, out List<double> losses)
-    {
-        using var t = fx.Trainer(Moe, train);
-        losses = Enumerable.Range(0, (int)train.Steps).Select(_ => t.TrainStep().Loss).ToList();
-        return t.Model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
-    }
-
     [Fact]
     public void Actor_engine_equals_the_reference_for_50_steps()
     {
         var train = Tiny.Train(steps: 50);
-        var expected = Reference(train, out var losses);
         var run = new ActorRun(fx, Moe, train);
+        var expected = run.Reference(out var losses);
         var done = run.Run(until: 50, checkpointEvery: 25);
         Assert.Equal(50, done.Step);
         Assert.Equal(Enumerable.Range(0, 50).Select(i => (long)i), run.Losses.Keys);
@@ -38,10 +29,8 @@ public class EquivalenceTests(MoceFixture fx) : IClassFixture<MoceFixture>
     {
         var moe = Moe with { Method = MoeMethod.TokenMoe, TopK = 2, LambdaDistill = 0, LambdaBalance = 0.01 };
         var train = Tiny.Train(steps: 20);
-        using var t = fx.Trainer(moe, train);
-        var losses = Enumerable.Range(0, 20).Select(_ => t.TrainStep().Loss).ToList();
-        var expected = t.Model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
         var run = new ActorRun(fx, moe, train);
+        var expected = run.Reference(out var losses);
         Assert.Equal(20, run.Run(until: 20, checkpointEvery: 10).Step);
         for (int s = 0; s < 20; s++) Assert.True(Math.Abs(losses[s] - run.Losses[s]) <= 1e-5, $"step {s}: reference {losses[s]}, actors {run.Losses[s]}");
         double diff = ActorRun.MaxAbsDiff(expected, run.CommittedWeights(20));
@@ -56,8 +45,8 @@ public class EquivalenceTests(MoceFixture fx) : IClassFixture<MoceFixture>
     public void Global_rollback_after_a_failure_at_step_23_of_60_equals_an_uninterrupted_run(string owner)
     {
         var train = Tiny.Train(steps: 60);
-        var expected = Reference(train, out _);
         var run = new ActorRun(fx, Moe, train);
+        var expected = run.Reference(out _);
         var chaos = new ChaosPlan().FailAt(owner, 23);
         var done = run.Run(until: 60, checkpointEvery: 10, chaos);
         Assert.Equal(60, done.Step);
