@@ -39,7 +39,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         ComputeThread.UseThreads(setup.OwnerThreads);                            // this thread's OpenMP and MKL threads
         this.expert = expert;
         setup.Threads.RegisterCurrent($"moce-expert-{expert}");
-        setup.Chaos.CheckCreation($"expert-{expert}");
+        setup.Chaos.CheckCreation(Name);
         PersistenceId = $"{setup.RunId}-{Name}";
         var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
         foreach (var b in setup.Moe.Layers)

@@ -24,9 +24,9 @@ public sealed class RouterActor : ReceiveActor
         public required Tensor Probs, Choice, Aux;
         public readonly Dictionary<int, Tensor> Outputs = [];   // expert → its output, a leaf
         public readonly Dictionary<int, Tensor> InputGrads = [];
-        public Tensor? Y;                    // Σ w_e·out_e over the first Folded plan entries (forward), the combined y when all are in
-        public Tensor? GradRows;             // Σ scatter(dL/dInput_e) over the first Folded plan entries (backward)
-        public int Folded;
+        public Tensor? Y;                    // Σ w_e·out_e over the first FoldedOutputs plan entries; y when all are in
+        public Tensor? GradRows;             // Σ scatter(dL/dInput_e) over the first FoldedGrads plan entries
+        public int FoldedOutputs, FoldedGrads;
         public int Rerouted;
     }
 
@@ -128,14 +128,13 @@ public sealed class RouterActor : ReceiveActor
         // y = Σ_e w_e · out_e, scattered back to the rows: MoeLayer.Combine's fold, each term as soon as it and the
         // terms before it (plan order, so the sum is the reference's bit for bit) are in, while slower experts compute
         p.Y ??= zeros_like(p.Rows).MoveToOuterDisposeScope();
-        for (; p.Folded < p.Plan.Count && p.Outputs.TryGetValue(p.Plan[p.Folded].Expert, out var output); p.Folded++)
+        for (; p.FoldedOutputs < p.Plan.Count && p.Outputs.TryGetValue(p.Plan[p.FoldedOutputs].Expert, out var output); p.FoldedOutputs++)
         {
-            var next = MoeLayer.CombineOne(p.Y, p.Plan[p.Folded], output).MoveToOuterDisposeScope();
+            var next = MoeLayer.CombineOne(p.Y, p.Plan[p.FoldedOutputs], output).MoveToOuterDisposeScope();
             p.Y.Dispose();                                                          // the graph keeps what backward needs
             p.Y = next;
         }
-        if (p.Folded < p.Plan.Count) return;
-        p.Folded = 0;
+        if (p.FoldedOutputs < p.Plan.Count) return;
         p.ReplyTo.Tell(new Routed(m.Step, m.Block, p.Y.reshape(p.Hidden.shape).detach().MoveToOuterDisposeScope(), p.Probs.detach().MoveToOuterDisposeScope(),
             p.Choice.alias().MoveToOuterDisposeScope(), gates[m.Block].PerToken ? 1 : p.Hidden.shape[1], p.Rerouted));
     }
@@ -175,9 +174,9 @@ public sealed class RouterActor : ReceiveActor
         using var scope = NewDisposeScope();
         // dL/dh = Σ_e scatter(dL/dInput_e) (+ the gate's path for TokenMoE), folded in plan order as the gradients arrive
         p.GradRows ??= zeros_like(p.Rows).MoveToOuterDisposeScope();
-        for (; p.Folded < p.Plan.Count && p.InputGrads.TryGetValue(p.Plan[p.Folded].Expert, out var g); p.Folded++)
-            p.GradRows.index_add_(0, p.Plan[p.Folded].Rows, g, 1.0);
-        if (p.Folded < p.Plan.Count) return;
+        for (; p.FoldedGrads < p.Plan.Count && p.InputGrads.TryGetValue(p.Plan[p.FoldedGrads].Expert, out var g); p.FoldedGrads++)
+            p.GradRows.index_add_(0, p.Plan[p.FoldedGrads].Rows, g, 1.0);
+        if (p.FoldedGrads < p.Plan.Count) return;
         var dh = p.GradRows.reshape(p.Hidden.shape);
         if (p.Hidden.grad is not null) dh = dh + p.Hidden.grad;
         p.ReplyTo.Tell(new RoutedBackward(m.Step, m.Block, dh.detach().MoveToOuterDisposeScope()));

@@ -117,13 +117,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 : throw new ConfigException("moce.actors.owner-threads", "must be ≥ 0"),
             AskTimeout = TimeSpan.FromSeconds(t.Double("moce.actors.ask-timeout") > 0 ? t.Double("moce.actors.ask-timeout")
                 : throw new ConfigException("moce.actors.ask-timeout", "must be positive")),
-            Backoff = new MoCE.Actors.RestartBackoff(
-                TimeSpan.FromSeconds(t.Double("moce.actors.backoff-min") >= 0 ? t.Double("moce.actors.backoff-min")
-                    : throw new ConfigException("moce.actors.backoff-min", "must be ≥ 0")),
-                TimeSpan.FromSeconds(t.Double("moce.actors.backoff-max") >= t.Double("moce.actors.backoff-min") ? t.Double("moce.actors.backoff-max")
-                    : throw new ConfigException("moce.actors.backoff-max", "must be ≥ moce.actors.backoff-min")),
-                t.Int("moce.actors.max-failures") >= 1 ? t.Int("moce.actors.max-failures")
-                    : throw new ConfigException("moce.actors.max-failures", "must be ≥ 1")),
+            Backoff = BackoffSection(t),
             Tasks = tasks,
             Eval = new EvalConfig
             {
@@ -142,6 +136,16 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         if (cfg.Device != "cpu" && !cfg.Device.StartsWith("cuda", StringComparison.Ordinal))
             throw new ConfigException("moce.device", $"expected \"cpu\", \"cuda\" or \"cuda:N\", got \"{cfg.Device}\"");
         return (cfg, t.KeysRead);
+    }
+
+    private static MoCE.Actors.RestartBackoff BackoffSection(HoconTree t)
+    {
+        double min = t.Double("moce.actors.backoff-min"), max = t.Double("moce.actors.backoff-max");
+        int failures = t.Int("moce.actors.max-failures");
+        if (min < 0) throw new ConfigException("moce.actors.backoff-min", "must be ≥ 0");
+        if (max < min) throw new ConfigException("moce.actors.backoff-max", "must be ≥ moce.actors.backoff-min");
+        if (failures < 1) throw new ConfigException("moce.actors.max-failures", "must be ≥ 1");
+        return new MoCE.Actors.RestartBackoff(TimeSpan.FromSeconds(min), TimeSpan.FromSeconds(max), failures);
     }
 
     private static TrainConfig TrainSection(HoconTree t, string s, long seed) => new TrainConfig
