@@ -13,8 +13,21 @@ public static class ActorEngine
 {
     public static string AkkaConfPath => Path.Combine(AppContext.BaseDirectory, "hocon", "akka.conf");
 
-    public static Config Config(string runDir)
+    /// <summary>The actor system's configuration: <paramref name="user"/> (the run's merged HOCON: `--config` files and
+    /// `-o akka.*` overrides) over hocon/akka.conf over Akka.Persistence.Sql's own defaults.</summary>
+    public static Config AkkaConfig(Config? user = null) =>
+        (user ?? Akka.Configuration.Config.Empty)
+            .WithFallback(ConfigurationFactory.ParseString(File.ReadAllText(AkkaConfPath)))
+            .WithFallback(SqlPersistence.DefaultConfiguration);
+
+    /// <summary><see cref="AkkaConfig"/> for one run: unless the user's configuration names another journal (PostgreSQL
+    /// for a cluster), the journal and snapshot store are SQLite in the run directory, journal.db, in WAL mode.</summary>
+    public static Config Config(string runDir, Config? user = null)
     {
+        var config = AkkaConfig(user);
+        if (config.GetString("akka.persistence.journal.sql.provider-name") != "SQLite.MS"
+            || !string.IsNullOrEmpty(config.GetString("akka.persistence.journal.sql.connection-string")))
+            return config;
         var db = Path.Combine(runDir, "journal.db");
         using (var c = new SqliteConnection($"Data Source={db}"))
         {
@@ -27,9 +40,7 @@ public static class ActorEngine
         return ConfigurationFactory.ParseString($"""
             akka.persistence.journal.sql.connection-string = "{conn}"
             akka.persistence.snapshot-store.sql.connection-string = "{conn}"
-            """)
-            .WithFallback(ConfigurationFactory.ParseString(File.ReadAllText(AkkaConfPath)))
-            .WithFallback(SqlPersistence.DefaultConfiguration);
+            """).WithFallback(config);
     }
 
     /// <summary>Trains until <paramref name="until"/>, calling <paramref name="onStep"/> for each completed step.

@@ -17,7 +17,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 {
     public ITimerScheduler Timers { get; set; } = null!;
 
-    public sealed record ExpertSnapshot(long Step, CheckpointRef Ref);
+    public sealed record ExpertSnapshot(long Step, CheckpointRef Ref) : IStepMessage;
 
     private readonly ActorContextSetup setup;
     private readonly int expert;

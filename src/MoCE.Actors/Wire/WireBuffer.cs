@@ -1,0 +1,76 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Text;
+
+namespace MoCE.Actors.Wire;
+
+/// <summary>A frame that cannot be read: bad magic or version, a length that lies, a checksum that does not match,
+/// truncation. The message is dropped (Akka's endpoint reader logs it and the association stays up), and the step
+/// it belonged to goes to recovery through the sender's timeout.</summary>
+public sealed class WireFormatException(string message) : System.Runtime.Serialization.SerializationException(message);
+
+/// <summary>Little-endian writer of wire frames into a growing buffer.</summary>
+public sealed class WireWriter
+{
+    private readonly ArrayBufferWriter<byte> buffer;
+
+    public WireWriter(int capacity = 256) => buffer = new ArrayBufferWriter<byte>(Math.Max(16, capacity));
+
+    public void U8(byte v) { buffer.GetSpan(1)[0] = v; buffer.Advance(1); }
+    public void Put(ReadOnlySpan<byte> bytes) { bytes.CopyTo(buffer.GetSpan(bytes.Length)); buffer.Advance(bytes.Length); }
+    public void U32(uint v) { BinaryPrimitives.WriteUInt32LittleEndian(buffer.GetSpan(4), v); buffer.Advance(4); }
+    public void I32(int v) { BinaryPrimitives.WriteInt32LittleEndian(buffer.GetSpan(4), v); buffer.Advance(4); }
+    public void I64(long v) { BinaryPrimitives.WriteInt64LittleEndian(buffer.GetSpan(8), v); buffer.Advance(8); }
+    public void F64(double v) { BinaryPrimitives.WriteDoubleLittleEndian(buffer.GetSpan(8), v); buffer.Advance(8); }
+    public void Str(string s)
+    {
+        var n = Encoding.UTF8.GetByteCount(s);
+        U32((uint)n);
+        Encoding.UTF8.GetBytes(s, buffer.GetSpan(n));
+        buffer.Advance(n);
+    }
+    /// <summary>Reserves <paramref name="n"/> bytes and returns them to fill in place (a tensor's payload).</summary>
+    public Span<byte> Reserve(int n) { var s = buffer.GetSpan(n)[..n]; buffer.Advance(n); return s; }
+
+    public byte[] ToArray() => buffer.WrittenSpan.ToArray();
+}
+
+/// <summary>Little-endian reader of wire frames. Every read checks the bytes are there; any lie in the frame
+/// becomes a <see cref="WireFormatException"/> that names what was being read.</summary>
+public ref struct WireReader(ReadOnlySpan<byte> data, string what)
+{
+    private readonly ReadOnlySpan<byte> data = data;
+    private readonly string what = what;
+    public int Position { get; private set; }
+    public readonly int Remaining => data.Length - Position;
+    public readonly bool AtEnd => Position == data.Length;
+
+    public readonly WireFormatException Bad(string why) => new($"{what}: {why} (at byte {Position} of {data.Length})");
+
+    public ReadOnlySpan<byte> Bytes(long n)
+    {
+        if (n < 0 || n > Remaining) throw Bad($"truncated: {n} bytes wanted, {Remaining} left");
+        var s = data.Slice(Position, (int)n);
+        Position += (int)n;
+        return s;
+    }
+    public byte U8() => Bytes(1)[0];
+    public uint U32() => BinaryPrimitives.ReadUInt32LittleEndian(Bytes(4));
+    public int I32() => BinaryPrimitives.ReadInt32LittleEndian(Bytes(4));
+    public long I64() => BinaryPrimitives.ReadInt64LittleEndian(Bytes(8));
+    public double F64() => BinaryPrimitives.ReadDoubleLittleEndian(Bytes(8));
+    public string Str()
+    {
+        uint n = U32();
+        try { return new UTF8Encoding(false, throwOnInvalidBytes: true).GetString(Bytes(n)); }
+        catch (DecoderFallbackException) { throw Bad("a string is not valid UTF-8"); }
+    }
+    /// <summary>A count of items that each take at least <paramref name="minBytes"/>: a count the frame cannot hold is a lie.</summary>
+    public int Count(int minBytes)
+    {
+        uint n = U32();
+        if (n > (uint)(Remaining / Math.Max(1, minBytes))) throw Bad($"a count of {n} does not fit in the {Remaining} bytes left");
+        return (int)n;
+    }
+    public readonly void End() { if (!AtEnd) throw Bad($"{Remaining} trailing bytes"); }
+}

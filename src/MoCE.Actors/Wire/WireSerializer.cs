@@ -1,0 +1,211 @@
+using Akka.Actor;
+using Akka.Serialization;
+using MoCE.Actors.Messages;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Training;
+using TorchSharp;
+
+namespace MoCE.Actors.Wire;
+
+/// <summary>The serializer of every MoCE message and journal event (hocon/akka.conf binds them by type). A message
+/// is named by a stable manifest (its record name, never a CLR type name) and its body starts with a format
+/// version byte, so a later build can still read what an earlier one wrote: a new version adds a reader here and
+/// keeps the old ones. Tensors inside a body are <see cref="TensorFrame"/>s.
+///
+/// Ownership: a tensor in a message belongs to whoever holds the message; once the message is serialized for a
+/// remote receiver the sender's handle is useless, so this serializer disposes the message's tensors after writing
+/// them. Locally, messages never pass through here and tensors travel by reference.</summary>
+public sealed class WireSerializer : SerializerWithStringManifest
+{
+    public const int Id = 4711;
+    /// <summary>Body format version written by this build.</summary>
+    public const byte BodyVersion = 1;
+
+    private delegate object ReadBody(ref WireReader r, byte version);
+    private readonly Dictionary<Type, (string manifest, Action<WireWriter, object> write)> writers = [];
+    private readonly Dictionary<string, ReadBody> readers = [];
+    private readonly WireEncoding encoding;
+
+    public override int Identifier => Id;
+
+    public WireSerializer(ExtendedActorSystem system) : this(system, Encoding(system)) { }
+
+    public WireSerializer(ExtendedActorSystem system, WireEncoding encoding) : base(system)
+    {
+        this.encoding = encoding;
+        // owner protocol (every owner: trainer, router, experts)
+        Add<GetSquaredGradNorm>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new GetSquaredGradNorm(r.I64()));
+        Add<SquaredGradNormResponse>((w, m) => { w.I64(m.Step); w.Str(m.Owner); w.F64(m.Value); },
+            (ref WireReader r, byte _) => new SquaredGradNormResponse(r.I64(), r.Str(), r.F64()));
+        Add<Apply>((w, m) => { w.I64(m.Step); w.F64(m.Lr); w.F64(m.ClipScale); }, (ref WireReader r, byte _) => new Apply(r.I64(), r.F64(), r.F64()));
+        Add<StepApplied>((w, m) => { w.I64(m.Step); w.Str(m.Owner); }, (ref WireReader r, byte _) => new StepApplied(r.I64(), r.Str()));
+        Add<Checkpoint>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new Checkpoint(r.I64()));
+        Add<CheckpointWritten>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new CheckpointWritten(r.I64(), Ref(ref r)));
+        Add<RestoreCheckpoint>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new RestoreCheckpoint(r.I64(), Ref(ref r)));
+        Add<Restored>((w, m) => { w.I64(m.Step); w.Str(m.Owner); }, (ref WireReader r, byte _) => new Restored(r.I64(), r.Str()));
+        Add<AbortStep>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new AbortStep(r.I64()));
+        Add<StepAborted>((w, m) => { w.I64(m.Step); w.Str(m.Owner); }, (ref WireReader r, byte _) => new StepAborted(r.I64(), r.Str()));
+
+        // router ↔ expert (the data plane)
+        Add<ExpertForward>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.I32(m.Block); Tensor(w, m.Input); },
+            (ref WireReader r, byte _) => new ExpertForward(r.I64(), r.I32(), r.I32(), TensorFrame.Read(ref r)));
+        Add<ExpertOutput>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.I32(m.Block); w.I32(m.Expert); Tensor(w, m.Output); },
+            (ref WireReader r, byte _) => new ExpertOutput(r.I64(), r.I32(), r.I32(), r.I32(), TensorFrame.Read(ref r)));
+        Add<ExpertBackward>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.I32(m.Block); Tensor(w, m.GradOutput); },
+            (ref WireReader r, byte _) => new ExpertBackward(r.I64(), r.I32(), r.I32(), TensorFrame.Read(ref r)));
+        Add<ExpertInputGrad>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.I32(m.Block); w.I32(m.Expert); Tensor(w, m.GradInput); },
+            (ref WireReader r, byte _) => new ExpertInputGrad(r.I64(), r.I32(), r.I32(), r.I32(), TensorFrame.Read(ref r)));
+
+        // trainer ↔ router
+        Add<Route>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.I32(m.Block); Tensor(w, m.Hidden); Tensor(w, m.ClusterIds); Ints(w, m.Down); },
+            (ref WireReader r, byte _) => new Route(r.I64(), r.I32(), r.I32(), TensorFrame.Read(ref r), TensorFrame.Read(ref r), Ints(ref r)));
+        Add<Routed>((w, m) => { w.I64(m.Step); w.I32(m.Block); Tensor(w, m.Output); Tensor(w, m.Probs); Tensor(w, m.Choice); w.I64(m.TokensPerRow); w.I32(m.ReroutedRows); },
+            (ref WireReader r, byte _) => new Routed(r.I64(), r.I32(), TensorFrame.Read(ref r), TensorFrame.Read(ref r), TensorFrame.Read(ref r), r.I64(), r.I32()));
+        Add<RouteBackward>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.I32(m.Block); Tensor(w, m.GradOutput); },
+            (ref WireReader r, byte _) => new RouteBackward(r.I64(), r.I32(), r.I32(), TensorFrame.Read(ref r)));
+        Add<RoutedBackward>((w, m) => { w.I64(m.Step); w.I32(m.Block); Tensor(w, m.GradHidden); },
+            (ref WireReader r, byte _) => new RoutedBackward(r.I64(), r.I32(), TensorFrame.Read(ref r)));
+
+        // trainer ↔ teacher
+        Add<Prefetch>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new Prefetch(r.I64()));
+        Add<GetTarget>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new GetTarget(r.I64()));
+        Add<Target>((w, m) => { w.I64(m.Step); Tensor(w, m.Latent); }, (ref WireReader r, byte _) => new Target(r.I64(), TensorFrame.Read(ref r)));
+
+        // supervisor ↔ trainer, experts, the engine
+        Add<TrainStep>((w, m) => { w.I64(m.Step); w.I32(m.Generation); Ints(w, m.Down); }, (ref WireReader r, byte _) => new TrainStep(r.I64(), r.I32(), Ints(ref r)));
+        Add<StepCompleted>((w, m) =>
+        {
+            w.I64(m.Step); Stats(w, m.Stats); w.I32(m.ReroutedImages);
+            w.U32((uint)m.Routing.Count);
+            foreach (var e in m.Routing) { w.I32(e.Block); w.I32(e.Expert); w.I64(e.Tokens); w.F64(e.LossShare); w.F64(e.GateEntropy); }
+        }, (ref WireReader r, byte _) =>
+        {
+            long step = r.I64();
+            var stats = Stats(ref r);
+            int rerouted = r.I32();
+            var routing = new ExpertStat[r.Count(32)];
+            for (int i = 0; i < routing.Length; i++) routing[i] = new ExpertStat(r.I32(), r.I32(), r.I64(), r.F64(), r.F64());
+            return new StepCompleted(step, stats, routing, rerouted);
+        });
+        Add<StepFailed>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.Str(m.Error); }, (ref WireReader r, byte _) => new StepFailed(r.I64(), r.I32(), r.Str()));
+        Add<ExpertRecovered>((w, m) => { w.I64(m.Step); w.I32(m.Expert); }, (ref WireReader r, byte _) => new ExpertRecovered(r.I64(), r.I32()));
+        Add<GetRunStatus>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new GetRunStatus(r.I64()));
+        Add<RunStatusResponse>((w, m) => { w.I64(m.Step); w.I64(m.CommittedStep); Recoveries(w, m.Recoveries); },
+            (ref WireReader r, byte _) => new RunStatusResponse(r.I64(), r.I64(), Recoveries(ref r)));
+        Add<RunFinished>((w, m) => { w.I64(m.Step); Recoveries(w, m.Recoveries); }, (ref WireReader r, byte _) => new RunFinished(r.I64(), Recoveries(ref r)));
+        Add<SupervisorActor.Start>((w, m) => w.I64(m.Until), (ref WireReader r, byte _) => new SupervisorActor.Start(r.I64()));
+        Add<SupervisorActor.StopAndCommit>((_, _) => { }, (ref WireReader _, byte _) => new SupervisorActor.StopAndCommit());
+
+        // journal events and snapshots
+        Add<CheckpointCommitted>((w, m) =>
+        {
+            w.I64(m.Step);
+            w.U32((uint)m.Manifest.Count);
+            foreach (var p in m.Manifest) Ref(w, p);
+        }, (ref WireReader r, byte _) =>
+        {
+            long step = r.I64();
+            var parts = new CheckpointRef[r.Count(20)];
+            for (int i = 0; i < parts.Length; i++) parts[i] = Ref(ref r);
+            return new CheckpointCommitted(step, parts);
+        });
+        Add<RecoveryRecord>(Recovery, (ref WireReader r, byte _) => Recovery(ref r));
+        Add<ExpertActor.ExpertSnapshot>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new ExpertActor.ExpertSnapshot(r.I64(), Ref(ref r)));
+    }
+
+    private static WireEncoding Encoding(ExtendedActorSystem system)
+    {
+        var name = system.Settings.Config.GetString("moce.wire.tensor-encoding", "fp32");
+        return name switch
+        {
+            "fp32" => WireEncoding.Raw,
+            "bf16" => WireEncoding.Bf16,
+            _ => throw new Akka.Configuration.ConfigurationException($"moce.wire.tensor-encoding: expected fp32 or bf16, got '{name}'"),
+        };
+    }
+
+    private void Add<T>(Action<WireWriter, T> write, ReadBody read)
+    {
+        var manifest = typeof(T).Name;
+        writers.Add(typeof(T), (manifest, (w, o) => write(w, (T)o)));
+        readers.Add(manifest, read);
+    }
+
+    /// <summary>The types this serializer carries (hocon/akka.conf must bind each of them).</summary>
+    public IEnumerable<Type> Types => writers.Keys;
+
+    public override string Manifest(object o) =>
+        writers.TryGetValue(o.GetType(), out var x) ? x.manifest : throw new ArgumentException($"{o.GetType()} has no wire format");
+
+    public override byte[] ToBinary(object obj)
+    {
+        if (!writers.TryGetValue(obj.GetType(), out var x)) throw new ArgumentException($"{obj.GetType()} has no wire format");
+        var w = new WireWriter();
+        w.U8(BodyVersion);
+        x.write(w, obj);
+        return w.ToArray();
+    }
+
+    public override object FromBinary(byte[] bytes, string manifest)
+    {
+        if (!readers.TryGetValue(manifest, out var read)) throw new WireFormatException($"unknown wire manifest '{manifest}'");
+        var r = new WireReader(bytes, manifest);
+        byte version = r.U8();
+        if (version is 0 or > BodyVersion) throw r.Bad($"body version {version} is not supported (this build reads 1..{BodyVersion})");
+        var message = read(ref r, version);
+        try { r.End(); }
+        catch { DisposeTensors(message); throw; }
+        return message;
+    }
+
+    /// <summary>Writes a message's tensor and, the message having left this process, disposes it.</summary>
+    private void Tensor(WireWriter w, torch.Tensor t)
+    {
+        TensorFrame.Write(w, t, encoding);
+        t.Dispose();
+    }
+
+    private static void DisposeTensors(object message)
+    {
+        foreach (var p in message.GetType().GetProperties().Where(p => p.PropertyType == typeof(torch.Tensor)))
+            (p.GetValue(message) as torch.Tensor)?.Dispose();
+    }
+
+    private static void Ref(WireWriter w, CheckpointRef r) { w.Str(r.Owner); w.I64(r.Step); w.Str(r.File); w.Str(r.Sha256); }
+    private static CheckpointRef Ref(ref WireReader r) => new(r.Str(), r.I64(), r.Str(), r.Str());
+
+    private static void Ints(WireWriter w, IReadOnlySet<int> set)
+    {
+        w.U32((uint)set.Count);
+        foreach (var i in set.Order()) w.I32(i);
+    }
+    private static HashSet<int> Ints(ref WireReader r)
+    {
+        var set = new HashSet<int>();
+        for (int i = r.Count(4); i > 0; i--) set.Add(r.I32());
+        return set;
+    }
+
+    private static void Stats(WireWriter w, StepStats s) { w.I64(s.Step); w.F64(s.Loss); w.F64(s.Lr); w.F64(s.GradNorm); w.I32(s.Images); }
+    private static StepStats Stats(ref WireReader r) => new(r.I64(), r.F64(), r.F64(), r.F64(), r.I32());
+
+    private static void Recovery(WireWriter w, RecoveryRecord m)
+    {
+        w.I64(m.Step); w.Str(m.Owner); w.Str(m.Policy); w.Str(m.Error); w.I64(m.RestoredStep); w.I64(m.StepsReplayed);
+        w.F64(m.DetectionToRecoveredMs); w.I32(m.ReroutedImages); w.I64(m.StepsMissed);
+    }
+    private static RecoveryRecord Recovery(ref WireReader r) =>
+        new(r.I64(), r.Str(), r.Str(), r.Str(), r.I64(), r.I64(), r.F64(), r.I32(), r.I64());
+
+    private static void Recoveries(WireWriter w, IReadOnlyList<RecoveryRecord> list)
+    {
+        w.U32((uint)list.Count);
+        foreach (var x in list) Recovery(w, x);
+    }
+    private static RecoveryRecord[] Recoveries(ref WireReader r)
+    {
+        var list = new RecoveryRecord[r.Count(60)];
+        for (int i = 0; i < list.Length; i++) list[i] = Recovery(ref r);
+        return list;
+    }
+}
