@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Builds the solution and runs every test project, then prints one summary line:
 #   "Tests: N passed, N failed, N skipped"
-# Needs only the .NET 10 SDK; tests use the Fashion-MNIST sample committed in data/.
+# Needs only the .NET 10 SDK; tests use the Fashion-MNIST sample committed in data/. The PostgreSQL tests get a real
+# server: build/postgres.sh installs Debian's postgresql if missing (root or sudo), starts it and makes a role and a
+# database, whose connection string reaches the tests as $MOCE_POSTGRES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ -z "${MOCE_POSTGRES:-}" ]; then
+  MOCE_POSTGRES=$(MOCE_PG_DB=moce_test bash build/postgres.sh)
+  export MOCE_POSTGRES
+fi
 
 results=$(mktemp -d)
 trap 'rm -rf "$results"' EXIT

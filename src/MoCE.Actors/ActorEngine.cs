@@ -25,8 +25,10 @@ public static class ActorEngine
     public static Config Config(string runDir, Config? user = null)
     {
         var config = AkkaConfig(user);
-        if (config.GetString("akka.persistence.journal.sql.provider-name") != "SQLite.MS"
-            || !string.IsNullOrEmpty(config.GetString("akka.persistence.journal.sql.connection-string")))
+        var provider = config.GetString("akka.persistence.journal.sql.provider-name");
+        if (provider.StartsWith("PostgreSQL", StringComparison.Ordinal))
+            return WithConnectionString(config, Environment.GetEnvironmentVariable(PostgresVariable) ?? "", PostgresVariable);
+        if (provider != "SQLite.MS" || !string.IsNullOrEmpty(config.GetString("akka.persistence.journal.sql.connection-string")))
             return config;
         var db = Path.Combine(runDir, "journal.db");
         using (var c = new SqliteConnection($"Data Source={db}"))
@@ -43,12 +45,30 @@ public static class ActorEngine
             """).WithFallback(config);
     }
 
+    /// <summary>Where a PostgreSQL journal's connection string comes from when the configuration leaves it empty.</summary>
+    public const string PostgresVariable = "MOCE_POSTGRES";
+
+    /// <summary>Fills empty journal and snapshot-store connection strings from <paramref name="fallback"/>; with neither,
+    /// a clear error (never the string itself: it may hold a password).</summary>
+    private static Config WithConnectionString(Config config, string fallback, string source)
+    {
+        foreach (var store in new[] { "journal", "snapshot-store" })
+        {
+            var key = $"akka.persistence.{store}.sql.connection-string";
+            if (!string.IsNullOrEmpty(config.GetString(key))) continue;
+            if (fallback.Length == 0)
+                throw new ArgumentException($"{key} is empty and ${source} is not set: give the PostgreSQL connection string in one of them (bash build/postgres.sh prints one)");
+            config = ConfigurationFactory.ParseString($"{key} = {System.Text.Json.JsonSerializer.Serialize(fallback)}").WithFallback(config);
+        }
+        return config;
+    }
+
     /// <summary>Trains until <paramref name="until"/>, calling <paramref name="onStep"/> for each completed step.
     /// Cancelling commits a checkpoint at the current step first.</summary>
     public static RunFinished Run(ActorContextSetup setup, string runDir, long until, long checkpointEvery, int keep,
-                                  SupervisorHooks hooks, CancellationToken ct = default)
+                                  SupervisorHooks hooks, CancellationToken ct = default, Config? akka = null)
     {
-        using var system = ActorSystem.Create("moce", Config(runDir));
+        using var system = ActorSystem.Create("moce", Config(runDir, akka));
         try
         {
             var supervisor = system.ActorOf(SupervisorActor.Props(setup, hooks, checkpointEvery, keep), "supervisor");

@@ -11,13 +11,17 @@ namespace MoCE.Actors.Tests;
 /// <summary>Runs the actor engine on the fixture's dense MAE and clustering, and the reference trainer for comparison.</summary>
 public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
 {
-    public string RunDir { get; } = Tiny.TempDir();
+    public string RunDir { get; init; } = Tiny.TempDir();
+    /// <summary>The run's id, in every persistence id: unique, so that runs sharing a journal (PostgreSQL) never collide.</summary>
+    public string RunId { get; init; } = "test-" + Guid.NewGuid().ToString("N")[..12];
+    /// <summary>The actor system's configuration over hocon/akka.conf (e.g. the PostgreSQL journal); null: SQLite in RunDir.</summary>
+    public Akka.Configuration.Config? Akka { get; init; }
     public SortedDictionary<long, double> Losses { get; } = [];
 
     public ActorContextSetup Setup(ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback, RestartBackoff? backoff = null)
     {
         using var dense = fx.Dense();
-        return ActorContextSetup.FromDense("test", Tiny.Model, moe, train, Tiny.Data, fx.Data, fx.Clustering.TrainIds, MoceFixture.Clusters,
+        return ActorContextSetup.FromDense(RunId, Tiny.Model, moe, train, Tiny.Data, fx.Data, fx.Clustering.TrainIds, MoceFixture.Clusters,
             TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(RunDir, "checkpoints")), CPU, trainerThreads: 0) with
         {
             Chaos = chaos ?? ChaosPlan.None,
@@ -35,7 +39,7 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
         {
             lock (Losses) Losses[m.Step] = m.Stats.Loss;
             afterStep?.Invoke(m.Step);
-        }), ct);
+        }), ct, Akka);
     }
 
     /// <summary>The reference trainer over the same configuration: its loss at every step and its final weights, by
