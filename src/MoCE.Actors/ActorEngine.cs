@@ -57,7 +57,7 @@ public static class ActorEngine
             var key = $"akka.persistence.{store}.sql.connection-string";
             if (!string.IsNullOrEmpty(config.GetString(key))) continue;
             if (fallback.Length == 0)
-                throw new ArgumentException($"{key} is empty and ${source} is not set: give the PostgreSQL connection string in one of them (bash build/postgres.sh prints one)");
+                throw new MoCE.Core.Config.ConfigException(key, $"is empty and ${source} is not set: give the PostgreSQL connection string in one of them (bash build/postgres.sh prints one)");
             config = ConfigurationFactory.ParseString($"{key} = {System.Text.Json.JsonSerializer.Serialize(fallback)}").WithFallback(config);
         }
         return config;

@@ -16,11 +16,24 @@ public sealed class RunDirectory
     public string LogPath => Path.Combine(Root, "logs", "moce.log");
     public string Phase(string name) => Directory.CreateDirectory(Path.Combine(Root, name)).FullName;
 
+    /// <summary>The run's id, part of every persistence id of its actors, so one shared journal (PostgreSQL) holds many
+    /// runs without collisions. Made when the run is created and kept in run.id. A run created before run ids existed
+    /// keeps the empty id, so the persistence ids in its journal stay what they were and it still resumes.</summary>
+    public string Id { get; }
+
     public RunDirectory(string root)
     {
         Root = Path.GetFullPath(root);
+        bool existing = File.Exists(ConfigPath);
         Directory.CreateDirectory(Path.Combine(Root, "logs"));
+        var idPath = Path.Combine(Root, "run.id");
+        if (!File.Exists(idPath)) File.WriteAllText(idPath, existing ? "" : Guid.NewGuid().ToString("N")[..12]);
+        Id = File.ReadAllText(idPath).Trim();
     }
+
+    /// <summary>The persistence-id prefix of one phase's actors: "{run id}-{phase}", or just the phase for a run
+    /// made before run ids existed.</summary>
+    public string ActorRunId(string phase) => Id.Length == 0 ? phase : $"{Id}-{phase}";
 
     /// <summary>Records the config of a new run, or checks a resumed run's config against it.</summary>
     public bool AdoptConfig(Config resolved, ILogger log)

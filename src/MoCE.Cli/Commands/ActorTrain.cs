@@ -27,7 +27,7 @@ public static class ActorTrain
         var train = s.Config.Train;
         var store = new CheckpointStore(Path.Combine(dir, "checkpoints"));
         // upcycling computes: on a thread of its own, so that this thread (which hosts the engine) holds no OpenMP pool
-        var setup = ComputeThread.Run("actor-setup", s.Config.Threads, () => ActorContextSetup.FromDense($"{MoceConfig.MethodName(moe.Method)}-{denseSha[..16]}",
+        var setup = ComputeThread.Run("actor-setup", s.Config.Threads, () => ActorContextSetup.FromDense(s.Run.ActorRunId($"{MoceConfig.MethodName(moe.Method)}-{denseSha[..16]}"),
             s.Config.Model, moe, train, s.Config.Data, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), store, s.Device,
             s.Config.Threads, s.Config.OwnerThreads)) with
         {
@@ -80,7 +80,7 @@ public static class ActorTrain
                     recoveries.Add(r);
                     File.WriteAllText(Path.Combine(dir, "recoveries.json"), JsonSerializer.Serialize(recoveries, new JsonSerializerOptions { WriteIndented = true }));
                 });
-            var finished = ActorEngine.Run(setup, dir, train.Steps, train.CheckpointEvery, train.KeepCheckpoints, hooks, ct);
+            var finished = ActorEngine.Run(setup, dir, train.Steps, train.CheckpointEvery, train.KeepCheckpoints, hooks, ct, akka: s.Config.Hocon);
             ct.ThrowIfCancellationRequested();
             Log.Information("Actor engine finished at step {Step}; {Recoveries} recoveries in this run's history", finished.Step, finished.Recoveries.Count);
         }

@@ -16,6 +16,9 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public required TimeSpan AskTimeout { get; init; }
     public required MoCE.Actors.RestartBackoff Backoff { get; init; }
     public required int OwnerThreads { get; init; }
+    /// <summary>How tensors cross a node: "fp32" (exact) or "bf16" (half the bytes). The wire serializer reads it from
+    /// the actor system's configuration, which is this run's merged HOCON.</summary>
+    public required string WireEncoding { get; init; }
     public required EvalConfig Eval { get; init; }
     public required IReadOnlyDictionary<string, TaskConfig> Tasks { get; init; }
 
@@ -118,6 +121,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             AskTimeout = TimeSpan.FromSeconds(t.Double("moce.actors.ask-timeout") > 0 ? t.Double("moce.actors.ask-timeout")
                 : throw new ConfigException("moce.actors.ask-timeout", "must be positive")),
             Backoff = BackoffSection(t),
+            WireEncoding = t.String("moce.wire.tensor-encoding") is "fp32" or "bf16" ? t.String("moce.wire.tensor-encoding")
+                : throw new ConfigException("moce.wire.tensor-encoding", $"expected fp32 or bf16, got '{t.String("moce.wire.tensor-encoding")}'"),
             Tasks = tasks,
             Eval = new EvalConfig
             {

@@ -1,0 +1,48 @@
+using Npgsql;
+using static MoCE.Cli.Tests.PretrainProcessTests;
+
+namespace MoCE.Cli.Tests;
+
+/// <summary>`--config` files and `-o akka.*` reach the actor system of the real `moce train`: the PostgreSQL journal
+/// preset moves the run's journal into the database, under the run's own persistence ids.</summary>
+public class AkkaConfigProcessTests
+{
+    private static readonly string[] Baby =
+    [
+        .. MoCE.Cli.Tests.Baby.Model,
+        "-o", "pretrain.steps=10", "-o", "pretrain.batch-size=32", "-o", "train.batch-size=16",
+        "-o", "train.steps=20", "-o", "train.checkpoint-every=10", "-o", "train.log-every=10",
+    ];
+
+    private static string Postgres => Environment.GetEnvironmentVariable("MOCE_POSTGRES")
+        ?? throw new InvalidOperationException("$MOCE_POSTGRES is not set: run build/test.sh, which starts PostgreSQL");
+
+    [Fact]
+    public void The_postgres_preset_and_akka_overrides_reach_the_actor_system()
+    {
+        var run = Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N"));
+        var (code, output) = Moce(["pretrain", "--run", run, .. Baby]);
+        Assert.True(code == 0, output);
+        (code, output) = Moce(["cluster", "--run", run, .. Baby]);
+        Assert.True(code == 0, output);
+
+        // an akka override reaches the system: an unknown journal provider fails the run
+        (code, output) = Moce(["train", "--run", run, .. Baby, "-o", "akka.persistence.journal.sql.provider-name=NoSuchDatabase"]);
+        Assert.NotEqual(0, code);
+
+        var preset = Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf");
+        (code, output) = Moce(["train", "--run", run, "--config", preset, .. Baby]);
+        Assert.True(code == 0, output);
+        Assert.False(File.Exists(Path.Combine(run, "train-moce", "journal.db")));
+        Assert.DoesNotContain("Password=", output);                              // the connection string is never logged
+        Assert.DoesNotContain("Password=", File.ReadAllText(Path.Combine(run, "logs", "moce.log")));
+
+        var runId = File.ReadAllText(Path.Combine(run, "run.id")).Trim();
+        Assert.Matches("^[0-9a-f]{12}$", runId);
+        using var c = new NpgsqlConnection(Postgres);
+        c.Open();
+        using var cmd = new NpgsqlCommand("SELECT count(*) FROM journal WHERE persistence_id LIKE @p AND manifest = 'CheckpointCommitted'", c);
+        cmd.Parameters.AddWithValue("p", $"{runId}-moce-%-supervisor");
+        Assert.Equal(3L, (long)cmd.ExecuteScalar()!);                            // commits 0, 10 and 20
+    }
+}
