@@ -37,6 +37,10 @@ public class AkkaConfigProcessTests
         Assert.DoesNotContain("Password=", output);                              // the connection string is never logged
         Assert.DoesNotContain("Password=", File.ReadAllText(Path.Combine(run, "logs", "moce.log")));
 
+        (code, output) = Moce(["status", run]);
+        Assert.True(code == 0, output);
+        Assert.Contains("train-moce (actors): committed step 20", output);     // no journal.db, still the actor engine's run
+
         var runId = File.ReadAllText(Path.Combine(run, "run.id")).Trim();
         Assert.Matches("^[0-9a-f]{12}$", runId);
         using var c = new NpgsqlConnection(Postgres);

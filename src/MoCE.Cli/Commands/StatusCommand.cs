@@ -28,7 +28,8 @@ public static class StatusCommand
             var store = new CheckpointStore(ckpt);
             var commits = new CommitLog(store).Commits;
             var last = commits[^1];
-            string engine = File.Exists(Path.Combine(dir, "journal.db")) ? "actors" : "local";
+            // the actor engine commits one part per owner (its journal may be the run's SQLite file or PostgreSQL)
+            string engine = last.Parts.Any(p => p.Owner == MoCE.Actors.RouterActor.Name) ? "actors" : "local";
             Console.WriteLine($"  {phase} ({engine}): committed step {last.Step} at {last.CommittedUtc:u}; {commits.Count} commits kept ({string.Join(", ", commits.Select(c => c.Step))})");
             foreach (var part in last.Parts.OrderBy(p => p.Owner, StringComparer.Ordinal))
             {
