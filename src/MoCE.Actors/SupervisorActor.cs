@@ -43,8 +43,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private readonly long checkpointEvery;
     private readonly int keep;
     private readonly ILoggingAdapter log = Context.GetLogger();
-    private readonly List<CheckpointCommitted> commits = [];
-    private readonly List<RecoveryRecord> recoveries = [];
+    private readonly SupervisorState state;
     private readonly List<IActorRef> owners = [];
     private IActorRef trainer = ActorRefs.Nobody;
     private IActorRef? replyTo;
@@ -52,10 +51,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private int generation;
     private bool recovering, stopRequested, waitingForExperts;
     private (string owner, string error, long step, Stopwatch clock)? failure;
-    // failures in a row (no step completed past the last failed one since), for the backoff; a run that cannot go on
-    private int failuresInARow;
-    private long lastFailedStep = -1;
-    private RunFailedException? fatal;
+    private RunFailedException? fatal;                  // a run that cannot go on
     private readonly Dictionary<string, Exception> stopCauses = [];
     // expert-local: experts recovering (no rows, no updates), those ready to rejoin, and what their downtime cost
     private readonly HashSet<int> down = [];
@@ -74,9 +70,10 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         this.checkpointEvery = checkpointEvery;
         this.keep = keep;
         PersistenceId = $"{setup.RunId}-supervisor";
+        state = new SupervisorState(setup.Policy, setup.Backoff);
 
-        Recover<CheckpointCommitted>(e => commits.Add(e));
-        Recover<RecoveryRecord>(e => recoveries.Add(e));
+        Recover<CheckpointCommitted>(state.Apply);
+        Recover<RecoveryRecord>(state.Apply);
         Command<Start>(HandleStart);
         Command<StepCompleted>(HandleStepCompleted);
         Command<CutDone>(HandleCutDone);
@@ -95,7 +92,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             rejoining[m.Expert] = m.Step;
             if (waitingForExperts) { waitingForExperts = false; Next(); }
         });
-        Command<GetRunStatus>(m => Sender.Tell(new RunStatusResponse(step, commits.LastOrDefault()?.Step ?? -1, recoveries)));
+        Command<GetRunStatus>(m => Sender.Tell(new RunStatusResponse(step, state.LastCommit?.Step ?? -1, state.Recoveries)));
     }
 
     protected override void PreStart()
@@ -130,7 +127,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private void Fail(string why, bool commitsUsable = true)
     {
         if (fatal is not null) return;
-        var last = commits.LastOrDefault()?.Step;
+        var last = state.LastCommit?.Step;
         fatal = new RunFailedException($"{why}. Stopping; " + (!commitsUsable ? "see the warnings above for each commit's bad file"
             : last is null ? "nothing was committed yet" : $"the last commit ({last}) is intact: fix the cause and run again to resume from it") + ".");
         log.Error(fatal.Message);
@@ -142,7 +139,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         replyTo = Sender;
         if (fatal is not null) { replyTo.Tell(new Status.Failure(fatal)); return; }
         end = m.Until;
-        if (commits.Count == 0) Cut(0);                 // the initial state is commit 0: rollback always has a target
+        if (state.LastCommit is null) Cut(0);                 // the initial state is commit 0: rollback always has a target
         else Restore();
     }
 
@@ -157,8 +154,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             waitingForExperts = true;
             return;
         }
-        if (stopRequested && commits.LastOrDefault()?.Step != step) { Cut(step); return; }
-        if (step >= end || stopRequested) { replyTo?.Tell(new RunFinished(step, recoveries)); return; }
+        if (stopRequested && state.LastCommit?.Step != step) { Cut(step); return; }
+        if (step >= end || stopRequested) { replyTo?.Tell(new RunFinished(step, state.Recoveries)); return; }
         trainer.Tell(new TrainStep(step, generation, new HashSet<int>(down)));
     }
 
@@ -175,7 +172,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         rejoining.Clear();
         PersistAll(records, r =>
         {
-            recoveries.Add(r);
+            state.Apply(r);
             hooks.OnRecovery?.Invoke(r);
             log.Warning("{0} is back from its snapshot of step {1} after {2:F0} ms: it missed {3} steps, {4} image routings went to the next-best expert",
                 r.Owner, r.RestoredStep, r.DetectionToRecoveredMs, r.StepsMissed, r.ReroutedImages);
@@ -198,7 +195,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private void HandleStepCompleted(StepCompleted m)
     {
         if (recovering || m.Step != step) return;        // a step from an abandoned attempt
-        if (m.Step > lastFailedStep) failuresInARow = 0;  // got past the failure: the next one starts a new count
+        state.StepCompleted(m.Step);
         foreach (var e in down) outages[e] = outages[e] with { rerouted = outages[e].rerouted + m.ReroutedImages };
         hooks.OnStep?.Invoke(m);
         step = m.Step + 1;
@@ -211,13 +208,12 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         int g = generation;
         // an expert that is down (expert-local) is not in the cut: the commit carries its last committed part
-        var absent = owners.Where(o => IsDown(o)).Select(o => commits[^1].Manifest.Single(r => r.Owner == o.Path.Name)).ToArray();
+        var absent = owners.Where(o => IsDown(o)).Select(o => state.LastCommit!.Manifest.Single(r => r.Owner == o.Path.Name)).ToArray();
         Task.WhenAll(owners.Where(o => !IsDown(o)).Select(o => o.Ask<CheckpointWritten>(new Checkpoint(s), setup.AskTimeout)))
             .PipeTo(Self, success: r => new CutDone(s, g, r.Select(w => w.Ref).Concat(absent).ToArray()), failure: e => new OperationFailed(g, e));
     }
 
-    private bool IsDown(IActorRef owner) =>
-        owner.Path.Name.StartsWith("expert-", StringComparison.Ordinal) && down.Contains(int.Parse(owner.Path.Name["expert-".Length..]));
+    private bool IsDown(IActorRef owner) => SupervisorState.ExpertIndex(owner.Path.Name) is { } e && down.Contains(e);
 
     private void HandleCutDone(CutDone m)
     {
@@ -225,9 +221,9 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         hooks.BeforeCommit?.Invoke(m.Step);
         Persist(new CheckpointCommitted(m.Step, m.Refs), e =>
         {
-            commits.Add(e);
+            state.Apply(e);
             // keep the last K commits' files (and never delete a file a kept commit names)
-            if (commits.Count > keep) setup.Store.DeleteAllExcept(commits.TakeLast(keep).SelectMany(c => c.Manifest));
+            if (state.Commits.Count > keep) setup.Store.DeleteAllExcept(state.KeptParts(keep));
             log.Info("Committed checkpoint {0} ({1} owners)", e.Step, e.Manifest.Count);
             hooks.OnCommit?.Invoke(e);
             step = e.Step;
@@ -239,42 +235,35 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         log.Warning("Owner {0} failed at step {1}: {2}", m.Owner, step, m.Error.Message);
         if (fatal is not null) return;
-        failuresInARow++;
-        lastFailedStep = Math.Max(lastFailedStep, step);
-        if (failuresInARow >= setup.Backoff.MaxFailures)
+        switch (state.Decide(m.Owner, m.Error.Message, step, recovering))
         {
-            Fail($"{m.Owner} failed at step {step}: {m.Error.Message}. That is failure {failuresInARow} in a row (moce.actors.max-failures = {setup.Backoff.MaxFailures})");
-            return;
+            case SupervisorState.StopRun stop:
+                Fail(stop.Reason);
+                return;
+            case SupervisorState.TakeExpertDown d:
+                // expert-local: only this expert goes back (to its own snapshot, on restart); training goes on without it
+                if (down.Add(d.Expert)) outages[d.Expert] = (step, m.Error.Message, Stopwatch.StartNew(), 0);
+                generation++;                           // the in-flight attempt's replies are stale; the trainer reports StepFailed
+                return;
+            case SupervisorState.RollBack r:
+                failure ??= (m.Owner, m.Error.Message, step, Stopwatch.StartNew());
+                generation++;                           // replies of the failed attempt are now stale
+                recovering = true;
+                // backoff: a failure that keeps coming back is retried ever more slowly (the restarted owners wait for Restore)
+                if (r.Delay <= TimeSpan.Zero) { Restore(); return; }
+                log.Info("Restoring in {0:F0} ms (failure {1} in a row)", r.Delay.TotalMilliseconds, state.FailuresInARow);
+                Timers.StartSingleTimer("restore", new RestoreAfterBackoff(generation), r.Delay);
+                return;
         }
-        if (setup.Policy == RecoveryPolicy.ExpertLocal && !recovering && m.Owner.StartsWith("expert-", StringComparison.Ordinal))
-        {
-            // expert-local: only this expert goes back (to its own snapshot, on restart); training goes on without it
-            int e = int.Parse(m.Owner["expert-".Length..]);
-            if (down.Add(e)) outages[e] = (step, m.Error.Message, Stopwatch.StartNew(), 0);
-            generation++;                               // the in-flight attempt's replies are stale; the trainer reports StepFailed
-            return;
-        }
-        failure ??= (m.Owner, m.Error.Message, step, Stopwatch.StartNew());
-        generation++;                                   // replies of the failed attempt are now stale
-        recovering = true;
-        // backoff: a failure that keeps coming back is retried ever more slowly (the restarted owners wait for Restore)
-        var delay = setup.Backoff.Delay(failuresInARow);
-        if (delay <= TimeSpan.Zero) { Restore(); return; }
-        log.Info("Restoring in {0:F0} ms (failure {1} in a row)", delay.TotalMilliseconds, failuresInARow);
-        Timers.StartSingleTimer("restore", new RestoreAfterBackoff(generation), delay);
     }
 
     /// <summary>global-rollback: every owner restores the newest commit whose files all verify (falling back past a
     /// corrupt or missing file, by name), and the run replays from there.</summary>
     private void Restore()
     {
-        CheckpointCommitted? target = null;
-        for (int i = commits.Count - 1; i >= 0 && target is null; i--)
-        {
-            try { foreach (var r in commits[i].Manifest) setup.Store.Verify(r); target = commits[i]; }
-            catch (CheckpointCorruptException e) { log.Warning("Commit {0} is unusable, falling back to the previous one: {1}", commits[i].Step, e.Message); }
-        }
-        if (target is null) { Fail($"no committed checkpoint of the {commits.Count} in the journal verifies; cannot restore", commitsUsable: false); return; }
+        var target = state.RestoreTarget(setup.Store.Verify,
+            (c, e) => log.Warning("Commit {0} is unusable, falling back to the previous one: {1}", c.Step, e.Message));
+        if (target is null) { Fail($"no committed checkpoint of the {state.Commits.Count} in the journal verifies; cannot restore", commitsUsable: false); return; }
         int g = generation;
         var parts = target.Manifest.ToDictionary(r => r.Owner);
         Task.WhenAll(owners.Select(o => o.Ask<Restored>(new RestoreCheckpoint(target.Step, parts[o.Path.Name]), setup.AskTimeout)))
@@ -292,7 +281,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             failure = null;
             Persist(record, r =>
             {
-                recoveries.Add(r);
+                state.Apply(r);
                 hooks.OnRecovery?.Invoke(r);
                 log.Warning("Recovered from {0}'s failure at step {1}: restored commit {2}, replaying {3} steps ({4:F0} ms)",
                     r.Owner, r.Step, r.RestoredStep, r.StepsReplayed, r.DetectionToRecoveredMs);
