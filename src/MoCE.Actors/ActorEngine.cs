@@ -71,6 +71,8 @@ public static class ActorEngine
         using var system = ActorSystem.Create("moce", Config(runDir, akka));
         try
         {
+            // the single process is a one-node case of the cluster: its experts live on its own expert host
+            system.ActorOf(ExpertHostActor.Props(new NodeResources([setup.Device.ToString()], setup.OwnerThreads, setup.Chaos, setup.Threads)), ExpertHostActor.Name);
             var supervisor = system.ActorOf(SupervisorActor.Props(setup, hooks, checkpointEvery, keep), "supervisor");
             using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit()));
             var finished = supervisor.Ask<RunFinished>(new SupervisorActor.Start(until), Timeout.InfiniteTimeSpan);

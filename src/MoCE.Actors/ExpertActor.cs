@@ -10,6 +10,12 @@ using static TorchSharp.torch;
 
 namespace MoCE.Actors;
 
+/// <summary>What one expert is built from on its node: the run's spec (from the supervisor) and what the node
+/// gives it (a device, threads, the process's fault plan). Recover: it was lost or restarted, so under expert-local it
+/// comes back from its own last snapshot.</summary>
+public sealed record ExpertSetup(ExpertSpec Spec, int Expert, CheckpointStore Store, Device Device, int OwnerThreads, ChaosPlan Chaos,
+                                 EngineThreads Threads, bool Recover);
+
 /// <summary>Expert e: owns its MLP in every MoE block, their AdamW state and its device. Persistent: after each
 /// checkpoint it snapshots {step, file, sha256} (never the weights), so on its own it can come back to its last
 /// snapshot (expert-local recovery). Runs on its own thread.</summary>
@@ -19,7 +25,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 
     public sealed record ExpertSnapshot(long Step, CheckpointRef Ref) : IStepMessage;
 
-    private readonly ActorContextSetup setup;
+    private readonly ExpertSetup setup;
     private readonly int expert;
     private readonly Dictionary<int, Mlp> mlps = [];
     private readonly ParameterOwner owner;
@@ -30,26 +36,29 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 
     public override string PersistenceId { get; }
 
-    public static Props Props(ActorContextSetup setup, int expert) =>
-        Akka.Actor.Props.Create(() => new ExpertActor(setup, expert)).WithDispatcher(ActorContextSetup.PinnedDispatcher);
+    public static Props Props(ExpertSetup setup) =>
+        Akka.Actor.Props.Create(() => new ExpertActor(setup)).WithDispatcher(ActorContextSetup.PinnedDispatcher);
 
-    public ExpertActor(ActorContextSetup setup, int expert)
+    public ExpertActor(ExpertSetup setup)
     {
         this.setup = setup;
         ComputeThread.UseThreads(setup.OwnerThreads);                            // this thread's OpenMP and MKL threads
-        this.expert = expert;
+        expert = setup.Expert;
+        restarted = setup.Recover;
         setup.Threads.RegisterCurrent($"moce-expert-{expert}");
         setup.Chaos.CheckCreation(Name);
-        PersistenceId = $"{setup.RunId}-{Name}";
+        var spec = setup.Spec;
+        PersistenceId = $"{spec.RunId}-{Name}";
         var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
-        foreach (var b in setup.Moe.Layers)
+        foreach (var b in spec.Moe.Layers)
         {
-            var mlp = new Mlp(setup.Model.Dim, (int)(setup.Model.Dim * setup.Model.MlpRatio));
+            var mlp = new Mlp(spec.Model.Dim, (int)(spec.Model.Dim * spec.Model.MlpRatio));
             mlps[b] = mlp;
             foreach (var (n, param) in mlp.named_parameters()) p[$"blocks.{b}.mlp.experts.{expert}.{n}"] = param;
         }
-        owner = new ParameterOwner(Name, p, setup.Train, setup.Store);
-        owner.LoadInitial(setup.Initial);
+        owner = new ParameterOwner(Name, p, spec.Train, setup.Store);
+        using (var initial = setup.Store.Load(spec.Initial))                      // the experts' upcycled weights, hash-verified
+            owner.LoadInitial(initial.Tensors);
         foreach (var m in mlps.Values) m.to(setup.Device);
 
         Recover<SnapshotOffer>(o => lastSnapshot = (ExpertSnapshot)o.Snapshot);
@@ -77,7 +86,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     /// supervisor it can take rows again.</summary>
     protected override void OnReplaySuccess()
     {
-        if (restarted && setup.Policy == RecoveryPolicy.ExpertLocal && lastSnapshot is not null)
+        if (restarted && setup.Spec.Policy == RecoveryPolicy.ExpertLocal && lastSnapshot is not null)
             Timers.StartSingleTimer("restore-own-snapshot", new RestoreOwnSnapshot(), setup.Chaos.RecoveryDelay(Name));
     }
 

@@ -1,5 +1,6 @@
 using Akka.Actor;
 using MoCE.Actors.Messages;
+using MoCE.Actors.Placement;
 using MoCE.Core.Config;
 using MoCE.Core.Model;
 using MoCE.Core.Runtime;
@@ -33,23 +34,22 @@ public sealed class RouterActor : ReceiveActor
     private readonly ActorContextSetup setup;
     private readonly Dictionary<int, MoeGate> gates = [];
     private readonly ParameterOwner owner;
-    private readonly IReadOnlyList<IActorRef> experts;
+    private IReadOnlyList<IActorRef> experts = [];             // by expert index; the supervisor sends UseExperts
     private readonly Dictionary<int, Pending> pending = [];
     private long step = -1;
     private int generation = -1;
 
     public const string Name = "router";
 
-    public static Props Props(ActorContextSetup setup, IReadOnlyList<IActorRef> experts) =>
-        Akka.Actor.Props.Create(() => new RouterActor(setup, experts)).WithDispatcher(ActorContextSetup.PinnedDispatcher);
+    public static Props Props(ActorContextSetup setup) =>
+        Akka.Actor.Props.Create(() => new RouterActor(setup)).WithDispatcher(ActorContextSetup.PinnedDispatcher);
 
-    public RouterActor(ActorContextSetup setup, IReadOnlyList<IActorRef> experts)
+    public RouterActor(ActorContextSetup setup)
     {
         this.setup = setup;
         setup.Threads.RegisterCurrent("moce-router");
         setup.Chaos.CheckCreation(Name);
         ComputeThread.UseThreads(setup.OwnerThreads);                            // this thread's OpenMP and MKL threads
-        this.experts = experts;
         var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
         foreach (var b in setup.Moe.Layers)
         {
@@ -66,6 +66,13 @@ public sealed class RouterActor : ReceiveActor
         Receive<RouteBackward>(HandleBackward);
         Receive<ExpertInputGrad>(HandleExpertInputGrad);
         Receive<Status.Failure>(f => FailAll(f.Cause));
+        Receive<UseExperts>(m => experts = m.Experts);
+        Receive<ExpertLost>(m =>
+        {
+            // its node left: nobody will answer for it, so a routing that waits on it fails now, not at the ask timeout
+            if (pending.Values.Any(p => p.Plan.Any(e => e.Expert == m.Expert)))
+                FailAll(new InvalidOperationException($"{OwnerRegistry.ExpertId(m.Expert)} was lost with its node"));
+        });
         Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
         Receive<Apply>(m => { owner.Apply(m.Lr, m.ClipScale); FreeStep(); Sender.Tell(new StepApplied(m.Step, Name)); });
         Receive<Checkpoint>(m => Sender.Tell(new CheckpointWritten(m.Step, owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "router" }))));

@@ -3,7 +3,9 @@ using Akka.Actor;
 using Akka.Actor.Internal;
 using Akka.Event;
 using Akka.Persistence;
+using Akka.Cluster;
 using MoCE.Actors.Messages;
+using MoCE.Actors.Placement;
 using MoCE.Core.Checkpoints;
 
 namespace MoCE.Actors;
@@ -18,16 +20,20 @@ public sealed record SupervisorHooks(Action<StepCompleted>? OnStep = null, Actio
 /// (re)created, or no commit verifies. The journal and the last commit are intact.</summary>
 public sealed class RunFailedException(string message) : Exception(message);
 
-/// <summary>The supervisor: owns the run. It creates the owners (trainer, router, experts) and the teacher as its children and
-/// watches them, drives the step loop, takes a consistent checkpoint every N steps (every owner writes its part,
-/// then <see cref="CheckpointCommitted"/> is persisted: only that makes a checkpoint count), and on an owner's
-/// failure applies the recovery policy, with backoff when failures repeat. Its journal (SQLite by default) holds
-/// commits and recoveries, never tensors, so a restarted process resumes from the last commit.</summary>
+/// <summary>The supervisor: owns the run. It creates the coordinator's owners (trainer, router) and the teacher as
+/// its children, has the expert hosts of the cluster's `experts` nodes (or the process's own host) create the experts,
+/// and keeps every owner in an <see cref="OwnerRegistry"/> by stable id, watching each one. It drives the step loop,
+/// takes a consistent checkpoint every N steps (every owner writes its part, then <see cref="CheckpointCommitted"/>
+/// is persisted: only that makes a checkpoint count), and on an owner's failure, or the loss of an expert's node,
+/// applies the recovery policy, with backoff when failures repeat; lost experts are placed again on the nodes that
+/// remain. Its journal (SQLite by default, PostgreSQL for a cluster) holds commits and recoveries, never tensors, so
+/// a restarted process, or the other coordinator, resumes from the last commit.</summary>
 public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
 {
     public ITimerScheduler Timers { get; set; } = null!;
 
-    /// <summary>Command from the engine: train until step <c>Until</c> (exclusive); reply <see cref="RunFinished"/>.</summary>
+    /// <summary>Command: train until step <c>Until</c> (exclusive); the sender gets <see cref="RunFinished"/> (or the
+    /// failure). Idempotent: every coordinator node sends it (again after a failover), and each is told the end.</summary>
     public sealed record Start(long Until);
     /// <summary>Command from the engine (Ctrl-C): commit a checkpoint at the current step and finish.</summary>
     public sealed record StopAndCommit;
@@ -35,24 +41,30 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private sealed record CutDone(long Step, int Generation, CheckpointRef[] Refs);
     private sealed record RestoreDone(long Step, int Generation);
     private sealed record OperationFailed(int Generation, Exception Error);
-    private sealed record OwnerFailed(string Owner, Exception Error);
+    private sealed record OwnerFailed(string Owner, string Error);
     private sealed record RestoreAfterBackoff(int Generation);
 
     private readonly ActorContextSetup setup;
     private readonly SupervisorHooks hooks;
     private readonly long checkpointEvery;
     private readonly int keep;
+    private readonly int minExpertNodes;
     private readonly ILoggingAdapter log = Context.GetLogger();
     private readonly SupervisorState state;
-    private readonly List<IActorRef> owners = [];
-    private IActorRef trainer = ActorRefs.Nobody;
-    private IActorRef? replyTo;
+    private readonly OwnerRegistry registry = new();
+    private readonly ExpertPlacement placement = new();
+    private readonly HashSet<int> placing = [];
+    private readonly HashSet<IActorRef> listeners = [];
+    private CheckpointRef initial = null!;                 // the experts' upcycled weights, which every expert loads first
+    private ExpertSpec spec = null!;
+    private IActorRef trainer = ActorRefs.Nobody, router = ActorRefs.Nobody;
     private long step, end;
     private int generation;
-    private bool recovering, stopRequested, waitingForExperts;
+    private bool started, begun, restoreWaiting, recovering, stopRequested, waitingForExperts;
+    private RunFinished? finished;
     private (string owner, string error, long step, Stopwatch clock)? failure;
     private RunFailedException? fatal;                  // a run that cannot go on
-    private readonly Dictionary<string, Exception> stopCauses = [];
+    private readonly Dictionary<string, string> stopCauses = [];
     // expert-local: experts recovering (no rows, no updates), those ready to rejoin, and what their downtime cost
     private readonly HashSet<int> down = [];
     private readonly Dictionary<int, long> rejoining = [];
@@ -60,30 +72,41 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
 
     public override string PersistenceId { get; }
 
-    public static Props Props(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep) =>
-        Akka.Actor.Props.Create(() => new SupervisorActor(setup, hooks, checkpointEvery, keep));
+    /// <summary><paramref name="minExpertNodes"/>: how many expert hosts must be present before the experts are
+    /// placed (1 in a single process; in a cluster, the `experts` nodes the run is meant to spread over).</summary>
+    public static Props Props(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep, int minExpertNodes = 1) =>
+        Akka.Actor.Props.Create(() => new SupervisorActor(setup, hooks, checkpointEvery, keep, minExpertNodes));
 
-    public SupervisorActor(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep)
+    public SupervisorActor(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep, int minExpertNodes)
     {
         this.setup = setup;
         this.hooks = hooks;
         this.checkpointEvery = checkpointEvery;
         this.keep = keep;
+        this.minExpertNodes = Math.Max(1, minExpertNodes);
         PersistenceId = $"{setup.RunId}-supervisor";
         state = new SupervisorState(setup.Policy, setup.Backoff);
 
         Recover<CheckpointCommitted>(state.Apply);
         Recover<RecoveryRecord>(state.Apply);
         Command<Start>(HandleStart);
+        Command<HostInfo>(HandleHostInfo);
+        Command<ExpertHosted>(HandleExpertHosted);
+        Command<ClusterEvent.MemberUp>(m => AskHost(m.Member));
+        Command<ClusterEvent.MemberRemoved>(m => HandleNodeRemoved(m.Member.Address.ToString()));
+        Command<ClusterEvent.IMemberEvent>(_ => { });
         Command<StepCompleted>(HandleStepCompleted);
         Command<CutDone>(HandleCutDone);
         Command<RestoreDone>(HandleRestoreDone);
         Command<OwnerFailed>(HandleOwnerFailed);
+        Command<OwnerFailure>(m =>
+        {
+            if (m.Restarted) HandleOwnerFailed(new OwnerFailed(m.Owner, m.Error));
+            else stopCauses[m.Owner] = m.Error;                                 // its Terminated follows
+        });
         Command<RestoreAfterBackoff>(m => { if (m.Generation == generation && fatal is null) Restore(); });
-        Command<Terminated>(t => Fail($"{t.ActorRef.Path.Name} stopped" +
-            (stopCauses.TryGetValue(t.ActorRef.Path.Name, out var c) ? $" because it could not be created: {c.GetBaseException().Message}" : "") +
-            "; the run cannot go on without it"));
-        Command<OperationFailed>(m => { if (m.Generation == generation) Self.Tell(new OwnerFailed("supervisor", m.Error)); });
+        Command<Terminated>(HandleTerminated);
+        Command<OperationFailed>(m => { if (m.Generation == generation) Self.Tell(new OwnerFailed("supervisor", m.Error.Message)); });
         Command<StopAndCommit>(_ => stopRequested = true);
         Command<StepFailed>(HandleStepFailed);
         Command<ExpertRecovered>(m =>
@@ -95,21 +118,43 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Command<GetRunStatus>(m => Sender.Tell(new RunStatusResponse(step, state.LastCommit?.Step ?? -1, state.Recoveries)));
     }
 
+    private bool InCluster => ((ExtendedActorSystem)Context.System).Provider is ClusterActorRefProvider;
+
     protected override void PreStart()
     {
         base.PreStart();
-        var experts = Enumerable.Range(0, setup.Moe.Experts).Select(e => Context.ActorOf(ExpertActor.Props(setup, e), $"expert-{e}")).ToList();
-        var router = Context.ActorOf(RouterActor.Props(setup, experts), RouterActor.Name);
-        var teacher = setup.Teacher is null ? null : Context.ActorOf(TeacherActor.Props(setup), TeacherActor.Name);
-        trainer = Context.ActorOf(TrainerActor.Props(setup, router, experts, teacher), TrainerActor.Name);
-        owners.Add(trainer);
-        owners.Add(router);
-        owners.AddRange(experts);
-        foreach (var child in owners.Append(teacher ?? ActorRefs.Nobody).Where(c => !c.IsNobody())) Context.Watch(child);
+        // the experts' initial weights, for nodes that have neither the dense model nor the clustering: content-addressed,
+        // so every coordinator writes the same file
+        initial = setup.Store.Save("initial", 0, new Dictionary<string, string> { ["kind"] = "initial-experts" },
+            setup.Initial.Where(kv => kv.Key.Contains(".mlp.experts.", StringComparison.Ordinal)).Select(kv => (kv.Key, kv.Value)));
+        spec = new ExpertSpec(setup.RunId, setup.Model, setup.Moe, setup.Train, Path.GetFullPath(setup.Store.Directory), initial, setup.Policy);
+        router = Own(RouterActor.Name, RouterActor.Props(setup));
+        var teacher = setup.Teacher is null ? null : Own(TeacherActor.Name, TeacherActor.Props(setup));
+        trainer = Own(TrainerActor.Name, TrainerActor.Props(setup, router, teacher));
+        if (InCluster)
+            Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
+                typeof(ClusterEvent.MemberUp), typeof(ClusterEvent.MemberRemoved));
+        else
+            Context.ActorSelection($"/user/{ExpertHostActor.Name}").Tell(new GetHostInfo(step));
     }
 
-    /// <summary>Every failed owner is restarted (a fresh instance) and the failure is handed to the policy. One that
-    /// cannot even be created is stopped: its Terminated (the supervisor watches every child) ends the run.</summary>
+    protected override void PostStop()
+    {
+        if (InCluster) Cluster.Get(Context.System).Unsubscribe(Self);
+        base.PostStop();
+    }
+
+    private IActorRef Own(string id, Props props)
+    {
+        var child = Context.ActorOf(props, id);
+        registry.Set(id, child);
+        Context.Watch(child);
+        return child;
+    }
+
+    /// <summary>Every failed child (trainer, router, teacher) is restarted (a fresh instance) and the failure is handed
+    /// to the policy. One that cannot even be created is stopped: its Terminated ends the run. Experts are their
+    /// host's children; the host reports their failures the same way (<see cref="OwnerFailure"/>).</summary>
     protected override SupervisorStrategy SupervisorStrategy() => new NamingStrategy(this);
 
     private sealed class NamingStrategy(SupervisorActor sup)
@@ -117,11 +162,95 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         public override void ProcessFailure(IActorContext context, bool restart, IActorRef child, Exception cause, ChildRestartStats stats, IReadOnlyCollection<ChildRestartStats> children)
         {
-            if (restart) sup.Self.Tell(new OwnerFailed(child.Path.Name, cause));
-            else sup.stopCauses[child.Path.Name] = cause;                            // runs on the supervisor's own thread
+            var id = sup.registry.IdOf(child) ?? child.Path.Name;
+            if (restart) sup.Self.Tell(new OwnerFailed(id, cause.Message));
+            else sup.stopCauses[id] = cause.GetBaseException().Message;             // runs on the supervisor's own thread
             base.ProcessFailure(context, restart, child, cause, stats, children);
         }
     }
+
+    // ---- placement -----------------------------------------------------------------------------------------------
+
+    private void AskHost(Member m)
+    {
+        if (m.HasRole(NodeRoles.Experts))
+            Context.ActorSelection(new RootActorPath(m.Address) / "user" / ExpertHostActor.Name).Tell(new GetHostInfo(step));
+    }
+
+    private void HandleHostInfo(HostInfo m)
+    {
+        placement.AddHost(m.Node, Sender);
+        log.Info("Expert host on {0} with devices [{1}] ({2} of {3} needed)", m.Node, string.Join(", ", m.Devices), placement.Hosts, minExpertNodes);
+        PlaceMissing();
+    }
+
+    /// <summary>Places every expert that has no home and is not being placed, once enough hosts are present.</summary>
+    private void PlaceMissing()
+    {
+        if (placement.Hosts < minExpertNodes && !begun) return;
+        for (int e = 0; e < setup.Moe.Experts; e++)
+        {
+            if (registry.Contains(OwnerRegistry.ExpertId(e)) || placing.Contains(e)) continue;
+            if (placement.Choose(e) is not { } where)
+            {
+                log.Warning("No expert host is left for {0}; waiting for a node with the '{1}' role", OwnerRegistry.ExpertId(e), NodeRoles.Experts);
+                return;
+            }
+            placing.Add(e);
+            where.host.Tell(new HostExpert(step, e, spec, Recover: begun));
+        }
+    }
+
+    private void HandleExpertHosted(ExpertHosted m)
+    {
+        if (!placing.Remove(m.Expert)) return;
+        var id = OwnerRegistry.ExpertId(m.Expert);
+        registry.Set(id, m.Ref);
+        Context.Watch(m.Ref);
+        log.Info("{0} runs on {1} ({2})", id, m.Node, m.Device);
+        if (!AllPlaced) return;
+        if (!begun) { Begin(); return; }
+        UseExperts();
+        if (restoreWaiting) { restoreWaiting = false; Restore(); }
+    }
+
+    private bool AllPlaced => Enumerable.Range(0, setup.Moe.Experts).All(e => registry.Contains(OwnerRegistry.ExpertId(e)));
+
+    private void UseExperts()
+    {
+        var refs = Enumerable.Range(0, setup.Moe.Experts).Select(e => registry[OwnerRegistry.ExpertId(e)] ?? ActorRefs.Nobody).ToList();
+        trainer.Tell(new UseExperts(step, refs));
+        router.Tell(new UseExperts(step, refs));
+    }
+
+    private void HandleNodeRemoved(string node)
+    {
+        // experts being placed there will never answer: place them again (placed ones come back through Terminated)
+        var lost = placement.RemoveNode(node).Where(placing.Contains).ToList();
+        foreach (var e in lost) placing.Remove(e);
+        if (lost.Count > 0) PlaceMissing();
+    }
+
+    private void HandleTerminated(Terminated t)
+    {
+        var id = registry.IdOf(t.ActorRef);
+        if (id is null) return;                                                   // an expert already replaced
+        if (SupervisorState.ExpertIndex(id) is { } e && !stopCauses.ContainsKey(id))
+        {
+            // an expert lost with its node (or stopped for a reason its host did not report): place it again, and
+            // recover as from any owner's failure
+            registry.Remove(id);
+            placement.Unassign(e);
+            router.Tell(new ExpertLost(step, e));
+            Self.Tell(new OwnerFailed(id, t.AddressTerminated ? $"its node {t.ActorRef.Path.Address} left the cluster" : "it stopped"));
+            PlaceMissing();
+            return;
+        }
+        Fail($"{id} stopped" + (stopCauses.TryGetValue(id, out var c) ? $" because it could not be created: {c}" : "") +
+             "; the run cannot go on without it");
+    }
+
+    // ---- the run -------------------------------------------------------------------------------------------------
 
     /// <summary>Ends the run with an error the engine rethrows. Nothing is lost: the last commit stays.</summary>
     private void Fail(string why, bool commitsUsable = true)
@@ -131,14 +260,28 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         fatal = new RunFailedException($"{why}. Stopping; " + (!commitsUsable ? "see the warnings above for each commit's bad file"
             : last is null ? "nothing was committed yet" : $"the last commit ({last}) is intact: fix the cause and run again to resume from it") + ".");
         log.Error(fatal.Message);
-        replyTo?.Tell(new Status.Failure(fatal));
+        foreach (var l in listeners) l.Tell(new Status.Failure(fatal));
     }
 
     private void HandleStart(Start m)
     {
-        replyTo = Sender;
-        if (fatal is not null) { replyTo.Tell(new Status.Failure(fatal)); return; }
+        listeners.Add(Sender);
+        if (fatal is not null) { Sender.Tell(new Status.Failure(fatal)); return; }
+        if (finished is not null) { Sender.Tell(finished); return; }
+        if (started) return;                                  // a coordinator asking again (after a failover, say)
+        started = true;
         end = m.Until;
+        if (AllPlaced) Begin();
+        else log.Info("Waiting for {0} expert node(s) to place {1} experts", minExpertNodes, setup.Moe.Experts);
+    }
+
+    /// <summary>Every expert has a home: tell the trainer and router where, and start from commit 0 (a new run) or
+    /// from the last commit.</summary>
+    private void Begin()
+    {
+        if (!started || begun) return;
+        begun = true;
+        UseExperts();
         if (state.LastCommit is null) Cut(0);                 // the initial state is commit 0: rollback always has a target
         else Restore();
     }
@@ -155,7 +298,12 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             return;
         }
         if (stopRequested && state.LastCommit?.Step != step) { Cut(step); return; }
-        if (step >= end || stopRequested) { replyTo?.Tell(new RunFinished(step, state.Recoveries)); return; }
+        if (step >= end || stopRequested)
+        {
+            finished = new RunFinished(step, state.Recoveries);
+            foreach (var l in listeners) l.Tell(finished);
+            return;
+        }
         trainer.Tell(new TrainStep(step, generation, new HashSet<int>(down)));
     }
 
@@ -208,12 +356,13 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         int g = generation;
         // an expert that is down (expert-local) is not in the cut: the commit carries its last committed part
-        var absent = owners.Where(o => IsDown(o)).Select(o => state.LastCommit!.Manifest.Single(r => r.Owner == o.Path.Name)).ToArray();
-        Task.WhenAll(owners.Where(o => !IsDown(o)).Select(o => o.Ask<CheckpointWritten>(new Checkpoint(s), setup.AskTimeout)))
+        var owners = registry.ParameterOwners(setup.Moe.Experts).ToList();
+        var absent = owners.Where(o => IsDown(o.id)).Select(o => state.LastCommit!.Manifest.Single(r => r.Owner == o.id)).ToArray();
+        Task.WhenAll(owners.Where(o => !IsDown(o.id)).Select(o => o.actor.Ask<CheckpointWritten>(new Checkpoint(s), setup.AskTimeout)))
             .PipeTo(Self, success: r => new CutDone(s, g, r.Select(w => w.Ref).Concat(absent).ToArray()), failure: e => new OperationFailed(g, e));
     }
 
-    private bool IsDown(IActorRef owner) => SupervisorState.ExpertIndex(owner.Path.Name) is { } e && down.Contains(e);
+    private bool IsDown(string owner) => SupervisorState.ExpertIndex(owner) is { } e && down.Contains(e);
 
     private void HandleCutDone(CutDone m)
     {
@@ -223,7 +372,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         {
             state.Apply(e);
             // keep the last K commits' files (and never delete a file a kept commit names)
-            if (state.Commits.Count > keep) setup.Store.DeleteAllExcept(state.KeptParts(keep));
+            if (state.Commits.Count > keep) setup.Store.DeleteAllExcept(state.KeptParts(keep).Append(initial));
             log.Info("Committed checkpoint {0} ({1} owners)", e.Step, e.Manifest.Count);
             hooks.OnCommit?.Invoke(e);
             step = e.Step;
@@ -233,20 +382,20 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
 
     private void HandleOwnerFailed(OwnerFailed m)
     {
-        log.Warning("Owner {0} failed at step {1}: {2}", m.Owner, step, m.Error.Message);
+        log.Warning("Owner {0} failed at step {1}: {2}", m.Owner, step, m.Error);
         if (fatal is not null) return;
-        switch (state.Decide(m.Owner, m.Error.Message, step, recovering))
+        switch (state.Decide(m.Owner, m.Error, step, recovering))
         {
             case SupervisorState.StopRun stop:
                 Fail(stop.Reason);
                 return;
             case SupervisorState.TakeExpertDown d:
                 // expert-local: only this expert goes back (to its own snapshot, on restart); training goes on without it
-                if (down.Add(d.Expert)) outages[d.Expert] = (step, m.Error.Message, Stopwatch.StartNew(), 0);
+                if (down.Add(d.Expert)) outages[d.Expert] = (step, m.Error, Stopwatch.StartNew(), 0);
                 generation++;                           // the in-flight attempt's replies are stale; the trainer reports StepFailed
                 return;
             case SupervisorState.RollBack r:
-                failure ??= (m.Owner, m.Error.Message, step, Stopwatch.StartNew());
+                failure ??= (m.Owner, m.Error, step, Stopwatch.StartNew());
                 generation++;                           // replies of the failed attempt are now stale
                 recovering = true;
                 // backoff: a failure that keeps coming back is retried ever more slowly (the restarted owners wait for Restore)
@@ -264,9 +413,12 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         var target = state.RestoreTarget(setup.Store.Verify,
             (c, e) => log.Warning("Commit {0} is unusable, falling back to the previous one: {1}", c.Step, e.Message));
         if (target is null) { Fail($"no committed checkpoint of the {state.Commits.Count} in the journal verifies; cannot restore", commitsUsable: false); return; }
+        if (!AllPlaced) { restoreWaiting = true; return; }     // a lost expert is being placed again: restore it too
+        UseExperts();                                         // a restarted trainer or router starts without them
         int g = generation;
         var parts = target.Manifest.ToDictionary(r => r.Owner);
-        Task.WhenAll(owners.Select(o => o.Ask<Restored>(new RestoreCheckpoint(target.Step, parts[o.Path.Name]), setup.AskTimeout)))
+        // the trainer may first have to abort its step, which can wait one ask timeout on an owner lost with its node
+        Task.WhenAll(registry.ParameterOwners(setup.Moe.Experts).Select(o => o.actor.Ask<Restored>(new RestoreCheckpoint(target.Step, parts[o.id]), 2 * setup.AskTimeout)))
             .PipeTo(Self, success: _ => new RestoreDone(target.Step, g), failure: e => new OperationFailed(g, e));
     }
 

@@ -24,19 +24,18 @@ public sealed class TrainerActor : ReceiveActor
     private readonly ParameterOwner owner;
     private readonly EpochSampler sampler;
     private readonly IActorRef router;
-    private readonly IReadOnlyList<IActorRef> experts;
+    private IReadOnlyList<IActorRef> experts = [];             // by expert index; the supervisor sends UseExperts
 
-    public static Props Props(ActorContextSetup setup, IActorRef router, IReadOnlyList<IActorRef> experts, IActorRef? teacher) =>
-        Akka.Actor.Props.Create(() => new TrainerActor(setup, router, experts, teacher)).WithDispatcher(ActorContextSetup.PinnedDispatcher);
+    public static Props Props(ActorContextSetup setup, IActorRef router, IActorRef? teacher) =>
+        Akka.Actor.Props.Create(() => new TrainerActor(setup, router, teacher)).WithDispatcher(ActorContextSetup.PinnedDispatcher);
 
-    public TrainerActor(ActorContextSetup setup, IActorRef router, IReadOnlyList<IActorRef> experts, IActorRef? teacher)
+    public TrainerActor(ActorContextSetup setup, IActorRef router, IActorRef? teacher)
     {
         this.setup = setup;
         setup.Threads.RegisterCurrent("moce-trainer");
         setup.Chaos.CheckCreation(Name);
         ComputeThread.UseThreads(setup.TrainerThreads);                          // this thread's OpenMP and MKL threads
         this.router = router;
-        this.experts = experts;
         this.teacher = teacher;
         model = new MaskedAutoencoder(setup.Model, setup.Moe, setup.Clusters, remoteExperts: true);
         owner = new ParameterOwner(Name, model.named_parameters().ToDictionary(p => p.name, p => p.parameter), setup.Train, setup.Store);
@@ -45,6 +44,7 @@ public sealed class TrainerActor : ReceiveActor
         sampler = new EpochSampler(setup.Data.Count, setup.Train.BatchSize, setup.Train.Seed);
 
         Receive<TrainStep>(HandleTrainStep);
+        Receive<UseExperts>(m => experts = m.Experts);
         Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
         Receive<Checkpoint>(m => Sender.Tell(new CheckpointWritten(m.Step, owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "trainer" }))));
         Receive<RestoreCheckpoint>(m => { owner.Optimizer.ZeroGrad(); owner.Restore(m.Ref); Sender.Tell(new Restored(m.Step, Name)); });
@@ -78,11 +78,10 @@ public sealed class TrainerActor : ReceiveActor
             // supervisor rolls back (global-rollback) or retries the step without the failed expert (expert-local).
             // The trainer's own errors and timeouts are not caught: it fails, and the supervisor recovers it.
             owner.Optimizer.ZeroGrad();
-            foreach (var a in experts.Append(router))
-            {
-                try { Ask<StepAborted>(a, new AbortStep(m.Step)); }
-                catch (Exception) { /* a failed owner restores its state when it comes back */ }
-            }
+            // in parallel: an owner lost with its node never answers, and the others should not wait behind it
+            var owners = experts.Append(router).ToList();
+            Task.Run(() => Task.WhenAll(owners.Select(a => a.Ask<StepAborted>(new AbortStep(m.Step), setup.AskTimeout)
+                .ContinueWith(_ => { }, TaskScheduler.Default)))).GetAwaiter().GetResult();   // a failed owner restores its state when it comes back
             Sender.Tell(new StepFailed(m.Step, m.Generation, e.Message));
         }
     }

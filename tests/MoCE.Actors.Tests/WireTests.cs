@@ -87,8 +87,12 @@ public sealed class WireTests : IDisposable
     }
 
     /// <summary>One instance of every message and event type, with small tensors from <paramref name="g"/>.</summary>
-    private static List<object> Samples(Generator g)
+    private List<object> Samples(Generator g)
     {
+        var actor = system.ActorOf(Props.Empty, $"sample-{Guid.NewGuid():N}");
+        var spec = new ExpertSpec("run-1", new MoCE.Core.Config.MaeConfig { Dim = 32 }, new MoCE.Core.Config.MoeConfig { Experts = 3, Layers = [0, 2] },
+                                  new MoCE.Core.Config.TrainConfig { Seed = 7, BaseLr = 1e-3 }, "/shared/run/checkpoints", r0(), RecoveryPolicy.ExpertLocal);
+        static CheckpointRef r0() => new("initial", 0, "initial-00000000-0123456789abcdef.ckpt", new string('b', 64));
         Tensor T(params long[] shape) => randn(shape, generator: g);
         var r = new CheckpointRef("expert-2", 40, "expert-2-00000040-0123456789abcdef.ckpt", new string('a', 64));
         var rec = new RecoveryRecord(23, "expert-1", "global-rollback", "chaos: ünïcode", 20, 3, 812.5, 7, 2);
@@ -108,6 +112,9 @@ public sealed class WireTests : IDisposable
             new StepFailed(10, 4, "another owner failed"), new ExpertRecovered(20, 2), new GetRunStatus(0), new RunStatusResponse(30, 20, [rec]),
             new RunFinished(30, [rec, rec with { Owner = "router" }]), new SupervisorActor.Start(100), new SupervisorActor.StopAndCommit(),
             new CheckpointCommitted(40, [r, r with { Owner = "trainer" }]), rec, new ExpertActor.ExpertSnapshot(40, r),
+            new GetHostInfo(3), new HostInfo(3, "akka.tcp://moce@127.0.0.1:4051", ["cpu", "cuda:1"]), new HostExpert(3, 2, spec, true),
+            new ExpertHosted(3, 2, actor, "akka.tcp://moce@127.0.0.1:4051", "cuda:1"), new OwnerFailure(-1, "expert-2", "chaos", true),
+            new UseExperts(4, [actor, actor]), new ExpertLost(4, 1),
         ];
     }
 
@@ -119,6 +126,7 @@ public sealed class WireTests : IDisposable
         {
             object? a = p.GetValue(expected), b = p.GetValue(actual);
             if (a is Tensor ta) Assert.True(MoCE.Core.Tests.Tiny.Same(ta, (Tensor)b!), $"{expected.GetType().Name}.{p.Name}");
+            else if (a is not null && a.GetType().Namespace?.StartsWith("MoCE", StringComparison.Ordinal) == true && !a.GetType().IsEnum) AssertSame(a, b!);   // nested records (configs)
             else if (a is System.Collections.IEnumerable ea && a is not string)
                 Assert.Equal(ea.Cast<object>().OrderBy(x => x.ToString()), ((System.Collections.IEnumerable)b!).Cast<object>().OrderBy(x => x.ToString()));
             else Assert.Equal(a, b);

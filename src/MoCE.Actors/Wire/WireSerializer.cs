@@ -1,7 +1,9 @@
 using Akka.Actor;
 using Akka.Serialization;
 using MoCE.Actors.Messages;
+using System.Text.Json;
 using MoCE.Core.Checkpoints;
+using MoCE.Core.Config;
 using MoCE.Core.Training;
 using TorchSharp;
 
@@ -96,6 +98,25 @@ public sealed class WireSerializer : SerializerWithStringManifest
         Add<SupervisorActor.Start>((w, m) => w.I64(m.Until), (ref WireReader r, byte _) => new SupervisorActor.Start(r.I64()));
         Add<SupervisorActor.StopAndCommit>((_, _) => { }, (ref WireReader _, byte _) => new SupervisorActor.StopAndCommit());
 
+        // supervisor ↔ expert hosts (placement)
+        Add<GetHostInfo>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new GetHostInfo(r.I64()));
+        Add<HostInfo>((w, m) => { w.I64(m.Step); w.Str(m.Node); Strs(w, m.Devices); }, (ref WireReader r, byte _) => new HostInfo(r.I64(), r.Str(), Strs(ref r)));
+        Add<HostExpert>((w, m) => { w.I64(m.Step); w.I32(m.Expert); Spec(w, m.Spec); w.U8(m.Recover ? (byte)1 : (byte)0); },
+            (ref WireReader r, byte _) => new HostExpert(r.I64(), r.I32(), Spec(ref r), Bool(ref r)));
+        Add<ExpertHosted>((w, m) => { w.I64(m.Step); w.I32(m.Expert); ActorRef(w, m.Ref); w.Str(m.Node); w.Str(m.Device); },
+            (ref WireReader r, byte _) => new ExpertHosted(r.I64(), r.I32(), ActorRef(ref r), r.Str(), r.Str()));
+        Add<OwnerFailure>((w, m) => { w.I64(m.Step); w.Str(m.Owner); w.Str(m.Error); w.U8(m.Restarted ? (byte)1 : (byte)0); },
+            (ref WireReader r, byte _) => new OwnerFailure(r.I64(), r.Str(), r.Str(), Bool(ref r)));
+        Add<UseExperts>((w, m) => { w.I64(m.Step); w.U32((uint)m.Experts.Count); foreach (var a in m.Experts) ActorRef(w, a); },
+            (ref WireReader r, byte _) =>
+            {
+                long step = r.I64();
+                var refs = new IActorRef[r.Count(4)];
+                for (int i = 0; i < refs.Length; i++) refs[i] = ActorRef(ref r);
+                return new UseExperts(step, refs);
+            });
+        Add<ExpertLost>((w, m) => { w.I64(m.Step); w.I32(m.Expert); }, (ref WireReader r, byte _) => new ExpertLost(r.I64(), r.I32()));
+
         // journal events and snapshots
         Add<CheckpointCommitted>((w, m) =>
         {
@@ -173,6 +194,54 @@ public sealed class WireSerializer : SerializerWithStringManifest
 
     private static void Ref(WireWriter w, CheckpointRef r) { w.Str(r.Owner); w.I64(r.Step); w.Str(r.File); w.Str(r.Sha256); }
     private static CheckpointRef Ref(ref WireReader r) => new(r.Str(), r.I64(), r.Str(), r.Str());
+
+    private void ActorRef(WireWriter w, IActorRef a) => w.Str(Akka.Serialization.Serialization.SerializedActorPath(a));
+    private IActorRef ActorRef(ref WireReader r)
+    {
+        var path = r.Str();
+        if (path.Length == 0) return ActorRefs.Nobody;
+        try { return system.Provider.ResolveActorRef(path); }
+        catch (Exception e) when (e is FormatException or UriFormatException or ArgumentException) { throw r.Bad($"actor path '{path}': {e.Message}"); }
+    }
+
+    private static bool Bool(ref WireReader r) => r.U8() switch { 0 => false, 1 => true, var b => throw r.Bad($"boolean byte {b}") };
+
+    private static void Strs(WireWriter w, IReadOnlyList<string> list)
+    {
+        w.U32((uint)list.Count);
+        foreach (var x in list) w.Str(x);
+    }
+    private static string[] Strs(ref WireReader r)
+    {
+        var list = new string[r.Count(4)];
+        for (int i = 0; i < list.Length; i++) list[i] = r.Str();
+        return list;
+    }
+
+    /// <summary>An expert spec: the configuration records as JSON (they are plain records of numbers, strings and
+    /// enums, and JSON names their fields, so a field added later reads back with its default), then the paths.</summary>
+    private static void Spec(WireWriter w, ExpertSpec s)
+    {
+        w.Str(s.RunId);
+        w.Str(JsonSerializer.Serialize(s.Model)); w.Str(JsonSerializer.Serialize(s.Moe)); w.Str(JsonSerializer.Serialize(s.Train));
+        w.Str(s.StoreDirectory); Ref(w, s.Initial); w.I32((int)s.Policy);
+    }
+    private static ExpertSpec Spec(ref WireReader r)
+    {
+        var runId = r.Str();
+        var model = Json<MaeConfig>(ref r); var moe = Json<MoeConfig>(ref r); var train = Json<TrainConfig>(ref r);
+        var store = r.Str();
+        var initial = Ref(ref r);
+        int policy = r.I32();
+        if (!Enum.IsDefined((RecoveryPolicy)policy)) throw r.Bad($"recovery policy {policy}");
+        return new ExpertSpec(runId, model, moe, train, store, initial, (RecoveryPolicy)policy);
+    }
+    private static T Json<T>(ref WireReader r)
+    {
+        var text = r.Str();
+        try { return JsonSerializer.Deserialize<T>(text) ?? throw r.Bad($"{typeof(T).Name} is null"); }
+        catch (JsonException e) { throw r.Bad($"{typeof(T).Name}: {e.Message}"); }
+    }
 
     private static void Ints(WireWriter w, IReadOnlySet<int> set)
     {

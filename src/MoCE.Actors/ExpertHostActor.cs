@@ -1,0 +1,92 @@
+using Akka.Actor;
+using Akka.Actor.Internal;
+using Akka.Event;
+using MoCE.Actors.Messages;
+using MoCE.Actors.Placement;
+using MoCE.Core.Checkpoints;
+using TorchSharp;
+
+namespace MoCE.Actors;
+
+/// <summary>What a node gives the experts it hosts: its devices (each expert claims the least used one), their
+/// threads, and the process's fault plan.</summary>
+public sealed record NodeResources(IReadOnlyList<string> Devices, int OwnerThreads, ChaosPlan Chaos, EngineThreads Threads)
+{
+    /// <summary>Checks every device name now, so that a node with a bad device list fails at start, not at placement.</summary>
+    public NodeResources Validated()
+    {
+        if (Devices.Count == 0) throw new MoCE.Core.Config.ConfigException("moce.node.devices", "is empty: list at least one device (\"cpu\", \"cuda:0\", ...)");
+        foreach (var d in Devices)
+        {
+            try { _ = new torch.Device(d); }
+            catch (Exception e) { throw new MoCE.Core.Config.ConfigException("moce.node.devices", $"'{d}' is not a device: {e.Message}"); }
+        }
+        return this;
+    }
+}
+
+/// <summary>A node's expert host, at /user/expert-host on every node with the `experts` role (and in the single
+/// process). It creates the experts the supervisor places here, from the run's <see cref="ExpertSpec"/> and this
+/// node's own <see cref="NodeResources"/>; no Props or tensor crosses a node to do it. It is the experts' parent:
+/// a failing expert is restarted here and the failure reported to its supervisor, which applies the recovery policy
+/// (an expert that cannot even be created is stopped, and the supervisor sees it terminate).</summary>
+public sealed class ExpertHostActor : ReceiveActor
+{
+    public const string Name = "expert-host";
+
+    private sealed record Hosted(IActorRef Supervisor, string Owner, string Device);
+
+    private readonly NodeResources resources;
+    private readonly string node;
+    private readonly ILoggingAdapter log = Context.GetLogger();
+    private readonly Dictionary<IActorRef, Hosted> hosted = [];
+
+    public static Props Props(NodeResources resources) => Akka.Actor.Props.Create(() => new ExpertHostActor(resources));
+
+    public ExpertHostActor(NodeResources resources)
+    {
+        this.resources = resources.Validated();
+        node = ((ExtendedActorSystem)Context.System).Provider.DefaultAddress.ToString();
+        Receive<GetHostInfo>(m => Sender.Tell(new HostInfo(m.Step, node, resources.Devices)));
+        Receive<HostExpert>(Host);
+        Receive<ExpertRecovered>(m => { if (hosted.TryGetValue(Sender, out var h)) h.Supervisor.Tell(m); });
+        Receive<Terminated>(t => hosted.Remove(t.ActorRef));
+    }
+
+    private void Host(HostExpert m)
+    {
+        var name = m.Spec.RunId.Length == 0 ? OwnerRegistry.ExpertId(m.Expert) : $"{m.Spec.RunId}-{OwnerRegistry.ExpertId(m.Expert)}";
+        var child = Context.Child(name);
+        if (!child.IsNobody() && hosted.TryGetValue(child, out var existing))
+        {
+            // a new supervisor (the coordinator failed over) finds the expert where the old one placed it: same owner,
+            // same weights until its restore; failures now go to the new supervisor
+            hosted[child] = existing with { Supervisor = Sender };
+            Sender.Tell(new ExpertHosted(m.Step, m.Expert, child, node, existing.Device));
+            return;
+        }
+        var device = resources.Devices.MinBy(d => hosted.Values.Count(h => h.Device == d))!;
+        var setup = new ExpertSetup(m.Spec, m.Expert, new CheckpointStore(m.Spec.StoreDirectory), new torch.Device(device),
+                                    resources.OwnerThreads, resources.Chaos, resources.Threads, m.Recover);
+        var expert = Context.ActorOf(ExpertActor.Props(setup), name);
+        Context.Watch(expert);
+        hosted[expert] = new Hosted(Sender, OwnerRegistry.ExpertId(m.Expert), device);
+        log.Info("Hosting {0} of run {1} on {2}", OwnerRegistry.ExpertId(m.Expert), m.Spec.RunId, device);
+        Sender.Tell(new ExpertHosted(m.Step, m.Expert, expert, node, device));
+    }
+
+    protected override SupervisorStrategy SupervisorStrategy() => new ReportingStrategy(this);
+
+    /// <summary>Restarts a failed expert (a fresh instance on the same thread and device) and reports the failure to
+    /// its supervisor; one that cannot be created is stopped, reported as such.</summary>
+    private sealed class ReportingStrategy(ExpertHostActor host)
+        : OneForOneStrategy(-1, -1, e => e is ActorInitializationException ? Directive.Stop : Directive.Restart)
+    {
+        public override void ProcessFailure(IActorContext context, bool restart, IActorRef child, Exception cause, ChildRestartStats stats, IReadOnlyCollection<ChildRestartStats> children)
+        {
+            if (host.hosted.TryGetValue(child, out var h))
+                h.Supervisor.Tell(new OwnerFailure(-1, h.Owner, cause.GetBaseException().Message, restart));
+            base.ProcessFailure(context, restart, child, cause, stats, children);
+        }
+    }
+}

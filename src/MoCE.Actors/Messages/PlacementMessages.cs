@@ -1,0 +1,37 @@
+using Akka.Actor;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Config;
+
+namespace MoCE.Actors.Messages;
+
+// Supervisor ↔ each node's expert host: where experts live. A node that has the `experts` role (and the single
+// process) runs one host at /user/expert-host; the supervisor asks it what it offers and has it create experts from
+// an ExpertSpec: everything an expert needs that is not the node's own (its devices, threads, fault plan). Step is
+// the supervisor's step when it sent the message.
+
+/// <summary>What every expert of a run is built from, on whichever node it lands: the configuration, the shared
+/// checkpoint directory (the same path on every node) and the file of the experts' initial (upcycled) weights.</summary>
+public sealed record ExpertSpec(string RunId, MaeConfig Model, MoeConfig Moe, TrainConfig Train, string StoreDirectory, CheckpointRef Initial, RecoveryPolicy Policy);
+
+/// <summary>Query to a host: what it offers.</summary>
+public sealed record GetHostInfo(long Step) : IStepMessage;
+/// <summary>A host's node (its address) and its devices; the sender is the host.</summary>
+public sealed record HostInfo(long Step, string Node, IReadOnlyList<string> Devices) : IStepMessage;
+
+/// <summary>Command to a host: create expert e of the spec's run (or hand back the one it already hosts for that
+/// run, after a coordinator failover). Recover: it was lost, and under expert-local it comes back from its own
+/// snapshot.</summary>
+public sealed record HostExpert(long Step, int Expert, ExpertSpec Spec, bool Recover) : IStepMessage;
+/// <summary>Expert e runs as Ref on Node, computing on Device.</summary>
+public sealed record ExpertHosted(long Step, int Expert, IActorRef Ref, string Node, string Device) : IStepMessage;
+
+/// <summary>Host → supervisor: a hosted owner failed. Restarted: the host restarted it (the supervisor applies the
+/// recovery policy); otherwise it could not be created and is stopped (the run cannot go on).</summary>
+public sealed record OwnerFailure(long Step, string Owner, string Error, bool Restarted) : IStepMessage;
+
+/// <summary>Supervisor → trainer and router: the experts' current refs, by expert index (after placement, and after
+/// an expert moved to another node).</summary>
+public sealed record UseExperts(long Step, IReadOnlyList<IActorRef> Experts) : IStepMessage;
+
+/// <summary>Supervisor → router: expert e is gone (its node left); routings waiting on it fail at once.</summary>
+public sealed record ExpertLost(long Step, int Expert) : IStepMessage;

@@ -1,0 +1,48 @@
+using Akka.Actor;
+using MoCE.Actors.Placement;
+
+namespace MoCE.Actors.Tests;
+
+/// <summary>Placement and the owner registry as plain types: experts spread evenly, ties go to the lowest address, a
+/// lost node's experts are the ones handed back, and owners are found by id and by ref.</summary>
+public sealed class PlacementTests : IDisposable
+{
+    private readonly ActorSystem system = ActorSystem.Create("placement");
+    public void Dispose() => system.Terminate().Wait(TimeSpan.FromSeconds(10));
+
+    [Fact]
+    public void Experts_spread_evenly_and_a_lost_node_s_experts_go_to_the_nodes_left()
+    {
+        var p = new ExpertPlacement();
+        IActorRef a = system.ActorOf(Props.Empty, "a"), b = system.ActorOf(Props.Empty, "b");
+        p.AddHost("akka.tcp://moce@127.0.0.1:5002", b);
+        p.AddHost("akka.tcp://moce@127.0.0.1:5001", a);
+        var nodes = Enumerable.Range(0, 4).Select(e => p.Choose(e)!.Value.node).ToList();
+        Assert.Equal(["akka.tcp://moce@127.0.0.1:5001", "akka.tcp://moce@127.0.0.1:5002", "akka.tcp://moce@127.0.0.1:5001", "akka.tcp://moce@127.0.0.1:5002"], nodes);
+
+        Assert.Equal([1, 3], p.RemoveNode("akka.tcp://moce@127.0.0.1:5002"));
+        Assert.Equal(1, p.Hosts);
+        Assert.Equal(a, p.Choose(1)!.Value.host);
+        Assert.Equal(a, p.Choose(3)!.Value.host);
+        Assert.Equal(4, p.Assigned.Count(kv => kv.Value == "akka.tcp://moce@127.0.0.1:5001"));
+        Assert.Empty(p.RemoveNode("akka.tcp://moce@127.0.0.1:9999"));
+
+        Assert.Equal(4, p.RemoveNode("akka.tcp://moce@127.0.0.1:5001").Count);
+        Assert.Null(p.Choose(0));                                              // no host: the supervisor waits for one
+    }
+
+    [Fact]
+    public void The_registry_finds_owners_by_id_and_by_ref_and_forgets_a_replaced_ref()
+    {
+        var r = new OwnerRegistry();
+        IActorRef t = system.ActorOf(Props.Empty, "t"), e1 = system.ActorOf(Props.Empty, "e1"), e1b = system.ActorOf(Props.Empty, "e1b");
+        r.Set("trainer", t);
+        r.Set("expert-1", e1);
+        r.Set("expert-1", e1b);                                                // moved to another node
+        Assert.Null(r.IdOf(e1));
+        Assert.Equal("expert-1", r.IdOf(e1b));
+        Assert.Equal(["trainer", "expert-1"], r.ParameterOwners(3).Select(o => o.id));   // router and expert-0 absent, fixed order
+        r.Remove("expert-1");
+        Assert.False(r.Contains("expert-1"));
+    }
+}
