@@ -28,8 +28,8 @@ public static class ActorEngine
         var provider = config.GetString("akka.persistence.journal.sql.provider-name");
         if (provider.StartsWith("PostgreSQL", StringComparison.Ordinal))
             return WithConnectionString(config, Environment.GetEnvironmentVariable(PostgresVariable) ?? "", PostgresVariable);
-        if (provider != "SQLite.MS" || !string.IsNullOrEmpty(config.GetString("akka.persistence.journal.sql.connection-string")))
-            return config;
+        if (provider != "SQLite.MS" || runDir.Length == 0 || !string.IsNullOrEmpty(config.GetString("akka.persistence.journal.sql.connection-string")))
+            return config;                                    // no run directory (an experts-only node): no SQLite file either
         var db = Path.Combine(runDir, "journal.db");
         using (var c = new SqliteConnection($"Data Source={db}"))
         {

@@ -32,6 +32,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     private readonly Dictionary<int, (Tensor input, Tensor output)> inFlight = [];
     private readonly ILoggingAdapter log = Context.GetLogger();
     private ExpertSnapshot? lastSnapshot;
+    private long tokens;                                 // token rows through this expert's forward since it started
     private bool restarted;
 
     public override string PersistenceId { get; }
@@ -107,6 +108,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             setup.Chaos.Check(Name, m.Step);
             using var scope = NewDisposeScope();
             var input = m.Input.detach().requires_grad_(true);                      // a leaf: dL/dInput goes back
+            tokens += input.shape[0] * input.shape[1];
             var output = mlps[m.Block].forward(input);
             var reply = output.detach();
             m.Input.Dispose();
@@ -141,6 +143,8 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "expert", ["expert"] = expert.ToString() });
         lastSnapshot = new ExpertSnapshot(m.Step, r);
         SaveSnapshot(lastSnapshot);
+        log.Info("{0} on {1} ({2}): checkpoint {3}, {4} tokens through its forward since it started", Name,
+            ((ExtendedActorSystem)Context.System).Provider.DefaultAddress, setup.Device, m.Step, tokens);
         Sender.Tell(new CheckpointWritten(m.Step, r));
     }
 

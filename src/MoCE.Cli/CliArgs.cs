@@ -17,6 +17,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           pretrain     dense MAE pre-training
           cluster      k-means over the dense MAE's features; writes each image's cluster and a report
           train        MoE training from the dense MAE: --method moce|token-moe|dense, --engine actors|local
+          node         one process of a cluster run: --roles coordinator,experts --seeds HOST:PORT,... (needs PostgreSQL)
           customize    extract a dense model with the experts a task prefers: --task NAME
           eval         linear probe and k-NN on frozen features for the configured tasks
           status RUN   committed steps, owners and their checkpoint files, recent recoveries
@@ -30,6 +31,8 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           -o key=value      override one key, e.g. -o pretrain.steps=500 (repeatable, applied last)
           --run DIR         run directory (default: runs/PRESET, or runs/default)
           train: --method moce|token-moe|dense (default moce.moe.method)  --engine actors|local (default moce.actors.engine)
+          node: --roles coordinator|experts|coordinator,experts  --host H  --port P  --seeds H:P,...  --devices cpu,cuda:0
+                --min-expert-nodes N  --method moce|token-moe  (each overrides moce.node.*; a coordinator needs --run)
           customize: --task NAME (a task under moce.tasks)
           bench: --warmup N (default 40)  --steps N (default 160)  --rounds N (default 8)
           -h, --help        this text

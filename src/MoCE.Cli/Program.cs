@@ -24,6 +24,15 @@ Console.CancelKeyPress += (_, e) =>
     cts.Cancel();
 };
 
+// SIGTERM (docker stop, systemd, kill) stops like the first Ctrl-C: commit, leave the cluster, exit
+using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, ctx =>
+{
+    ctx.Cancel = true;
+    if (cts.IsCancellationRequested) return;
+    Log.Warning("SIGTERM: finishing the current step and committing a checkpoint");
+    cts.Cancel();
+});
+
 try
 {
     // the main thread never computes: a command's torch work runs on a thread that exits with it (ComputeThread)
@@ -37,6 +46,7 @@ try
         "customize" => CustomizeCommand.Run(cli),
         "eval" => EvalCommand.Run(cli),
         "pipeline" => PipelineCommand.Run(cli, cts.Token),
+        "node" => NodeCommand.Run(cli, cts.Token),
         "status" => StatusCommand.Run(cli),
         "bench" => BenchCommand.Run(cli),
         _ => throw new ConfigException(cli.Command, "unknown command; see moce --help"),

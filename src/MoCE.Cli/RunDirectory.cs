@@ -27,7 +27,16 @@ public sealed class RunDirectory
         bool existing = File.Exists(ConfigPath);
         Directory.CreateDirectory(Path.Combine(Root, "logs"));
         var idPath = Path.Combine(Root, "run.id");
-        if (!File.Exists(idPath)) File.WriteAllText(idPath, existing ? "" : Guid.NewGuid().ToString("N")[..12]);
+        if (!File.Exists(idPath))
+        {
+            // created once: of processes opening a new run at once (the coordinators of a cluster), one writes it
+            try
+            {
+                using var f = new FileStream(idPath, FileMode.CreateNew, FileAccess.Write);
+                f.Write(System.Text.Encoding.ASCII.GetBytes(existing ? "" : Guid.NewGuid().ToString("N")[..12]));
+            }
+            catch (IOException) when (File.Exists(idPath)) { }
+        }
         Id = File.ReadAllText(idPath).Trim();
     }
 
@@ -40,9 +49,7 @@ public sealed class RunDirectory
     {
         if (!File.Exists(ConfigPath))
         {
-            var tmp = ConfigPath + ".tmp";
-            File.WriteAllText(tmp, ConfigLoader.Render(resolved));
-            File.Move(tmp, ConfigPath, overwrite: true);
+            Write(resolved);
             return false;
         }
         var recorded = ConfigLoader.ParseFile(ConfigPath);
@@ -53,7 +60,15 @@ public sealed class RunDirectory
                                                 "use the run's value or start a new run with --run");
             log.Warning("Resuming with {Key} changed from {Was} to {Now}", key, was, now);
         }
-        File.WriteAllText(ConfigPath, ConfigLoader.Render(resolved));
+        Write(resolved);
         return true;
+    }
+
+    /// <summary>Atomically: several processes (a cluster's coordinators) may open the run at once.</summary>
+    private void Write(Config resolved)
+    {
+        var tmp = $"{ConfigPath}.{Environment.ProcessId}.tmp";
+        File.WriteAllText(tmp, ConfigLoader.Render(resolved));
+        File.Move(tmp, ConfigPath, overwrite: true);
     }
 }

@@ -164,12 +164,15 @@ public sealed class WireSerializer : SerializerWithStringManifest
         var w = new WireWriter();
         w.U8(BodyVersion);
         x.write(w, obj);
-        return w.ToArray();
+        var bytes = w.ToArray();
+        WireTraffic.Count(x.manifest, bytes.Length, sent: true);
+        return bytes;
     }
 
     public override object FromBinary(byte[] bytes, string manifest)
     {
         if (!readers.TryGetValue(manifest, out var read)) throw new WireFormatException($"unknown wire manifest '{manifest}'");
+        WireTraffic.Count(manifest, bytes.Length, sent: false);
         var r = new WireReader(bytes, manifest);
         byte version = r.U8();
         if (version is 0 or > BodyVersion) throw r.Bad($"body version {version} is not supported (this build reads 1..{BodyVersion})");

@@ -15,12 +15,13 @@ public sealed class Session
     public required FashionMnist.Location Data { get; init; }
     public bool Resumed { get; init; }
 
-    public static Session Open(CliArgs cli)
+    /// <summary><paramref name="logName"/>: the log file under the run's logs/ (moce.log; each node of a cluster its own).</summary>
+    public static Session Open(CliArgs cli, string logName = "moce.log")
     {
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, cli.Overrides));
         var (config, _) = ConfigLoader.Resolve(merged);
         var run = new RunDirectory(cli.RunDir);
-        Log.Logger = Logging.ConsoleAndFile(run.LogPath);
+        Log.Logger = Logging.ConsoleAndFile(Path.Combine(run.Root, "logs", logName));
         bool resumed = run.AdoptConfig(merged, Log.Logger);
         Log.Information("moce {Command} in {Run} ({Mode})", cli.Command, run.Root, resumed ? "resuming" : "new run");
         Log.Debug("Resolved configuration:\n{Config}", ConfigLoader.Render(merged));

@@ -22,7 +22,8 @@ public static class TrainCommand
         return 0;
     }
 
-    public static void Execute(Session s, MoeMethod method, string engine, CancellationToken ct)
+    /// <summary><paramref name="node"/>: run as one coordinator of a cluster (moce node), on the actor engine.</summary>
+    public static void Execute(Session s, MoeMethod method, string engine, CancellationToken ct, MoCE.Actors.NodeOptions? node = null)
     {
         var dir = s.Run.Phase(Artifacts.TrainPhase(method));
         var (dense, sha) = Artifacts.Dense(s);
@@ -34,29 +35,18 @@ public static class TrainCommand
         Log.Information("Training {Method} from dense checkpoint {Sha}…: {Steps} steps of {Batch}; {Experts} experts in blocks [{Layers}], top-{K}, {C} clusters",
             MoceConfig.MethodName(method), sha[..16], train.Steps, train.BatchSize, moe.Experts, string.Join(",", moe.Layers), moe.TopK, clustering.K);
         if (engine == "actors" && method != MoeMethod.Dense)
-            ActorTrain.Execute(s, moe, dir, dense, sha, data, clustering, ct);
+            ActorTrain.Execute(s, moe, dir, dense, sha, data, clustering, ct, node);
         else
         {
             if (engine == "actors") Log.Information("dense has no experts to distribute; the reference engine trains it");
             using var trainer = new MoceTrainer(s.Config.Model, moe, train, s.Config.Data, data, clustering, dense, sha, s.Device);
             var loop = new TrainingLoop(trainer, train, dir, Log.Logger);
             loop.Run(p => Log.Information("{Method} step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}{Routing}",
-                MoceConfig.MethodName(method), p.Step, p.TotalSteps, p.Loss, p.ImagesPerSecond, p.Eta, RoutingSummary(trainer.LastRouting)), ct);
+                MoceConfig.MethodName(method), p.Step, p.TotalSteps, p.Loss, p.ImagesPerSecond, p.Eta, ExpertStat.Summary(trainer.LastRouting)), ct);
         }
         var summary = PretrainCommand.Summarize(Path.Combine(dir, "metrics.csv"), data.Source);
         File.WriteAllText(Path.Combine(dir, "summary.json"), JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
         Log.Information("{Method} done: loss {First:F4} → {Last:F4}; {Ips:F0} img/s; {Wall:F0} s",
             MoceConfig.MethodName(method), summary.FirstLossMean, summary.LastLossMean, summary.ImagesPerSecond, summary.WallSeconds);
-    }
-
-    /// <summary>" | block 1: 40/35/15/10% H=0.52" — the last step's token shares per expert and the gate entropy.</summary>
-    public static string RoutingSummary(IReadOnlyList<ExpertStat> routing)
-    {
-        if (routing.Count == 0) return "";
-        return string.Concat(routing.GroupBy(r => r.Block).Select(g =>
-        {
-            double total = Math.Max(1, g.Sum(r => r.Tokens));
-            return $" | block {g.Key}: {string.Join("/", g.Select(r => (100 * r.Tokens / total).ToString("F0")))}% H={g.First().GateEntropy:F2}";
-        }));
     }
 }

@@ -19,6 +19,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     /// <summary>How tensors cross a node: "fp32" (exact) or "bf16" (half the bytes). The wire serializer reads it from
     /// the actor system's configuration, which is this run's merged HOCON.</summary>
     public required string WireEncoding { get; init; }
+    /// <summary>moce node: this process's roles, address, seeds and devices (one node of a cluster run).</summary>
+    public required MoCE.Actors.NodeOptions Node { get; init; }
     public required EvalConfig Eval { get; init; }
     public required IReadOnlyDictionary<string, TaskConfig> Tasks { get; init; }
 
@@ -35,7 +37,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     /// <summary>Evaluation and task settings never change what was trained, so a resumed run may change them.</summary>
     public static bool MayChangeOnResume(string key) =>
         ResumeMutable.Contains(key) || key.StartsWith("moce.eval.", StringComparison.Ordinal) || key.StartsWith("moce.tasks.", StringComparison.Ordinal)
-        || key.StartsWith("moce.customize.", StringComparison.Ordinal);
+        || key.StartsWith("moce.customize.", StringComparison.Ordinal)
+        || key.StartsWith("moce.node.", StringComparison.Ordinal);   // where the owners run, not what they compute
 
     /// <summary>Task definitions are open: any moce.tasks.NAME.classes is a known key.</summary>
     public static bool IsOpenKey(string key) =>
@@ -124,6 +127,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             WireEncoding = t.String("moce.wire.tensor-encoding") is "fp32" or "bf16" ? t.String("moce.wire.tensor-encoding")
                 : throw new ConfigException("moce.wire.tensor-encoding", $"expected fp32 or bf16, got '{t.String("moce.wire.tensor-encoding")}'"),
             Tasks = tasks,
+            Node = new MoCE.Actors.NodeOptions(t.StringList("moce.node.roles"), t.String("moce.node.host"), t.Int("moce.node.port"),
+                t.StringList("moce.node.seed-nodes"), t.StringList("moce.node.devices"), t.Int("moce.node.min-expert-nodes"), t.Int("moce.actors.owner-threads")),
             Eval = new EvalConfig
             {
                 Tasks = t.StringList("moce.eval.tasks"),

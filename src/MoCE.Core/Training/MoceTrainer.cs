@@ -15,6 +15,13 @@ namespace MoCE.Core.Training;
 /// <summary>Routing of one MoE layer in one step, for experts.csv.</summary>
 public sealed record ExpertStat(int Block, int Expert, long Tokens, double LossShare, double GateEntropy)
 {
+    /// <summary>" | block 1: 40/35/15/10% H=0.52": one step's token shares per expert and the gate entropy, per block.</summary>
+    public static string Summary(IReadOnlyList<ExpertStat> routing) => string.Concat(routing.GroupBy(r => r.Block).Select(g =>
+    {
+        double total = Math.Max(1, g.Sum(r => r.Tokens));
+        return $" | block {g.Key}: {string.Join("/", g.Select(r => (100 * r.Tokens / total).ToString("F0")))}% H={g.First().GateEntropy:F2}";
+    }));
+
     /// <summary>Tokens routed to each expert (by top-1), its share of the masked-patch loss, and the layer's mean
     /// gate entropy. A TokenMoE row is a token and carries 1/T of its image's loss.</summary>
     public static IReadOnlyList<ExpertStat> From(IEnumerable<RouteStats> routes, Tensor perImageLoss, int experts)

@@ -1,0 +1,107 @@
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.Cluster.Tools.Singleton;
+using Akka.Configuration;
+using MoCE.Actors.Messages;
+using MoCE.Actors.Placement;
+using MoCE.Core.Config;
+
+namespace MoCE.Actors;
+
+/// <summary>One process of a cluster run (moce node). Roles: <c>coordinator</c> (can run the supervisor, a cluster
+/// singleton, with the trainer, router and teacher) and <c>experts</c> (hosts experts on its devices).</summary>
+/// <param name="Seeds">"host:port" of the seed nodes; a node that lists itself first starts the cluster.</param>
+/// <param name="MinExpertNodes">Expert nodes the supervisor waits for before it places the experts.</param>
+public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int Port, IReadOnlyList<string> Seeds,
+                                 IReadOnlyList<string> Devices, int MinExpertNodes, int OwnerThreads)
+{
+    public bool Coordinator => Roles.Contains(NodeRoles.Coordinator);
+    public bool Experts => Roles.Contains(NodeRoles.Experts);
+
+    public NodeOptions Validated()
+    {
+        if (Roles.Count == 0 || Roles.Any(r => r is not (NodeRoles.Coordinator or NodeRoles.Experts)))
+            throw new ConfigException("moce.node.roles", $"expected one or both of {NodeRoles.Coordinator}, {NodeRoles.Experts}; got [{string.Join(", ", Roles)}]");
+        if (Port is < 0 or > 65535) throw new ConfigException("moce.node.port", $"expected 0..65535, got {Port}");
+        if (Seeds.Count == 0) throw new ConfigException("moce.node.seed-nodes", "is empty: list at least one \"host:port\" (the first node lists itself)");
+        foreach (var s in Seeds) _ = SeedAddress(s);
+        if (MinExpertNodes < 1) throw new ConfigException("moce.node.min-expert-nodes", "must be ≥ 1");
+        if (Experts) _ = new NodeResources(Devices, OwnerThreads, ChaosPlan.None, new EngineThreads()).Validated();
+        return this;
+    }
+
+    public static Address SeedAddress(string hostPort)
+    {
+        int colon = hostPort.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(hostPort.AsSpan(colon + 1), out var port) || port is < 1 or > 65535)
+            throw new ConfigException("moce.node.seed-nodes", $"'{hostPort}' is not host:port");
+        return new Address("akka.tcp", ClusterNode.SystemName, hostPort[..colon], port);
+    }
+}
+
+/// <summary>Everything a coordinator node needs to run the run when the singleton lands on it.</summary>
+public sealed record CoordinatorRun(ActorContextSetup Setup, SupervisorHooks Hooks, long Until, long CheckpointEvery, int Keep);
+
+/// <summary>Runs one cluster node until the run ends (a coordinator) or until it is stopped (an experts-only node).</summary>
+public static class ClusterNode
+{
+    public const string SystemName = "moce";
+    /// <summary>The singleton manager's name on every coordinator; the supervisor runs as its child on the oldest one.</summary>
+    public const string RunManager = "run";
+
+    /// <summary>The node's actor system configuration: cluster provider, address and roles over the user's configuration
+    /// (which must name a shared journal).</summary>
+    public static Config Config(NodeOptions o, Config journal) => ConfigurationFactory.ParseString($"""
+        akka.actor.provider = cluster
+        akka.remote.dot-netty.tcp.hostname = "{o.Host}"
+        akka.remote.dot-netty.tcp.port = {o.Port}
+        akka.cluster.roles = [{string.Join(", ", o.Roles.Select(r => $"\"{r}\""))}]
+        """).WithFallback(journal);
+
+    /// <summary>Joins the cluster, hosts experts if the node has that role, and as a coordinator runs the supervisor when
+    /// the singleton lands here; returns the run's end (null for an experts-only node, stopped by <paramref name="ct"/>).
+    /// The process leaves the cluster gracefully on the way out.</summary>
+    public static RunFinished? Run(NodeOptions o, Config config, CoordinatorRun? run, Serilog.ILogger log, CancellationToken ct)
+    {
+        o.Validated();
+        if (o.Coordinator && run is null) throw new ArgumentException("a coordinator node needs its run", nameof(run));
+        var provider = config.GetString("akka.persistence.journal.sql.provider-name");
+        if (provider.StartsWith("SQLite", StringComparison.Ordinal))
+            throw new ConfigException("akka.persistence.journal.sql.provider-name",
+                $"is {provider}: the nodes of a cluster share one journal; use a database server (--config hocon/persistence-postgres.conf)");
+        var threads = new EngineThreads();
+        using var system = ActorSystem.Create(SystemName, config);
+        try
+        {
+            if (o.Experts)
+                system.ActorOf(ExpertHostActor.Props(new NodeResources(o.Devices, o.OwnerThreads, ChaosPlan.None, threads)), ExpertHostActor.Name);
+            var cluster = Cluster.Get(system);
+            cluster.JoinSeedNodes(o.Seeds.Select(NodeOptions.SeedAddress));     // after the host exists: the supervisor asks it when we are Up
+            log.Information("Node {Address} with roles [{Roles}] joining [{Seeds}]{Devices}", cluster.SelfAddress, string.Join(", ", o.Roles),
+                string.Join(", ", o.Seeds), o.Experts ? $"; experts on [{string.Join(", ", o.Devices)}]" : "");
+            var removed = system.WhenTerminated;                                 // downed: run-coordinated-shutdown-when-down
+            if (run is null)
+            {
+                Task.WaitAny([removed, Task.Delay(Timeout.Infinite, ct).ContinueWith(_ => { }, TaskScheduler.Default)]);
+                if (removed.IsCompleted) throw new InvalidOperationException("this node was removed from the cluster");
+                return null;
+            }
+            system.ActorOf(ClusterSingletonManager.Props(
+                SupervisorActor.Props(run.Setup, run.Hooks, run.CheckpointEvery, run.Keep, o.MinExpertNodes),
+                PoisonPill.Instance, ClusterSingletonManagerSettings.Create(system).WithRole(NodeRoles.Coordinator)), RunManager);
+            var supervisor = system.ActorOf(ClusterSingletonProxy.Props($"/user/{RunManager}",
+                ClusterSingletonProxySettings.Create(system).WithRole(NodeRoles.Coordinator)), RunManager + "-proxy");
+            var done = new TaskCompletionSource<RunFinished>(TaskCreationOptions.RunContinuationsAsynchronously);
+            system.ActorOf(RunClientActor.Props(supervisor, run.Until, TimeSpan.FromSeconds(2), done), "run-client");
+            using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit()));
+            if (Task.WaitAny(done.Task, removed) == 1) throw new InvalidOperationException("this node was removed from the cluster before the run finished");
+            return done.Task.GetAwaiter().GetResult();
+        }
+        finally
+        {
+            CoordinatedShutdown.Get(system).Run(CoordinatedShutdown.ClusterLeavingReason.Instance).Wait(TimeSpan.FromSeconds(30));
+            threads.JoinAll(TimeSpan.FromSeconds(30));
+            run?.Setup.Threads.JoinAll(TimeSpan.FromSeconds(30));
+        }
+    }
+}

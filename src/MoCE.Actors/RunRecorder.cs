@@ -1,0 +1,70 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using MoCE.Actors.Messages;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Config;
+using MoCE.Core.Training;
+
+namespace MoCE.Actors;
+
+/// <summary>What a coordinator writes about a run, wherever the supervisor runs (moce train, moce node, tests): the
+/// same metrics.csv and experts.csv as the reference engine, commits.json (the journal's commits, for the later
+/// phases), recoveries.json, and a progress line every log-every steps. A replayed step (after a rollback) is not
+/// written twice, and rows past the step this process starts from are dropped first: after a resume or a coordinator
+/// failover the files continue from the last commit.</summary>
+public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore store, string label, Serilog.ILogger log) : IDisposable
+{
+    private CsvLog? metrics, experts;
+    private long lastRow = -1;
+    private readonly Stopwatch window = Stopwatch.StartNew(), clock = Stopwatch.StartNew();
+    private double windowLoss;
+    private int windowSteps;
+    private readonly CommitLog commits = new(store);
+    private readonly List<RecoveryRecord> recoveries = File.Exists(Path.Combine(dir, "recoveries.json"))
+        ? JsonSerializer.Deserialize<List<RecoveryRecord>>(File.ReadAllText(Path.Combine(dir, "recoveries.json"))) ?? [] : [];
+
+    public SupervisorHooks Hooks => new(OnStep, BeforeCommit: _ => { metrics?.Flush(); experts?.Flush(); }, OnCommit: OnCommit, OnRecovery: OnRecovery);
+
+    private void OnStep(StepCompleted m)
+    {
+        if (m.Step <= lastRow) return;                          // a replayed step after a rollback: already written
+        if (metrics is null)                                   // the first step of this process: rows ≥ it are stale
+        {
+            metrics = new CsvLog(Path.Combine(dir, "metrics.csv"), "step,loss,lr,grad_norm,images,images_per_s,wall_s", m.Step);
+            experts = new CsvLog(Path.Combine(dir, "experts.csv"), "step,block,expert,tokens,loss_share,gate_entropy", m.Step);
+        }
+        lastRow = m.Step;
+        windowLoss += m.Stats.Loss; windowSteps++;
+        double ips = windowSteps * train.BatchSize / Math.Max(1e-9, window.Elapsed.TotalSeconds);
+        var st = m.Stats;
+        metrics.Append(st.Step, string.Create(CultureInfo.InvariantCulture,
+            $"{st.Step},{st.Loss:R},{st.Lr:R},{st.GradNorm:R},{st.Images},{ips:F1},{clock.Elapsed.TotalSeconds:F3}"));
+        foreach (var e in m.Routing)
+            experts!.Append(st.Step, string.Create(CultureInfo.InvariantCulture,
+                $"{st.Step},{e.Block},{e.Expert},{e.Tokens},{e.LossShare:G6},{e.GateEntropy:G6}"));
+        long done = st.Step + 1;
+        if (done % train.LogEvery != 0 && done != train.Steps) return;
+        var eta = TimeSpan.FromSeconds((train.Steps - done) * window.Elapsed.TotalSeconds / windowSteps);
+        log.Information("{Method} [actors] step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}{Routing}",
+            label, done, train.Steps, windowLoss / windowSteps, ips, eta, ExpertStat.Summary(m.Routing));
+        window.Restart(); windowLoss = 0; windowSteps = 0;
+    }
+
+    private void OnCommit(CheckpointCommitted c) =>
+        commits.Commit(new CheckpointCommit(c.Step, c.Manifest, DateTime.UtcNow), train.KeepCheckpoints, deleteFiles: false);
+
+    private void OnRecovery(RecoveryRecord r)
+    {
+        recoveries.Add(r);
+        var path = Path.Combine(dir, "recoveries.json");
+        File.WriteAllText(path + ".tmp", JsonSerializer.Serialize(recoveries, new JsonSerializerOptions { WriteIndented = true }));
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    public void Dispose()
+    {
+        metrics?.Dispose();
+        experts?.Dispose();
+    }
+}

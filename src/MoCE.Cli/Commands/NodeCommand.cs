@@ -1,0 +1,54 @@
+using MoCE.Actors;
+using MoCE.Cli.Configuration;
+using MoCE.Core.Config;
+using Serilog;
+
+namespace MoCE.Cli.Commands;
+
+/// <summary><c>moce node</c>: one process of a cluster run. A <c>coordinator</c> node opens the run directory (shared by
+/// all coordinators) like `moce train --engine actors` and runs the training phase when the cluster's supervisor
+/// singleton lands on it; an <c>experts</c>-only node needs no run directory: it hosts the experts placed on it, on its
+/// devices, until it is stopped (Ctrl-C or SIGTERM: it leaves the cluster, and its experts move). Every node needs the
+/// shared journal (--config hocon/persistence-postgres.conf and $MOCE_POSTGRES).</summary>
+public static class NodeCommand
+{
+    public static int Run(CliArgs cli, CancellationToken ct)
+    {
+        cli.RejectFlagsExcept("roles", "host", "port", "seeds", "devices", "min-expert-nodes", "method");
+        cli = cli with { Overrides = [.. cli.Overrides, .. FlagOverrides(cli)] };
+        var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, cli.Overrides));
+        var (config, _) = ConfigLoader.Resolve(merged);
+        var node = config.Node.Validated();
+        if (!node.Coordinator)
+        {
+            // an experts-only node: no run directory, no data; the experts' spec comes from the supervisor
+            ClusterNode.Run(node, ClusterNode.Config(node, ActorEngine.Config("", config.Hocon)), null, Log.Logger, ct);
+            Log.Information("Node stopped");
+            return 0;
+        }
+        var s = Session.Open(cli, logName: $"node-{node.Host}-{(node.Port > 0 ? node.Port.ToString() : Environment.ProcessId.ToString())}.log");
+        var method = cli.Flags.TryGetValue("method", out var m) ? MoceConfig.ParseMethod("--method", m) : s.Config.Moe.Method;
+        if (method == MoeMethod.Dense) throw new ConfigException("--method", "dense has no experts to place; train it with moce train");
+        TrainCommand.Execute(s, method, "actors", ct, node);
+        return 0;
+    }
+
+    /// <summary>The node flags as overrides of moce.node.*: a flag wins over every configuration file.</summary>
+    private static IEnumerable<string> FlagOverrides(CliArgs cli)
+    {
+        static string List(string csv) => "[" + string.Join(", ", csv.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(x => System.Text.Json.JsonSerializer.Serialize(x))) + "]";
+        foreach (var (flag, value) in cli.Flags)
+        {
+            switch (flag)
+            {
+                case "roles": yield return $"moce.node.roles={List(value)}"; break;
+                case "seeds": yield return $"moce.node.seed-nodes={List(value)}"; break;
+                case "devices": yield return $"moce.node.devices={List(value)}"; break;
+                case "host": yield return $"moce.node.host={System.Text.Json.JsonSerializer.Serialize(value)}"; break;
+                case "port": yield return $"moce.node.port={cli.FlagInt("port", 0)}"; break;
+                case "min-expert-nodes": yield return $"moce.node.min-expert-nodes={cli.FlagInt("min-expert-nodes", 1)}"; break;
+            }
+        }
+    }
+}
