@@ -75,6 +75,9 @@ public sealed record ActorContextSetup
         };
     }
 
+    /// <summary>How the supervisor interrupts the trainer's step when an expert is lost with its node.</summary>
+    public StepCancellation Cancellation { get; init; } = new();
+
     /// <summary>The compute actors' threads, which the engine waits for when it stops.</summary>
     public EngineThreads Threads { get; init; } = new();
 

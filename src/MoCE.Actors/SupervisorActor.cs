@@ -234,15 +234,29 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private void HandleTerminated(Terminated t)
     {
         var id = registry.IdOf(t.ActorRef);
-        if (id is null) return;                                                   // an expert already replaced
-        if (SupervisorState.ExpertIndex(id) is { } e && !stopCauses.ContainsKey(id))
+        if (id is null || finished is not null) return;                           // an expert already replaced; nodes leaving after the end
+        if (SupervisorState.ExpertIndex(id) is not null && !stopCauses.ContainsKey(id))
         {
-            // an expert lost with its node (or stopped for a reason its host did not report): place it again, and
-            // recover as from any owner's failure
-            registry.Remove(id);
-            placement.Unassign(e);
-            router.Tell(new ExpertLost(step, e));
-            Self.Tell(new OwnerFailed(id, t.AddressTerminated ? $"its node {t.ActorRef.Path.Address} left the cluster" : "it stopped"));
+            // an expert lost with its node (or stopped for a reason its host did not report): every expert of that node
+            // goes at once; the trainer's step is cancelled (nobody will answer for them), they are placed again, and
+            // the loss is recovered from as an owner's failure: one failure for the node under global-rollback, each
+            // expert down on its own under expert-local
+            var address = t.ActorRef.Path.Address;
+            var lost = Enumerable.Range(0, setup.Moe.Experts)
+                .Where(e => registry[OwnerRegistry.ExpertId(e)] is { } r && (r.Equals(t.ActorRef) || (t.AddressTerminated && r.Path.Address.Equals(address))))
+                .ToList();
+            foreach (var e in lost)
+            {
+                registry.Remove(OwnerRegistry.ExpertId(e));
+                placement.Unassign(e);
+                router.Tell(new ExpertLost(step, e));
+            }
+            setup.Cancellation.Cancel(generation, lost);
+            var why = t.AddressTerminated ? $"lost with its node {address}" : "it stopped";
+            if (setup.Policy == RecoveryPolicy.GlobalRollback)
+                HandleOwnerFailed(new OwnerFailed(string.Join(",", lost.Select(OwnerRegistry.ExpertId)), why));
+            else
+                foreach (var e in lost) HandleOwnerFailed(new OwnerFailed(OwnerRegistry.ExpertId(e), why));
             PlaceMissing();
             return;
         }
@@ -382,6 +396,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
 
     private void HandleOwnerFailed(OwnerFailed m)
     {
+        if (finished is not null) return;
         log.Warning("Owner {0} failed at step {1}: {2}", m.Owner, step, m.Error);
         if (fatal is not null) return;
         switch (state.Decide(m.Owner, m.Error, step, recovering))

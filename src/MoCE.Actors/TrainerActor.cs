@@ -1,5 +1,6 @@
 using Akka.Actor;
 using MoCE.Actors.Messages;
+using MoCE.Actors.Placement;
 using MoCE.Core.Config;
 using MoCE.Core.Data;
 using MoCE.Core.Model;
@@ -54,11 +55,18 @@ public sealed class TrainerActor : ReceiveActor
     /// an actor, its continuation would otherwise be queued behind the very message that is waiting for it.</summary>
     private T Ask<T>(IActorRef to, object message) => Wait(() => to.Ask<T>(message, setup.AskTimeout));
 
+    private CancellationToken stepToken;
+
     /// <summary>Waits for replies. An owner that failed answers with a failure and is itself supervised, so that
-    /// becomes <see cref="OwnerReplyFailed"/>: not the trainer's fault. A timeout (no answer at all) stays an error.</summary>
-    private static T Wait<T>(Func<Task<T>> request)
+    /// becomes <see cref="OwnerReplyFailed"/>: not the trainer's fault; so does an owner lost with its node (the
+    /// supervisor cancels the step). A timeout (no answer at all) stays an error.</summary>
+    private T Wait<T>(Func<Task<T>> request)
     {
-        try { return Task.Run(request).GetAwaiter().GetResult(); }
+        try { return Task.Run(request).WaitAsync(stepToken).GetAwaiter().GetResult(); }
+        catch (OperationCanceledException) when (stepToken.IsCancellationRequested)
+        {
+            throw new OwnerReplyFailed(new InvalidOperationException($"the supervisor cancelled the step: {string.Join(", ", setup.Cancellation.Lost.Select(OwnerRegistry.ExpertId))} lost with their node"));
+        }
         catch (Exception e) when (e is not AskTimeoutException) { throw new OwnerReplyFailed(e); }
     }
 
@@ -67,6 +75,7 @@ public sealed class TrainerActor : ReceiveActor
     private void HandleTrainStep(TrainStep m)
     {
         setup.Chaos.Check(Name, m.Step);
+        stepToken = setup.Cancellation.Begin(m.Generation);
         try
         {
             RunStep(m);
@@ -79,7 +88,8 @@ public sealed class TrainerActor : ReceiveActor
             // The trainer's own errors and timeouts are not caught: it fails, and the supervisor recovers it.
             owner.Optimizer.ZeroGrad();
             // in parallel: an owner lost with its node never answers, and the others should not wait behind it
-            var owners = experts.Append(router).ToList();
+            var lost = stepToken.IsCancellationRequested ? setup.Cancellation.Lost : new HashSet<int>();
+            var owners = experts.Where((_, e) => !lost.Contains(e)).Append(router).ToList();   // the lost never answer
             Task.Run(() => Task.WhenAll(owners.Select(a => a.Ask<StepAborted>(new AbortStep(m.Step), setup.AskTimeout)
                 .ContinueWith(_ => { }, TaskScheduler.Default)))).GetAwaiter().GetResult();   // a failed owner restores its state when it comes back
             Sender.Tell(new StepFailed(m.Step, m.Generation, e.Message));
@@ -147,7 +157,9 @@ public sealed class TrainerActor : ReceiveActor
         double clip = AdamW.ClipScale(norm, setup.Train.ClipGrad);
         var applied = Task.Run(() => Task.WhenAll(others.Select(a => a.Ask<StepApplied>(new Apply(s, lr, clip), setup.AskTimeout))));
         owner.Apply(lr, clip);                                                       // overlaps the others' updates
-        applied.GetAwaiter().GetResult();
+        // not Wait: once the trainer has applied, the step cannot be retried without it, so an owner lost now (the
+        // supervisor cancels) fails the trainer itself, and the run rolls back globally
+        applied.WaitAsync(stepToken).GetAwaiter().GetResult();
 
         var stats = new StepStats(s, o.Loss.item<float>(), lr, norm, setup.Train.BatchSize);
         Sender.Tell(new StepCompleted(s, stats, ExpertStat.From(routes, o.PerImage, setup.Moe.Experts), rerouted));
