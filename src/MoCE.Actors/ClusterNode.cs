@@ -83,7 +83,7 @@ public static class ClusterNode
             if (run is null)
             {
                 Task.WaitAny([removed, Task.Delay(Timeout.Infinite, ct).ContinueWith(_ => { }, TaskScheduler.Default)]);
-                if (removed.IsCompleted) throw new InvalidOperationException("this node was removed from the cluster");
+                if (removed.IsCompleted && !ct.IsCancellationRequested) throw new InvalidOperationException("this node was removed from the cluster");
                 return null;
             }
             system.ActorOf(ClusterSingletonManager.Props(

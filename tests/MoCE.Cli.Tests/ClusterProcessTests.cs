@@ -1,0 +1,243 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.RegularExpressions;
+using MoCE.Core.Checkpoints;
+using Xunit.Abstractions;
+using static MoCE.Cli.Tests.PretrainProcessTests;
+
+namespace MoCE.Cli.Tests;
+
+/// <summary>The pre-training and clustering of one baby run, and the same run's MoCE phase trained by one `moce train`
+/// process: what every cluster run below must equal.</summary>
+public sealed class ClusterRunFixture
+{
+    public static readonly string[] Baby =
+    [
+        .. MoCE.Cli.Tests.Baby.Model,
+        "-o", "pretrain.steps=20", "-o", "pretrain.batch-size=32", "-o", "train.batch-size=16",
+        "-o", "train.steps=150", "-o", "train.checkpoint-every=10", "-o", "train.log-every=10",
+    ];
+
+    public string Base { get; } = Path.Combine(Path.GetTempPath(), "moce-tests", "cluster-" + Guid.NewGuid().ToString("N"));
+    public string Reference => Base + "-single";
+
+    public ClusterRunFixture()
+    {
+        var (code, output) = Moce(["pretrain", "--run", Base, .. Baby]);
+        if (code != 0) throw new InvalidOperationException(output);
+        (code, output) = Moce(["cluster", "--run", Base, .. Baby]);
+        if (code != 0) throw new InvalidOperationException(output);
+        ClusterProcessTests.CopyRun(Base, Reference);
+        (code, output) = Moce(["train", "--run", Reference, "--engine", "actors", .. Baby]);
+        if (code != 0) throw new InvalidOperationException(output);
+    }
+}
+
+/// <summary>Real `moce node` processes on 127.0.0.1 with PostgreSQL: two coordinators and two expert nodes train the
+/// run; SIGKILL of an expert node or of the active coordinator mid-run. Each ends with the weights of the one-process
+/// run (bit for bit: fp32 on the wire, and the router folds expert outputs in plan order).</summary>
+public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output) : IClassFixture<ClusterRunFixture>
+{
+    private static readonly TimeSpan RunTimeout = TimeSpan.FromSeconds(240);
+
+    /// <summary>A running `moce node`, its output kept line by line.</summary>
+    private sealed class Node : IDisposable
+    {
+        private readonly Process p;
+        private readonly StringBuilder log = new();
+        public string Name { get; }
+
+        public Node(string name, params string[] args)
+        {
+            Name = name;
+            var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+            psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "moce.dll"));
+            psi.ArgumentList.Add("node");
+            foreach (var a in args) psi.ArgumentList.Add(a);
+            p = Process.Start(psi)!;
+            p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.AppendLine(e.Data); };
+            p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.AppendLine(e.Data); };
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+        }
+
+        public string Output { get { lock (log) return log.ToString(); } }
+
+        /// <summary>Waits (bounded) until the output matches; the match, or a failure that shows the output.</summary>
+        public Match WaitFor(string pattern, TimeSpan timeout)
+        {
+            var clock = Stopwatch.StartNew();
+            while (clock.Elapsed < timeout)
+            {
+                var m = Regex.Match(Output, pattern);
+                if (m.Success) return m;
+                if (p.HasExited) break;
+                Thread.Sleep(50);
+            }
+            var last = Regex.Match(Output, pattern);
+            if (last.Success) return last;
+            throw new TimeoutException($"{Name} did not log /{pattern}/ within {timeout.TotalSeconds:F0} s (exited: {p.HasExited}):\n{Tail}");
+        }
+
+        public int WaitForExit(TimeSpan timeout)
+        {
+            if (!p.WaitForExit(timeout)) throw new TimeoutException($"{Name} did not exit within {timeout.TotalSeconds:F0} s:\n{Tail}");
+            p.WaitForExit();
+            return p.ExitCode;
+        }
+
+        public string Tail => string.Join("\n", Output.Split('\n').TakeLast(40));
+        public void Kill() => p.Kill(entireProcessTree: true);                    // SIGKILL: no shutdown, no leaving
+        public void Terminate() => Process.Start("kill", ["-TERM", p.Id.ToString()])!.WaitForExit();
+        public void Dispose()
+        {
+            if (!p.HasExited) p.Kill(entireProcessTree: true);
+            p.Dispose();
+        }
+    }
+
+    private sealed record Cluster(string Run, Node C1, Node C2, Node X1, Node X2) : IDisposable
+    {
+        public void Dispose() { foreach (var n in new[] { C1, C2, X1, X2 }) n.Dispose(); }
+    }
+
+    private static int FreePort()
+    {
+        var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
+    /// <summary>A new run (its own run id, so its journal rows are its own) from the fixture's dense model and clustering,
+    /// trained by two coordinators (the first one, the oldest, runs the supervisor) and two expert nodes.</summary>
+    private Cluster Start()
+    {
+        var run = fx.Base + "-" + Guid.NewGuid().ToString("N")[..8];
+        CopyRun(fx.Base, run);
+        File.WriteAllText(Path.Combine(run, "run.id"), Guid.NewGuid().ToString("N")[..12]);
+        int[] ports = [FreePort(), FreePort(), FreePort(), FreePort()];
+        string[] common = ["--seeds", $"127.0.0.1:{ports[0]}", "--min-expert-nodes", "2",
+                           "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby];
+        var c1 = new Node("coordinator 1", ["--roles", "coordinator", "--port", ports[0].ToString(), "--run", run, .. common]);
+        c1.WaitFor(@"Singleton manager started singleton actor", TimeSpan.FromSeconds(60));   // the oldest coordinator runs the supervisor
+        return new Cluster(run, c1,
+            new Node("coordinator 2", ["--roles", "coordinator", "--port", ports[1].ToString(), "--run", run, .. common]),
+            new Node("expert node 1", ["--roles", "experts", "--port", ports[2].ToString(), .. common]),
+            new Node("expert node 2", ["--roles", "experts", "--port", ports[3].ToString(), .. common]));
+    }
+
+    /// <summary>Both coordinators exit 0 once the run is done; the expert nodes leave on SIGTERM (the killed one is gone).</summary>
+    private void Finish(Cluster c, Node? killed = null)
+    {
+        var clock = Stopwatch.StartNew();
+        Assert.True(c.C2.WaitForExit(RunTimeout) == 0, c.C2.Tail);
+        if (killed != c.C1) Assert.True(c.C1.WaitForExit(RunTimeout) == 0, c.C1.Tail);
+        output.WriteLine($"coordinators exited {clock.Elapsed.TotalSeconds:F1} s after the test began waiting");
+        foreach (var x in new[] { c.X1, c.X2 }.Where(x => x != killed))
+        {
+            x.Terminate();
+            Assert.True(x.WaitForExit(TimeSpan.FromSeconds(60)) == 0, x.Tail);
+        }
+        output.WriteLine($"expert nodes left {clock.Elapsed.TotalSeconds:F1} s after");
+    }
+
+    private static Dictionary<string, float[]> FinalWeights(string run)
+    {
+        var store = new CheckpointStore(Path.Combine(run, "train-moce", "checkpoints"));
+        var commits = new CommitLog(store).Commits;
+        Assert.Equal(150, commits[^1].Step);
+        var w = new Dictionary<string, float[]>();
+        foreach (var p in commits[^1].Parts)
+        {
+            using var c = store.Load(p);
+            foreach (var (n, t) in TrainerCheckpoint.ModelWeights(c)) w[n] = t.data<float>().ToArray();
+        }
+        return w;
+    }
+
+    /// <summary>max |Δw| against the one-process run over every parameter; also every step's loss is the same.</summary>
+    private double AssertEqualsOneProcess(string run, string what)
+    {
+        var expected = FinalWeights(fx.Reference);
+        var got = FinalWeights(run);
+        Assert.Equal(expected.Keys.Order(), got.Keys.Order());
+        double max = expected.Max(kv => kv.Value.Zip(got[kv.Key], (x, y) => Math.Abs(x - y)).Max());
+        output.WriteLine($"{what}: max |Δw| = {max:G3} over {expected.Values.Sum(v => v.Length)} weights");
+        Assert.True(max <= 1e-6, $"{what}: max |Δw| = {max}");
+        static string[] Losses(string r) => File.ReadAllLines(Path.Combine(r, "train-moce", "metrics.csv")).Select(l => string.Join(",", l.Split(',')[..2])).ToArray();
+        Assert.Equal(Losses(fx.Reference), Losses(run));                        // every step once, each loss equal
+        return max;
+    }
+
+    /// <summary>Tokens each expert counted through its forward by the last checkpoint it wrote on that node.</summary>
+    private static Dictionary<string, long> TokensByExpert(Node n) =>
+        Regex.Matches(n.Output, @"(expert-\d+) on \S+ \(cpu\): checkpoint \d+, (\d+) tokens")
+            .GroupBy(m => m.Groups[1].Value).ToDictionary(g => g.Key, g => long.Parse(g.Last().Groups[2].Value));
+
+    [Fact]
+    public void Two_coordinators_and_two_expert_nodes_compute_on_both_nodes_and_equal_one_process()
+    {
+        using var c = Start();
+        Finish(c);
+        var x1 = TokensByExpert(c.X1);
+        var x2 = TokensByExpert(c.X2);
+        output.WriteLine($"expert node 1: {string.Join(", ", x1.Select(kv => $"{kv.Key} {kv.Value} tokens"))}; expert node 2: {string.Join(", ", x2.Select(kv => $"{kv.Key} {kv.Value} tokens"))}");
+        Assert.True(x1.Values.Sum() > 0 && x2.Values.Sum() > 0, "both expert nodes computed");
+        Assert.Empty(x1.Keys.Intersect(x2.Keys));                                // each expert on one node
+        Assert.Equal(3, x1.Count + x2.Count);
+        Assert.DoesNotContain("Password=", c.C1.Output + c.C2.Output + c.X1.Output + c.X2.Output);
+        AssertEqualsOneProcess(c.Run, "four processes");
+    }
+
+    [Fact]
+    public void Sigkill_of_an_expert_node_moves_its_experts_to_the_other_and_the_run_equals_an_uninterrupted_one()
+    {
+        using var c = Start();
+        var rng = new Random(81);
+        int at = rng.Next(3, 10) * 10;
+        c.C1.WaitFor($@"\[actors\] step {at}/150", RunTimeout);
+        Thread.Sleep(rng.Next(0, 300));
+        var victim = TokensByExpert(c.X1).Count > 0 ? c.X1 : c.X2;
+        var survivor = victim == c.X1 ? c.X2 : c.X1;
+        var moved = Regex.Matches(c.C1.Output, @"(expert-\d+) runs on \S+") .Count;
+        victim.Kill();
+        var failed = c.C1.WaitFor(@"Owner (\S+) failed at step (\d+): lost with its node", RunTimeout);
+        c.C1.WaitFor(@"Recovered from .* restored commit (\d+)", RunTimeout);
+        Finish(c, killed: victim);
+        output.WriteLine($"killed {victim.Name} after step {at}: {failed.Groups[1].Value} lost at step {failed.Groups[2].Value}");
+        foreach (var e in failed.Groups[1].Value.Split(','))
+            Assert.Matches($@"{e} runs on \S+ \(cpu\)", c.C1.Output[c.C1.Output.IndexOf(failed.Value, StringComparison.Ordinal)..]);   // placed again
+        Assert.True(Regex.Matches(c.C1.Output, @"(expert-\d+) runs on \S+").Count > moved);
+        Assert.True(TokensByExpert(survivor).Count == 3, $"the surviving node hosts every expert at the end:\n{survivor.Tail}");
+        AssertEqualsOneProcess(c.Run, $"SIGKILL of {victim.Name}");
+    }
+
+    [Fact]
+    public void Sigkill_of_the_active_coordinator_hands_the_run_to_the_other_with_no_committed_step_lost()
+    {
+        using var c = Start();
+        var rng = new Random(82);
+        int at = rng.Next(3, 10) * 10;
+        c.C1.WaitFor($@"\[actors\] step {at}/150", RunTimeout);
+        Thread.Sleep(rng.Next(0, 300));
+        c.C1.Kill();
+        var committed = Regex.Matches(c.C1.Output, @"Committed checkpoint (\d+)").Select(m => long.Parse(m.Groups[1].Value)).Max();
+        var resumed = long.Parse(c.C2.WaitFor(@"Resumed from committed checkpoint (\d+)", RunTimeout).Groups[1].Value);
+        output.WriteLine($"killed coordinator 1 after step {at}: its last commit was {committed}; coordinator 2 resumed from {resumed}");
+        Assert.True(resumed >= committed, $"coordinator 2 resumed from {resumed}, but {committed} was committed");
+        Finish(c, killed: c.C1);
+        Assert.Contains("Actor engine finished at step 150", c.C2.Output);
+        AssertEqualsOneProcess(c.Run, "SIGKILL of the active coordinator");
+    }
+
+    internal static void CopyRun(string from, string to)
+    {
+        foreach (var d in Directory.GetDirectories(from, "*", SearchOption.AllDirectories)) Directory.CreateDirectory(d.Replace(from, to));
+        Directory.CreateDirectory(to);
+        foreach (var f in Directory.GetFiles(from, "*", SearchOption.AllDirectories)) File.Copy(f, f.Replace(from, to));
+    }
+}
