@@ -22,6 +22,8 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           eval         linear probe and k-NN on frozen features for the configured tasks
           status RUN   committed steps, owners and their checkpoint files, recent recoveries
           bench        time the reference trainers and the actor engine on the bench configuration (hocon/bench.conf)
+          bench-cluster  the actor engine in one process against three (coordinator + 2 expert nodes), and the bytes
+                       on the wire per step (needs $MOCE_POSTGRES)
           config       print the resolved configuration and exit
         Every command works on one run directory; running it again resumes or skips finished work.
 
@@ -35,6 +37,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
                 --min-expert-nodes N  --method moce|token-moe  (each overrides moce.node.*; a coordinator needs --run)
           customize: --task NAME (a task under moce.tasks)
           bench: --warmup N (default 40)  --steps N (default 160)  --rounds N (default 8)
+          bench-cluster: --warmup N (default 20)  --steps N (default 80)  --rounds N (default 2)
           -h, --help        this text
         """;
 

@@ -49,6 +49,7 @@ try
         "node" => NodeCommand.Run(cli, cts.Token),
         "status" => StatusCommand.Run(cli),
         "bench" => BenchCommand.Run(cli),
+        "bench-cluster" => ClusterBenchCommand.Run(cli),
         _ => throw new ConfigException(cli.Command, "unknown command; see moce --help"),
     });
 }

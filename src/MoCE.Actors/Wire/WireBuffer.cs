@@ -9,30 +9,52 @@ namespace MoCE.Actors.Wire;
 /// it belonged to goes to recovery through the sender's timeout.</summary>
 public sealed class WireFormatException(string message) : System.Runtime.Serialization.SerializationException(message);
 
-/// <summary>Little-endian writer of wire frames into a growing buffer.</summary>
-public sealed class WireWriter
+/// <summary>Little-endian writer of wire frames into a growing buffer rented from the shared array pool: a message of
+/// activations is hundreds of KB, and growing (and dropping) a fresh array for each one would put them all on the
+/// large-object heap. Dispose returns the buffer; <see cref="ToArray"/> is the one exact-size copy Akka needs.</summary>
+public sealed class WireWriter(int capacity = 256) : IDisposable
 {
-    private readonly ArrayBufferWriter<byte> buffer;
+    private byte[] buffer = ArrayPool<byte>.Shared.Rent(Math.Max(16, capacity));
+    private int length;
 
-    public WireWriter(int capacity = 256) => buffer = new ArrayBufferWriter<byte>(Math.Max(16, capacity));
+    private Span<byte> Next(int n)
+    {
+        if (length + n > buffer.Length)
+        {
+            var bigger = ArrayPool<byte>.Shared.Rent((int)Math.Min(Array.MaxLength, Math.Max((long)buffer.Length * 2, (long)length + n)));
+            buffer.AsSpan(0, length).CopyTo(bigger);
+            ArrayPool<byte>.Shared.Return(buffer);
+            buffer = bigger;
+        }
+        var span = buffer.AsSpan(length, n);
+        length += n;
+        return span;
+    }
 
-    public void U8(byte v) { buffer.GetSpan(1)[0] = v; buffer.Advance(1); }
-    public void Put(ReadOnlySpan<byte> bytes) { bytes.CopyTo(buffer.GetSpan(bytes.Length)); buffer.Advance(bytes.Length); }
-    public void U32(uint v) { BinaryPrimitives.WriteUInt32LittleEndian(buffer.GetSpan(4), v); buffer.Advance(4); }
-    public void I32(int v) { BinaryPrimitives.WriteInt32LittleEndian(buffer.GetSpan(4), v); buffer.Advance(4); }
-    public void I64(long v) { BinaryPrimitives.WriteInt64LittleEndian(buffer.GetSpan(8), v); buffer.Advance(8); }
-    public void F64(double v) { BinaryPrimitives.WriteDoubleLittleEndian(buffer.GetSpan(8), v); buffer.Advance(8); }
+    public void U8(byte v) => Next(1)[0] = v;
+    public void Put(ReadOnlySpan<byte> bytes) => bytes.CopyTo(Next(bytes.Length));
+    public void U32(uint v) => BinaryPrimitives.WriteUInt32LittleEndian(Next(4), v);
+    public void I32(int v) => BinaryPrimitives.WriteInt32LittleEndian(Next(4), v);
+    public void I64(long v) => BinaryPrimitives.WriteInt64LittleEndian(Next(8), v);
+    public void F64(double v) => BinaryPrimitives.WriteDoubleLittleEndian(Next(8), v);
     public void Str(string s)
     {
         var n = Encoding.UTF8.GetByteCount(s);
         U32((uint)n);
-        Encoding.UTF8.GetBytes(s, buffer.GetSpan(n));
-        buffer.Advance(n);
+        Encoding.UTF8.GetBytes(s, Next(n));
     }
     /// <summary>Reserves <paramref name="n"/> bytes and returns them to fill in place (a tensor's payload).</summary>
-    public Span<byte> Reserve(int n) { var s = buffer.GetSpan(n)[..n]; buffer.Advance(n); return s; }
+    public Span<byte> Reserve(int n) => Next(n);
 
-    public byte[] ToArray() => buffer.WrittenSpan.ToArray();
+    public byte[] ToArray() => buffer.AsSpan(0, length).ToArray();
+
+    public void Dispose()
+    {
+        if (buffer.Length == 0) return;
+        ArrayPool<byte>.Shared.Return(buffer);
+        buffer = [];
+        length = 0;
+    }
 }
 
 /// <summary>Little-endian reader of wire frames. Every read checks the bytes are there; any lie in the frame

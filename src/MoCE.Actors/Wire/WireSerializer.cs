@@ -161,7 +161,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
     public override byte[] ToBinary(object obj)
     {
         if (!writers.TryGetValue(obj.GetType(), out var x)) throw new ArgumentException($"{obj.GetType()} has no wire format");
-        var w = new WireWriter();
+        using var w = new WireWriter();
         w.U8(BodyVersion);
         x.write(w, obj);
         var bytes = w.ToArray();

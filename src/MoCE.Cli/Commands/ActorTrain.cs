@@ -35,6 +35,15 @@ public static class ActorTrain
             ? ActorEngine.Run(setup, dir, train.Steps, train.CheckpointEvery, train.KeepCheckpoints, recorder.Hooks, ct, akka: s.Config.Hocon)
             : ClusterNode.Run(node, ClusterNode.Config(node, ActorEngine.Config(dir, s.Config.Hocon)),
                 new CoordinatorRun(setup, recorder.Hooks, train.Steps, train.CheckpointEvery, train.KeepCheckpoints), Log.Logger, ct)!;
+        if (node is not null)
+        {
+            // what this coordinator sent and received, by message: the bytes the protocol costs (moce bench-cluster reads it)
+            var traffic = MoCE.Actors.Wire.WireTraffic.Snapshot();
+            File.WriteAllText(Path.Combine(dir, "wire.json"), System.Text.Json.JsonSerializer.Serialize(traffic, new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            var plane = traffic.Where(kv => MoCE.Actors.Wire.WireTraffic.DataPlane.Contains(kv.Key)).ToList();
+            Log.Information("Data plane on this coordinator: {Sent} B sent, {Received} B received in {Messages} messages",
+                plane.Sum(kv => kv.Value.Sent), plane.Sum(kv => kv.Value.Received), plane.Sum(kv => kv.Value.SentMessages + kv.Value.ReceivedMessages));
+        }
         ct.ThrowIfCancellationRequested();
         Log.Information("Actor engine finished at step {Step}; {Recoveries} recoveries in this run's history", finished.Step, finished.Recoveries.Count);
     }
