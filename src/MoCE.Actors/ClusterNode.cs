@@ -4,6 +4,10 @@ using Akka.Cluster.Tools.Singleton;
 using Akka.Configuration;
 using MoCE.Actors.Messages;
 using MoCE.Actors.Placement;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using Akka.Actor.Setup;
+using Akka.Remote.Transport.DotNetty;
 using MoCE.Core.Config;
 
 namespace MoCE.Actors;
@@ -12,9 +16,15 @@ namespace MoCE.Actors;
 /// singleton, with the trainer, router and teacher) and <c>experts</c> (hosts experts on its devices).</summary>
 /// <param name="Seeds">"host:port" of the seed nodes; a node that lists itself first starts the cluster.</param>
 /// <param name="MinExpertNodes">Expert nodes the supervisor waits for before it places the experts.</param>
+/// <param name="TlsCertificate">PKCS#12 file of the cluster's certificate (with its private key): remoting runs over
+/// mutual TLS and a peer must present this very certificate; null or empty: plain TCP. Its password comes from
+/// $MOCE_TLS_PASSWORD.</param>
 public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int Port, IReadOnlyList<string> Seeds,
-                                 IReadOnlyList<string> Devices, int MinExpertNodes, int OwnerThreads)
+                                 IReadOnlyList<string> Devices, int MinExpertNodes, int OwnerThreads, string? TlsCertificate = null)
 {
+    /// <summary>Where the certificate file's password comes from (never the configuration: that is logged and copied).</summary>
+    public const string TlsPasswordVariable = "MOCE_TLS_PASSWORD";
+
     public bool Coordinator => Roles.Contains(NodeRoles.Coordinator);
     public bool Experts => Roles.Contains(NodeRoles.Experts);
 
@@ -27,15 +37,30 @@ public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int P
         foreach (var s in Seeds) _ = SeedAddress(s);
         if (MinExpertNodes < 1) throw new ConfigException("moce.node.min-expert-nodes", "must be ≥ 1");
         if (Experts) _ = new NodeResources(Devices, OwnerThreads, ChaosPlan.None, new EngineThreads()).Validated();
+        if (!string.IsNullOrEmpty(TlsCertificate)) LoadCertificate().Dispose();
         return this;
     }
 
-    public static Address SeedAddress(string hostPort)
+    /// <summary>The cluster's certificate with its private key, or a clear error naming the key.</summary>
+    public X509Certificate2 LoadCertificate()
+    {
+        if (!File.Exists(TlsCertificate)) throw new ConfigException("moce.node.tls-certificate", $"'{TlsCertificate}' does not exist");
+        X509Certificate2 cert;
+        try { cert = X509CertificateLoader.LoadPkcs12FromFile(TlsCertificate, Environment.GetEnvironmentVariable(TlsPasswordVariable)); }
+        catch (CryptographicException e) { throw new ConfigException("moce.node.tls-certificate", $"'{TlsCertificate}' cannot be read as PKCS#12 with the password in ${TlsPasswordVariable}: {e.Message}"); }
+        if (!cert.HasPrivateKey) throw new ConfigException("moce.node.tls-certificate", $"'{TlsCertificate}' holds no private key: a node must prove it owns the certificate");
+        return cert;
+    }
+
+    /// <summary>The seed addresses: akka.tcp, or akka.ssl.tcp with TLS.</summary>
+    public IEnumerable<Address> SeedAddresses => Seeds.Select(s => SeedAddress(s, !string.IsNullOrEmpty(TlsCertificate)));
+
+    public static Address SeedAddress(string hostPort, bool tls = false)
     {
         int colon = hostPort.LastIndexOf(':');
         if (colon <= 0 || !int.TryParse(hostPort.AsSpan(colon + 1), out var port) || port is < 1 or > 65535)
             throw new ConfigException("moce.node.seed-nodes", $"'{hostPort}' is not host:port");
-        return new Address("akka.tcp", ClusterNode.SystemName, hostPort[..colon], port);
+        return new Address(tls ? "akka.ssl.tcp" : "akka.tcp", ClusterNode.SystemName, hostPort[..colon], port);
     }
 }
 
@@ -58,6 +83,21 @@ public static class ClusterNode
         akka.cluster.roles = [{string.Join(", ", o.Roles.Select(r => $"\"{r}\""))}]
         """).WithFallback(journal);
 
+    /// <summary>The node's actor system. With a TLS certificate, remoting is mutual TLS (Akka.Remote's DotNetty transport,
+    /// require-mutual-authentication): both ends of every connection present a certificate and prove they hold its
+    /// private key, and each accepts the other's only if it is the cluster's certificate (pinned by thumbprint;
+    /// the chain and the host name are not checked: the pin is stronger for one shared, self-signed certificate).
+    /// A node without it fails the handshake, so it can neither join nor send a message.</summary>
+    public static ActorSystem CreateSystem(NodeOptions o, Config config)
+    {
+        if (string.IsNullOrEmpty(o.TlsCertificate)) return ActorSystem.Create(SystemName, config);
+        var cert = o.LoadCertificate();
+        var tls = new DotNettySslSetup(cert, suppressValidation: false, requireMutualAuthentication: true, validateCertificateHostname: false,
+                                       CertificateValidation.PinnedCertificate(cert.Thumbprint));
+        var withTls = ConfigurationFactory.ParseString("akka.remote.dot-netty.tcp.enable-ssl = true").WithFallback(config);
+        return ActorSystem.Create(SystemName, BootstrapSetup.Create().WithConfig(withTls).And(tls));
+    }
+
     /// <summary>Joins the cluster, hosts experts if the node has that role, and as a coordinator runs the supervisor when
     /// the singleton lands here; returns the run's end (null for an experts-only node, stopped by <paramref name="ct"/>).
     /// The process leaves the cluster gracefully on the way out.</summary>
@@ -70,15 +110,16 @@ public static class ClusterNode
             throw new ConfigException("akka.persistence.journal.sql.provider-name",
                 $"is {provider}: the nodes of a cluster share one journal; use a database server (--config hocon/persistence-postgres.conf)");
         var threads = new EngineThreads();
-        using var system = ActorSystem.Create(SystemName, config);
+        using var system = CreateSystem(o, config);
         try
         {
             if (o.Experts)
                 system.ActorOf(ExpertHostActor.Props(new NodeResources(o.Devices, o.OwnerThreads, ChaosPlan.None, threads)), ExpertHostActor.Name);
             var cluster = Cluster.Get(system);
-            cluster.JoinSeedNodes(o.Seeds.Select(NodeOptions.SeedAddress));     // after the host exists: the supervisor asks it when we are Up
-            log.Information("Node {Address} with roles [{Roles}] joining [{Seeds}]{Devices}", cluster.SelfAddress, string.Join(", ", o.Roles),
-                string.Join(", ", o.Seeds), o.Experts ? $"; experts on [{string.Join(", ", o.Devices)}]" : "");
+            cluster.JoinSeedNodes(o.SeedAddresses);     // after the host exists: the supervisor asks it when we are Up
+            log.Information("Node {Address} with roles [{Roles}] joining [{Seeds}]{Devices}; remoting over {Transport}", cluster.SelfAddress, string.Join(", ", o.Roles),
+                string.Join(", ", o.Seeds), o.Experts ? $"; experts on [{string.Join(", ", o.Devices)}]" : "",
+                string.IsNullOrEmpty(o.TlsCertificate) ? "plain TCP" : $"mutual TLS with the certificate in {o.TlsCertificate}");
             var removed = system.WhenTerminated;                                 // downed: run-coordinated-shutdown-when-down
             if (run is null)
             {

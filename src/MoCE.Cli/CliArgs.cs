@@ -34,7 +34,8 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           --run DIR         run directory (default: runs/PRESET, or runs/default)
           train: --method moce|token-moe|dense (default moce.moe.method)  --engine actors|local (default moce.actors.engine)
           node: --roles coordinator|experts|coordinator,experts  --host H  --port P  --seeds H:P,...  --devices cpu,cuda:0
-                --min-expert-nodes N  --method moce|token-moe  (each overrides moce.node.*; a coordinator needs --run)
+                --min-expert-nodes N  --tls-certificate FILE.pfx  --method moce|token-moe
+                (each overrides moce.node.*; a coordinator needs --run; the certificate's password is in $MOCE_TLS_PASSWORD)
           customize: --task NAME (a task under moce.tasks)
           bench: --warmup N (default 40)  --steps N (default 160)  --rounds N (default 8)
           bench-cluster: --warmup N (default 20)  --steps N (default 80)  --rounds N (default 2)

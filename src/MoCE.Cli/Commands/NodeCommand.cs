@@ -14,7 +14,7 @@ public static class NodeCommand
 {
     public static int Run(CliArgs cli, CancellationToken ct)
     {
-        cli.RejectFlagsExcept("roles", "host", "port", "seeds", "devices", "min-expert-nodes", "method");
+        cli.RejectFlagsExcept("roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "method");
         cli = cli with { Overrides = [.. cli.Overrides, .. FlagOverrides(cli)] };
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, cli.Overrides));
         var (config, _) = ConfigLoader.Resolve(merged);
@@ -45,6 +45,7 @@ public static class NodeCommand
                 case "roles": yield return $"moce.node.roles={List(value)}"; break;
                 case "seeds": yield return $"moce.node.seed-nodes={List(value)}"; break;
                 case "devices": yield return $"moce.node.devices={List(value)}"; break;
+                case "tls-certificate": yield return $"moce.node.tls-certificate={System.Text.Json.JsonSerializer.Serialize(Path.GetFullPath(value))}"; break;
                 case "host": yield return $"moce.node.host={System.Text.Json.JsonSerializer.Serialize(value)}"; break;
                 case "port": yield return $"moce.node.port={cli.FlagInt("port", 0)}"; break;
                 case "min-expert-nodes": yield return $"moce.node.min-expert-nodes={cli.FlagInt("min-expert-nodes", 1)}"; break;

@@ -128,7 +128,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 : throw new ConfigException("moce.wire.tensor-encoding", $"expected fp32 or bf16, got '{t.String("moce.wire.tensor-encoding")}'"),
             Tasks = tasks,
             Node = new MoCE.Actors.NodeOptions(t.StringList("moce.node.roles"), t.String("moce.node.host"), t.Int("moce.node.port"),
-                t.StringList("moce.node.seed-nodes"), t.StringList("moce.node.devices"), t.Int("moce.node.min-expert-nodes"), t.Int("moce.actors.owner-threads")),
+                t.StringList("moce.node.seed-nodes"), t.StringList("moce.node.devices"), t.Int("moce.node.min-expert-nodes"), t.Int("moce.actors.owner-threads"),
+                t.String("moce.node.tls-certificate")),
             Eval = new EvalConfig
             {
                 Tasks = t.StringList("moce.eval.tasks"),
