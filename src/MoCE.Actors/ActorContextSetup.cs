@@ -46,7 +46,7 @@ public sealed record ActorContextSetup
     public required IReadOnlyDictionary<string, torch.Tensor> Initial { get; init; }
     /// <summary>The frozen dense teacher's weights (distillation), by state_dict name; null when distillation is off.</summary>
     public IReadOnlyDictionary<string, torch.Tensor>? Teacher { get; init; }
-    public required CheckpointStore Store { get; init; }
+    public required ICheckpointStore Store { get; init; }
     public required torch.Device Device { get; init; }
     public ChaosPlan Chaos { get; init; } = ChaosPlan.None;
     public RecoveryPolicy Policy { get; init; } = RecoveryPolicy.GlobalRollback;
@@ -61,7 +61,7 @@ public sealed record ActorContextSetup
     /// exactly as the reference trainer does (<see cref="MoceTrainer.InitialModel"/>), and the frozen teacher is the
     /// dense model when distillation is on.</summary>
     public static ActorContextSetup FromDense(string runId, MaeConfig model, MoeConfig moe, TrainConfig train, DataConfig dataConfig,
-        ImageDataset data, long[] clusterIds, int clusters, IReadOnlyDictionary<string, torch.Tensor> dense, CheckpointStore store,
+        ImageDataset data, long[] clusterIds, int clusters, IReadOnlyDictionary<string, torch.Tensor> dense, ICheckpointStore store,
         torch.Device device, int trainerThreads, int ownerThreads = 1)
     {
         using var initial = MoceTrainer.InitialModel(model, moe, clusters, dense, train.Seed);

@@ -13,7 +13,7 @@ namespace MoCE.Actors;
 /// <summary>What one expert is built from on its node: the run's spec (from the supervisor) and what the node
 /// gives it (a device, threads, the process's fault plan). Recover: it was lost or restarted, so under expert-local it
 /// comes back from its own last snapshot.</summary>
-public sealed record ExpertSetup(ExpertSpec Spec, int Expert, CheckpointStore Store, Device Device, int OwnerThreads, ChaosPlan Chaos,
+public sealed record ExpertSetup(ExpertSpec Spec, int Expert, ICheckpointStore Store, Device Device, int OwnerThreads, ChaosPlan Chaos,
                                  EngineThreads Threads, bool Recover);
 
 /// <summary>Expert e: owns its MLP in every MoE block, their AdamW state and its device. Persistent: after each

@@ -66,7 +66,7 @@ public sealed class ExpertHostActor : ReceiveActor
             return;
         }
         var device = resources.Devices.MinBy(d => hosted.Values.Count(h => h.Device == d))!;
-        var setup = new ExpertSetup(m.Spec, m.Expert, new CheckpointStore(m.Spec.StoreDirectory), new torch.Device(device),
+        var setup = new ExpertSetup(m.Spec, m.Expert, CheckpointStores.Open(m.Spec.Store), new torch.Device(device),
                                     resources.OwnerThreads, resources.Chaos, resources.Threads, m.Recover);
         var expert = Context.ActorOf(ExpertActor.Props(setup), name);
         Context.Watch(expert);

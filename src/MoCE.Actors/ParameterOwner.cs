@@ -14,9 +14,9 @@ public sealed class ParameterOwner : IDisposable
     public string Name { get; }
     public IReadOnlyDictionary<string, Parameter> Parameters { get; }
     public AdamW Optimizer { get; }
-    private readonly CheckpointStore store;
+    private readonly ICheckpointStore store;
 
-    public ParameterOwner(string name, IReadOnlyDictionary<string, Parameter> parameters, TrainConfig train, CheckpointStore store)
+    public ParameterOwner(string name, IReadOnlyDictionary<string, Parameter> parameters, TrainConfig train, ICheckpointStore store)
     {
         Name = name;
         Parameters = parameters;

@@ -127,7 +127,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         // so every coordinator writes the same file
         initial = setup.Store.Save("initial", 0, new Dictionary<string, string> { ["kind"] = "initial-experts" },
             setup.Initial.Where(kv => kv.Key.Contains(".mlp.experts.", StringComparison.Ordinal)).Select(kv => (kv.Key, kv.Value)));
-        spec = new ExpertSpec(setup.RunId, setup.Model, setup.Moe, setup.Train, Path.GetFullPath(setup.Store.Directory), initial, setup.Policy);
+        spec = new ExpertSpec(setup.RunId, setup.Model, setup.Moe, setup.Train, setup.Store.Location, initial, setup.Policy);
         router = Own(RouterActor.Name, RouterActor.Props(setup));
         var teacher = setup.Teacher is null ? null : Own(TeacherActor.Name, TeacherActor.Props(setup));
         trainer = Own(TrainerActor.Name, TrainerActor.Props(setup, router, teacher));

@@ -10,8 +10,8 @@ namespace MoCE.Actors.Messages;
 // the supervisor's step when it sent the message.
 
 /// <summary>What every expert of a run is built from, on whichever node it lands: the configuration, the shared
-/// checkpoint directory (the same path on every node) and the file of the experts' initial (upcycled) weights.</summary>
-public sealed record ExpertSpec(string RunId, MaeConfig Model, MoeConfig Moe, TrainConfig Train, string StoreDirectory, CheckpointRef Initial, RecoveryPolicy Policy);
+/// checkpoint store's location (a directory at the same path on every node) and the file of the experts' initial (upcycled) weights.</summary>
+public sealed record ExpertSpec(string RunId, MaeConfig Model, MoeConfig Moe, TrainConfig Train, string Store, CheckpointRef Initial, RecoveryPolicy Policy);
 
 /// <summary>Query to a host: what it offers.</summary>
 public sealed record GetHostInfo(long Step) : IStepMessage;

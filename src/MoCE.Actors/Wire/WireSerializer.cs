@@ -227,7 +227,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
     {
         w.Str(s.RunId);
         w.Str(JsonSerializer.Serialize(s.Model)); w.Str(JsonSerializer.Serialize(s.Moe)); w.Str(JsonSerializer.Serialize(s.Train));
-        w.Str(s.StoreDirectory); Ref(w, s.Initial); w.I32((int)s.Policy);
+        w.Str(s.Store); Ref(w, s.Initial); w.I32((int)s.Policy);
     }
     private static ExpertSpec Spec(ref WireReader r)
     {

@@ -8,11 +8,21 @@ using Serilog;
 namespace MoCE.Cli.Commands;
 
 /// <summary><c>moce train [--method moce|token-moe|dense] [--engine actors|local]</c>: trains from the run's dense MAE
-/// and its clustering, on the actor engine (default) or the single-process reference. Resumable either way.</summary>
+/// and its clustering, on the actor engine (default) or the single-process reference. Resumable either way. With
+/// <c>--seeds HOST:PORT,...</c> it runs against a cluster: the process joins it as a coordinator (moce node's flags
+/// apply) and the run's experts go to the cluster's expert nodes.</summary>
 public static class TrainCommand
 {
     public static int Run(CliArgs cli, CancellationToken ct)
     {
+        if (cli.Flags.ContainsKey("seeds"))
+        {
+            // against a cluster: this process joins it as a coordinator and the run runs there (moce node)
+            if (cli.Flags.TryGetValue("engine", out var e) && e != "actors") throw new ConfigException("--engine", "a cluster runs the actor engine; drop --engine or use --engine actors");
+            var flags = cli.Flags.Where(kv => kv.Key != "engine").ToDictionary();
+            flags.TryAdd("roles", "coordinator");
+            return NodeCommand.Run(cli with { Command = "node", Flags = flags }, ct);
+        }
         cli.RejectFlagsExcept("method", "engine");
         var s = Session.Open(cli);
         var engine = cli.Flags.GetValueOrDefault("engine", s.Config.Engine);

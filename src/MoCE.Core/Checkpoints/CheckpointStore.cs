@@ -9,12 +9,36 @@ public sealed class CheckpointCorruptException(string path, string problem) : Ex
     public string Path { get; } = path;
 }
 
+/// <summary>Where the actor runtime keeps checkpoint parts: save (content-addressed), load and verify (hash-checked),
+/// prune. Every node of a cluster opens the same store from its <see cref="Location"/> (<see cref="CheckpointStores.Open"/>).
+/// <see cref="CheckpointStore"/>, a directory shared by the nodes at the same path, is the implementation today; an
+/// object store would implement these members and be opened by its location's scheme.</summary>
+public interface ICheckpointStore
+{
+    /// <summary>What another node opens the same store from.</summary>
+    string Location { get; }
+    CheckpointRef Save(string owner, long step, IReadOnlyDictionary<string, string> meta, IEnumerable<(string name, TorchSharp.torch.Tensor tensor)> tensors);
+    CheckpointContent Load(CheckpointRef r);
+    void Verify(CheckpointRef r);
+    void DeleteAllExcept(IEnumerable<CheckpointRef> keep);
+}
+
+public static class CheckpointStores
+{
+    /// <summary>The store at <paramref name="location"/>: a directory path today.</summary>
+    public static ICheckpointStore Open(string location) =>
+        location.Contains("://", StringComparison.Ordinal)
+            ? throw new NotSupportedException($"checkpoint store '{location}': only directories (shared at the same path on every node) are supported")
+            : new CheckpointStore(location);
+}
+
 /// <summary>The checkpoint store: a directory of content-addressed files named
 /// <c>{owner}-{step:D8}-{sha256[..16]}.ckpt</c>. A file is written under a temporary name, flushed to disk and
 /// then renamed, so a crash never leaves a partial file under a real name. Every load verifies the hash.</summary>
-public sealed class CheckpointStore
+public sealed class CheckpointStore : ICheckpointStore
 {
     public string Directory { get; }
+    public string Location => System.IO.Path.GetFullPath(Directory);
 
     public CheckpointStore(string directory)
     {

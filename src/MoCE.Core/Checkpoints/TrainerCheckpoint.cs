@@ -10,11 +10,11 @@ namespace MoCE.Core.Checkpoints;
 /// seed, recorded by the caller, is the whole RNG state; the sampler position is the step.</summary>
 public static class TrainerCheckpoint
 {
-    public static CheckpointRef Save(CheckpointStore store, string owner, long step, IDictionary<string, string> meta, nn.Module model, AdamW optimizer) =>
+    public static CheckpointRef Save(ICheckpointStore store, string owner, long step, IDictionary<string, string> meta, nn.Module model, AdamW optimizer) =>
         Save(store, owner, step, meta, model.state_dict().Select(kv => (kv.Key, kv.Value)), optimizer);
 
     /// <summary>Saves named weights (e.g. one expert's MLPs across blocks) with their optimizer.</summary>
-    public static CheckpointRef Save(CheckpointStore store, string owner, long step, IDictionary<string, string> meta,
+    public static CheckpointRef Save(ICheckpointStore store, string owner, long step, IDictionary<string, string> meta,
                                      IEnumerable<(string name, Tensor tensor)> weights, AdamW optimizer)
     {
         var all = new Dictionary<string, string>(meta)
