@@ -109,6 +109,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             using var scope = NewDisposeScope();
             var input = m.Input.detach().requires_grad_(true);                      // a leaf: dL/dInput goes back
             tokens += input.shape[0] * input.shape[1];
+            NodeMetrics.ExpertTokens.WithLabels(Name).Inc(input.shape[0] * input.shape[1]);
             var output = mlps[m.Block].forward(input);
             var reply = output.detach();
             m.Input.Dispose();

@@ -17,7 +17,7 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
 {
     private CsvLog? metrics, experts;
     private long lastRow = -1;
-    private readonly Stopwatch window = Stopwatch.StartNew(), clock = Stopwatch.StartNew();
+    private readonly Stopwatch window = Stopwatch.StartNew(), clock = Stopwatch.StartNew(), sinceLast = Stopwatch.StartNew();
     private double windowLoss;
     private int windowSteps;
     private readonly CommitLog commits = new(store);
@@ -36,6 +36,19 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
         }
         lastRow = m.Step;
         windowLoss += m.Stats.Loss; windowSteps++;
+        var seconds = sinceLast.Elapsed.TotalSeconds;
+        sinceLast.Restart();
+        NodeMetrics.Steps.Inc();
+        NodeMetrics.Step.Set(m.Step + 1);
+        NodeMetrics.StepSeconds.Observe(seconds);
+        NodeMetrics.ImagesPerSecond.Set(m.Stats.Images / Math.Max(1e-9, seconds));
+        NodeMetrics.Loss.Set(m.Stats.Loss);
+        NodeMetrics.CommitLag.Set(m.Step + 1 - NodeMetrics.CommittedStep.Value);
+        foreach (var e in m.Routing)
+        {
+            NodeMetrics.RoutedTokens.WithLabels(e.Block.ToString(CultureInfo.InvariantCulture), $"expert-{e.Expert}").Inc(e.Tokens);
+            NodeMetrics.GateEntropy.WithLabels(e.Block.ToString(CultureInfo.InvariantCulture)).Set(e.GateEntropy);
+        }
         double ips = windowSteps * train.BatchSize / Math.Max(1e-9, window.Elapsed.TotalSeconds);
         var st = m.Stats;
         metrics.Append(st.Step, string.Create(CultureInfo.InvariantCulture,
@@ -51,12 +64,17 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
         window.Restart(); windowLoss = 0; windowSteps = 0;
     }
 
-    private void OnCommit(CheckpointCommitted c) =>
+    private void OnCommit(CheckpointCommitted c)
+    {
         commits.Commit(new CheckpointCommit(c.Step, c.Manifest, DateTime.UtcNow), train.KeepCheckpoints, deleteFiles: false);
+        NodeMetrics.CommittedStep.Set(c.Step);
+        NodeMetrics.CommitLag.Set(Math.Max(0, lastRow + 1 - c.Step));
+    }
 
     private void OnRecovery(RecoveryRecord r)
     {
         recoveries.Add(r);
+        NodeMetrics.Recoveries.WithLabels(r.Policy).Inc();
         var path = Path.Combine(dir, "recoveries.json");
         File.WriteAllText(path + ".tmp", JsonSerializer.Serialize(recoveries, new JsonSerializerOptions { WriteIndented = true }));
         File.Move(path + ".tmp", path, overwrite: true);

@@ -35,7 +35,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           train: --method moce|token-moe|dense (default moce.moe.method)  --engine actors|local (default moce.actors.engine)
                  --seeds H:P,... runs it against a cluster: this process joins as a coordinator (node's flags apply)
           node: --roles coordinator|experts|coordinator,experts  --host H  --port P  --seeds H:P,...  --devices cpu,cuda:0
-                --min-expert-nodes N  --tls-certificate FILE.pfx  --method moce|token-moe
+                --min-expert-nodes N  --tls-certificate FILE.pfx  --metrics-port P  --method moce|token-moe
                 (each overrides moce.node.*; a coordinator needs --run; the certificate's password is in $MOCE_TLS_PASSWORD)
           customize: --task NAME (a task under moce.tasks)
           bench: --warmup N (default 40)  --steps N (default 160)  --rounds N (default 8)

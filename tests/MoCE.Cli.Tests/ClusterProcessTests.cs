@@ -98,7 +98,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         }
     }
 
-    private sealed record Cluster(string Run, Node C1, Node C2, Node X1, Node X2) : IDisposable
+    private sealed record Cluster(string Run, Node C1, Node C2, Node X1, Node X2, int[] MetricsPorts) : IDisposable
     {
         public void Dispose() { foreach (var n in new[] { C1, C2, X1, X2 }) n.Dispose(); }
     }
@@ -120,14 +120,16 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         CopyRun(fx.Base, run);
         File.WriteAllText(Path.Combine(run, "run.id"), Guid.NewGuid().ToString("N")[..12]);
         int[] ports = [FreePort(), FreePort(), FreePort(), FreePort()];
+        int[] metrics = [FreePort(), FreePort(), FreePort(), FreePort()];
         string[] common = ["--seeds", $"127.0.0.1:{ports[0]}", "--min-expert-nodes", "2",
                            "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby];
-        var c1 = new Node("coordinator 1", ["--roles", "coordinator", "--port", ports[0].ToString(), "--run", run, .. common]);
+        var c1 = new Node("coordinator 1", ["--roles", "coordinator", "--port", ports[0].ToString(), "--metrics-port", metrics[0].ToString(), "--run", run, .. common]);
         c1.WaitFor(@"Singleton manager started singleton actor", TimeSpan.FromSeconds(60));   // the oldest coordinator runs the supervisor
         return new Cluster(run, c1,
-            new Node("coordinator 2", ["--roles", "coordinator", "--port", ports[1].ToString(), "--run", run, .. common]),
-            new Node("expert node 1", ["--roles", "experts", "--port", ports[2].ToString(), .. common]),
-            new Node("expert node 2", ["--roles", "experts", "--port", ports[3].ToString(), .. common]));
+            new Node("coordinator 2", ["--roles", "coordinator", "--port", ports[1].ToString(), "--metrics-port", metrics[1].ToString(), "--run", run, .. common]),
+            new Node("expert node 1", ["--roles", "experts", "--port", ports[2].ToString(), "--metrics-port", metrics[2].ToString(), .. common]),
+            new Node("expert node 2", ["--roles", "experts", "--port", ports[3].ToString(), "--metrics-port", metrics[3].ToString(), .. common]),
+            metrics);
     }
 
     /// <summary>Both coordinators exit 0 once the run is done; the expert nodes leave on SIGTERM (the killed one is gone).</summary>
@@ -178,10 +180,28 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         Regex.Matches(n.Output, @"(expert-\d+) on \S+ \(cpu\): checkpoint \d+, (\d+) tokens")
             .GroupBy(m => m.Groups[1].Value).ToDictionary(g => g.Key, g => long.Parse(g.Last().Groups[2].Value));
 
+    private static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(10) };
+
+    /// <summary>One scrape of a node's Prometheus endpoint: every sample line, "name{labels}" → value.</summary>
+    private static Dictionary<string, double> Scrape(int port) =>
+        Http.GetStringAsync($"http://127.0.0.1:{port}/metrics").GetAwaiter().GetResult().Split('\n')
+            .Where(l => l.StartsWith("moce_", StringComparison.Ordinal))
+            .Select(l => l.Split(' ')).ToDictionary(p => p[0], p => double.Parse(p[1], System.Globalization.CultureInfo.InvariantCulture));
+
     [Fact]
     public void Two_coordinators_and_two_expert_nodes_compute_on_both_nodes_and_equal_one_process()
     {
         using var c = Start();
+        // scraped during the run: the active coordinator's step counter rises, and the expert nodes count every expert's tokens
+        c.C1.WaitFor(@"\[actors\] step 30/150", RunTimeout);
+        double early = Scrape(c.MetricsPorts[0])["moce_steps_total"];
+        c.C1.WaitFor(@"\[actors\] step 60/150", RunTimeout);
+        var late = Scrape(c.MetricsPorts[0]);
+        var experts = Scrape(c.MetricsPorts[2]).Concat(Scrape(c.MetricsPorts[3])).Where(kv => kv.Key.StartsWith("moce_expert_tokens_total{", StringComparison.Ordinal)).ToList();
+        output.WriteLine($"coordinator 1: moce_steps_total {early} then {late["moce_steps_total"]}; expert nodes: {string.Join(", ", experts.Select(kv => $"{kv.Key} {kv.Value}"))}");
+        Assert.True(early >= 30 && late["moce_steps_total"] > early, $"the step counter rises: {early} then {late["moce_steps_total"]}");
+        Assert.Equal(3, experts.Count(kv => kv.Value > 0));                      // expert-0..2, each on one node, each computing
+        Assert.Contains(late, kv => kv.Key.StartsWith("moce_wire_bytes_total{direction=\"sent\",message=\"ExpertForward\"}", StringComparison.Ordinal) && kv.Value > 0);
         Finish(c);
         var x1 = TokensByExpert(c.X1);
         var x2 = TokensByExpert(c.X2);

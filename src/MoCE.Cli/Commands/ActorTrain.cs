@@ -30,6 +30,8 @@ public static class ActorTrain
             Backoff = s.Config.Backoff,
             Policy = s.Config.RecoveryPolicy == "expert-local" ? RecoveryPolicy.ExpertLocal : RecoveryPolicy.GlobalRollback,
         };
+        using var metrics = node is null ? NodeMetrics.Serve(s.Config.MetricsHost, s.Config.MetricsPort) : null;   // a node serves them itself
+        if (metrics is not null) Log.Information("Prometheus metrics on http://{Host}:{Port}/metrics", s.Config.MetricsHost, s.Config.MetricsPort);
         using var recorder = new RunRecorder(dir, train, store, MoceConfig.MethodName(moe.Method), Log.Logger);
         var finished = node is null
             ? ActorEngine.Run(setup, dir, train.Steps, train.CheckpointEvery, train.KeepCheckpoints, recorder.Hooks, ct, akka: s.Config.Hocon)

@@ -14,11 +14,13 @@ public static class NodeCommand
 {
     public static int Run(CliArgs cli, CancellationToken ct)
     {
-        cli.RejectFlagsExcept("roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "method");
+        cli.RejectFlagsExcept("roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "metrics-port", "method");
         cli = cli with { Overrides = [.. cli.Overrides, .. FlagOverrides(cli)] };
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, cli.Overrides));
         var (config, _) = ConfigLoader.Resolve(merged);
         var node = config.Node.Validated();
+        using var metrics = NodeMetrics.Serve(config.MetricsHost, config.MetricsPort);
+        if (metrics is not null) Log.Information("Prometheus metrics on http://{Host}:{Port}/metrics", config.MetricsHost, config.MetricsPort);
         if (!node.Coordinator)
         {
             // an experts-only node: no run directory, no data; the experts' spec comes from the supervisor
@@ -46,6 +48,7 @@ public static class NodeCommand
                 case "seeds": yield return $"moce.node.seed-nodes={List(value)}"; break;
                 case "devices": yield return $"moce.node.devices={List(value)}"; break;
                 case "tls-certificate": yield return $"moce.node.tls-certificate={System.Text.Json.JsonSerializer.Serialize(Path.GetFullPath(value))}"; break;
+                case "metrics-port": yield return $"moce.metrics.port={cli.FlagInt("metrics-port", 0)}"; break;
                 case "host": yield return $"moce.node.host={System.Text.Json.JsonSerializer.Serialize(value)}"; break;
                 case "port": yield return $"moce.node.port={cli.FlagInt("port", 0)}"; break;
                 case "min-expert-nodes": yield return $"moce.node.min-expert-nodes={cli.FlagInt("min-expert-nodes", 1)}"; break;

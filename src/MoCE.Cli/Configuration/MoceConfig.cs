@@ -19,6 +19,9 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     /// <summary>How tensors cross a node: "fp32" (exact) or "bf16" (half the bytes). The wire serializer reads it from
     /// the actor system's configuration, which is this run's merged HOCON.</summary>
     public required string WireEncoding { get; init; }
+    /// <summary>Prometheus metrics: served on this port while training (0: off), on this host.</summary>
+    public required int MetricsPort { get; init; }
+    public required string MetricsHost { get; init; }
     /// <summary>moce node: this process's roles, address, seeds and devices (one node of a cluster run).</summary>
     public required MoCE.Actors.NodeOptions Node { get; init; }
     public required EvalConfig Eval { get; init; }
@@ -38,7 +41,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public static bool MayChangeOnResume(string key) =>
         ResumeMutable.Contains(key) || key.StartsWith("moce.eval.", StringComparison.Ordinal) || key.StartsWith("moce.tasks.", StringComparison.Ordinal)
         || key.StartsWith("moce.customize.", StringComparison.Ordinal)
-        || key.StartsWith("moce.node.", StringComparison.Ordinal);   // where the owners run, not what they compute
+        || key.StartsWith("moce.node.", StringComparison.Ordinal) || key.StartsWith("moce.metrics.", StringComparison.Ordinal);   // where the owners run, not what they compute
 
     /// <summary>Task definitions are open: any moce.tasks.NAME.classes is a known key.</summary>
     public static bool IsOpenKey(string key) =>
@@ -127,6 +130,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             WireEncoding = t.String("moce.wire.tensor-encoding") is "fp32" or "bf16" ? t.String("moce.wire.tensor-encoding")
                 : throw new ConfigException("moce.wire.tensor-encoding", $"expected fp32 or bf16, got '{t.String("moce.wire.tensor-encoding")}'"),
             Tasks = tasks,
+            MetricsPort = t.Int("moce.metrics.port") is >= 0 and <= 65535 ? t.Int("moce.metrics.port") : throw new ConfigException("moce.metrics.port", "expected 0..65535"),
+            MetricsHost = t.String("moce.metrics.host"),
             Node = new MoCE.Actors.NodeOptions(t.StringList("moce.node.roles"), t.String("moce.node.host"), t.Int("moce.node.port"),
                 t.StringList("moce.node.seed-nodes"), t.StringList("moce.node.devices"), t.Int("moce.node.min-expert-nodes"), t.Int("moce.actors.owner-threads"),
                 t.String("moce.node.tls-certificate")),
