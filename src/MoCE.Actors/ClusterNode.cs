@@ -1,9 +1,11 @@
 using Akka.Actor;
 using Akka.Cluster;
+using Akka.Cluster.Tools.Client;
 using Akka.Cluster.Tools.Singleton;
 using Akka.Configuration;
 using MoCE.Actors.Messages;
 using MoCE.Actors.Placement;
+using System.Collections.Immutable;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Akka.Actor.Setup;
@@ -98,6 +100,28 @@ public static class ClusterNode
         return ActorSystem.Create(SystemName, BootstrapSetup.Create().WithConfig(withTls).And(tls));
     }
 
+    /// <summary>The path tools send to through a cluster client to reach the run's supervisor.</summary>
+    public const string SupervisorService = "/user/" + RunManager + "-proxy";
+
+    /// <summary>Asks the cluster at <paramref name="o"/>'s seeds, as a cluster client (this process does not join).</summary>
+    public static T Ask<T>(NodeOptions o, Config config, object query, TimeSpan timeout)
+    {
+        var clientConfig = ConfigurationFactory.ParseString($"""
+            akka.actor.provider = remote
+            akka.loglevel = WARNING
+            akka.remote.dot-netty.tcp.hostname = "{o.Host}"
+            akka.remote.dot-netty.tcp.port = 0
+            """).WithFallback(config);
+        using var system = CreateSystem(o, clientConfig);
+        try
+        {
+            var contacts = o.SeedAddresses.Select(a => ActorPath.Parse($"{a}/system/receptionist")).ToImmutableHashSet();
+            var client = system.ActorOf(ClusterClient.Props(ClusterClientSettings.Create(system).WithInitialContacts(contacts)), "client");
+            return client.Ask<T>(new ClusterClient.Send(SupervisorService, query), timeout).GetAwaiter().GetResult();
+        }
+        finally { system.Terminate().Wait(TimeSpan.FromSeconds(10)); }
+    }
+
     /// <summary>Joins the cluster, hosts experts if the node has that role, and as a coordinator runs the supervisor when
     /// the singleton lands here; returns the run's end (null for an experts-only node, stopped by <paramref name="ct"/>).
     /// The process leaves the cluster gracefully on the way out.</summary>
@@ -113,6 +137,7 @@ public static class ClusterNode
         using var system = CreateSystem(o, config);
         try
         {
+            _ = ClusterClientReceptionist.Get(system);                           // every node answers cluster clients
             if (o.Experts)
                 system.ActorOf(ExpertHostActor.Props(new NodeResources(o.Devices, o.OwnerThreads, ChaosPlan.None, threads)), ExpertHostActor.Name);
             var cluster = Cluster.Get(system);
@@ -132,6 +157,8 @@ public static class ClusterNode
                 PoisonPill.Instance, ClusterSingletonManagerSettings.Create(system).WithRole(NodeRoles.Coordinator)), RunManager);
             var supervisor = system.ActorOf(ClusterSingletonProxy.Props($"/user/{RunManager}",
                 ClusterSingletonProxySettings.Create(system).WithRole(NodeRoles.Coordinator)), RunManager + "-proxy");
+            // `moce experts list` and other tools reach the supervisor through a cluster client: /user/run-proxy on any coordinator
+            ClusterClientReceptionist.Get(system).RegisterService(supervisor);
             var done = new TaskCompletionSource<RunFinished>(TaskCreationOptions.RunContinuationsAsynchronously);
             system.ActorOf(RunClientActor.Props(supervisor, run.Until, TimeSpan.FromSeconds(2), done), "run-client");
             using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit()));

@@ -55,6 +55,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private readonly ExpertPlacement placement = new();
     private readonly HashSet<int> placing = [];
     private readonly HashSet<IActorRef> listeners = [];
+    private readonly Dictionary<int, (string node, string device)> homes = [];   // where each expert was last hosted
+    private IReadOnlyList<MoCE.Core.Training.ExpertStat> lastRouting = [];
     private CheckpointRef initial = null!;                 // the experts' upcycled weights, which every expert loads first
     private ExpertSpec spec = null!;
     private IActorRef trainer = ActorRefs.Nobody, router = ActorRefs.Nobody;
@@ -116,6 +118,12 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             if (waitingForExperts) { waitingForExperts = false; Next(); }
         });
         Command<GetRunStatus>(m => Sender.Tell(new RunStatusResponse(step, state.LastCommit?.Step ?? -1, state.Recoveries)));
+        Command<GetExperts>(_ => Sender.Tell(new ExpertsStatus(step, state.LastCommit?.Step ?? -1, Enumerable.Range(0, setup.Moe.Experts).Select(e =>
+        {
+            var (node, device) = homes.GetValueOrDefault(e, ("", ""));
+            var st = down.Contains(e) ? "down" : registry.Contains(OwnerRegistry.ExpertId(e)) ? "up" : placing.Contains(e) ? "placing" : "lost";
+            return new ExpertInfo(e, node, device, lastRouting.Where(r => r.Expert == e).Sum(r => r.Tokens), st);
+        }).ToList())));
     }
 
     private bool InCluster => ((ExtendedActorSystem)Context.System).Provider is ClusterActorRefProvider;
@@ -206,6 +214,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         if (!placing.Remove(m.Expert)) return;
         var id = OwnerRegistry.ExpertId(m.Expert);
         registry.Set(id, m.Ref);
+        homes[m.Expert] = (m.Node, m.Device);
         Context.Watch(m.Ref);
         log.Info("{0} runs on {1} ({2})", id, m.Node, m.Device);
         if (!AllPlaced) return;
@@ -358,6 +367,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         if (recovering || m.Step != step) return;        // a step from an abandoned attempt
         state.StepCompleted(m.Step);
+        lastRouting = m.Routing;
         foreach (var e in down) outages[e] = outages[e] with { rerouted = outages[e].rerouted + m.ReroutedImages };
         hooks.OnStep?.Invoke(m);
         step = m.Step + 1;

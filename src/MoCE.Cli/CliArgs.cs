@@ -18,6 +18,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           cluster      k-means over the dense MAE's features; writes each image's cluster and a report
           train        MoE training from the dense MAE: --method moce|token-moe|dense, --engine actors|local
           node         one process of a cluster run: --roles coordinator,experts --seeds HOST:PORT,... (needs PostgreSQL)
+          experts list where each expert of a cluster run is, its device, tokens and state: --seeds H:P,... [--format json]
           customize    extract a dense model with the experts a task prefers: --task NAME
           eval         linear probe and k-NN on frozen features for the configured tasks
           status RUN   committed steps, owners and their checkpoint files, recent recoveries
@@ -66,7 +67,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
                 case "-h" or "--help": return new CliArgs("help", null, [], [], null, flags);
                 default:
                     if (a.StartsWith("--", StringComparison.Ordinal) && a.Length > 2) { flags[a[2..]] = Next(); break; }
-                    if (command == "status" && run is null && !a.StartsWith('-')) { run = a; break; }   // moce status RUN
+                    if (command is "status" or "experts" && run is null && !a.StartsWith('-')) { run = a; break; }   // moce status RUN, moce experts list
                     throw new ConfigException(a, "unknown argument; see moce --help");
             }
         }

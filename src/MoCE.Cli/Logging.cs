@@ -14,6 +14,12 @@ public static class Logging
         .WriteTo.Console(outputTemplate: Template, standardErrorFromLevel: LogEventLevel.Error)
         .CreateLogger();
 
+    /// <summary>For commands whose standard output is data (moce experts list --format json): every log line to stderr.</summary>
+    public static ILogger StandardError() => new LoggerConfiguration()
+        .MinimumLevel.Warning()
+        .WriteTo.Console(outputTemplate: Template, standardErrorFromLevel: LogEventLevel.Verbose)
+        .CreateLogger();
+
     public static ILogger ConsoleAndFile(string logFile) => new LoggerConfiguration()
         .MinimumLevel.Debug()
         .WriteTo.Console(outputTemplate: Template, restrictedToMinimumLevel: LogEventLevel.Information, standardErrorFromLevel: LogEventLevel.Error)

@@ -47,6 +47,7 @@ try
         "eval" => EvalCommand.Run(cli),
         "pipeline" => PipelineCommand.Run(cli, cts.Token),
         "node" => NodeCommand.Run(cli, cts.Token),
+        "experts" => ExpertsCommand.Run(cli),
         "status" => StatusCommand.Run(cli),
         "bench" => BenchCommand.Run(cli),
         "bench-cluster" => ClusterBenchCommand.Run(cli),

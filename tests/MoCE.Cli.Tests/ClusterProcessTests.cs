@@ -98,7 +98,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         }
     }
 
-    private sealed record Cluster(string Run, Node C1, Node C2, Node X1, Node X2, int[] MetricsPorts) : IDisposable
+    private sealed record Cluster(string Run, Node C1, Node C2, Node X1, Node X2, int[] Ports, int[] MetricsPorts) : IDisposable
     {
         public void Dispose() { foreach (var n in new[] { C1, C2, X1, X2 }) n.Dispose(); }
     }
@@ -129,7 +129,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
             new Node("coordinator 2", ["--roles", "coordinator", "--port", ports[1].ToString(), "--metrics-port", metrics[1].ToString(), "--run", run, .. common]),
             new Node("expert node 1", ["--roles", "experts", "--port", ports[2].ToString(), "--metrics-port", metrics[2].ToString(), .. common]),
             new Node("expert node 2", ["--roles", "experts", "--port", ports[3].ToString(), "--metrics-port", metrics[3].ToString(), .. common]),
-            metrics);
+            ports, metrics);
     }
 
     /// <summary>Both coordinators exit 0 once the run is done; the expert nodes leave on SIGTERM (the killed one is gone).</summary>
@@ -202,6 +202,17 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         Assert.True(early >= 30 && late["moce_steps_total"] > early, $"the step counter rises: {early} then {late["moce_steps_total"]}");
         Assert.Equal(3, experts.Count(kv => kv.Value > 0));                      // expert-0..2, each on one node, each computing
         Assert.Contains(late, kv => kv.Key.StartsWith("moce_wire_bytes_total{direction=\"sent\",message=\"ExpertForward\"}", StringComparison.Ordinal) && kv.Value > 0);
+
+        // moce experts list, as a cluster client through an expert node's receptionist: every expert up, where it was placed
+        var (code, json) = Moce(["experts", "list", "--seeds", $"127.0.0.1:{c.Ports[2]}", "--format", "json"]);
+        Assert.True(code == 0, json);
+        using var doc = System.Text.Json.JsonDocument.Parse(json);                 // stdout is only the answer
+        var listed = doc.RootElement.GetProperty("Experts").EnumerateArray().ToList();
+        output.WriteLine($"moce experts list: {string.Join("; ", listed.Select(e => $"expert-{e.GetProperty("Expert")} {e.GetProperty("State")} on {e.GetProperty("Node")}"))}");
+        Assert.Equal(3, listed.Count);
+        Assert.All(listed, e => Assert.Equal("up", e.GetProperty("State").GetString()));
+        Assert.Equal(2, listed.Select(e => e.GetProperty("Node").GetString()).Distinct().Count());   // on both expert nodes
+        Assert.True(doc.RootElement.GetProperty("CommittedStep").GetInt64() >= 50);
         Finish(c);
         var x1 = TokensByExpert(c.X1);
         var x2 = TokensByExpert(c.X2);

@@ -35,3 +35,10 @@ public sealed record UseExperts(long Step, IReadOnlyList<IActorRef> Experts) : I
 
 /// <summary>Supervisor → router: expert e is gone (its node left); routings waiting on it fail at once.</summary>
 public sealed record ExpertLost(long Step, int Expert) : IStepMessage;
+
+/// <summary>Query (from `moce experts list`, through the cluster client): where every expert runs and how it is doing.</summary>
+public sealed record GetExperts(long Step) : IStepMessage;
+/// <summary>One expert: its node and device, the tokens routed to it in the last step (all MoE blocks), and its state:
+/// up, down (recovering under expert-local), placing (being created on a node), or lost (no node can host it).</summary>
+public sealed record ExpertInfo(int Expert, string Node, string Device, long TokensLastStep, string State);
+public sealed record ExpertsStatus(long Step, long CommittedStep, IReadOnlyList<ExpertInfo> Experts) : IStepMessage;

@@ -115,6 +115,18 @@ public sealed class WireSerializer : SerializerWithStringManifest
                 for (int i = 0; i < refs.Length; i++) refs[i] = ActorRef(ref r);
                 return new UseExperts(step, refs);
             });
+        Add<GetExperts>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new GetExperts(r.I64()));
+        Add<ExpertsStatus>((w, m) =>
+        {
+            w.I64(m.Step); w.I64(m.CommittedStep); w.U32((uint)m.Experts.Count);
+            foreach (var e in m.Experts) { w.I32(e.Expert); w.Str(e.Node); w.Str(e.Device); w.I64(e.TokensLastStep); w.Str(e.State); }
+        }, (ref WireReader r, byte _) =>
+        {
+            long step = r.I64(), committed = r.I64();
+            var experts = new ExpertInfo[r.Count(28)];
+            for (int i = 0; i < experts.Length; i++) experts[i] = new ExpertInfo(r.I32(), r.Str(), r.Str(), r.I64(), r.Str());
+            return new ExpertsStatus(step, committed, experts);
+        });
         Add<ExpertLost>((w, m) => { w.I64(m.Step); w.I32(m.Expert); }, (ref WireReader r, byte _) => new ExpertLost(r.I64(), r.I32()));
 
         // journal events and snapshots
