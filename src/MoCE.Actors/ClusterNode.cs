@@ -149,7 +149,16 @@ public static class ClusterNode
             if (run is null)
             {
                 Task.WaitAny([removed, Task.Delay(Timeout.Infinite, ct).ContinueWith(_ => { }, TaskScheduler.Default)]);
-                if (removed.IsCompleted && !ct.IsCancellationRequested) throw new InvalidOperationException("this node was removed from the cluster");
+                if (removed.IsCompleted && !ct.IsCancellationRequested)
+                {
+                    // drained (moce node drain): it was asked to leave, and left; anything else is a removal
+                    if (CoordinatedShutdown.Get(system).ShutdownReason is CoordinatedShutdown.ClusterLeavingReason)
+                    {
+                        log.Information("Left the cluster (drained)");
+                        return null;
+                    }
+                    throw new InvalidOperationException("this node was removed from the cluster");
+                }
                 return null;
             }
             system.ActorOf(ClusterSingletonManager.Props(

@@ -57,6 +57,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private readonly HashSet<IActorRef> listeners = [];
     private readonly Dictionary<int, (string node, string device)> homes = [];   // where each expert was last hosted
     private IReadOnlyList<MoCE.Core.Training.ExpertStat> lastRouting = [];
+    private (string node, IActorRef requester, List<int> moved)? drain;          // a node being drained (moce node drain)
     private CheckpointRef initial = null!;                 // the experts' upcycled weights, which every expert loads first
     private ExpertSpec spec = null!;
     private IActorRef trainer = ActorRefs.Nobody, router = ActorRefs.Nobody;
@@ -117,6 +118,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             rejoining[m.Expert] = m.Step;
             if (waitingForExperts) { waitingForExperts = false; Next(); }
         });
+        Command<DrainNode>(HandleDrain);
         Command<GetRunStatus>(m => Sender.Tell(new RunStatusResponse(step, state.LastCommit?.Step ?? -1, state.Recoveries)));
         Command<GetExperts>(_ => Sender.Tell(new ExpertsStatus(step, state.LastCommit?.Step ?? -1, Enumerable.Range(0, setup.Moe.Experts).Select(e =>
         {
@@ -193,7 +195,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     }
 
     /// <summary>Places every expert that has no home and is not being placed, once enough hosts are present.</summary>
-    private void PlaceMissing()
+    private void PlaceMissing(bool recover = true)
     {
         if (placement.Hosts < minExpertNodes && !begun) return;
         for (int e = 0; e < setup.Moe.Experts; e++)
@@ -205,7 +207,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                 return;
             }
             placing.Add(e);
-            where.host.Tell(new HostExpert(step, e, spec, Recover: begun));
+            where.host.Tell(new HostExpert(step, e, spec, Recover: begun && recover));
         }
     }
 
@@ -273,6 +275,41 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
              "; the run cannot go on without it");
     }
 
+    /// <summary>moce node drain: refuse what cannot work; otherwise the next step boundary commits and moves (<see cref="Drain"/>).</summary>
+    private void HandleDrain(DrainNode m)
+    {
+        string? why = drain is not null ? $"{drain.Value.node} is being drained already"
+            : !begun || finished is not null ? "the run is not training"
+            : !placement.HostNodes.Contains(m.Node) ? $"{m.Node} hosts no experts of this run (expert hosts: {string.Join(", ", placement.HostNodes)})"
+            : placement.Hosts < 2 ? "it is the only expert node: its experts would have nowhere to go"
+            : null;
+        if (why is not null) { Sender.Tell(new NodeDrained(step, m.Node, [], why)); return; }
+        log.Warning("Draining {0}: commit at step {1}, then its experts move", m.Node, step);
+        drain = (m.Node, Sender, []);                                            // Next() takes it at the step boundary
+    }
+
+    /// <summary>At a step boundary: commit the current step if it is not committed; then stop the node's experts, create
+    /// them on the other nodes, and restore every owner from that commit (nothing to replay).</summary>
+    private void Drain()
+    {
+        var (node, requester, moved) = drain!.Value;
+        if (state.LastCommit?.Step != step) { Cut(step); return; }                 // HandleCutDone comes back here
+        foreach (var e in Enumerable.Range(0, setup.Moe.Experts).Where(e => homes.GetValueOrDefault(e).node == node && registry.Contains(OwnerRegistry.ExpertId(e))))
+        {
+            var id = OwnerRegistry.ExpertId(e);
+            var actor = registry[id]!;
+            Context.Unwatch(actor);
+            actor.Tell(PoisonPill.Instance);
+            registry.Remove(id);
+            moved.Add(e);
+        }
+        placement.RemoveNode(node);
+        if (moved.Count == 0) { drain = null; requester.Tell(new NodeDrained(step, node, [], "")); Next(); return; }
+        generation++;
+        restoreWaiting = true;
+        PlaceMissing(recover: false);                                              // HandleExpertHosted restores once all are placed
+    }
+
     // ---- the run -------------------------------------------------------------------------------------------------
 
     /// <summary>Ends the run with an error the engine rethrows. Nothing is lost: the last commit stays.</summary>
@@ -313,6 +350,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         if (fatal is not null) return;
         if (rejoining.Count > 0) { Rejoin(); return; }
+        if (drain is { moved.Count: 0 }) { Drain(); return; }
         if (step >= end && down.Count > 0 && !stopRequested)
         {
             // the final commit must hold every expert's own state: wait for the recovering ones
@@ -464,6 +502,14 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                     r.Owner, r.Step, r.RestoredStep, r.StepsReplayed, r.DetectionToRecoveredMs);
                 Next();
             });
+        }
+        else if (drain is { } d)
+        {
+            drain = null;
+            log.Warning("Drained {0}: experts [{1}] run elsewhere from commit {2}; the node is asked to leave", d.node, string.Join(",", d.moved), m.Step);
+            d.requester.Tell(new NodeDrained(m.Step, d.node, d.moved, ""));
+            if (InCluster) Cluster.Get(Context.System).Leave(Address.Parse(d.node));
+            Next();
         }
         else
         {

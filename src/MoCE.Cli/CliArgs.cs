@@ -7,6 +7,9 @@ namespace MoCE.Cli;
 public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<string> Files, IReadOnlyList<string> Overrides,
                              string? Run, IReadOnlyDictionary<string, string> Flags)
 {
+    /// <summary>Words after the command that are not options: `moce experts list`, `moce node drain ADDR`.</summary>
+    public IReadOnlyList<string> Positionals { get; init; } = [];
+
     public static readonly string Usage = """
         moce: Mixture of Cluster-conditional Experts (MAE pre-training) on TorchSharp.
 
@@ -17,7 +20,8 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           pretrain     dense MAE pre-training
           cluster      k-means over the dense MAE's features; writes each image's cluster and a report
           train        MoE training from the dense MAE: --method moce|token-moe|dense, --engine actors|local
-          node         one process of a cluster run: --roles coordinator,experts --seeds HOST:PORT,... (needs PostgreSQL)
+          node         one process of a cluster run: --roles coordinator,experts --seeds HOST:PORT,... (needs PostgreSQL);
+                       node drain HOST:PORT --seeds ...: move that node's experts away (commit, restore elsewhere), then it leaves
           experts list where each expert of a cluster run is, its device, tokens and state: --seeds H:P,... [--format json]
           customize    extract a dense model with the experts a task prefers: --task NAME
           eval         linear probe and k-NN on frozen features for the configured tasks
@@ -54,6 +58,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
         var files = new List<string>();
         var overrides = new List<string>();
         var flags = new Dictionary<string, string>();
+        var positionals = new List<string>();
         for (int i = 1; i < args.Length; i++)
         {
             string a = args[i];
@@ -67,11 +72,12 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
                 case "-h" or "--help": return new CliArgs("help", null, [], [], null, flags);
                 default:
                     if (a.StartsWith("--", StringComparison.Ordinal) && a.Length > 2) { flags[a[2..]] = Next(); break; }
-                    if (command is "status" or "experts" && run is null && !a.StartsWith('-')) { run = a; break; }   // moce status RUN, moce experts list
+                    if (command == "status" && run is null && !a.StartsWith('-')) { run = a; break; }   // moce status RUN
+                    if (command is "experts" or "node" && !a.StartsWith('-')) { positionals.Add(a); break; }   // moce experts list, moce node drain ADDR
                     throw new ConfigException(a, "unknown argument; see moce --help");
             }
         }
-        return new CliArgs(command, preset, files, overrides, run, flags);
+        return new CliArgs(command, preset, files, overrides, run, flags) { Positionals = positionals };
     }
 
     public int FlagInt(string name, int fallback) =>

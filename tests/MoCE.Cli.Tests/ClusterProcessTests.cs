@@ -265,6 +265,28 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         AssertEqualsOneProcess(c.Run, "SIGKILL of the active coordinator");
     }
 
+    [Fact]
+    public void Draining_an_expert_node_moves_its_experts_with_no_committed_step_lost_and_the_node_leaves()
+    {
+        using var c = Start();
+        c.C1.WaitFor(@"\[actors\] step 40/150", RunTimeout);
+        var (code, said) = Moce(["node", "drain", $"127.0.0.1:{c.Ports[2]}", "--seeds", $"127.0.0.1:{c.Ports[0]}"]);
+        Assert.True(code == 0, said);
+        var drained = Regex.Match(said, @"drained \S+: experts \[([^\]]*)\] moved, restored from commit (\d+)");
+        Assert.True(drained.Success, said);
+        output.WriteLine(drained.Value);
+        long restored = long.Parse(drained.Groups[2].Value);
+        Assert.True(restored >= 40, said);                                      // committed at the drain: nothing to replay
+        Assert.True(c.X1.WaitForExit(TimeSpan.FromSeconds(60)) == 0, c.X1.Tail); // the node left by itself, cleanly
+        Assert.Contains("Left the cluster (drained)", c.X1.Output);
+        var moved = drained.Groups[1].Value.Split(", ", StringSplitOptions.RemoveEmptyEntries);
+        Assert.NotEmpty(moved);
+        foreach (var e in moved) Assert.Matches($@"{e} runs on \S+:{c.Ports[3]} \(cpu\)", c.C1.Output);   // now on the other node
+        Assert.DoesNotContain("Recovered from", c.C1.Output);                    // a planned move, not a failure
+        Finish(c, killed: c.X1);
+        AssertEqualsOneProcess(c.Run, "drain of expert node 1");
+    }
+
     internal static void CopyRun(string from, string to)
     {
         foreach (var d in Directory.GetDirectories(from, "*", SearchOption.AllDirectories)) Directory.CreateDirectory(d.Replace(from, to));

@@ -42,3 +42,10 @@ public sealed record GetExperts(long Step) : IStepMessage;
 /// up, down (recovering under expert-local), placing (being created on a node), or lost (no node can host it).</summary>
 public sealed record ExpertInfo(int Expert, string Node, string Device, long TokensLastStep, string State);
 public sealed record ExpertsStatus(long Step, long CommittedStep, IReadOnlyList<ExpertInfo> Experts) : IStepMessage;
+
+/// <summary>Command (from `moce node drain`): move every expert off Node with nothing lost (commit at the current step,
+/// create them on other nodes, every owner restores that commit), then have the node leave the cluster.</summary>
+public sealed record DrainNode(long Step, string Node) : IStepMessage;
+/// <summary>Node is drained: its experts (Moved) now run elsewhere from the commit of Step, and it was asked to leave.
+/// Error: why it could not be drained (then nothing moved).</summary>
+public sealed record NodeDrained(long Step, string Node, IReadOnlyList<int> Moved, string Error) : IStepMessage;

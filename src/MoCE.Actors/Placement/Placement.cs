@@ -11,6 +11,7 @@ public sealed class ExpertPlacement
     private readonly Dictionary<int, string> assigned = [];
 
     public int Hosts => hosts.Count;
+    public IReadOnlyCollection<string> HostNodes => hosts.Keys;
     public IReadOnlyDictionary<int, string> Assigned => assigned;
 
     /// <summary>A host joined (or answered again after a restart of the supervisor).</summary>

@@ -127,6 +127,16 @@ public sealed class WireSerializer : SerializerWithStringManifest
             for (int i = 0; i < experts.Length; i++) experts[i] = new ExpertInfo(r.I32(), r.Str(), r.Str(), r.I64(), r.Str());
             return new ExpertsStatus(step, committed, experts);
         });
+        Add<DrainNode>((w, m) => { w.I64(m.Step); w.Str(m.Node); }, (ref WireReader r, byte _) => new DrainNode(r.I64(), r.Str()));
+        Add<NodeDrained>((w, m) => { w.I64(m.Step); w.Str(m.Node); w.U32((uint)m.Moved.Count); foreach (var e in m.Moved) w.I32(e); w.Str(m.Error); },
+            (ref WireReader r, byte _) =>
+            {
+                long step = r.I64();
+                var node = r.Str();
+                var moved = new int[r.Count(4)];
+                for (int i = 0; i < moved.Length; i++) moved[i] = r.I32();
+                return new NodeDrained(step, node, moved, r.Str());
+            });
         Add<ExpertLost>((w, m) => { w.I64(m.Step); w.I32(m.Expert); }, (ref WireReader r, byte _) => new ExpertLost(r.I64(), r.I32()));
 
         // journal events and snapshots

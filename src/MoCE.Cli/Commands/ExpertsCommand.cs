@@ -15,17 +15,11 @@ public static class ExpertsCommand
     {
         cli.RejectFlagsExcept("seeds", "format", "tls-certificate", "host");
         Serilog.Log.Logger = Logging.StandardError();                      // stdout is the answer
-        var sub = cli.Run ?? throw new ConfigException("experts", "expected a subcommand: moce experts list --seeds HOST:PORT");
-        if (sub != "list") throw new ConfigException("experts", $"unknown subcommand '{sub}'; expected list");
+        if (cli.Positionals is not ["list"])
+            throw new ConfigException("experts", $"expected the subcommand list: moce experts list --seeds HOST:PORT (got '{string.Join(" ", cli.Positionals)}')");
         var format = cli.Flags.GetValueOrDefault("format", "table");
         if (format is not ("table" or "json")) throw new ConfigException("--format", $"expected table or json, got '{format}'");
-        var overrides = cli.Overrides.ToList();
-        if (cli.Flags.TryGetValue("seeds", out var seeds))
-            overrides.Add($"moce.node.seed-nodes=[{string.Join(", ", seeds.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(x => JsonSerializer.Serialize(x)))}]");
-        if (cli.Flags.TryGetValue("tls-certificate", out var cert)) overrides.Add($"moce.node.tls-certificate={JsonSerializer.Serialize(Path.GetFullPath(cert))}");
-        if (cli.Flags.TryGetValue("host", out var host)) overrides.Add($"moce.node.host={JsonSerializer.Serialize(host)}");
-        var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, overrides));
-        var (config, _) = ConfigLoader.Resolve(merged);
+        var config = ClientConfig(cli);
         ExpertsStatus status;
         try { status = ClusterNode.Ask<ExpertsStatus>(config.Node, ActorEngine.AkkaConfig(config.Hocon), new GetExperts(-1), TimeSpan.FromSeconds(20)); }
         catch (Akka.Actor.AskTimeoutException)
@@ -42,5 +36,17 @@ public static class ExpertsCommand
         foreach (var e in status.Experts)
             Console.WriteLine($"{$"expert-{e.Expert}",-9} {e.State,-8} {e.Device,-8} {e.TokensLastStep,11}  {e.Node}");
         return 0;
+    }
+
+    /// <summary>The configuration of a tool that talks to a cluster as a client: --seeds, --tls-certificate, --host over moce.node.*.</summary>
+    public static MoceConfig ClientConfig(CliArgs cli)
+    {
+        var overrides = cli.Overrides.ToList();
+        if (cli.Flags.TryGetValue("seeds", out var seeds))
+            overrides.Add($"moce.node.seed-nodes=[{string.Join(", ", seeds.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(x => JsonSerializer.Serialize(x)))}]");
+        if (cli.Flags.TryGetValue("tls-certificate", out var cert)) overrides.Add($"moce.node.tls-certificate={JsonSerializer.Serialize(Path.GetFullPath(cert))}");
+        if (cli.Flags.TryGetValue("host", out var host)) overrides.Add($"moce.node.host={JsonSerializer.Serialize(host)}");
+        var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, overrides));
+        return ConfigLoader.Resolve(merged).config;
     }
 }

@@ -14,6 +14,8 @@ public static class NodeCommand
 {
     public static int Run(CliArgs cli, CancellationToken ct)
     {
+        if (cli.Positionals is ["drain", var address]) return Drain(cli, address);
+        if (cli.Positionals.Count > 0) throw new ConfigException("node", $"unexpected '{string.Join(" ", cli.Positionals)}'; the only subcommand is drain HOST:PORT");
         cli.RejectFlagsExcept("roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "metrics-port", "method");
         cli = cli with { Overrides = [.. cli.Overrides, .. FlagOverrides(cli)] };
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, cli.Overrides));
@@ -32,6 +34,21 @@ public static class NodeCommand
         var method = cli.Flags.TryGetValue("method", out var m) ? MoceConfig.ParseMethod("--method", m) : s.Config.Moe.Method;
         if (method == MoeMethod.Dense) throw new ConfigException("--method", "dense has no experts to place; train it with moce train");
         TrainCommand.Execute(s, method, "actors", ct, node);
+        return 0;
+    }
+
+    /// <summary>moce node drain HOST:PORT: asks the supervisor, as a cluster client, to move that node's experts away.</summary>
+    private static int Drain(CliArgs cli, string address)
+    {
+        cli.RejectFlagsExcept("seeds", "tls-certificate", "host");
+        Serilog.Log.Logger = Logging.StandardError();
+        var config = ExpertsCommand.ClientConfig(cli);
+        var node = address.Contains("://", StringComparison.Ordinal) ? address
+            : NodeOptions.SeedAddress(address, !string.IsNullOrEmpty(config.Node.TlsCertificate)).ToString();
+        var done = ClusterNode.Ask<MoCE.Actors.Messages.NodeDrained>(config.Node, ActorEngine.AkkaConfig(config.Hocon),
+            new MoCE.Actors.Messages.DrainNode(-1, node), TimeSpan.FromMinutes(5));
+        if (done.Error.Length > 0) throw new ConfigException("node drain", done.Error);
+        Console.WriteLine($"drained {done.Node}: experts [{string.Join(", ", done.Moved.Select(e => $"expert-{e}"))}] moved, restored from commit {done.Step}; the node is leaving the cluster");
         return 0;
     }
 
