@@ -51,6 +51,9 @@ public sealed record ActorContextSetup
     public ChaosPlan Chaos { get; init; } = ChaosPlan.None;
     public RecoveryPolicy Policy { get; init; } = RecoveryPolicy.GlobalRollback;
     public RestartBackoff Backoff { get; init; } = RestartBackoff.Default;
+    /// <summary>moce.actors.placement = spread: a node that joins a training run gets experts moved to it (commit, then
+    /// restore) until the nodes hold equal shares; fill (false): only new and lost experts go to the least-loaded node.</summary>
+    public bool SpreadOnJoin { get; init; }
     /// <summary>Torch intra-op threads of the trainer's thread (the trunk's compute); 0 keeps torch's default.</summary>
     public int TrainerThreads { get; init; }
     /// <summary>Torch intra-op threads of the router's, each expert's and the teacher's thread; 0 leaves torch's

@@ -34,7 +34,7 @@ public sealed class ExpertHostActor : ReceiveActor
 {
     public const string Name = "expert-host";
 
-    private sealed record Hosted(IActorRef Supervisor, string Owner, string Device);
+    private sealed record Hosted(IActorRef Supervisor, string Owner, string Device, string RunId, int Expert);
 
     private readonly NodeResources resources;
     private readonly string node;
@@ -47,7 +47,7 @@ public sealed class ExpertHostActor : ReceiveActor
     {
         this.resources = resources.Validated();
         node = ((ExtendedActorSystem)Context.System).Provider.DefaultAddress.ToString();
-        Receive<GetHostInfo>(m => Sender.Tell(new HostInfo(m.Step, node, resources.Devices)));
+        Receive<GetHostInfo>(m => Sender.Tell(new HostInfo(m.Step, node, resources.Devices, hosted.Values.Select(h => $"{h.RunId}/{h.Expert}").ToList())));
         Receive<HostExpert>(Host);
         Receive<ExpertRecovered>(m => { if (hosted.TryGetValue(Sender, out var h)) h.Supervisor.Tell(m); });
         Receive<Terminated>(t => hosted.Remove(t.ActorRef));
@@ -70,7 +70,7 @@ public sealed class ExpertHostActor : ReceiveActor
                                     resources.OwnerThreads, resources.Chaos, resources.Threads, m.Recover);
         var expert = Context.ActorOf(ExpertActor.Props(setup), name);
         Context.Watch(expert);
-        hosted[expert] = new Hosted(Sender, OwnerRegistry.ExpertId(m.Expert), device);
+        hosted[expert] = new Hosted(Sender, OwnerRegistry.ExpertId(m.Expert), device, m.Spec.RunId, m.Expert);
         log.Info("Hosting {0} of run {1} on {2}", OwnerRegistry.ExpertId(m.Expert), m.Spec.RunId, device);
         Sender.Tell(new ExpertHosted(m.Step, m.Expert, expert, node, device));
     }

@@ -57,7 +57,13 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private readonly HashSet<IActorRef> listeners = [];
     private readonly Dictionary<int, (string node, string device)> homes = [];   // where each expert was last hosted
     private IReadOnlyList<MoCE.Core.Training.ExpertStat> lastRouting = [];
-    private (string node, IActorRef requester, List<int> moved)? drain;          // a node being drained (moce node drain)
+    /// <summary>A planned move of experts at a step boundary: a drain (moce node drain: they leave a node, which then
+    /// leaves the cluster) or a rebalance onto a node that joined (moce.actors.placement = spread).</summary>
+    private sealed record PlannedMove(string What, IReadOnlyList<int> Experts, string? LeavingNode, IActorRef? Requester)
+    {
+        public bool Started { get; set; }
+    }
+    private PlannedMove? move;
     private CheckpointRef initial = null!;                 // the experts' upcycled weights, which every expert loads first
     private ExpertSpec spec = null!;
     private IActorRef trainer = ActorRefs.Nobody, router = ActorRefs.Nobody;
@@ -189,7 +195,12 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
 
     private void HandleHostInfo(HostInfo m)
     {
+        bool joined = !placement.HostNodes.Contains(m.Node);
         placement.AddHost(m.Node, Sender);
+        foreach (var h in m.Hosting)                                              // experts of this run it already runs stay there
+            if (h.StartsWith(setup.RunId + "/", StringComparison.Ordinal) && int.TryParse(h.AsSpan(setup.RunId.Length + 1), out var e) && !begun)
+                placement.Keep(e, m.Node);
+        if (joined) RebalanceOnto(m.Node);
         log.Info("Expert host on {0} with devices [{1}] ({2} of {3} needed)", m.Node, string.Join(", ", m.Devices), placement.Hosts, minExpertNodes);
         PlaceMissing();
     }
@@ -275,37 +286,52 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
              "; the run cannot go on without it");
     }
 
-    /// <summary>moce node drain: refuse what cannot work; otherwise the next step boundary commits and moves (<see cref="Drain"/>).</summary>
+    /// <summary>moce node drain: refuse what cannot work; otherwise the next step boundary commits and moves (<see cref="StartMove"/>).</summary>
     private void HandleDrain(DrainNode m)
     {
-        string? why = drain is not null ? $"{drain.Value.node} is being drained already"
+        string? why = move is not null ? $"{move.What} is under way"
             : !begun || finished is not null ? "the run is not training"
             : !placement.HostNodes.Contains(m.Node) ? $"{m.Node} hosts no experts of this run (expert hosts: {string.Join(", ", placement.HostNodes)})"
             : placement.Hosts < 2 ? "it is the only expert node: its experts would have nowhere to go"
             : null;
         if (why is not null) { Sender.Tell(new NodeDrained(step, m.Node, [], why)); return; }
-        log.Warning("Draining {0}: commit at step {1}, then its experts move", m.Node, step);
-        drain = (m.Node, Sender, []);                                            // Next() takes it at the step boundary
+        var experts = placement.Assigned.Where(kv => kv.Value == m.Node).Select(kv => kv.Key).Order().ToList();
+        log.Warning("Draining {0}: at the next step boundary, commit and move experts [{1}]", m.Node, string.Join(",", experts));
+        move = new PlannedMove($"drain of {m.Node}", experts, m.Node, Sender);   // Next() takes it at the step boundary
     }
 
-    /// <summary>At a step boundary: commit the current step if it is not committed; then stop the node's experts, create
-    /// them on the other nodes, and restore every owner from that commit (nothing to replay).</summary>
-    private void Drain()
+    /// <summary>A node joined a training run under moce.actors.placement = spread: move experts to it from the busiest
+    /// nodes, so that every node holds ⌊E/nodes⌋ or ⌈E/nodes⌉ of them.</summary>
+    private void RebalanceOnto(string node)
     {
-        var (node, requester, moved) = drain!.Value;
+        if (!setup.SpreadOnJoin || !begun || finished is not null || move is not null) return;
+        var experts = placement.Rebalance(node);
+        if (experts.Count == 0) return;
+        log.Warning("{0} joined: at the next step boundary, commit and move experts [{1}] to it", node, string.Join(",", experts));
+        move = new PlannedMove($"rebalance onto {node}", experts, null, null);
+    }
+
+    /// <summary>At a step boundary: commit the current step if it is not committed; then stop the experts to move, create
+    /// them on their new nodes, and restore every owner from that commit (nothing to replay).</summary>
+    private void StartMove()
+    {
+        var mv = move!;
         if (state.LastCommit?.Step != step) { Cut(step); return; }                 // HandleCutDone comes back here
-        foreach (var e in Enumerable.Range(0, setup.Moe.Experts).Where(e => homes.GetValueOrDefault(e).node == node && registry.Contains(OwnerRegistry.ExpertId(e))))
+        mv.Started = true;
+        foreach (var e in mv.Experts)
         {
             var id = OwnerRegistry.ExpertId(e);
-            var actor = registry[id]!;
-            Context.Unwatch(actor);
-            actor.Tell(PoisonPill.Instance);
-            registry.Remove(id);
-            moved.Add(e);
+            if (registry[id] is { } actor)
+            {
+                Context.Unwatch(actor);
+                actor.Tell(PoisonPill.Instance);
+                registry.Remove(id);
+            }
+            placement.Unassign(e);
         }
-        placement.RemoveNode(node);
-        if (moved.Count == 0) { drain = null; requester.Tell(new NodeDrained(step, node, [], "")); Next(); return; }
+        if (mv.LeavingNode is not null) placement.RemoveNode(mv.LeavingNode);
         generation++;
+        if (mv.Experts.Count == 0) { Restore(); return; }
         restoreWaiting = true;
         PlaceMissing(recover: false);                                              // HandleExpertHosted restores once all are placed
     }
@@ -350,7 +376,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         if (fatal is not null) return;
         if (rejoining.Count > 0) { Rejoin(); return; }
-        if (drain is { moved.Count: 0 }) { Drain(); return; }
+        if (move is { Started: false }) { StartMove(); return; }
         if (step >= end && down.Count > 0 && !stopRequested)
         {
             // the final commit must hold every expert's own state: wait for the recovering ones
@@ -503,12 +529,13 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                 Next();
             });
         }
-        else if (drain is { } d)
+        else if (move is { Started: true } mv)
         {
-            drain = null;
-            log.Warning("Drained {0}: experts [{1}] run elsewhere from commit {2}; the node is asked to leave", d.node, string.Join(",", d.moved), m.Step);
-            d.requester.Tell(new NodeDrained(m.Step, d.node, d.moved, ""));
-            if (InCluster) Cluster.Get(Context.System).Leave(Address.Parse(d.node));
+            move = null;
+            log.Warning("{0}: experts [{1}] moved, restored from commit {2}{3}", mv.What, string.Join(",", mv.Experts), m.Step,
+                mv.LeavingNode is null ? "" : "; the node is asked to leave");
+            mv.Requester?.Tell(new NodeDrained(m.Step, mv.LeavingNode ?? "", mv.Experts, ""));
+            if (mv.LeavingNode is not null && InCluster) Cluster.Get(Context.System).Leave(Address.Parse(mv.LeavingNode));
             Next();
         }
         else

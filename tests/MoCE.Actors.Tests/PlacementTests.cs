@@ -32,6 +32,32 @@ public sealed class PlacementTests : IDisposable
     }
 
     [Fact]
+    public void A_node_that_joins_gets_experts_from_the_busiest_until_shares_are_even_and_kept_experts_stay_put()
+    {
+        var p = new ExpertPlacement();
+        IActorRef a = system.ActorOf(Props.Empty, "ra"), b = system.ActorOf(Props.Empty, "rb"), c = system.ActorOf(Props.Empty, "rc");
+        p.AddHost("n1", a);
+        p.AddHost("n2", b);
+        for (int e = 0; e < 5; e++) p.Choose(e);                               // n1: 0, 2, 4; n2: 1, 3
+        p.AddHost("n3", c);
+        Assert.Equal([4], p.Rebalance("n3"));                                   // 5 over 3 nodes: the newcomer takes 1, from n1
+        Assert.Empty(new ExpertPlacement().Rebalance("nowhere"));
+
+        var q = new ExpertPlacement();
+        q.AddHost("n1", a);
+        for (int e = 0; e < 4; e++) q.Choose(e);                               // all on n1
+        q.AddHost("n2", b);
+        Assert.Equal([2, 3], q.Rebalance("n2"));                                // 4 over 2: two move
+
+        var f = new ExpertPlacement();                                          // after a coordinator failover
+        f.AddHost("n1", a);
+        f.AddHost("n2", b);
+        f.Keep(0, "n2");                                                        // n2 already runs expert-0
+        Assert.Equal("n2", f.Choose(0)!.Value.node);
+        Assert.Equal("n1", f.Choose(1)!.Value.node);
+    }
+
+    [Fact]
     public void The_registry_finds_owners_by_id_and_by_ref_and_forgets_a_replaced_ref()
     {
         var r = new OwnerRegistry();

@@ -266,7 +266,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
-    public void Draining_an_expert_node_moves_its_experts_with_no_committed_step_lost_and_the_node_leaves()
+    public void Draining_a_node_and_a_node_joining_move_experts_at_a_commit_and_the_run_equals_an_uninterrupted_one()
     {
         using var c = Start();
         c.C1.WaitFor(@"\[actors\] step 40/150", RunTimeout);
@@ -283,8 +283,18 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         Assert.NotEmpty(moved);
         foreach (var e in moved) Assert.Matches($@"{e} runs on \S+:{c.Ports[3]} \(cpu\)", c.C1.Output);   // now on the other node
         Assert.DoesNotContain("Recovered from", c.C1.Output);                    // a planned move, not a failure
+
+        // a fresh node joins the training run: under placement = spread, experts move to it at a commit
+        int port = FreePort();
+        using var x3 = new Node("expert node 3", ["--roles", "experts", "--port", port.ToString(), "--seeds", $"127.0.0.1:{c.Ports[0]}",
+            "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby]);
+        var rebalanced = c.C1.WaitFor($@"rebalance onto \S+:{port}: experts \[([\d,]+)\] moved, restored from commit (\d+)", RunTimeout);
+        output.WriteLine(rebalanced.Value);
+        x3.WaitFor(@"expert-\d+ on \S+ \(cpu\): checkpoint \d+, [1-9]\d* tokens", RunTimeout);   // computing there
         Finish(c, killed: c.X1);
-        AssertEqualsOneProcess(c.Run, "drain of expert node 1");
+        x3.Terminate();
+        Assert.True(x3.WaitForExit(TimeSpan.FromSeconds(60)) == 0, x3.Tail);
+        AssertEqualsOneProcess(c.Run, "drain of expert node 1, then a node joining");
     }
 
     internal static void CopyRun(string from, string to)

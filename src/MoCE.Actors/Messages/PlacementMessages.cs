@@ -15,8 +15,9 @@ public sealed record ExpertSpec(string RunId, MaeConfig Model, MoeConfig Moe, Tr
 
 /// <summary>Query to a host: what it offers.</summary>
 public sealed record GetHostInfo(long Step) : IStepMessage;
-/// <summary>A host's node (its address) and its devices; the sender is the host.</summary>
-public sealed record HostInfo(long Step, string Node, IReadOnlyList<string> Devices) : IStepMessage;
+/// <summary>A host's node (its address), its devices, and the experts it already runs, as "run-id/expert" (a supervisor
+/// that took over after a coordinator failover keeps them where they are); the sender is the host.</summary>
+public sealed record HostInfo(long Step, string Node, IReadOnlyList<string> Devices, IReadOnlyList<string> Hosting) : IStepMessage;
 
 /// <summary>Command to a host: create expert e of the spec's run (or hand back the one it already hosts for that
 /// run, after a coordinator failover). Recover: it was lost, and under expert-local it comes back from its own

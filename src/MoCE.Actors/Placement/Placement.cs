@@ -29,9 +29,31 @@ public sealed class ExpertPlacement
     /// <summary>The expert no longer has a home (it was lost on its own, the node staying up).</summary>
     public void Unassign(int expert) => assigned.Remove(expert);
 
-    /// <summary>Assigns expert e to the least-loaded host; null when there is none.</summary>
+    /// <summary>The experts to move to <paramref name="node"/> (just joined, holding none) so that loads even out: one at a
+    /// time from the busiest other node (its highest-numbered expert), while that node holds more than the newcomer will.</summary>
+    public IReadOnlyList<int> Rebalance(string node)
+    {
+        if (!hosts.ContainsKey(node)) return [];
+        int target = assigned.Count / hosts.Count;                       // what the newcomer should end with
+        var load = hosts.Keys.Where(n => n != node).ToDictionary(n => n, n => assigned.Values.Count(v => v == n));
+        var moving = new List<int>();
+        while (moving.Count < target && load.Count > 0)
+        {
+            var busiest = load.OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key, StringComparer.Ordinal).First();
+            if (busiest.Value <= moving.Count + 1) break;                   // moving one more would not even things out
+            moving.Add(assigned.Where(kv => kv.Value == busiest.Key && !moving.Contains(kv.Key)).Max(kv => kv.Key));
+            load[busiest.Key]--;
+        }
+        return moving.Order().ToList();
+    }
+
+    /// <summary>Expert e already runs on <paramref name="node"/> (found there after a coordinator failover): keep it there.</summary>
+    public void Keep(int expert, string node) => assigned[expert] = node;
+
+    /// <summary>Where expert e goes: where it is kept, else the least-loaded host; null when there is none.</summary>
     public (string node, IActorRef host)? Choose(int expert)
     {
+        if (assigned.TryGetValue(expert, out var kept) && hosts.TryGetValue(kept, out var keptHost)) return (kept, keptHost);
         if (hosts.Count == 0) return null;
         var load = hosts.Keys.ToDictionary(n => n, n => assigned.Values.Count(v => v == n));
         var node = hosts.Keys.MinBy(n => load[n])!;                 // SortedDictionary: the first minimum is the lowest address

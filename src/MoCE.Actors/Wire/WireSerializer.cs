@@ -100,7 +100,8 @@ public sealed class WireSerializer : SerializerWithStringManifest
 
         // supervisor ↔ expert hosts (placement)
         Add<GetHostInfo>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new GetHostInfo(r.I64()));
-        Add<HostInfo>((w, m) => { w.I64(m.Step); w.Str(m.Node); Strs(w, m.Devices); }, (ref WireReader r, byte _) => new HostInfo(r.I64(), r.Str(), Strs(ref r)));
+        Add<HostInfo>((w, m) => { w.I64(m.Step); w.Str(m.Node); Strs(w, m.Devices); Strs(w, m.Hosting); },
+            (ref WireReader r, byte _) => new HostInfo(r.I64(), r.Str(), Strs(ref r), Strs(ref r)));
         Add<HostExpert>((w, m) => { w.I64(m.Step); w.I32(m.Expert); Spec(w, m.Spec); w.U8(m.Recover ? (byte)1 : (byte)0); },
             (ref WireReader r, byte _) => new HostExpert(r.I64(), r.I32(), Spec(ref r), Bool(ref r)));
         Add<ExpertHosted>((w, m) => { w.I64(m.Step); w.I32(m.Expert); ActorRef(w, m.Ref); w.Str(m.Node); w.Str(m.Device); },
