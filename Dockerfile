@@ -4,10 +4,12 @@
 #   docker build -t moce:cuda .
 #   docker run --gpus all -v $PWD/runs:/runs moce:cuda pretrain --preset quickstart --run /runs/q -o device=cuda
 FROM mcr.microsoft.com/dotnet/sdk:10.0 AS build
+# cuda (default, TorchSharp-cuda-linux) or cpu (deploy/docker-compose.yml builds the CPU image)
+ARG TORCH_BACKEND=cuda
 WORKDIR /src
 COPY . .
 # The publish target re-applies the GLIBCXX_3.4.32 fix (build/TorchSharpNative.targets) to the published library.
-RUN dotnet publish src/MoCE.Cli -c Release -p:TorchBackend=cuda -o /app
+RUN dotnet publish src/MoCE.Cli -c Release -p:TorchBackend=$TORCH_BACKEND -o /app
 
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 COPY --from=mcr.microsoft.com/dotnet/runtime:10.0 /usr/share/dotnet /usr/share/dotnet

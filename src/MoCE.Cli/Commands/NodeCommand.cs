@@ -12,14 +12,16 @@ namespace MoCE.Cli.Commands;
 /// shared journal (--config hocon/persistence-postgres.conf and $MOCE_POSTGRES).</summary>
 public static class NodeCommand
 {
+    /// <summary>The options `moce node` takes (besides --preset, --config, -o and --run).</summary>
+    public static readonly string[] Flags = ["roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "metrics-port", "method"];
+
     public static int Run(CliArgs cli, CancellationToken ct)
     {
         if (cli.Positionals is ["drain", var address]) return Drain(cli, address);
         if (cli.Positionals.Count > 0) throw new ConfigException("node", $"unexpected '{string.Join(" ", cli.Positionals)}'; the only subcommand is drain HOST:PORT");
-        cli.RejectFlagsExcept("roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "metrics-port", "method");
-        cli = cli with { Overrides = [.. cli.Overrides, .. FlagOverrides(cli)] };
-        var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, cli.Overrides));
-        var (config, _) = ConfigLoader.Resolve(merged);
+        cli.RejectFlagsExcept(Flags);
+        var config = Resolve(cli);
+        cli = cli with { Overrides = [.. cli.Overrides, .. FlagOverrides(cli)] };          // the coordinator's Session reads them too
         var node = config.Node.Validated();
         using var metrics = NodeMetrics.Serve(config.MetricsHost, config.MetricsPort);
         if (metrics is not null) Log.Information("Prometheus metrics on http://{Host}:{Port}/metrics", config.MetricsHost, config.MetricsPort);
@@ -50,6 +52,13 @@ public static class NodeCommand
         if (done.Error.Length > 0) throw new ConfigException("node drain", done.Error);
         Console.WriteLine($"drained {done.Node}: experts [{string.Join(", ", done.Moved.Select(e => $"expert-{e}"))}] moved, restored from commit {done.Step}; the node is leaving the cluster");
         return 0;
+    }
+
+    /// <summary>The node's configuration: the flags over moce.node.* over the files and overrides.</summary>
+    public static MoceConfig Resolve(CliArgs cli)
+    {
+        var withFlags = cli with { Overrides = [.. cli.Overrides, .. FlagOverrides(cli)] };
+        return ConfigLoader.Resolve(ConfigLoader.Merge(new ConfigLoader.Sources(withFlags.Preset, withFlags.Files, withFlags.Overrides))).config;
     }
 
     /// <summary>The node flags as overrides of moce.node.*: a flag wins over every configuration file.</summary>
