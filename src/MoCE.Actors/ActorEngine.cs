@@ -63,10 +63,11 @@ public static class ActorEngine
         return config;
     }
 
-    /// <summary>Trains until <paramref name="until"/>, calling <paramref name="onStep"/> for each completed step.
-    /// Cancelling commits a checkpoint at the current step first.</summary>
+    /// <summary>Trains until <paramref name="until"/>, calling the hooks for each completed step and commit.
+    /// Cancelling commits a checkpoint at the current step first. <paramref name="timeout"/> bounds the whole run
+    /// (tests: a recovery bug fails with <see cref="TimeoutException"/> instead of hanging); null waits for the run.</summary>
     public static RunFinished Run(ActorContextSetup setup, string runDir, long until, long checkpointEvery, int keep,
-                                  SupervisorHooks hooks, CancellationToken ct = default, Config? akka = null)
+                                  SupervisorHooks hooks, CancellationToken ct = default, Config? akka = null, TimeSpan? timeout = null)
     {
         using var system = ActorSystem.Create("moce", Config(runDir, akka));
         try
@@ -77,8 +78,12 @@ public static class ActorEngine
             using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit()));
             var finished = supervisor.Ask<RunFinished>(new SupervisorActor.Start(until), Timeout.InfiniteTimeSpan);
             var died = supervisor.WatchAsync();
-            if (Task.WhenAny(finished, died).GetAwaiter().GetResult() == died)
+            var bound = Task.Delay(timeout ?? Timeout.InfiniteTimeSpan, CancellationToken.None);
+            var first = Task.WhenAny(finished, died, bound).GetAwaiter().GetResult();
+            if (first == died)
                 throw new InvalidOperationException("the supervisor stopped before the run finished; see the log for its error");
+            if (first == bound)
+                throw new TimeoutException($"the run did not reach step {until} within {timeout!.Value.TotalSeconds:F0} s");
             return finished.GetAwaiter().GetResult();
         }
         finally

@@ -59,6 +59,13 @@ catch (Exception e) when (e is ConfigException or DataFormatException or Checkpo
     Log.Error("{Error}", e.Message);
     return 2;
 }
+catch (MoCE.Actors.RunFailedException e)
+{
+    // the run cannot go on (failures kept coming, an owner cannot be created, no commit verifies): the message names
+    // the owner, the step and the cause, and says the last commit is intact; a stack trace would add nothing
+    Log.Error("{Error}", e.Message);
+    return 1;
+}
 catch (OperationCanceledException)
 {
     Log.Warning("Stopped by Ctrl-C; run the same command again to resume");

@@ -39,8 +39,11 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
         {
             lock (Losses) Losses[m.Step] = m.Stats.Loss;
             afterStep?.Invoke(m.Step);
-        }), ct, Akka);
+        }), ct, Akka, Timeout);
     }
+
+    /// <summary>Every run in a test is bounded: a recovery that never ends fails the test instead of hanging CI.</summary>
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromMinutes(5);
 
     /// <summary>The reference trainer over the same configuration: its loss at every step and its final weights, by
     /// full state_dict name. What the engine must equal.</summary>

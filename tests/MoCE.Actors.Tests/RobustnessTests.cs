@@ -85,7 +85,7 @@ public class MemoryTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHelper ou
             GC.Collect();
             using var self = Process.GetCurrentProcess();
             rss[m.Step] = self.WorkingSet64;
-        }));
+        }), timeout: TimeSpan.FromMinutes(10));
         double growth = (rss[499] - rss[99]) / (double)rss[99];
         output.WriteLine($"RSS after step 100: {rss[99] >> 20} MiB; after step 500: {rss[499] >> 20} MiB ({growth:+0.0%;-0.0%}); " +
                          $"tensors created outside a dispose scope: {unscoped[99]} -> {unscoped[499]}");
