@@ -127,6 +127,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             var (input, output) = inFlight[m.Block];
             output.backward([m.GradOutput]);                                         // accumulates the parameter grads
             m.GradOutput.Dispose();
+            setup.Chaos.Check(Name, m.Step, ChaosPhase.Backward);
             Sender.Tell(new ExpertInputGrad(m.Step, m.Generation, m.Block, expert, input.grad!.detach().MoveToOuterDisposeScope()));
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
@@ -134,14 +135,26 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 
     private void HandleApply(Apply m)
     {
-        owner.Apply(m.Lr, m.ClipScale);
-        FreeStep();
-        Sender.Tell(new StepApplied(m.Step, Name));
+        try
+        {
+            owner.Apply(m.Lr, m.ClipScale);
+            setup.Chaos.Check(Name, m.Step, ChaosPhase.Apply);
+            FreeStep();
+            Sender.Tell(new StepApplied(m.Step, Name));
+        }
+        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }    // the trainer's wait ends now, not at its timeout
     }
 
     private void HandleCheckpoint(Checkpoint m)
     {
+        try { HandleCheckpointCore(m); }
+        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }    // the cut fails now, not at its timeout
+    }
+
+    private void HandleCheckpointCore(Checkpoint m)
+    {
         var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "expert", ["expert"] = expert.ToString() });
+        setup.Chaos.Check(Name, m.Step, ChaosPhase.Checkpoint);
         lastSnapshot = new ExpertSnapshot(m.Step, r);
         SaveSnapshot(lastSnapshot);
         log.Info("{0} on {1} ({2}): checkpoint {3}, {4} tokens through its forward since it started", Name,
