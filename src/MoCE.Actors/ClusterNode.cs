@@ -100,6 +100,16 @@ public static class ClusterNode
         return ActorSystem.Create(SystemName, BootstrapSetup.Create().WithConfig(withTls).And(tls));
     }
 
+    /// <summary>A TCP port on 127.0.0.1 that is free now (for local clusters: tests, moce bench-cluster).</summary>
+    public static int FreeLoopbackPort()
+    {
+        var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
     /// <summary>The path tools send to through a cluster client to reach the run's supervisor.</summary>
     public const string SupervisorService = "/user/" + RunManager + "-proxy";
 

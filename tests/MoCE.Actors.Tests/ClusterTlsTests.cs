@@ -1,5 +1,3 @@
-using System.Net;
-using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Akka.Actor;
@@ -32,14 +30,6 @@ public sealed class ClusterTlsTests : IDisposable
         return path;
     }
 
-    private static int FreePort()
-    {
-        var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int port = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
-    }
 
     private ActorSystem Node(int port, int seed, string certificate)
     {
@@ -64,17 +54,17 @@ public sealed class ClusterTlsTests : IDisposable
         var cluster = Certificate("cluster", password);
         var stranger = Certificate("stranger", password);
         Environment.SetEnvironmentVariable(NodeOptions.TlsPasswordVariable, password);
-        int seedPort = FreePort();
+        int seedPort = ClusterNode.FreeLoopbackPort();
         var seed = Node(seedPort, seedPort, cluster);
         var logs = new List<string>();
         var listener = seed.ActorOf(Props.Create(() => new LogListener(logs)));
         seed.EventStream.Subscribe(listener, typeof(Akka.Event.LogEvent));
 
-        var member = Node(FreePort(), seedPort, cluster);
+        var member = Node(ClusterNode.FreeLoopbackPort(), seedPort, cluster);
         Assert.True(Eventually(() => Cluster.Get(seed).State.Members.Count(m => m.Status == MemberStatus.Up) == 2, TimeSpan.FromSeconds(30)),
             "a node with the cluster's certificate joins over TLS:\n" + Logs(logs));
 
-        var intruder = Node(FreePort(), seedPort, stranger);
+        var intruder = Node(ClusterNode.FreeLoopbackPort(), seedPort, stranger);
         Assert.False(Eventually(() => Cluster.Get(seed).State.Members.Count >= 3 || Cluster.Get(intruder).State.Members.Count > 0, TimeSpan.FromSeconds(12)),
             "a node with another certificate must not join");
         Assert.Equal(2, Cluster.Get(seed).State.Members.Count);

@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using System.Text;
 using System.Text.RegularExpressions;
 using MoCE.Core.Checkpoints;
@@ -103,14 +101,6 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         public void Dispose() { foreach (var n in new[] { C1, C2, X1, X2 }) n.Dispose(); }
     }
 
-    private static int FreePort()
-    {
-        var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int port = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
-    }
 
     /// <summary>A new run (its own run id, so its journal rows are its own) from the fixture's dense model and clustering,
     /// trained by two coordinators (the first one, the oldest, runs the supervisor) and two expert nodes.</summary>
@@ -119,8 +109,8 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         var run = fx.Base + "-" + Guid.NewGuid().ToString("N")[..8];
         CopyRun(fx.Base, run);
         File.WriteAllText(Path.Combine(run, "run.id"), Guid.NewGuid().ToString("N")[..12]);
-        int[] ports = [FreePort(), FreePort(), FreePort(), FreePort()];
-        int[] metrics = [FreePort(), FreePort(), FreePort(), FreePort()];
+        int[] ports = [MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort()];
+        int[] metrics = [MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort()];
         string[] common = ["--seeds", $"127.0.0.1:{ports[0]}", "--min-expert-nodes", "2",
                            "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby];
         var c1 = new Node("coordinator 1", ["--roles", "coordinator", "--port", ports[0].ToString(), "--metrics-port", metrics[0].ToString(), "--run", run, .. common]);
@@ -272,7 +262,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         // a fresh node joins the training run as early as possible (the run is short): under placement = spread,
         // an expert moves to it at a commit
         c.C1.WaitFor(@"\[actors\] step 10/150", RunTimeout);
-        int port = FreePort();
+        int port = MoCE.Actors.ClusterNode.FreeLoopbackPort();
         using var x3 = new Node("expert node 3", ["--roles", "experts", "--port", port.ToString(), "--seeds", $"127.0.0.1:{c.Ports[0]}",
             "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby]);
         var rebalanced = c.C1.WaitFor($@"rebalance onto \S+:{port}: experts \[([\d,]+)\] moved, restored from commit (\d+)", RunTimeout);

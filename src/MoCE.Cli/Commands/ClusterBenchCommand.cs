@@ -1,7 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
-using System.Net.Sockets;
 using System.Text.Json;
 using MoCE.Actors.Wire;
 using MoCE.Cli.Configuration;
@@ -49,10 +47,10 @@ public static class ClusterBenchCommand
                 one.Add(StepMs(single, warmup));
 
                 var cluster = NewRun(baseRun, Path.Combine(root, $"three-{r}"));
-                int seed = FreePort();
+                int seed = MoCE.Actors.ClusterNode.FreeLoopbackPort();
                 string[] node = ["node", "--seeds", $"127.0.0.1:{seed}", "--min-expert-nodes", "2", "--config", pg, .. common];
-                using (var x1 = new Child(root, $"x1-{r}", [.. node, "--roles", "experts", "--port", FreePort().ToString()]))
-                using (var x2 = new Child(root, $"x2-{r}", [.. node, "--roles", "experts", "--port", FreePort().ToString()]))
+                using (var x1 = new Child(root, $"x1-{r}", [.. node, "--roles", "experts", "--port", MoCE.Actors.ClusterNode.FreeLoopbackPort().ToString()]))
+                using (var x2 = new Child(root, $"x2-{r}", [.. node, "--roles", "experts", "--port", MoCE.Actors.ClusterNode.FreeLoopbackPort().ToString()]))
                 {
                     Moce(root, $"coordinator-{r}", [.. node, "--roles", "coordinator", "--port", seed.ToString(), "--run", cluster]);
                     x1.Terminate();
@@ -140,12 +138,4 @@ public static class ClusterBenchCommand
         if (p.Process.ExitCode != 0) throw new InvalidOperationException($"{name} failed with exit code {p.Process.ExitCode}; see {root}/{name}.log");
     }
 
-    private static int FreePort()
-    {
-        var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int port = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
-    }
 }
