@@ -286,6 +286,8 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
 
         x3.WaitFor(@"expert-\d+ on \S+ \(cpu\): checkpoint \d+, [1-9]\d* tokens", RunTimeout);   // the newcomer computed
         Finish(c, killed: c.X1);
+        foreach (var line in c.C1.Output.Split('\n').Where(l => Regex.IsMatch(l, "Committed|moved|Draining|joined|runs on|Resumed|Recovered|failed")))
+            output.WriteLine(line.TrimEnd());
         x3.Terminate();
         Assert.True(x3.WaitForExit(TimeSpan.FromSeconds(60)) == 0, x3.Tail);
         AssertEqualsOneProcess(c.Run, "a node joining, then expert node 1 drained");
