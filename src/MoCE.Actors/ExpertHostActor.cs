@@ -40,6 +40,7 @@ public sealed class ExpertHostActor : ReceiveActor
     private readonly string node;
     private readonly ILoggingAdapter log = Context.GetLogger();
     private readonly Dictionary<IActorRef, Hosted> hosted = [];
+    private readonly Dictionary<string, (HostExpert request, IActorRef sender)> waiting = [];   // for an old instance to stop
 
     public static Props Props(NodeResources resources) => Akka.Actor.Props.Create(() => new ExpertHostActor(resources));
 
@@ -50,13 +51,27 @@ public sealed class ExpertHostActor : ReceiveActor
         Receive<GetHostInfo>(m => Sender.Tell(new HostInfo(m.Step, node, resources.Devices, hosted.Values.Select(h => $"{h.RunId}/{h.Expert}").ToList())));
         Receive<HostExpert>(Host);
         Receive<ExpertRecovered>(m => { if (hosted.TryGetValue(Sender, out var h)) h.Supervisor.Tell(m); });
-        Receive<Terminated>(t => hosted.Remove(t.ActorRef));
+        Receive<StopExpert>(m =>
+        {
+            var child = Context.Child(ChildName(m.RunId, m.Expert));
+            if (!child.IsNobody() && hosted.Remove(child)) Context.Stop(child);
+        });
+        Receive<Terminated>(t =>
+        {
+            hosted.Remove(t.ActorRef);
+            if (waiting.Remove(t.ActorRef.Path.Name, out var w)) Self.Tell(w.request, w.sender);   // its name is free now
+        });
     }
 
     private void Host(HostExpert m)
     {
-        var name = m.Spec.RunId.Length == 0 ? OwnerRegistry.ExpertId(m.Expert) : $"{m.Spec.RunId}-{OwnerRegistry.ExpertId(m.Expert)}";
+        var name = ChildName(m.Spec.RunId, m.Expert);
         var child = Context.Child(name);
+        if (!child.IsNobody() && !hosted.ContainsKey(child))
+        {
+            waiting[name] = (m, Sender);                                          // being stopped (StopExpert): create it anew after
+            return;
+        }
         if (!child.IsNobody() && hosted.TryGetValue(child, out var existing))
         {
             // a new supervisor (the coordinator failed over) finds the expert where the old one placed it: same owner,
@@ -74,6 +89,9 @@ public sealed class ExpertHostActor : ReceiveActor
         log.Info("Hosting {0} of run {1} on {2}", OwnerRegistry.ExpertId(m.Expert), m.Spec.RunId, device);
         Sender.Tell(new ExpertHosted(m.Step, m.Expert, expert, node, device));
     }
+
+    private static string ChildName(string runId, int expert) =>
+        runId.Length == 0 ? OwnerRegistry.ExpertId(expert) : $"{runId}-{OwnerRegistry.ExpertId(expert)}";
 
     protected override SupervisorStrategy SupervisorStrategy() => new ReportingStrategy(this);
 

@@ -324,8 +324,10 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             if (registry[id] is { } actor)
             {
                 Context.Unwatch(actor);
-                actor.Tell(PoisonPill.Instance);
                 registry.Remove(id);
+                // its host stops it and forgets it, so the expert can come back to that node as a new instance
+                if (placement.Assigned.TryGetValue(e, out var node) && placement.HostAt(node) is { } host) host.Tell(new StopExpert(step, setup.RunId, e));
+                else actor.Tell(PoisonPill.Instance);
             }
             placement.Unassign(e);
         }

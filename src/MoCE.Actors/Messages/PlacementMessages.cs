@@ -50,3 +50,8 @@ public sealed record DrainNode(long Step, string Node) : IStepMessage;
 /// <summary>Node is drained: its experts (Moved) now run elsewhere from the commit of Step, and it was asked to leave.
 /// Error: why it could not be drained (then nothing moved).</summary>
 public sealed record NodeDrained(long Step, string Node, IReadOnlyList<int> Moved, string Error) : IStepMessage;
+
+/// <summary>Command to a host (a planned move): stop the expert it runs for the run; it is being created elsewhere.
+/// The host forgets it at once, so a later HostExpert for the same expert waits for the old instance to stop and gets
+/// a new one, never the stopping one.</summary>
+public sealed record StopExpert(long Step, string RunId, int Expert) : IStepMessage;

@@ -12,6 +12,7 @@ public sealed class ExpertPlacement
 
     public int Hosts => hosts.Count;
     public IReadOnlyCollection<string> HostNodes => hosts.Keys;
+    public IActorRef? HostAt(string node) => hosts.GetValueOrDefault(node);
     public IReadOnlyDictionary<int, string> Assigned => assigned;
 
     /// <summary>A host joined (or answered again after a restart of the supervisor).</summary>

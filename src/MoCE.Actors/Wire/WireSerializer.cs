@@ -138,6 +138,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
                 for (int i = 0; i < moved.Length; i++) moved[i] = r.I32();
                 return new NodeDrained(step, node, moved, r.Str());
             });
+        Add<StopExpert>((w, m) => { w.I64(m.Step); w.Str(m.RunId); w.I32(m.Expert); }, (ref WireReader r, byte _) => new StopExpert(r.I64(), r.Str(), r.I32()));
         Add<ExpertLost>((w, m) => { w.I64(m.Step); w.I32(m.Expert); }, (ref WireReader r, byte _) => new ExpertLost(r.I64(), r.I32()));
 
         // journal events and snapshots

@@ -1,0 +1,43 @@
+using Akka.Actor;
+using MoCE.Actors.Messages;
+using MoCE.Core.Tests;
+
+namespace MoCE.Actors.Tests;
+
+/// <summary>The expert host: it hands back the expert it already runs (a new supervisor after a failover finds it),
+/// but once told to stop it (a planned move), a request for the same expert waits for the old instance and gets a
+/// new one, never the one that is stopping.</summary>
+public class ExpertHostTests(MoceFixture fx) : IClassFixture<MoceFixture>
+{
+    [Fact]
+    public async Task A_stopped_expert_asked_for_again_is_a_new_instance_and_answers()
+    {
+        var run = new ActorRun(fx, MoceFixture.Moe with { Layers = [0, 1] }, Tiny.Train(steps: 5));
+        var setup = run.Setup();
+        var initial = setup.Store.Save("initial", 0, new Dictionary<string, string> { ["kind"] = "initial-experts" },
+            setup.Initial.Where(kv => kv.Key.Contains(".mlp.experts.", StringComparison.Ordinal)).Select(kv => (kv.Key, kv.Value)));
+        var spec = new ExpertSpec(setup.RunId, setup.Model, setup.Moe, setup.Train, setup.Store.Location, initial, RecoveryPolicy.GlobalRollback);
+        var threads = new EngineThreads();
+        using var system = ActorSystem.Create("host", ActorEngine.Config(run.RunDir));
+        try
+        {
+            var host = system.ActorOf(ExpertHostActor.Props(new NodeResources(["cpu"], 1, ChaosPlan.None, threads)), ExpertHostActor.Name);
+            var timeout = TimeSpan.FromSeconds(30);
+            var first = await host.Ask<ExpertHosted>(new HostExpert(0, 1, spec, false), timeout);
+            var again = await host.Ask<ExpertHosted>(new HostExpert(0, 1, spec, false), timeout);
+            Assert.Equal(first.Ref, again.Ref);                                  // failover: the running expert is handed back
+
+            host.Tell(new StopExpert(1, spec.RunId, 1));
+            var moved = await host.Ask<ExpertHosted>(new HostExpert(1, 1, spec, false), timeout);
+            Assert.NotEqual(first.Ref, moved.Ref);                               // not the instance that is stopping
+            var norm = await moved.Ref.Ask<SquaredGradNormResponse>(new GetSquaredGradNorm(1), timeout);
+            Assert.Equal("expert-1", norm.Owner);
+            Assert.Equal(0.0, norm.Value);                                       // fresh: no gradients yet
+        }
+        finally
+        {
+            await system.Terminate().WaitAsync(TimeSpan.FromSeconds(30));
+            threads.JoinAll(TimeSpan.FromSeconds(30));
+        }
+    }
+}
