@@ -54,6 +54,9 @@ public sealed record ActorContextSetup
     /// <summary>moce.actors.placement = spread: a node that joins a training run gets experts moved to it (commit, then
     /// restore) until the nodes hold equal shares; fill (false): only new and lost experts go to the least-loaded node.</summary>
     public bool SpreadOnJoin { get; init; }
+    /// <summary>moce.actors.split-margin: when an added expert splits a busy one, the margin by which each of the two
+    /// leads on its half of the clusters, in gate logits divided by the temperature (<see cref="MoCE.Core.Model.ExpertSplit"/>).</summary>
+    public double SplitMargin { get; init; } = 2.0;
     /// <summary>Torch intra-op threads of the trainer's thread (the trunk's compute); 0 keeps torch's default.</summary>
     public int TrainerThreads { get; init; }
     /// <summary>Torch intra-op threads of the router's, each expert's and the teacher's thread; 0 leaves torch's

@@ -65,9 +65,12 @@ public static class ActorEngine
 
     /// <summary>Trains until <paramref name="until"/>, calling the hooks for each completed step and commit.
     /// Cancelling commits a checkpoint at the current step first. <paramref name="timeout"/> bounds the whole run
-    /// (tests: a recovery bug fails with <see cref="TimeoutException"/> instead of hanging); null waits for the run.</summary>
+    /// (tests: a recovery bug fails with <see cref="TimeoutException"/> instead of hanging); null waits for the run.
+    /// <paramref name="started"/> gets the supervisor once the run is started, for a caller that sends it commands
+    /// (<see cref="AddExperts"/>, say).</summary>
     public static RunFinished Run(ActorContextSetup setup, string runDir, long until, long checkpointEvery, int keep,
-                                  SupervisorHooks hooks, CancellationToken ct = default, Config? akka = null, TimeSpan? timeout = null)
+                                  SupervisorHooks hooks, CancellationToken ct = default, Config? akka = null, TimeSpan? timeout = null,
+                                  Action<IActorRef>? started = null)
     {
         using var system = ActorSystem.Create("moce", Config(runDir, akka));
         try
@@ -77,6 +80,7 @@ public static class ActorEngine
             var supervisor = system.ActorOf(SupervisorActor.Props(setup, hooks, checkpointEvery, keep), "supervisor");
             using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit()));
             var finished = supervisor.Ask<RunFinished>(new SupervisorActor.Start(until), Timeout.InfiniteTimeSpan);
+            started?.Invoke(supervisor);
             var died = supervisor.WatchAsync();
             var bound = Task.Delay(timeout ?? Timeout.InfiniteTimeSpan, CancellationToken.None);
             var first = Task.WhenAny(finished, died, bound).GetAwaiter().GetResult();

@@ -32,6 +32,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     private readonly Dictionary<int, (Tensor input, Tensor output)> inFlight = [];
     private readonly ILoggingAdapter log = Context.GetLogger();
     private ExpertSnapshot? lastSnapshot;
+    private readonly ExpertSnapshot? birth;              // an added expert's first part (the commit of its add)
     private long tokens;                                 // token rows through this expert's forward since it started
     private bool restarted;
 
@@ -58,8 +59,14 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             foreach (var (n, param) in mlp.named_parameters()) p[$"blocks.{b}.mlp.experts.{expert}.{n}"] = param;
         }
         owner = new ParameterOwner(Name, p, spec.Train, setup.Store);
-        using (var initial = setup.Store.Load(spec.Initial))                      // the experts' upcycled weights, hash-verified
-            owner.LoadInitial(initial.Tensors);
+        if (spec.Initial.Owner == Name)                                           // added by a split: its part in the add's commit
+        {
+            birth = new ExpertSnapshot(spec.Initial.Step, spec.Initial);
+            owner.Restore(spec.Initial);
+        }
+        else
+            using (var initial = setup.Store.Load(spec.Initial))                  // the experts' upcycled weights, hash-verified
+                owner.LoadInitial(initial.Tensors);
         foreach (var m in mlps.Values) m.to(setup.Device);
 
         Recover<SnapshotOffer>(o => lastSnapshot = (ExpertSnapshot)o.Snapshot);
@@ -87,6 +94,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     /// supervisor it can take rows again.</summary>
     protected override void OnReplaySuccess()
     {
+        lastSnapshot ??= birth;                                                  // an added expert's first snapshot is its birth
         if (restarted && setup.Spec.Policy == RecoveryPolicy.ExpertLocal && lastSnapshot is not null)
             Timers.StartSingleTimer("restore-own-snapshot", new RestoreOwnSnapshot(), setup.Chaos.RecoveryDelay(Name));
     }

@@ -33,7 +33,8 @@ public sealed class RouterActor : ReceiveActor
 
     private readonly ActorContextSetup setup;
     private readonly Dictionary<int, MoeGate> gates = [];
-    private readonly ParameterOwner owner;
+    private ParameterOwner owner;
+    private MoeConfig moe;                                     // E grows when experts are added
     private IReadOnlyList<IActorRef> experts = [];             // by expert index; the supervisor sends UseExperts
     private readonly Dictionary<int, Pending> pending = [];
     private long step = -1;
@@ -50,23 +51,26 @@ public sealed class RouterActor : ReceiveActor
         setup.Threads.RegisterCurrent("moce-router");
         setup.Chaos.CheckCreation(Name);
         ComputeThread.UseThreads(setup.OwnerThreads);                            // this thread's OpenMP and MKL threads
-        var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
-        foreach (var b in setup.Moe.Layers)
-        {
-            var g = new MoeGate(setup.Moe, b, setup.Model.Dim, setup.Clusters);
-            gates[b] = g;
-            foreach (var (n, param) in g.named_parameters()) p[$"blocks.{b}.mlp.gate.{n}"] = param;
-        }
-        owner = new ParameterOwner(Name, p, setup.Train, setup.Store);
+        moe = setup.Moe;
+        owner = BuildGates();
         owner.LoadInitial(setup.Initial);
-        foreach (var g in gates.Values) g.to(setup.Device);
 
         Receive<Route>(HandleRoute);
         Receive<ExpertOutput>(HandleExpertOutput);
         Receive<RouteBackward>(HandleBackward);
         Receive<ExpertInputGrad>(HandleExpertInputGrad);
         Receive<Status.Failure>(f => FailAll(f.Cause));
-        Receive<UseExperts>(m => experts = m.Experts);
+        Receive<UseExperts>(m =>
+        {
+            experts = m.Experts;
+            if (m.Experts.Count == moe.Experts) return;
+            // experts were added (now, or before a restart): every gate gets their rows; a restore of the grown commit follows
+            FreeStep();
+            owner.Dispose();
+            foreach (var g in gates.Values) g.Dispose();
+            moe = moe with { Experts = m.Experts.Count };
+            owner = BuildGates();
+        });
         Receive<ExpertLost>(m =>
         {
             // its node left: nobody will answer for it, so a routing that waits on it fails now, not at the ask timeout
@@ -78,6 +82,20 @@ public sealed class RouterActor : ReceiveActor
         Receive<Checkpoint>(m => Sender.Tell(new CheckpointWritten(m.Step, owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "router" }))));
         Receive<RestoreCheckpoint>(m => { FreeStep(); owner.Restore(m.Ref); Sender.Tell(new Restored(m.Step, Name)); });
         Receive<AbortStep>(m => { owner.Optimizer.ZeroGrad(); FreeStep(); Sender.Tell(new StepAborted(m.Step, Name)); });
+    }
+
+    /// <summary>Every MoE block's gate for the current E, on the device, and their owner (weights still to be loaded).</summary>
+    private ParameterOwner BuildGates()
+    {
+        var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
+        foreach (var b in moe.Layers)
+        {
+            var g = new MoeGate(moe, b, setup.Model.Dim, setup.Clusters);
+            gates[b] = g;
+            foreach (var (n, param) in g.named_parameters()) p[$"blocks.{b}.mlp.gate.{n}"] = param;
+        }
+        foreach (var g in gates.Values) g.to(setup.Device);
+        return new ParameterOwner(Name, p, setup.Train, setup.Store);
     }
 
     private void HandleRoute(Route m)
@@ -97,7 +115,7 @@ public sealed class RouterActor : ReceiveActor
             var (weights, choice) = gate.Choose(probs, input);
             int rerouted = 0;
             if (m.Down.Count > 0) (choice, rerouted) = Reroute(probs, choice, m.Down);
-            var plan = MoeLayer.Plan(choice, weights, setup.Moe.Experts);
+            var plan = MoeLayer.Plan(choice, weights, moe.Experts);
             var aux = gate.Aux(probs, choice);
             var p = new Pending
             {
@@ -152,7 +170,7 @@ public sealed class RouterActor : ReceiveActor
         {
             var p = pending[m.Block];
             p.ReplyTo = Sender;
-            double lambda = setup.Moe.Method == MoeMethod.TokenMoe ? setup.Moe.LambdaBalance : setup.Moe.LambdaRoute;
+            double lambda = moe.Method == MoeMethod.TokenMoe ? moe.LambdaBalance : moe.LambdaRoute;
             using (var scope = NewDisposeScope())
             {
                 // first the experts' share, so that they start at once: dL/d out_e = w_e · (dL/dy on e's rows), which

@@ -64,6 +64,18 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         public bool Started { get; set; }
     }
     private PlannedMove? move;
+    /// <summary>An add of experts (moce experts add), taken at a step boundary: commit, grow the commit, place, restore.</summary>
+    private sealed record PendingAdd(int Count, string Node, long AtStep, IActorRef? Requester)
+    {
+        public bool Started { get; set; }
+        public IReadOnlyList<int> Sources { get; set; } = [];
+    }
+    private PendingAdd? add;
+    private sealed record Grown(int Generation, IReadOnlyList<int> Sources, CheckpointCommitted Commit);
+    private sealed record GrowFailed(int Generation, Exception Error);
+    // tokens per expert (all MoE blocks) of the last steps this supervisor saw, at most checkpoint-every of them: which
+    // expert is busiest when one is split
+    private readonly Queue<long[]> recentTokens = new();
     private CheckpointRef initial = null!;                 // the experts' upcycled weights, which every expert loads first
     private ExpertSpec spec = null!;
     private IActorRef trainer = ActorRefs.Nobody, router = ActorRefs.Nobody;
@@ -94,10 +106,11 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         this.keep = keep;
         this.minExpertNodes = Math.Max(1, minExpertNodes);
         PersistenceId = $"{setup.RunId}-supervisor";
-        state = new SupervisorState(setup.Policy, setup.Backoff);
+        state = new SupervisorState(setup.Policy, setup.Backoff, setup.Moe.Experts);
 
         Recover<CheckpointCommitted>(state.Apply);
         Recover<RecoveryRecord>(state.Apply);
+        Recover<ExpertsAdded>(state.Apply);
         Command<Start>(HandleStart);
         Command<HostInfo>(HandleHostInfo);
         Command<ExpertHosted>(HandleExpertHosted);
@@ -125,14 +138,30 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             if (waitingForExperts) { waitingForExperts = false; Next(); }
         });
         Command<DrainNode>(HandleDrain);
+        Command<AddExperts>(HandleAddExperts);
+        Command<Grown>(HandleGrown);
+        Command<GrowFailed>(m =>
+        {
+            if (m.Generation != generation || add is null) return;
+            log.Error("Adding experts failed, nothing was added: {0}", m.Error.Message);
+            add.Requester?.Tell(new ExpertsAddedReply(step, [], [], $"growing the commit of step {step} failed: {m.Error.Message}"));
+            add = null;
+            Next();
+        });
         Command<GetRunStatus>(m => Sender.Tell(new RunStatusResponse(step, state.LastCommit?.Step ?? -1, state.Recoveries)));
-        Command<GetExperts>(_ => Sender.Tell(new ExpertsStatus(step, state.LastCommit?.Step ?? -1, Enumerable.Range(0, setup.Moe.Experts).Select(e =>
+        Command<GetExperts>(_ => Sender.Tell(new ExpertsStatus(step, state.LastCommit?.Step ?? -1, Enumerable.Range(0, E).Select(e =>
         {
             var (node, device) = homes.GetValueOrDefault(e, ("", ""));
             var st = down.Contains(e) ? "down" : registry.Contains(OwnerRegistry.ExpertId(e)) ? "up" : placing.Contains(e) ? "placing" : "lost";
             return new ExpertInfo(e, node, device, lastRouting.Where(r => r.Expert == e).Sum(r => r.Tokens), st);
         }).ToList())));
     }
+
+    /// <summary>The run's experts: the configured ones and those added since (from the journal).</summary>
+    private int E => state.Experts;
+
+    /// <summary>What expert e is created from: the run's spec, with an added expert's first part as its initial weights.</summary>
+    private ExpertSpec SpecFor(int e) => state.BirthOf(e) is { } birth ? spec with { Initial = birth } : spec;
 
     private bool InCluster => ((ExtendedActorSystem)Context.System).Provider is ClusterActorRefProvider;
 
@@ -209,7 +238,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private void PlaceMissing(bool recover = true)
     {
         if (placement.Hosts < minExpertNodes && !begun) return;
-        for (int e = 0; e < setup.Moe.Experts; e++)
+        for (int e = 0; e < E; e++)
         {
             if (registry.Contains(OwnerRegistry.ExpertId(e)) || placing.Contains(e)) continue;
             if (placement.Choose(e) is not { } where)
@@ -218,7 +247,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                 return;
             }
             placing.Add(e);
-            where.host.Tell(new HostExpert(step, e, spec, Recover: begun && recover));
+            where.host.Tell(new HostExpert(step, e, SpecFor(e), Recover: begun && recover));
         }
     }
 
@@ -236,11 +265,11 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         if (restoreWaiting) { restoreWaiting = false; Restore(); }
     }
 
-    private bool AllPlaced => Enumerable.Range(0, setup.Moe.Experts).All(e => registry.Contains(OwnerRegistry.ExpertId(e)));
+    private bool AllPlaced => Enumerable.Range(0, E).All(e => registry.Contains(OwnerRegistry.ExpertId(e)));
 
     private void UseExperts()
     {
-        var refs = Enumerable.Range(0, setup.Moe.Experts).Select(e => registry[OwnerRegistry.ExpertId(e)] ?? ActorRefs.Nobody).ToList();
+        var refs = Enumerable.Range(0, E).Select(e => registry[OwnerRegistry.ExpertId(e)] ?? ActorRefs.Nobody).ToList();
         trainer.Tell(new UseExperts(step, refs));
         router.Tell(new UseExperts(step, refs));
     }
@@ -264,7 +293,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             // the loss is recovered from as an owner's failure: one failure for the node under global-rollback, each
             // expert down on its own under expert-local
             var address = t.ActorRef.Path.Address;
-            var lost = Enumerable.Range(0, setup.Moe.Experts)
+            var lost = Enumerable.Range(0, E)
                 .Where(e => registry[OwnerRegistry.ExpertId(e)] is { } r && (r.Equals(t.ActorRef) || (t.AddressTerminated && r.Path.Address.Equals(address))))
                 .ToList();
             foreach (var e in lost)
@@ -289,7 +318,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     /// <summary>moce node drain: refuse what cannot work; otherwise the next step boundary commits and moves (<see cref="StartMove"/>).</summary>
     private void HandleDrain(DrainNode m)
     {
-        string? why = move is not null ? $"{move.What} is under way"
+        string? why = move is not null ? $"{move.What} is under way" : add is not null ? "an add of experts is under way"
             : !begun || finished is not null ? "the run is not training"
             : !placement.HostNodes.Contains(m.Node) ? $"{m.Node} hosts no experts of this run (expert hosts: {string.Join(", ", placement.HostNodes)})"
             : placement.Hosts < 2 ? "it is the only expert node: its experts would have nowhere to go"
@@ -304,7 +333,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     /// nodes, so that every node holds ⌊E/nodes⌋ or ⌈E/nodes⌉ of them.</summary>
     private void RebalanceOnto(string node)
     {
-        if (!setup.SpreadOnJoin || !begun || finished is not null || move is not null) return;
+        if (!setup.SpreadOnJoin || !begun || finished is not null || move is not null || add is not null) return;
         var experts = placement.Rebalance(node);
         if (experts.Count == 0) return;
         log.Warning("{0} joined: at the next step boundary, commit and move experts [{1}] to it", node, string.Join(",", experts));
@@ -338,6 +367,58 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         PlaceMissing(recover: false);                                              // HandleExpertHosted restores once all are placed
     }
 
+    /// <summary>moce experts add: refuse what cannot work; otherwise the step boundary it names (or the next) adds them.</summary>
+    private void HandleAddExperts(AddExperts m)
+    {
+        string? why = m.Count < 1 ? $"--count must be at least 1, got {m.Count}"
+            : move is not null ? $"{move.What} is under way"
+            : add is not null ? "another add of experts is under way"
+            : !started || finished is not null ? "the run is not training"
+            : m.AtStep >= 0 && m.AtStep < step ? $"step {m.AtStep} has passed (the run is at step {step})"
+            : m.AtStep >= end ? $"step {m.AtStep} is not before the run's end ({end})"
+            : m.Node.Length > 0 && !placement.HostNodes.Contains(m.Node) ? $"{m.Node} is not an expert node of this run (expert hosts: {string.Join(", ", placement.HostNodes)})"
+            : null;
+        if (why is not null) { Sender.Tell(new ExpertsAddedReply(step, [], [], why)); return; }
+        log.Warning("Adding {0} expert(s) {1}{2}", m.Count, m.AtStep < 0 ? "at the next step boundary" : $"at step {m.AtStep}", m.Node.Length > 0 ? $" on {m.Node}" : "");
+        add = new PendingAdd(m.Count, m.Node, m.AtStep, Sender);
+    }
+
+    /// <summary>At a step boundary: commit the current step if it is not committed, then grow that commit off this thread
+    /// (<see cref="ExpertGrowth"/>): the busiest experts by their recent tokens are split.</summary>
+    private void StartAdd()
+    {
+        var a = add!;
+        if (state.LastCommit?.Step != step) { Cut(step); return; }              // HandleCutDone comes back here
+        a.Started = true;
+        int g = ++generation;
+        var tokens = Enumerable.Range(0, E).Select(e => recentTokens.Sum(t => e < t.Length ? t[e] : 0)).ToList();
+        var sources = ExpertGrowth.Sources(tokens, a.Count);
+        var commit = state.LastCommit;
+        log.Info("Splitting experts [{0}] (tokens over the last {1} steps: [{2}]) into experts {3}..{4}", string.Join(",", sources), recentTokens.Count,
+            string.Join(",", tokens), E, E + a.Count - 1);
+        Task.Run(() => ExpertGrowth.Grow(setup.Store, commit, setup.Moe, sources, setup.SplitMargin))
+            .PipeTo(Self, success: c => new Grown(g, sources, c), failure: e => new GrowFailed(g, e));
+    }
+
+    /// <summary>The grown commit is on disk: journal the add with it (one event), then create the new experts and
+    /// restore every owner from it; HandleRestoreDone answers the operator.</summary>
+    private void HandleGrown(Grown m)
+    {
+        if (m.Generation != generation || add is not { Started: true } a) return;  // a failure came first: taken again after it
+        Persist(new ExpertsAdded(step, E, m.Sources, a.Node, m.Commit), e =>
+        {
+            state.Apply(e);
+            a.Sources = e.Sources;
+            recentTokens.Clear();                                                 // the next add counts traffic with these experts
+            hooks.OnCommit?.Invoke(e.Commit);
+            log.Info("Committed checkpoint {0} with {1} experts ({2} owners)", e.Step, E, e.Commit.Manifest.Count);
+            if (a.Node.Length > 0) foreach (var x in Enumerable.Range(e.From, e.Sources.Count)) placement.Keep(x, a.Node);
+            generation++;
+            restoreWaiting = true;
+            PlaceMissing(recover: false);                                          // HandleExpertHosted restores once all are placed
+        });
+    }
+
     // ---- the run -------------------------------------------------------------------------------------------------
 
     /// <summary>Ends the run with an error the engine rethrows. Nothing is lost: the last commit stays.</summary>
@@ -360,7 +441,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         started = true;
         end = m.Until;
         if (AllPlaced) Begin();
-        else log.Info("Waiting for {0} expert node(s) to place {1} experts", minExpertNodes, setup.Moe.Experts);
+        else log.Info("Waiting for {0} expert node(s) to place {1} experts", minExpertNodes, E);
     }
 
     /// <summary>Every expert has a home: tell the trainer and router where, and start from commit 0 (a new run) or
@@ -379,6 +460,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         if (fatal is not null) return;
         if (rejoining.Count > 0) { Rejoin(); return; }
         if (move is { Started: false }) { StartMove(); return; }
+        if (add is { Started: false } a && (a.AtStep < 0 || step >= a.AtStep) && recentTokens.Count > 0 && down.Count == 0) { StartAdd(); return; }
         if (step >= end && down.Count > 0 && !stopRequested)
         {
             // the final commit must hold every expert's own state: wait for the recovering ones
@@ -389,6 +471,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         if (stopRequested && state.LastCommit?.Step != step) { Cut(step); return; }
         if (step >= end || stopRequested)
         {
+            add?.Requester?.Tell(new ExpertsAddedReply(step, [], [], $"the run ended at step {step} before the add"));
+            add = null;
             finished = new RunFinished(step, state.Recoveries);
             foreach (var l in listeners) l.Tell(finished);
             return;
@@ -434,6 +518,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         if (recovering || m.Step != step) return;        // a step from an abandoned attempt
         state.StepCompleted(m.Step);
         lastRouting = m.Routing;
+        recentTokens.Enqueue(Enumerable.Range(0, E).Select(e => m.Routing.Where(r => r.Expert == e).Sum(r => r.Tokens)).ToArray());
+        while (recentTokens.Count > checkpointEvery) recentTokens.Dequeue();
         foreach (var e in down) outages[e] = outages[e] with { rerouted = outages[e].rerouted + m.ReroutedImages };
         hooks.OnStep?.Invoke(m);
         step = m.Step + 1;
@@ -446,7 +532,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         int g = generation;
         // an expert that is down (expert-local) is not in the cut: the commit carries its last committed part
-        var owners = registry.ParameterOwners(setup.Moe.Experts).ToList();
+        var owners = registry.ParameterOwners(E).ToList();
         var absent = owners.Where(o => IsDown(o.id)).Select(o => state.LastCommit!.Manifest.Single(r => r.Owner == o.id)).ToArray();
         Task.WhenAll(owners.Where(o => !IsDown(o.id)).Select(o => o.actor.Ask<CheckpointWritten>(new Checkpoint(s), setup.AskTimeout)))
             .PipeTo(Self, success: r => new CutDone(s, g, r.Select(w => w.Ref).Concat(absent).ToArray()), failure: e => new OperationFailed(g, e));
@@ -487,6 +573,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                 return;
             case SupervisorState.RollBack r:
                 failure ??= (m.Owner, m.Error, step, Stopwatch.StartNew());
+                if (add is { Started: true } a && a.Sources.Count == 0) a.Started = false;   // not journaled yet: taken again after the rollback
                 generation++;                           // replies of the failed attempt are now stale
                 recovering = true;
                 // backoff: a failure that keeps coming back is retried ever more slowly (the restarted owners wait for Restore)
@@ -503,13 +590,19 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         var target = state.RestoreTarget(setup.Store.Verify,
             (c, e) => log.Warning("Commit {0} is unusable, falling back to the previous one: {1}", c.Step, e.Message));
-        if (target is null) { Fail($"no committed checkpoint of the {state.Commits.Count} in the journal verifies; cannot restore", commitsUsable: false); return; }
+        if (target is null)
+        {
+            Fail($"no committed checkpoint of the {state.Commits.Count} in the journal verifies" +
+                 (state.Added.Count > 0 ? $" since the last add of experts (step {state.Added[^1].Step}; older commits lack the added experts)" : "") + "; cannot restore",
+                 commitsUsable: false);
+            return;
+        }
         if (!AllPlaced) { restoreWaiting = true; return; }     // a lost expert is being placed again: restore it too
         UseExperts();                                         // a restarted trainer or router starts without them
         int g = generation;
         var parts = target.Manifest.ToDictionary(r => r.Owner);
         // the trainer may first have to abort its step, which can wait one ask timeout on an owner lost with its node
-        Task.WhenAll(registry.ParameterOwners(setup.Moe.Experts).Select(o => o.actor.Ask<Restored>(new RestoreCheckpoint(target.Step, parts[o.id]), 2 * setup.AskTimeout)))
+        Task.WhenAll(registry.ParameterOwners(E).Select(o => o.actor.Ask<Restored>(new RestoreCheckpoint(target.Step, parts[o.id]), 2 * setup.AskTimeout)))
             .PipeTo(Self, success: _ => new RestoreDone(target.Step, g), failure: e => new OperationFailed(g, e));
     }
 
@@ -518,6 +611,15 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         if (m.Generation != generation) return;
         recovering = false;
         step = m.Step;
+        if (add is { Sources.Count: > 0 } a)
+        {
+            // the add is journaled and every owner, the new experts with them, restored its grown commit
+            add = null;
+            var added = Enumerable.Range(E - a.Sources.Count, a.Sources.Count).ToList();
+            log.Warning("Added experts [{0}] at step {1}, split from [{2}]: the run has {3} experts", string.Join(",", added), m.Step, string.Join(",", a.Sources), E);
+            a.Requester?.Tell(new ExpertsAddedReply(m.Step, added, a.Sources, ""));
+            if (failure is null && move is null) { Next(); return; }
+        }
         if (failure is { } f)
         {
             var record = new RecoveryRecord(f.step, f.owner, "global-rollback", f.error, m.Step, f.step - m.Step, f.clock.Elapsed.TotalMilliseconds, 0);

@@ -7,11 +7,21 @@ namespace MoCE.Actors;
 /// actors: <see cref="Apply(object)"/> folds in a journaled event (on recovery and after each persist), and
 /// <see cref="Decide"/> turns an owner's failure into what the supervisor must do. The actor only persists, applies
 /// and carries out decisions.</summary>
-public sealed class SupervisorState(RecoveryPolicy policy, RestartBackoff backoff)
+public sealed class SupervisorState(RecoveryPolicy policy, RestartBackoff backoff, int configuredExperts)
 {
     private readonly List<CheckpointCommitted> commits = [];
     private readonly List<RecoveryRecord> recoveries = [];
+    private readonly List<ExpertsAdded> added = [];
     private long lastFailedStep = -1;
+
+    /// <summary>The run's experts E: the configured ones and every add in the journal. Configuration gives only the start.</summary>
+    public int Experts => configuredExperts + added.Sum(a => a.Sources.Count);
+    /// <summary>The adds, oldest first.</summary>
+    public IReadOnlyList<ExpertsAdded> Added => added;
+    /// <summary>Each added expert's first part (in the commit of its add): what it is created from, before a restore.</summary>
+    public CheckpointRef? BirthOf(int expert) =>
+        added.Where(a => expert >= a.From && expert < a.From + a.Sources.Count)
+            .Select(a => a.Commit.Manifest.Single(r => r.Owner == Placement.OwnerRegistry.ExpertId(expert))).FirstOrDefault();
 
     /// <summary>Committed checkpoints, oldest first. Only these count.</summary>
     public IReadOnlyList<CheckpointCommitted> Commits => commits;
@@ -27,6 +37,11 @@ public sealed class SupervisorState(RecoveryPolicy policy, RestartBackoff backof
         {
             case CheckpointCommitted c: commits.Add(c); break;
             case RecoveryRecord r: recoveries.Add(r); break;
+            case ExpertsAdded a:
+                if (a.From != Experts) throw new InvalidDataException($"the add at step {a.Step} starts at expert {a.From}, but the run has {Experts}");
+                added.Add(a);
+                commits.Add(a.Commit);
+                break;
             default: throw new ArgumentException($"{e.GetType().Name} is not a supervisor event");
         }
     }
@@ -65,11 +80,13 @@ public sealed class SupervisorState(RecoveryPolicy policy, RestartBackoff backof
         owner.StartsWith("expert-", StringComparison.Ordinal) && int.TryParse(owner.AsSpan("expert-".Length), out var e) ? e : null;
 
     /// <summary>The newest commit whose every part verifies, falling back past corrupt or missing files (each reported
-    /// through <paramref name="unusable"/>); null when none does.</summary>
+    /// through <paramref name="unusable"/>), but never past the last add: a commit from before it lacks the added
+    /// experts (restoring it would silently undo the operator's add). Null when none does.</summary>
     public CheckpointCommitted? RestoreTarget(Action<CheckpointRef> verify, Action<CheckpointCommitted, CheckpointCorruptException> unusable)
     {
         for (int i = commits.Count - 1; i >= 0; i--)
         {
+            if (commits[i].Manifest.Count(r => ExpertIndex(r.Owner) is not null) != Experts) break;
             try
             {
                 foreach (var r in commits[i].Manifest) verify(r);
@@ -81,5 +98,6 @@ public sealed class SupervisorState(RecoveryPolicy policy, RestartBackoff backof
     }
 
     /// <summary>The files the last <paramref name="keep"/> commits name: what the store must keep.</summary>
-    public IEnumerable<CheckpointRef> KeptParts(int keep) => commits.TakeLast(keep).SelectMany(c => c.Manifest);
+    public IEnumerable<CheckpointRef> KeptParts(int keep) => commits.TakeLast(keep).SelectMany(c => c.Manifest)
+        .Concat(Enumerable.Range(configuredExperts, Experts - configuredExperts).Select(e => BirthOf(e)!));   // what added experts start from
 }

@@ -162,7 +162,7 @@ public sealed class TrainerActor : ReceiveActor
         applied.WaitAsync(stepToken).GetAwaiter().GetResult();
 
         var stats = new StepStats(s, o.Loss.item<float>(), lr, norm, setup.Train.BatchSize);
-        Sender.Tell(new StepCompleted(s, stats, ExpertStat.From(routes, o.PerImage, setup.Moe.Experts), rerouted));
+        Sender.Tell(new StepCompleted(s, stats, ExpertStat.From(routes, o.PerImage, experts.Count), rerouted));
         o.Dispose();
     }
 

@@ -17,6 +17,8 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     /// <summary>The actor system's configuration over hocon/akka.conf (e.g. the PostgreSQL journal); null: SQLite in RunDir.</summary>
     public Akka.Configuration.Config? Akka { get; init; }
     public SortedDictionary<long, double> Losses { get; } = [];
+    /// <summary>Each completed step's routing: tokens per (block, expert).</summary>
+    public SortedDictionary<long, IReadOnlyList<ExpertStat>> Routing { get; } = [];
 
     public ActorContextSetup Setup(ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback, RestartBackoff? backoff = null)
     {
@@ -32,14 +34,15 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     }
 
     public RunFinished Run(long until, long checkpointEvery, ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback,
-                           Action<long>? afterStep = null, CancellationToken ct = default, RestartBackoff? backoff = null)
+                           Action<long>? afterStep = null, CancellationToken ct = default, RestartBackoff? backoff = null,
+                           Action<Akka.Actor.IActorRef>? started = null)
     {
         var setup = Setup(chaos, policy, backoff);
         return ActorEngine.Run(setup, RunDir, until, checkpointEvery, keep: 3, new SupervisorHooks(OnStep: m =>
         {
-            lock (Losses) Losses[m.Step] = m.Stats.Loss;
+            lock (Losses) { Losses[m.Step] = m.Stats.Loss; Routing[m.Step] = m.Routing; }
             afterStep?.Invoke(m.Step);
-        }), ct, Akka, Timeout);
+        }), ct, Akka, Timeout, started);
     }
 
     /// <summary>Every run in a test is bounded: a recovery that never ends fails the test instead of hanging CI.</summary>

@@ -9,13 +9,14 @@ public class SupervisorStateTests
 {
     private static readonly RestartBackoff Backoff = new(TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(350), MaxFailures: 5);
 
-    private static CheckpointCommitted Commit(long step) =>
-        new(step, new[] { "trainer", "router", "expert-0" }.Select(o => new CheckpointRef(o, step, $"{o}-{step:D8}.ckpt", "sha")).ToArray());
+    private static CheckpointCommitted Commit(long step, int experts = 1) =>
+        new(step, new[] { "trainer", "router" }.Concat(Enumerable.Range(0, experts).Select(e => $"expert-{e}"))
+            .Select(o => new CheckpointRef(o, step, $"{o}-{step:D8}.ckpt", "sha")).ToArray());
 
     [Fact]
     public void Repeated_failures_back_off_exponentially_up_to_the_ceiling_then_stop_the_run()
     {
-        var s = new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff);
+        var s = new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff, 1);
         Assert.Equal(new SupervisorState.RollBack(TimeSpan.FromMilliseconds(100)), s.Decide("expert-1", "boom", 23, rollingBack: false));
         Assert.Equal(new SupervisorState.RollBack(TimeSpan.FromMilliseconds(200)), s.Decide("expert-1", "boom", 23, false));
         Assert.Equal(new SupervisorState.RollBack(TimeSpan.FromMilliseconds(350)), s.Decide("expert-1", "boom", 23, false));
@@ -28,7 +29,7 @@ public class SupervisorStateTests
     [Fact]
     public void Only_a_step_past_the_last_failed_one_resets_the_count()
     {
-        var s = new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff);
+        var s = new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff, 1);
         s.Decide("trainer", "boom", 23, false);
         s.Decide("trainer", "boom", 23, false);
         s.StepCompleted(21);                                                     // replaying towards the failure
@@ -42,17 +43,17 @@ public class SupervisorStateTests
     [Fact]
     public void Expert_local_takes_only_experts_down_and_joins_a_rollback_under_way()
     {
-        var s = new SupervisorState(RecoveryPolicy.ExpertLocal, Backoff);
+        var s = new SupervisorState(RecoveryPolicy.ExpertLocal, Backoff, 1);
         Assert.Equal(new SupervisorState.TakeExpertDown(2), s.Decide("expert-2", "boom", 5, false));
         Assert.IsType<SupervisorState.RollBack>(s.Decide("router", "boom", 5, false));
         Assert.IsType<SupervisorState.RollBack>(s.Decide("expert-3", "boom", 5, rollingBack: true));
-        Assert.IsType<SupervisorState.RollBack>(new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff).Decide("expert-2", "boom", 5, false));
+        Assert.IsType<SupervisorState.RollBack>(new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff, 1).Decide("expert-2", "boom", 5, false));
     }
 
     [Fact]
     public void Restore_picks_the_newest_commit_that_verifies_and_names_the_ones_it_skips()
     {
-        var s = new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff);
+        var s = new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff, 1);
         foreach (var c in new[] { Commit(0), Commit(10), Commit(20) }) s.Apply(c);
         s.Apply(new RecoveryRecord(13, "expert-0", "global-rollback", "boom", 10, 3, 5, 0));
         var skipped = new List<long>();
@@ -64,5 +65,26 @@ public class SupervisorStateTests
         Assert.Equal(6, s.KeptParts(2).Count());                                 // commits 10 and 20, three parts each
         Assert.Single(s.Recoveries);
         Assert.Equal(20, s.LastCommit?.Step);
+    }
+
+    [Fact]
+    public void An_add_sets_the_run_s_experts_keeps_the_added_experts_first_parts_and_is_never_rolled_back_past()
+    {
+        var s = new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff, 1);
+        s.Apply(Commit(0));
+        s.Apply(Commit(10));
+        s.Apply(new ExpertsAdded(10, 1, [0, 0], "", Commit(10, experts: 3)));
+        Assert.Equal(3, s.Experts);
+        Assert.Equal(10, s.LastCommit?.Step);
+        Assert.Equal("expert-2", s.BirthOf(2)?.Owner);
+        Assert.Null(s.BirthOf(0));                                                // configured experts start from the upcycled weights
+        Assert.Throws<InvalidDataException>(() => s.Apply(new ExpertsAdded(10, 1, [0], "", Commit(10, experts: 2))));   // From must be E
+        s.Apply(Commit(20, experts: 3));
+        // the commit after the add is corrupt: falling back to the add's own commit is fine, but not past it
+        Assert.Equal(10, s.RestoreTarget(r => { if (r.Step == 20) throw new CheckpointCorruptException(r.File, "bad"); }, (_, _) => { })?.Step);
+        Assert.Equal(5, s.RestoreTarget(r => { if (r.Step == 20) throw new CheckpointCorruptException(r.File, "bad"); }, (_, _) => { })!.Manifest.Count);
+        Assert.Null(s.RestoreTarget(r => { if (r.Step >= 10 && r.Owner == "expert-2") throw new CheckpointCorruptException(r.File, "bad"); }, (_, _) => { }));
+        // only the last commit is kept, and the added experts' first parts with it
+        Assert.Equal(["expert-1-00000010.ckpt", "expert-2-00000010.ckpt"], s.KeptParts(1).Where(r => r.Step == 10).Select(r => r.File).Order());
     }
 }

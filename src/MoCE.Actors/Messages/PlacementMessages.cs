@@ -55,3 +55,10 @@ public sealed record NodeDrained(long Step, string Node, IReadOnlyList<int> Move
 /// The host forgets it at once, so a later HostExpert for the same expert waits for the old instance to stop and gets
 /// a new one, never the stopping one.</summary>
 public sealed record StopExpert(long Step, string RunId, int Expert) : IStepMessage;
+
+/// <summary>Command (from `moce experts add`): add Count experts at the step boundary AtStep (−1: the next one), each
+/// split from the busiest expert, on Node ("": where the placement policy puts them). The add commits, so nothing
+/// before it is lost and nothing after it forgets it.</summary>
+public sealed record AddExperts(long Step, int Count, string Node, long AtStep) : IStepMessage;
+/// <summary>The answer: experts Added (split from Sources) run from the commit of Step; Error: why nothing was added.</summary>
+public sealed record ExpertsAddedReply(long Step, IReadOnlyList<int> Added, IReadOnlyList<int> Sources, string Error) : IStepMessage;

@@ -27,6 +27,12 @@ public sealed record RunFinished(long Step, IReadOnlyList<RecoveryRecord> Recove
 /// <summary>Event: a consistent checkpoint after step s, with every owner's file. Only this makes a checkpoint count.</summary>
 public sealed record CheckpointCommitted(long Step, IReadOnlyList<CheckpointRef> Manifest) : IStepMessage;
 
+/// <summary>Event: experts were added at Step (`moce experts add`): expert From + i was split from Sources[i], and
+/// Commit is the commit of Step with them (their parts, and the router's with its grown gates). One event, so the
+/// journal never holds an add without its commit: a restart, or a rollback, finds the run with its added experts.
+/// Node: where they were asked to run ("" for the placement policy).</summary>
+public sealed record ExpertsAdded(long Step, int From, IReadOnlyList<int> Sources, string Node, CheckpointCommitted Commit) : IStepMessage;
+
 /// <summary>Event: a failure was detected and recovered from. global-rollback: every owner went back to commit
 /// RestoredStep and StepsReplayed steps were replayed. expert-local: the expert went back to its snapshot of
 /// RestoredStep, training went on without it for StepsMissed steps, and ReroutedImages images went to their

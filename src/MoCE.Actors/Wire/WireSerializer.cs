@@ -129,31 +129,19 @@ public sealed class WireSerializer : SerializerWithStringManifest
             return new ExpertsStatus(step, committed, experts);
         });
         Add<DrainNode>((w, m) => { w.I64(m.Step); w.Str(m.Node); }, (ref WireReader r, byte _) => new DrainNode(r.I64(), r.Str()));
-        Add<NodeDrained>((w, m) => { w.I64(m.Step); w.Str(m.Node); w.U32((uint)m.Moved.Count); foreach (var e in m.Moved) w.I32(e); w.Str(m.Error); },
-            (ref WireReader r, byte _) =>
-            {
-                long step = r.I64();
-                var node = r.Str();
-                var moved = new int[r.Count(4)];
-                for (int i = 0; i < moved.Length; i++) moved[i] = r.I32();
-                return new NodeDrained(step, node, moved, r.Str());
-            });
+        Add<NodeDrained>((w, m) => { w.I64(m.Step); w.Str(m.Node); IntList(w, m.Moved); w.Str(m.Error); },
+            (ref WireReader r, byte _) => new NodeDrained(r.I64(), r.Str(), IntList(ref r), r.Str()));
         Add<StopExpert>((w, m) => { w.I64(m.Step); w.Str(m.RunId); w.I32(m.Expert); }, (ref WireReader r, byte _) => new StopExpert(r.I64(), r.Str(), r.I32()));
+        Add<AddExperts>((w, m) => { w.I64(m.Step); w.I32(m.Count); w.Str(m.Node); w.I64(m.AtStep); },
+            (ref WireReader r, byte _) => new AddExperts(r.I64(), r.I32(), r.Str(), r.I64()));
+        Add<ExpertsAddedReply>((w, m) => { w.I64(m.Step); IntList(w, m.Added); IntList(w, m.Sources); w.Str(m.Error); },
+            (ref WireReader r, byte _) => new ExpertsAddedReply(r.I64(), IntList(ref r), IntList(ref r), r.Str()));
         Add<ExpertLost>((w, m) => { w.I64(m.Step); w.I32(m.Expert); }, (ref WireReader r, byte _) => new ExpertLost(r.I64(), r.I32()));
 
         // journal events and snapshots
-        Add<CheckpointCommitted>((w, m) =>
-        {
-            w.I64(m.Step);
-            w.U32((uint)m.Manifest.Count);
-            foreach (var p in m.Manifest) Ref(w, p);
-        }, (ref WireReader r, byte _) =>
-        {
-            long step = r.I64();
-            var parts = new CheckpointRef[r.Count(20)];
-            for (int i = 0; i < parts.Length; i++) parts[i] = Ref(ref r);
-            return new CheckpointCommitted(step, parts);
-        });
+        Add<CheckpointCommitted>(Commit, (ref WireReader r, byte _) => Commit(ref r));
+        Add<ExpertsAdded>((w, m) => { w.I64(m.Step); w.I32(m.From); IntList(w, m.Sources); w.Str(m.Node); Commit(w, m.Commit); },
+            (ref WireReader r, byte _) => new ExpertsAdded(r.I64(), r.I32(), IntList(ref r), r.Str(), Commit(ref r)));
         Add<RecoveryRecord>(Recovery, (ref WireReader r, byte _) => Recovery(ref r));
         Add<ExpertActor.ExpertSnapshot>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new ExpertActor.ExpertSnapshot(r.I64(), Ref(ref r)));
     }
@@ -217,6 +205,32 @@ public sealed class WireSerializer : SerializerWithStringManifest
     {
         foreach (var p in message.GetType().GetProperties().Where(p => p.PropertyType == typeof(torch.Tensor)))
             (p.GetValue(message) as torch.Tensor)?.Dispose();
+    }
+
+    private static void Commit(WireWriter w, CheckpointCommitted m)
+    {
+        w.I64(m.Step);
+        w.U32((uint)m.Manifest.Count);
+        foreach (var p in m.Manifest) Ref(w, p);
+    }
+    private static CheckpointCommitted Commit(ref WireReader r)
+    {
+        long step = r.I64();
+        var parts = new CheckpointRef[r.Count(20)];
+        for (int i = 0; i < parts.Length; i++) parts[i] = Ref(ref r);
+        return new CheckpointCommitted(step, parts);
+    }
+
+    private static void IntList(WireWriter w, IReadOnlyList<int> list)
+    {
+        w.U32((uint)list.Count);
+        foreach (var x in list) w.I32(x);
+    }
+    private static int[] IntList(ref WireReader r)
+    {
+        var list = new int[r.Count(4)];
+        for (int i = 0; i < list.Length; i++) list[i] = r.I32();
+        return list;
     }
 
     private static void Ref(WireWriter w, CheckpointRef r) { w.Str(r.Owner); w.I64(r.Step); w.Str(r.File); w.Str(r.Sha256); }

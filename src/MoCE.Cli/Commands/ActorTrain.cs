@@ -30,6 +30,7 @@ public static class ActorTrain
             Backoff = s.Config.Backoff,
             Policy = s.Config.RecoveryPolicy == "expert-local" ? RecoveryPolicy.ExpertLocal : RecoveryPolicy.GlobalRollback,
             SpreadOnJoin = s.Config.Placement == "spread",
+            SplitMargin = s.Config.SplitMargin,
         };
         using var metrics = node is null ? NodeMetrics.Serve(s.Config.MetricsHost, s.Config.MetricsPort) : null;   // a node serves them itself
         if (metrics is not null) Log.Information("Prometheus metrics on http://{Host}:{Port}/metrics", s.Config.MetricsHost, s.Config.MetricsPort);

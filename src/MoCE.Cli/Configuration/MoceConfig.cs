@@ -15,6 +15,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public required string RecoveryPolicy { get; init; }
     /// <summary>moce.actors.placement: "spread" (a node that joins gets experts moved to it) or "fill".</summary>
     public required string Placement { get; init; }
+    /// <summary>moce.actors.split-margin: how decisively an added expert and the one it splits divide its clusters.</summary>
+    public required double SplitMargin { get; init; }
     public required TimeSpan AskTimeout { get; init; }
     public required MoCE.Actors.RestartBackoff Backoff { get; init; }
     public required int OwnerThreads { get; init; }
@@ -36,7 +38,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         "moce.pretrain.log-every", "moce.pretrain.collect-every", "moce.pretrain.steps", "moce.pretrain.checkpoint-every", "moce.pretrain.keep-checkpoints",
         "moce.moe.method", "moce.train.log-every", "moce.train.collect-every", "moce.train.checkpoint-every", "moce.train.keep-checkpoints",
         "moce.cluster.feature-batch", "moce.actors.engine", "moce.actors.policy", "moce.actors.ask-timeout", "moce.actors.owner-threads",
-        "moce.actors.backoff-min", "moce.actors.backoff-max", "moce.actors.max-failures", "moce.actors.placement",
+        "moce.actors.backoff-min", "moce.actors.backoff-max", "moce.actors.max-failures", "moce.actors.placement", "moce.actors.split-margin",
     };
 
     /// <summary>Evaluation and task settings never change what was trained, so a resumed run may change them.</summary>
@@ -126,6 +128,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 : throw new ConfigException("moce.actors.policy", $"expected global-rollback or expert-local, got '{t.String("moce.actors.policy")}'"),
             Placement = t.String("moce.actors.placement") is "spread" or "fill" ? t.String("moce.actors.placement")
                 : throw new ConfigException("moce.actors.placement", $"expected spread or fill, got '{t.String("moce.actors.placement")}'"),
+            SplitMargin = t.Double("moce.actors.split-margin") >= 0 ? t.Double("moce.actors.split-margin")
+                : throw new ConfigException("moce.actors.split-margin", "must be ≥ 0"),
             OwnerThreads = t.Int("moce.actors.owner-threads") >= 0 ? t.Int("moce.actors.owner-threads")
                 : throw new ConfigException("moce.actors.owner-threads", "must be ≥ 0"),
             AskTimeout = TimeSpan.FromSeconds(t.Double("moce.actors.ask-timeout") > 0 ? t.Double("moce.actors.ask-timeout")
