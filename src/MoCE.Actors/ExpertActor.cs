@@ -174,6 +174,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     {
         FreeStep();
         owner.Restore(m.Ref);
+        log.Info("{0} restored {1} (commit {2})", Name, m.Ref.File, m.Step);
         Sender.Tell(new Restored(m.Step, Name));
     }
 

@@ -23,6 +23,8 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           node         one process of a cluster run: --roles coordinator,experts --seeds HOST:PORT,... (needs PostgreSQL);
                        node drain HOST:PORT --seeds ...: move that node's experts away (commit, restore elsewhere), then it leaves
           experts list where each expert of a cluster run is, its device, tokens and state: --seeds H:P,... [--format json]
+          experts add  add experts while the run trains, each split from the busiest one: --seeds H:P,... --count N
+                       [--node HOST:PORT] [--at-step S] (default: the next step boundary; waits until they train)
           customize    extract a dense model with the experts a task prefers: --task NAME
           eval         linear probe and k-NN on frozen features for the configured tasks
           status RUN   committed steps, owners and their checkpoint files, recent recoveries

@@ -89,8 +89,11 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         public string Tail => string.Join("\n", Output.Split('\n').TakeLast(40));
         public void Kill() => p.Kill(entireProcessTree: true);                    // SIGKILL: no shutdown, no leaving
         public void Terminate() => Process.Start("kill", ["-TERM", p.Id.ToString()])!.WaitForExit();
+        private bool disposed;
         public void Dispose()
         {
+            if (disposed) return;
+            disposed = true;
             if (!p.HasExited) p.Kill(entireProcessTree: true);
             p.Dispose();
         }
@@ -104,15 +107,18 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
 
     /// <summary>A new run (its own run id, so its journal rows are its own) from the fixture's dense model and clustering,
     /// trained by two coordinators (the first one, the oldest, runs the supervisor) and two expert nodes.</summary>
-    private Cluster Start()
+    private Cluster Start(string? existing = null, params string[] extra)
     {
-        var run = fx.Base + "-" + Guid.NewGuid().ToString("N")[..8];
-        CopyRun(fx.Base, run);
-        File.WriteAllText(Path.Combine(run, "run.id"), Guid.NewGuid().ToString("N")[..12]);
+        var run = existing ?? fx.Base + "-" + Guid.NewGuid().ToString("N")[..8];
+        if (existing is null)
+        {
+            CopyRun(fx.Base, run);
+            File.WriteAllText(Path.Combine(run, "run.id"), Guid.NewGuid().ToString("N")[..12]);
+        }
         int[] ports = [MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort()];
         int[] metrics = [MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort()];
         string[] common = ["--seeds", $"127.0.0.1:{ports[0]}", "--min-expert-nodes", "2",
-                           "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby];
+                           "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby, .. extra];
         var c1 = new Node("coordinator 1", ["--roles", "coordinator", "--port", ports[0].ToString(), "--metrics-port", metrics[0].ToString(), "--run", run, .. common]);
         c1.WaitFor(@"Singleton manager started singleton actor", TimeSpan.FromSeconds(60));   // the oldest coordinator runs the supervisor
         return new Cluster(run, c1,
@@ -293,6 +299,71 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         x3.Terminate();
         Assert.True(x3.WaitForExit(TimeSpan.FromSeconds(60)) == 0, x3.Tail);
         AssertEqualsOneProcess(c.Run, "a node joining, then expert node 1 drained");
+    }
+
+    [Fact]
+    public void Experts_added_on_a_node_that_joined_train_there_and_survive_a_restart_of_the_whole_cluster()
+    {
+        string[] fill = ["-o", "actors.placement=fill"];                           // the newcomer gets only new experts
+        using var c = Start(null, fill);
+        c.C1.WaitFor(@"\[actors\] step 10/150", RunTimeout);
+        int port = MoCE.Actors.ClusterNode.FreeLoopbackPort(), metrics = MoCE.Actors.ClusterNode.FreeLoopbackPort();
+        using var x3 = new Node("expert node 3", ["--roles", "experts", "--port", port.ToString(), "--metrics-port", metrics.ToString(), "--seeds", $"127.0.0.1:{c.Ports[0]}",
+            "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby, .. fill]);
+        c.C1.WaitFor($@"Expert host on \S+:{port}", RunTimeout);
+
+        // two experts added on the new node while the run trains
+        var (code, said) = Moce(["experts", "add", "--count", "2", "--node", $"127.0.0.1:{port}", "--seeds", $"127.0.0.1:{c.Ports[0]}"]);
+        Assert.True(code == 0, said + "\n" + c.C1.Tail);
+        var added = Regex.Match(said, @"added experts \[3, 4\] at step (\d+), split from \[(\d+), (\d+)\]");
+        Assert.True(added.Success, said);
+        long at = long.Parse(added.Groups[1].Value);
+        output.WriteLine(added.Value);
+        Assert.DoesNotContain("Recovered from", c.C1.Output);
+
+        // they run on the new node, and each computes tokens within 50 steps (its checkpoint lines count them)
+        foreach (var e in new[] { 3, 4 })
+        {
+            var first = x3.WaitFor($@"expert-{e} on \S+:{port} \(cpu\): checkpoint (\d+), [1-9]\d* tokens", RunTimeout);
+            Assert.True(long.Parse(first.Groups[1].Value) <= at + 50, $"expert-{e} first counted tokens at checkpoint {first.Groups[1].Value}, added at {at}");
+        }
+        var tokens = Scrape(metrics).Where(kv => kv.Key.StartsWith("moce_expert_tokens_total{", StringComparison.Ordinal)).ToList();
+        Assert.Equal(2, tokens.Count(kv => kv.Value > 0));
+        var (listCode, json) = Moce(["experts", "list", "--seeds", $"127.0.0.1:{c.Ports[0]}", "--format", "json"]);
+        Assert.True(listCode == 0, json);
+        var listed = System.Text.Json.JsonDocument.Parse(json).RootElement.GetProperty("Experts").EnumerateArray().ToList();
+        Assert.Equal(5, listed.Count);
+        Assert.All(listed, e => Assert.Equal("up", e.GetProperty("State").GetString()));
+        Assert.All(listed.Where(e => e.GetProperty("Expert").GetInt32() >= 3), e => Assert.EndsWith($":{port}", e.GetProperty("Node").GetString()));
+
+        // the whole cluster stops (SIGTERM: the run commits first), then starts again on new processes
+        c.C1.Terminate();
+        Assert.True(c.C1.WaitForExit(RunTimeout) == 130, c.C1.Tail);             // stopped, not finished: it says so
+        Assert.True(c.C2.WaitForExit(RunTimeout) == 0, c.C2.Tail);
+        foreach (var x in new[] { c.X1, c.X2, x3 }) { x.Terminate(); Assert.True(x.WaitForExit(TimeSpan.FromSeconds(60)) == 0, x.Tail); }
+        c.Dispose();
+        var store = new CheckpointStore(Path.Combine(c.Run, "train-moce", "checkpoints"));
+        var stop = new CommitLog(store).Commits[^1];
+        output.WriteLine($"stopped at commit {stop.Step}: {string.Join(", ", stop.Parts.Select(p => p.Owner))}");
+        Assert.True(stop.Step < 150);
+        var parts = stop.Parts.ToDictionary(p => p.Owner);
+        Assert.Contains("expert-4", parts.Keys);
+        float[] atStop;                                                          // read now: later commits prune the file
+        using (var c3 = store.Load(parts["expert-3"])) atStop = TrainerCheckpoint.ModelWeights(c3)["blocks.0.mlp.experts.3.fc1.weight"].data<float>().ToArray();
+
+        using var again = Start(c.Run, fill);
+        var resumed = again.C1.WaitFor(@"Resumed from committed checkpoint (\d+)", RunTimeout);
+        Assert.Equal(stop.Step, long.Parse(resumed.Groups[1].Value));
+        foreach (var e in new[] { "expert-3", "expert-4" })                      // restored from the stop's commit: their own weights
+            Assert.Matches($@"{e} restored {Regex.Escape(parts[e].File)} \(commit {stop.Step}\)", again.X1.Output + again.X2.Output);
+        Finish(again);
+        var final = new CommitLog(store).Commits[^1];
+        Assert.Equal(150, final.Step);
+        Assert.Equal(5, final.Parts.Count(p => p.Owner.StartsWith("expert-", StringComparison.Ordinal)));
+        Assert.Contains("Actor engine finished at step 150", again.C1.Output + again.C2.Output);
+        // and they trained on: the final weights of expert 3 are not the ones it had at the stop
+        using var atEnd = store.Load(final.Parts.Single(p => p.Owner == "expert-3"));
+        Assert.NotEqual(atStop, TrainerCheckpoint.ModelWeights(atEnd)["blocks.0.mlp.experts.3.fc1.weight"].data<float>().ToArray());
     }
 
     internal static void CopyRun(string from, string to)

@@ -69,13 +69,26 @@ public static class Artifacts
             using var c = store.Load(part);
             foreach (var (name, t) in TrainerCheckpoint.ModelWeights(c)) weights[name] = t.clone();
         }
-        var m = new MaskedAutoencoder(s.Config.Model, s.Config.Moe with { Method = method }, clusters);
+        var m = new MaskedAutoencoder(s.Config.Model, s.Config.Moe with { Method = method, Experts = ExpertsIn(weights.Keys, s.Config.Moe.Experts) }, clusters);
         using (TorchSharp.torch.no_grad())
             foreach (var (name, p) in m.state_dict())
                 p.copy_(weights.TryGetValue(name, out var w) ? w : throw new InvalidDataException($"{TrainPhase(method)} commit {commit.Step} lacks weight '{name}'"));
         foreach (var w in weights.Values) w.Dispose();
         m.to(s.Device).eval();
         return (m, TrainedSha(s, method));
+    }
+
+    /// <summary>E of a trained model, from the weights its commit holds (blocks.B.mlp.experts.N.*), never from
+    /// configuration: experts may have been added while it trained (`moce experts add`). A model without experts
+    /// (dense) keeps <paramref name="configured"/>.</summary>
+    public static int ExpertsIn(IEnumerable<string> weightNames, int configured)
+    {
+        var experts = weightNames.Select(n => System.Text.RegularExpressions.Regex.Match(n, @"\.mlp\.experts\.(\d+)\."))
+            .Where(m => m.Success).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).Distinct().ToList();
+        if (experts.Count == 0) return configured;
+        if (experts.Count != experts.Max() + 1)
+            throw new InvalidDataException($"the commit holds experts [{string.Join(", ", experts.Order())}]: some index below {experts.Max()} is missing");
+        return experts.Count;
     }
 
     /// <summary>A task's images in a seeded order (at most <paramref name="cap"/>) and their labels relabelled

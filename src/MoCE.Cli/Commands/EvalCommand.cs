@@ -69,7 +69,7 @@ public static class EvalCommand
                     taskName, name, lin, knn, trIdx.Count, teIdx.Count, sw.Elapsed.TotalSeconds);
             }
         }
-        var md = Markdown(rows, s);
+        var md = Markdown(rows, s, MoeLayers(moce).First().Experts.Count);
         File.WriteAllText(Path.Combine(dir, "results.md"), md);
         File.WriteAllText(Path.Combine(dir, "results.csv"), Csv(rows));
         Log.Information("Results → {Path}\n{Table}", Path.Combine(dir, "results.md"), md);
@@ -86,13 +86,16 @@ public static class EvalCommand
         return Features.Extract(model, data, idx, s.Config.Data.Mean, s.Config.Data.Std, gate, s.Config.Cluster.FeatureBatch, s.Device);
     }
 
-    public static string Markdown(IReadOnlyList<Row> rows, Session s)
+    private static IEnumerable<MoeLayer> MoeLayers(MaskedAutoencoder m) => m.modules().OfType<MoeLayer>();
+
+    /// <summary><paramref name="experts"/>: MoCE's E, from its commit (experts may have been added while it trained).</summary>
+    public static string Markdown(IReadOnlyList<Row> rows, Session s, int experts)
     {
         var inv = CultureInfo.InvariantCulture;
         var tasks = rows.Select(r => r.Task).Distinct().ToList();
         var md = new StringBuilder();
         md.AppendLine($"Pre-training {s.Config.Pretrain.Steps} steps, then {s.Config.Train.Steps} more steps per model (dense continued, TokenMoE, MoCE); " +
-                      $"seed {s.Config.Pretrain.Seed}; {s.Config.Moe.Experts} experts in blocks [{string.Join(", ", s.Config.Moe.Layers)}], top-{s.Config.Moe.TopK}, {s.Config.Cluster.K} clusters.");
+                      $"seed {s.Config.Pretrain.Seed}; {experts} experts in blocks [{string.Join(", ", s.Config.Moe.Layers)}], top-{s.Config.Moe.TopK}, {s.Config.Cluster.K} clusters.");
         md.AppendLine();
         md.AppendLine("| model | params | " + string.Join(" | ", tasks.Select(t => $"{t} linear | {t} k-NN")) + " |");
         md.AppendLine("|---|---:|" + string.Concat(tasks.Select(_ => "---:|---:|")));

@@ -6,26 +6,56 @@ using MoCE.Core.Config;
 
 namespace MoCE.Cli.Commands;
 
-/// <summary><c>moce experts list --seeds HOST:PORT,... [--format table|json]</c>: asks the cluster's supervisor, as a
-/// cluster client (this process does not join), where each expert runs, on which device, how many tokens it got in the
-/// last step, and its state.</summary>
+/// <summary>The operators' view of a cluster run's experts, through a cluster client (this process does not join):
+/// <c>moce experts list --seeds HOST:PORT,... [--format table|json]</c>: where each expert runs, on which device, how
+/// many tokens it got in the last step, and its state; <c>moce experts add --count N [--node ADDR] [--at-step S]</c>:
+/// split the busiest experts into N more at a step boundary (the add commits; it survives a restart).</summary>
 public static class ExpertsCommand
 {
     public static int Run(CliArgs cli)
     {
-        cli.RejectFlagsExcept("seeds", "format", "tls-certificate", "host");
         Serilog.Log.Logger = Logging.StandardError();                      // stdout is the answer
-        if (cli.Positionals is not ["list"])
-            throw new ConfigException("experts", $"expected the subcommand list: moce experts list --seeds HOST:PORT (got '{string.Join(" ", cli.Positionals)}')");
-        var format = cli.Flags.GetValueOrDefault("format", "table");
-        if (format is not ("table" or "json")) throw new ConfigException("--format", $"expected table or json, got '{format}'");
+        return cli.Positionals switch
+        {
+            ["list"] => List(cli),
+            ["add"] => Add(cli),
+            _ => throw new ConfigException("experts", $"expected a subcommand, list or add: moce experts list|add --seeds HOST:PORT (got '{string.Join(" ", cli.Positionals)}')"),
+        };
+    }
+
+    private static int Add(CliArgs cli)
+    {
+        cli.RejectFlagsExcept("seeds", "count", "node", "at-step", "tls-certificate", "host");
+        int count = cli.FlagInt("count", 1);
+        long atStep = cli.Flags.TryGetValue("at-step", out var a)
+            ? long.TryParse(a, out var s) && s >= 0 ? s : throw new ConfigException("--at-step", $"expected a step ≥ 0, got '{a}'")
+            : -1;
         var config = ClientConfig(cli);
-        ExpertsStatus status;
-        try { status = ClusterNode.Ask<ExpertsStatus>(config.Node, ActorEngine.AkkaConfig(config.Hocon), new GetExperts(-1), TimeSpan.FromSeconds(20)); }
+        var node = cli.Flags.GetValueOrDefault("node", "");
+        if (node.Length > 0 && !node.Contains("://", StringComparison.Ordinal))                  // HOST:PORT, as for drain
+            node = NodeOptions.SeedAddress(node, !string.IsNullOrEmpty(config.Node.TlsCertificate)).ToString();
+        // the answer comes once the experts train: after the commit, the split, their placement and the restore
+        var reply = Ask<ExpertsAddedReply>(config, new AddExperts(-1, count, node, atStep), TimeSpan.FromMinutes(10));
+        if (reply.Error.Length > 0) throw new ConfigException("experts add", reply.Error);
+        Console.WriteLine($"added experts [{string.Join(", ", reply.Added)}] at step {reply.Step}, split from [{string.Join(", ", reply.Sources)}]");
+        return 0;
+    }
+
+    private static T Ask<T>(MoceConfig config, object query, TimeSpan timeout)
+    {
+        try { return ClusterNode.Ask<T>(config.Node, ActorEngine.AkkaConfig(config.Hocon), query, timeout); }
         catch (Akka.Actor.AskTimeoutException)
         {
-            throw new ConfigException("--seeds", $"no run's supervisor answered through [{string.Join(", ", config.Node.Seeds)}] within 20 s: is a coordinator running there?");
+            throw new ConfigException("--seeds", $"no run's supervisor answered through [{string.Join(", ", config.Node.Seeds)}] within {timeout.TotalSeconds:F0} s: is a coordinator running there?");
         }
+    }
+
+    private static int List(CliArgs cli)
+    {
+        cli.RejectFlagsExcept("seeds", "format", "tls-certificate", "host");
+        var format = cli.Flags.GetValueOrDefault("format", "table");
+        if (format is not ("table" or "json")) throw new ConfigException("--format", $"expected table or json, got '{format}'");
+        var status = Ask<ExpertsStatus>(ClientConfig(cli), new GetExperts(-1), TimeSpan.FromSeconds(20));
         if (format == "json")
         {
             Console.WriteLine(JsonSerializer.Serialize(status, new JsonSerializerOptions { WriteIndented = true }));

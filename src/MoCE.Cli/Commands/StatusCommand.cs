@@ -30,7 +30,9 @@ public static class StatusCommand
             var last = commits[^1];
             // the actor engine commits one part per owner (its journal may be the run's SQLite file or PostgreSQL)
             string engine = last.Parts.Any(p => p.Owner == MoCE.Actors.RouterActor.Name) ? "actors" : "local";
-            Console.WriteLine($"  {phase} ({engine}): committed step {last.Step} at {last.CommittedUtc:u}; {commits.Count} commits kept ({string.Join(", ", commits.Select(c => c.Step))})");
+            // E from the commit, not the configuration: experts may have been added while it trained
+            int experts = last.Parts.Count(p => MoCE.Actors.SupervisorState.ExpertIndex(p.Owner) is not null);
+            Console.WriteLine($"  {phase} ({engine}): committed step {last.Step} at {last.CommittedUtc:u}{(experts > 0 ? $" with {experts} experts" : "")}; {commits.Count} commits kept ({string.Join(", ", commits.Select(c => c.Step))})");
             foreach (var part in last.Parts.OrderBy(p => p.Owner, StringComparer.Ordinal))
             {
                 string state;
