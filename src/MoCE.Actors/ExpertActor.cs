@@ -30,6 +30,11 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     private readonly Dictionary<int, Mlp> mlps = [];
     private readonly ParameterOwner owner;
     private readonly Dictionary<int, (Tensor input, Tensor output)> inFlight = [];
+    // the newest attempt (generation, step) seen, and what it already did by block: a forward or backward of an older
+    // attempt (delayed past a step or a rollback) or a duplicate of this one's is ignored, so a gradient is never
+    // accumulated twice. Generations grow within a supervisor; a restore sets the baseline of a new one.
+    private (int generation, long step) attempt = (-1, -1);
+    private readonly HashSet<(int block, bool backward)> done = [];
     private readonly ILoggingAdapter log = Context.GetLogger();
     private ExpertSnapshot? lastSnapshot;
     private readonly ExpertSnapshot? birth;              // an added expert's first part (the commit of its add)
@@ -113,7 +118,9 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     {
         try
         {
+            if (!Fresh(m.Step, m.Generation, m.Block, backward: false)) { m.Input.Dispose(); return; }
             setup.Chaos.Check(Name, m.Step);
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             using var scope = NewDisposeScope();
             var input = m.Input.detach().requires_grad_(true);                      // a leaf: dL/dInput goes back
             tokens += input.shape[0] * input.shape[1];
@@ -121,7 +128,9 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             var output = mlps[m.Block].forward(input);
             var reply = output.detach();
             m.Input.Dispose();
+            if (inFlight.Remove(m.Block, out var old)) { old.input.Dispose(); old.output.Dispose(); }
             inFlight[m.Block] = (input.MoveToOuterDisposeScope(), output.MoveToOuterDisposeScope());
+            Straggle(m.Step, clock);
             Sender.Tell(new ExpertOutput(m.Step, m.Generation, m.Block, expert, reply.MoveToOuterDisposeScope()));
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
@@ -131,14 +140,35 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     {
         try
         {
+            if (!Fresh(m.Step, m.Generation, m.Block, backward: true)) { m.GradOutput.Dispose(); return; }
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             using var scope = NewDisposeScope();
             var (input, output) = inFlight[m.Block];
             output.backward([m.GradOutput]);                                         // accumulates the parameter grads
             m.GradOutput.Dispose();
             setup.Chaos.Check(Name, m.Step, ChaosPhase.Backward);
+            Straggle(m.Step, clock);
             Sender.Tell(new ExpertInputGrad(m.Step, m.Generation, m.Block, expert, input.grad!.detach().MoveToOuterDisposeScope()));
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
+    }
+
+    /// <summary>False for a message of an older attempt or a duplicate of this attempt's.</summary>
+    private bool Fresh(long step, int generation, int block, bool backward)
+    {
+        var at = (generation, step);
+        int c = at.CompareTo(attempt);
+        if (c < 0) return false;
+        if (c > 0) { attempt = at; done.Clear(); }
+        return done.Add((block, backward));
+    }
+
+    /// <summary>A straggler (chaos schedule) really takes longer: its thread waits out the extra time after computing.
+    /// This is the expert's own thread (pinned), not a shared one.</summary>
+    private void Straggle(long step, System.Diagnostics.Stopwatch clock)
+    {
+        var extra = setup.Chaos.StragglerDelay(Name, step, clock.Elapsed);
+        if (extra > TimeSpan.Zero) Thread.Sleep(extra);
     }
 
     private void HandleApply(Apply m)
@@ -162,6 +192,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     private void HandleCheckpointCore(Checkpoint m)
     {
         var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "expert", ["expert"] = expert.ToString() });
+        setup.Chaos.AfterCheckpoint(Name, m.Step, setup.Store, r);
         setup.Chaos.Check(Name, m.Step, ChaosPhase.Checkpoint);
         lastSnapshot = new ExpertSnapshot(m.Step, r);
         SaveSnapshot(lastSnapshot);
@@ -173,6 +204,8 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     private void HandleRestore(RestoreCheckpoint m)
     {
         FreeStep();
+        attempt = (m.Generation, -1);
+        done.Clear();
         owner.Restore(m.Ref);
         log.Info("{0} restored {1} (commit {2})", Name, m.Ref.File, m.Step);
         Sender.Tell(new Restored(m.Step, Name));

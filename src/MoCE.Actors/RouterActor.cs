@@ -56,9 +56,9 @@ public sealed class RouterActor : ReceiveActor
         owner.LoadInitial(setup.Initial);
 
         Receive<Route>(HandleRoute);
-        Receive<ExpertOutput>(HandleExpertOutput);
+        Receive<ExpertOutput>(m => { if (Arrived(m.Expert, m.Step, "output", m, m.Output)) HandleExpertOutput(m); });
         Receive<RouteBackward>(HandleBackward);
-        Receive<ExpertInputGrad>(HandleExpertInputGrad);
+        Receive<ExpertInputGrad>(m => { if (Arrived(m.Expert, m.Step, "input-grad", m, m.GradInput)) HandleExpertInputGrad(m); });
         Receive<Status.Failure>(f => FailAll(f.Cause));
         Receive<UseExperts>(m =>
         {
@@ -79,7 +79,12 @@ public sealed class RouterActor : ReceiveActor
         });
         Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
         Receive<Apply>(m => { owner.Apply(m.Lr, m.ClipScale); FreeStep(); Sender.Tell(new StepApplied(m.Step, Name)); });
-        Receive<Checkpoint>(m => Sender.Tell(new CheckpointWritten(m.Step, owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "router" }))));
+        Receive<Checkpoint>(m =>
+        {
+            var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "router" });
+            setup.Chaos.AfterCheckpoint(Name, m.Step, setup.Store, r);
+            Sender.Tell(new CheckpointWritten(m.Step, r));
+        });
         Receive<RestoreCheckpoint>(m => { FreeStep(); owner.Restore(m.Ref); Sender.Tell(new Restored(m.Step, Name)); });
         Receive<AbortStep>(m => { owner.Optimizer.ZeroGrad(); FreeStep(); Sender.Tell(new StepAborted(m.Step, Name)); });
     }
@@ -125,7 +130,7 @@ public sealed class RouterActor : ReceiveActor
             };
             pending[m.Block] = p;
             foreach (var e in p.Plan)
-                experts[e.Expert].Tell(new ExpertForward(m.Step, m.Generation, m.Block, p.Rows.index_select(0, e.Rows).detach().MoveToOuterDisposeScope()));
+                Send(e.Expert, "forward", new ExpertForward(m.Step, m.Generation, m.Block, p.Rows.index_select(0, e.Rows).detach().MoveToOuterDisposeScope()));
             m.Hidden.Dispose();
             m.ClusterIds.Dispose();
             if (p.Plan.Count == 0) throw new InvalidOperationException("no expert received rows");
@@ -145,9 +150,55 @@ public sealed class RouterActor : ReceiveActor
         return (where(isDown, best.expand_as(choice), choice), rerouted);
     }
 
+    /// <summary>A message to an expert, through the chaos plan's message faults (none: a plain Tell): dropped (never
+    /// sent), duplicated (sent twice, the copy with its own tensor) or delayed (sent later by the scheduler).</summary>
+    private void Send(int expert, string kind, IStepMessage message)
+    {
+        var to = experts[expert];
+        switch (setup.Chaos.OnMessage(OwnerRegistry.ExpertId(expert), message.Step, kind))
+        {
+            case null: to.Tell(message); break;
+            case { fault: MessageFault.Drop }: DisposeTensor(message); break;
+            case { fault: MessageFault.Duplicate }: to.Tell(message); to.Tell(Copy(message)); break;
+            case { delay: var d }: Context.System.Scheduler.ScheduleTellOnce(d, to, message, Self); break;
+        }
+    }
+
+    /// <summary>A message from an expert, through the chaos plan's message faults: false when it is dropped or held
+    /// back (a delayed one comes back through the scheduler; a duplicate is handled twice, the second time ignored).</summary>
+    private bool Arrived(int expert, long s, string kind, IStepMessage message, Tensor tensor)
+    {
+        switch (setup.Chaos.IsEmpty ? null : setup.Chaos.OnMessage(OwnerRegistry.ExpertId(expert), s, kind))
+        {
+            case null: return true;
+            case { fault: MessageFault.Drop }: tensor.Dispose(); return false;
+            case { fault: MessageFault.Duplicate }: Self.Tell(Copy(message), Sender); return true;
+            case { delay: var d }: Context.System.Scheduler.ScheduleTellOnce(d, Self, message, Sender); return false;
+        }
+    }
+
+    private static IStepMessage Copy(IStepMessage m) => m switch
+    {
+        ExpertForward f => f with { Input = f.Input.clone() },
+        ExpertBackward b => b with { GradOutput = b.GradOutput.clone() },
+        ExpertOutput o => o with { Output = o.Output.clone() },
+        ExpertInputGrad g => g with { GradInput = g.GradInput.clone() },
+        _ => m,
+    };
+
+    private static void DisposeTensor(IStepMessage m)
+    {
+        switch (m)
+        {
+            case ExpertForward f: f.Input.Dispose(); break;
+            case ExpertBackward b: b.GradOutput.Dispose(); break;
+        }
+    }
+
     private void HandleExpertOutput(ExpertOutput m)
     {
         if (m.Step != step || m.Generation != generation || !pending.TryGetValue(m.Block, out var p)) { m.Output.Dispose(); return; } // from an abandoned attempt
+        if (p.Outputs.ContainsKey(m.Expert)) { m.Output.Dispose(); return; }   // a duplicate: the first one counts, once
         p.Outputs[m.Expert] = m.Output.requires_grad_(true);
         using var scope = NewDisposeScope();
         // y = Σ_e w_e · out_e, scattered back to the rows: MoeLayer.Combine's fold, each term as soon as it and the
@@ -178,7 +229,7 @@ public sealed class RouterActor : ReceiveActor
                 var dRows = m.GradOutput.reshape(p.Rows.shape);
                 using (no_grad())
                     foreach (var e in p.Plan)
-                        experts[e.Expert].Tell(new ExpertBackward(m.Step, m.Generation, m.Block,
+                        Send(e.Expert, "backward", new ExpertBackward(m.Step, m.Generation, m.Block,
                             (dRows.index_select(0, e.Rows) * e.Weights.view(-1, 1, 1)).MoveToOuterDisposeScope()));
                 // then the router's own, while they work: dL/dy and the regularizer λ·aux into the gate (and for
                 // TokenMoE into h, which its gate reads)
@@ -195,6 +246,7 @@ public sealed class RouterActor : ReceiveActor
     private void HandleExpertInputGrad(ExpertInputGrad m)
     {
         if (m.Step != step || m.Generation != generation || !pending.TryGetValue(m.Block, out var p)) { m.GradInput.Dispose(); return; }
+        if (p.InputGrads.ContainsKey(m.Expert)) { m.GradInput.Dispose(); return; }   // a duplicate: folded once
         p.InputGrads[m.Expert] = m.GradInput;
         using var scope = NewDisposeScope();
         // dL/dh = Σ_e scatter(dL/dInput_e) (+ the gate's path for TokenMoE), folded in plan order as the gradients arrive

@@ -24,7 +24,24 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
     private readonly List<RecoveryRecord> recoveries = File.Exists(Path.Combine(dir, "recoveries.json"))
         ? JsonSerializer.Deserialize<List<RecoveryRecord>>(File.ReadAllText(Path.Combine(dir, "recoveries.json"))) ?? [] : [];
 
-    public SupervisorHooks Hooks => new(OnStep, BeforeCommit: _ => { metrics?.Flush(); experts?.Flush(); }, OnCommit: OnCommit, OnRecovery: OnRecovery);
+    private readonly List<ChaosFired> chaos = File.Exists(Path.Combine(dir, "chaos.json"))
+        ? JsonSerializer.Deserialize<List<ChaosFired>>(File.ReadAllText(Path.Combine(dir, "chaos.json"))) ?? [] : [];
+
+    public SupervisorHooks Hooks => new(OnStep, BeforeCommit: _ => { metrics?.Flush(); experts?.Flush(); }, OnCommit: OnCommit, OnRecovery: OnRecovery, OnChaos: OnChaos);
+
+    /// <summary>An injected fault fired: chaos.json (what `moce status` and `moce report` read), as it happens.</summary>
+    private void OnChaos(ChaosFired c)
+    {
+        chaos.Add(c);
+        WriteJson("chaos.json", chaos);
+    }
+
+    private void WriteJson<T>(string name, T value)
+    {
+        var path = Path.Combine(dir, name);
+        File.WriteAllText(path + ".tmp", JsonSerializer.Serialize(value, new JsonSerializerOptions { WriteIndented = true }));
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
 
     private void OnStep(StepCompleted m)
     {
@@ -75,9 +92,7 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
     {
         recoveries.Add(r);
         NodeMetrics.Recoveries.WithLabels(r.Policy).Inc();
-        var path = Path.Combine(dir, "recoveries.json");
-        File.WriteAllText(path + ".tmp", JsonSerializer.Serialize(recoveries, new JsonSerializerOptions { WriteIndented = true }));
-        File.Move(path + ".tmp", path, overwrite: true);
+        WriteJson("recoveries.json", recoveries);
     }
 
     public void Dispose()

@@ -14,7 +14,8 @@ namespace MoCE.Actors;
 /// and must be quick. BeforeCommit runs after every owner wrote its part and before the commit is persisted:
 /// whatever describes the steps up to the commit (metrics rows) must be durable by then.</summary>
 public sealed record SupervisorHooks(Action<StepCompleted>? OnStep = null, Action<CheckpointCommitted>? OnCommit = null,
-                                     Action<RecoveryRecord>? OnRecovery = null, Action<long>? BeforeCommit = null);
+                                     Action<RecoveryRecord>? OnRecovery = null, Action<long>? BeforeCommit = null,
+                                     Action<ChaosFired>? OnChaos = null);
 
 /// <summary>The run could not go on: failures kept coming (see <see cref="RestartBackoff"/>), an owner could not be
 /// (re)created, or no commit verifies. The journal and the last commit are intact.</summary>
@@ -111,6 +112,13 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Recover<CheckpointCommitted>(state.Apply);
         Recover<RecoveryRecord>(state.Apply);
         Recover<ExpertsAdded>(state.Apply);
+        Recover<ChaosFired>(state.Apply);
+        Command<ChaosFired>(e => Persist(e, c =>
+        {
+            state.Apply(c);
+            hooks.OnChaos?.Invoke(c);
+            log.Warning("Chaos at step {0}: {1} {2} ({3})", c.Step, c.Owner, c.Kind, c.Detail);
+        }));
         Command<Start>(HandleStart);
         Command<HostInfo>(HandleHostInfo);
         Command<ExpertHosted>(HandleExpertHosted);
@@ -168,6 +176,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     protected override void PreStart()
     {
         base.PreStart();
+        var self = Self;
+        if (!setup.Chaos.IsEmpty) setup.Chaos.Observer = e => self.Tell(e);     // every firing is journaled
         // the experts' initial weights, for nodes that have neither the dense model nor the clustering: content-addressed,
         // so every coordinator writes the same file
         initial = setup.Store.Save("initial", 0, new Dictionary<string, string> { ["kind"] = "initial-experts" },
@@ -534,8 +544,16 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         // an expert that is down (expert-local) is not in the cut: the commit carries its last committed part
         var owners = registry.ParameterOwners(E).ToList();
         var absent = owners.Where(o => IsDown(o.id)).Select(o => state.LastCommit!.Manifest.Single(r => r.Owner == o.id)).ToArray();
+        var store = setup.Store;
+        // a part counts only once its file reads back with its hash (off this thread): a commit never names a bad file
         Task.WhenAll(owners.Where(o => !IsDown(o.id)).Select(o => o.actor.Ask<CheckpointWritten>(new Checkpoint(s), setup.AskTimeout)))
-            .PipeTo(Self, success: r => new CutDone(s, g, r.Select(w => w.Ref).Concat(absent).ToArray()), failure: e => new OperationFailed(g, e));
+            .ContinueWith(t =>
+            {
+                var written = t.GetAwaiter().GetResult();
+                foreach (var w in written) store.Verify(w.Ref);
+                return written;
+            }, TaskScheduler.Default)
+            .PipeTo(Self, success: r => new CutDone(s, g, r.Select(w => w.Ref).Concat(absent).ToArray()), failure: e => new OperationFailed(g, e.GetBaseException()));
     }
 
     private bool IsDown(string owner) => SupervisorState.ExpertIndex(owner) is { } e && down.Contains(e);
@@ -602,7 +620,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         int g = generation;
         var parts = target.Manifest.ToDictionary(r => r.Owner);
         // the trainer may first have to abort its step, which can wait one ask timeout on an owner lost with its node
-        Task.WhenAll(registry.ParameterOwners(E).Select(o => o.actor.Ask<Restored>(new RestoreCheckpoint(target.Step, parts[o.id]), 2 * setup.AskTimeout)))
+        Task.WhenAll(registry.ParameterOwners(E).Select(o => o.actor.Ask<Restored>(new RestoreCheckpoint(target.Step, parts[o.id], g), 2 * setup.AskTimeout)))
             .PipeTo(Self, success: _ => new RestoreDone(target.Step, g), failure: e => new OperationFailed(g, e));
     }
 

@@ -12,6 +12,10 @@ public sealed class SupervisorState(RecoveryPolicy policy, RestartBackoff backof
     private readonly List<CheckpointCommitted> commits = [];
     private readonly List<RecoveryRecord> recoveries = [];
     private readonly List<ExpertsAdded> added = [];
+    private readonly List<ChaosFired> chaos = [];
+
+    /// <summary>Injected faults that fired (a chaos schedule), oldest first.</summary>
+    public IReadOnlyList<ChaosFired> Chaos => chaos;
     private long lastFailedStep = -1;
 
     /// <summary>The run's experts E: the configured ones and every add in the journal. Configuration gives only the start.</summary>
@@ -37,6 +41,7 @@ public sealed class SupervisorState(RecoveryPolicy policy, RestartBackoff backof
         {
             case CheckpointCommitted c: commits.Add(c); break;
             case RecoveryRecord r: recoveries.Add(r); break;
+            case ChaosFired c: chaos.Add(c); break;
             case ExpertsAdded a:
                 if (a.From != Experts) throw new InvalidDataException($"the add at step {a.Step} starts at expert {a.From}, but the run has {Experts}");
                 added.Add(a);

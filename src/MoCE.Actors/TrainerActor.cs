@@ -47,7 +47,12 @@ public sealed class TrainerActor : ReceiveActor
         Receive<TrainStep>(HandleTrainStep);
         Receive<UseExperts>(m => experts = m.Experts);
         Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
-        Receive<Checkpoint>(m => Sender.Tell(new CheckpointWritten(m.Step, owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "trainer" }))));
+        Receive<Checkpoint>(m =>
+        {
+            var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "trainer" });
+            setup.Chaos.AfterCheckpoint(Name, m.Step, setup.Store, r);
+            Sender.Tell(new CheckpointWritten(m.Step, r));
+        });
         Receive<RestoreCheckpoint>(m => { owner.Optimizer.ZeroGrad(); owner.Restore(m.Ref); Sender.Tell(new Restored(m.Step, Name)); });
     }
 

@@ -39,7 +39,8 @@ public class PostgresTests(MoceFixture fx) : IClassFixture<MoceFixture>
 
         Assert.Single(chaos.Fired);
         Assert.False(File.Exists(Path.Combine(run.RunDir, "journal.db")));         // the journal is not the embedded one
-        Assert.Equal(["CheckpointCommitted", "CheckpointCommitted", "RecoveryRecord", "CheckpointCommitted"], Events($"{run.RunId}-supervisor"));
+        // the injected fault is journaled as it fires, before the recovery from it
+        Assert.Equal(["CheckpointCommitted", "CheckpointCommitted", "ChaosFired", "RecoveryRecord", "CheckpointCommitted"], Events($"{run.RunId}-supervisor"));
         Assert.Equal(["CheckpointCommitted", "CheckpointCommitted"], Events($"{other.RunId}-supervisor"));
 
         // a new engine (a restarted process) on the same run recovers its commits from PostgreSQL and resumes at 20

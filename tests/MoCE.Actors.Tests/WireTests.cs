@@ -99,7 +99,7 @@ public sealed class WireTests : IDisposable
         return
         [
             new GetSquaredGradNorm(5), new SquaredGradNormResponse(5, "router", 0.125), new Apply(5, 1e-4, 0.5), new StepApplied(5, "expert-0"),
-            new Checkpoint(40), new CheckpointWritten(40, r), new RestoreCheckpoint(40, r), new Restored(40, "trainer"),
+            new Checkpoint(40), new CheckpointWritten(40, r), new RestoreCheckpoint(40, r, 3), new Restored(40, "trainer"),
             new AbortStep(6), new StepAborted(6, "expert-3"),
             new ExpertForward(7, 2, 1, T(5, 4, 8)), new ExpertOutput(7, 2, 1, 3, T(5, 4, 8)),
             new ExpertBackward(7, 2, 1, T(5, 4, 8)), new ExpertInputGrad(7, 2, 1, 3, T(5, 4, 8)),
@@ -115,6 +115,7 @@ public sealed class WireTests : IDisposable
             new GetHostInfo(3), new HostInfo(3, "akka.tcp://moce@127.0.0.1:4051", ["cpu", "cuda:1"], ["run-1/2"]), new HostExpert(3, 2, spec, true),
             new ExpertHosted(3, 2, actor, "akka.tcp://moce@127.0.0.1:4051", "cuda:1"), new OwnerFailure(-1, "expert-2", "chaos", true),
             new UseExperts(4, [actor, actor]), new ExpertLost(4, 1), new GetExperts(-1), new StopExpert(5, "run-1", 2),
+            new ChaosFired(70, "expert-0", "duplicate", "backward message between the router and expert-0"),
             new AddExperts(-1, 2, "akka.tcp://moce@127.0.0.1:4555", 60), new ExpertsAddedReply(60, [3, 4], [1, 1], ""),
             new ExpertsAdded(60, 3, [1, 1], "", new CheckpointCommitted(60, [r, r with { Owner = "expert-3" }])),
             new DrainNode(-1, "akka.tcp://moce@127.0.0.1:4553"), new NodeDrained(50, "akka.tcp://moce@127.0.0.1:4553", [0, 2], ""),

@@ -23,7 +23,7 @@ public sealed record Checkpoint(long Step) : IStepMessage;
 public sealed record CheckpointWritten(long Step, CheckpointRef Ref) : IStepMessage;
 
 /// <summary>Command: drop any in-flight step and load this checkpoint part (hash-verified).</summary>
-public sealed record RestoreCheckpoint(long Step, CheckpointRef Ref) : IStepMessage;
+public sealed record RestoreCheckpoint(long Step, CheckpointRef Ref, int Generation = 0) : IStepMessage;
 public sealed record Restored(long Step, string Owner) : IStepMessage;
 
 /// <summary>Command: step s failed elsewhere; zero the gradients and drop the step's autograd state.</summary>

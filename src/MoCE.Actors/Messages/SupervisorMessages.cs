@@ -27,6 +27,10 @@ public sealed record RunFinished(long Step, IReadOnlyList<RecoveryRecord> Recove
 /// <summary>Event: a consistent checkpoint after step s, with every owner's file. Only this makes a checkpoint count.</summary>
 public sealed record CheckpointCommitted(long Step, IReadOnlyList<CheckpointRef> Manifest) : IStepMessage;
 
+/// <summary>Event: an injected fault fired (a chaos schedule): at Step, on Owner, what Kind (fail, straggler, drop,
+/// duplicate, delay, corrupt-checkpoint, journal-refuses, fail-creation) and what it did.</summary>
+public sealed record ChaosFired(long Step, string Owner, string Kind, string Detail) : IStepMessage;
+
 /// <summary>Event: experts were added at Step (`moce experts add`): expert From + i was split from Sources[i], and
 /// Commit is the commit of Step with them (their parts, and the router's with its grown gates). One event, so the
 /// journal never holds an add without its commit: a restart, or a rollback, finds the run with its added experts.

@@ -43,7 +43,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
         Add<StepApplied>((w, m) => { w.I64(m.Step); w.Str(m.Owner); }, (ref WireReader r, byte _) => new StepApplied(r.I64(), r.Str()));
         Add<Checkpoint>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new Checkpoint(r.I64()));
         Add<CheckpointWritten>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new CheckpointWritten(r.I64(), Ref(ref r)));
-        Add<RestoreCheckpoint>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new RestoreCheckpoint(r.I64(), Ref(ref r)));
+        Add<RestoreCheckpoint>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); w.I32(m.Generation); }, (ref WireReader r, byte _) => new RestoreCheckpoint(r.I64(), Ref(ref r), r.I32()));
         Add<Restored>((w, m) => { w.I64(m.Step); w.Str(m.Owner); }, (ref WireReader r, byte _) => new Restored(r.I64(), r.Str()));
         Add<AbortStep>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new AbortStep(r.I64()));
         Add<StepAborted>((w, m) => { w.I64(m.Step); w.Str(m.Owner); }, (ref WireReader r, byte _) => new StepAborted(r.I64(), r.Str()));
@@ -140,6 +140,8 @@ public sealed class WireSerializer : SerializerWithStringManifest
 
         // journal events and snapshots
         Add<CheckpointCommitted>(Commit, (ref WireReader r, byte _) => Commit(ref r));
+        Add<ChaosFired>((w, m) => { w.I64(m.Step); w.Str(m.Owner); w.Str(m.Kind); w.Str(m.Detail); },
+            (ref WireReader r, byte _) => new ChaosFired(r.I64(), r.Str(), r.Str(), r.Str()));
         Add<ExpertsAdded>((w, m) => { w.I64(m.Step); w.I32(m.From); IntList(w, m.Sources); w.Str(m.Node); Commit(w, m.Commit); },
             (ref WireReader r, byte _) => new ExpertsAdded(r.I64(), r.I32(), IntList(ref r), r.Str(), Commit(ref r)));
         Add<RecoveryRecord>(Recovery, (ref WireReader r, byte _) => Recovery(ref r));

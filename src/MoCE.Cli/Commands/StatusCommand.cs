@@ -40,6 +40,13 @@ public static class StatusCommand
                 catch (CheckpointCorruptException e) { state = "CORRUPT: " + e.Message; }
                 Console.WriteLine($"    {part.Owner,-10} step {part.Step}  {part.File}  {state}");
             }
+            var chaosFile = Path.Combine(dir, "chaos.json");
+            if (File.Exists(chaosFile))
+            {
+                var fired = JsonSerializer.Deserialize<List<ChaosFired>>(File.ReadAllText(chaosFile)) ?? [];
+                Console.WriteLine($"    injected faults: {fired.Count}");
+                foreach (var c in fired.TakeLast(10)) Console.WriteLine($"      step {c.Step}: {c.Owner} {c.Kind}: {c.Detail}");
+            }
             var rec = Path.Combine(dir, "recoveries.json");
             if (File.Exists(rec))
             {
