@@ -77,9 +77,14 @@ public static class ActorEngine
         {
             // the single process is a one-node case of the cluster: its experts live on its own expert host
             system.ActorOf(ExpertHostActor.Props(new NodeResources([setup.Device.ToString()], setup.OwnerThreads, setup.Chaos, setup.Threads)), ExpertHostActor.Name);
-            var supervisor = system.ActorOf(SupervisorActor.Props(setup, hooks, checkpointEvery, keep), "supervisor");
-            using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit()));
-            var finished = supervisor.Ask<RunFinished>(new SupervisorActor.Start(until), Timeout.InfiniteTimeSpan);
+            var supervisor = system.ActorOf(SupervisorActor.Restartable(setup, hooks, checkpointEvery, keep), "run");
+            // no sender: a cancel can come from a hook on the supervisor's own thread, and the backoff supervisor hands
+            // messages from its child to its own parent, not back to the child
+            using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit(), ActorRefs.NoSender));
+            // Start, again every 2 s: a supervisor started again (its journal refused a write) learns who waits for the end
+            var done = new TaskCompletionSource<RunFinished>(TaskCreationOptions.RunContinuationsAsynchronously);
+            system.ActorOf(RunClientActor.Props(supervisor, until, TimeSpan.FromSeconds(2), done), "run-client");
+            var finished = done.Task;
             started?.Invoke(supervisor);
             var died = supervisor.WatchAsync();
             var bound = Task.Delay(timeout ?? Timeout.InfiniteTimeSpan, CancellationToken.None);

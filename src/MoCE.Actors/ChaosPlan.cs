@@ -33,11 +33,12 @@ public sealed class ChaosPlan
     /// <summary>Every firing so far, in order, with what it did.</summary>
     public IReadOnlyList<Messages.ChaosFired> Events => [.. events];
 
-    private void Report(long step, string owner, string kind, string detail)
+    private Messages.ChaosFired Report(long step, string owner, string kind, string detail, bool observe = true)
     {
         var e = new Messages.ChaosFired(step, owner, kind, detail);
         events.Enqueue(e);
-        Observer?.Invoke(e);
+        if (observe) Observer?.Invoke(e);
+        return e;
     }
 
     /// <summary>True when nothing at all is planned (the fast path of every check).</summary>
@@ -167,16 +168,14 @@ public sealed class ChaosPlan
         return this;
     }
 
-    /// <summary>The refusal period that starts at this commit, once.</summary>
-    public TimeSpan? JournalRefusal(long step)
+    /// <summary>The refusal that starts at this commit, once, with its event (the supervisor journals it itself, before
+    /// the refusal begins, so it is not told to the observer).</summary>
+    public (TimeSpan period, Messages.ChaosFired fired)? JournalRefusal(long step)
     {
         if (journalRefusals.IsEmpty) return null;
         foreach (var (at, period) in journalRefusals)
             if (step >= at && journalRefusals.TryRemove(at, out _))
-            {
-                Report(step, "journal", "journal-refuses", $"the database refuses journal writes for {period.TotalMilliseconds:F0} ms");
-                return period;
-            }
+                return (period, Report(step, "journal", "journal-refuses", $"the database refuses journal writes for {period.TotalMilliseconds:F0} ms", observe: false));
         return null;
     }
 

@@ -172,7 +172,7 @@ public static class ClusterNode
                 return null;
             }
             system.ActorOf(ClusterSingletonManager.Props(
-                SupervisorActor.Props(run.Setup, run.Hooks, run.CheckpointEvery, run.Keep, o.MinExpertNodes),
+                SupervisorActor.Restartable(run.Setup, run.Hooks, run.CheckpointEvery, run.Keep, o.MinExpertNodes),
                 PoisonPill.Instance, ClusterSingletonManagerSettings.Create(system).WithRole(NodeRoles.Coordinator)), RunManager);
             var supervisor = system.ActorOf(ClusterSingletonProxy.Props($"/user/{RunManager}",
                 ClusterSingletonProxySettings.Create(system).WithRole(NodeRoles.Coordinator)), RunManager + "-proxy");
@@ -180,7 +180,7 @@ public static class ClusterNode
             ClusterClientReceptionist.Get(system).RegisterService(supervisor);
             var done = new TaskCompletionSource<RunFinished>(TaskCreationOptions.RunContinuationsAsynchronously);
             system.ActorOf(RunClientActor.Props(supervisor, run.Until, TimeSpan.FromSeconds(2), done), "run-client");
-            using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit()));
+            using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit(), ActorRefs.NoSender));
             if (Task.WaitAny(done.Task, removed) == 1) throw new InvalidOperationException("this node was removed from the cluster before the run finished");
             return done.Task.GetAwaiter().GetResult();
         }

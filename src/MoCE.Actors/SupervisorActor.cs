@@ -15,7 +15,7 @@ namespace MoCE.Actors;
 /// whatever describes the steps up to the commit (metrics rows) must be durable by then.</summary>
 public sealed record SupervisorHooks(Action<StepCompleted>? OnStep = null, Action<CheckpointCommitted>? OnCommit = null,
                                      Action<RecoveryRecord>? OnRecovery = null, Action<long>? BeforeCommit = null,
-                                     Action<ChaosFired>? OnChaos = null);
+                                     Action<ChaosFired>? OnChaos = null, Action<long>? OnResume = null);
 
 /// <summary>The run could not go on: failures kept coming (see <see cref="RestartBackoff"/>), an owner could not be
 /// (re)created, or no commit verifies. The journal and the last commit are intact.</summary>
@@ -99,6 +99,14 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     public static Props Props(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep, int minExpertNodes = 1) =>
         Akka.Actor.Props.Create(() => new SupervisorActor(setup, hooks, checkpointEvery, keep, minExpertNodes));
 
+    /// <summary>The supervisor under a <see cref="Akka.Pattern.BackoffSupervisor"/>, which is what a run hosts: Akka stops a
+    /// persistent actor whose journal write fails (the database is down, or refuses); it is started again after the
+    /// run's backoff, recovers the journal, finds the experts where they run, and resumes from the last commit, as a
+    /// coordinator failover does. At the run's max-failures in a row it stays stopped. Messages to it go to the supervisor.</summary>
+    public static Props Restartable(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep, int minExpertNodes = 1) =>
+        Akka.Pattern.BackoffSupervisor.Props(Akka.Pattern.Backoff.OnStop(Props(setup, hooks, checkpointEvery, keep, minExpertNodes), "supervisor",
+            setup.Backoff.Min, setup.Backoff.Max, 0.0, setup.Backoff.MaxFailures));
+
     public SupervisorActor(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep, int minExpertNodes)
     {
         this.setup = setup;
@@ -113,12 +121,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Recover<RecoveryRecord>(state.Apply);
         Recover<ExpertsAdded>(state.Apply);
         Recover<ChaosFired>(state.Apply);
-        Command<ChaosFired>(e => Persist(e, c =>
-        {
-            state.Apply(c);
-            hooks.OnChaos?.Invoke(c);
-            log.Warning("Chaos at step {0}: {1} {2} ({3})", c.Step, c.Owner, c.Kind, c.Detail);
-        }));
+        Command<ChaosFired>(e => Persist(e, ChaosJournaled));
         Command<Start>(HandleStart);
         Command<HostInfo>(HandleHostInfo);
         Command<ExpertHosted>(HandleExpertHosted);
@@ -383,9 +386,9 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         string? why = m.Count < 1 ? $"--count must be at least 1, got {m.Count}"
             : move is not null ? $"{move.What} is under way"
             : add is not null ? "another add of experts is under way"
-            : !started || finished is not null ? "the run is not training"
+            : finished is not null ? $"the run has finished (step {step})"
             : m.AtStep >= 0 && m.AtStep < step ? $"step {m.AtStep} has passed (the run is at step {step})"
-            : m.AtStep >= end ? $"step {m.AtStep} is not before the run's end ({end})"
+            : started && m.AtStep >= end ? $"step {m.AtStep} is not before the run's end ({end})"
             : m.Node.Length > 0 && !placement.HostNodes.Contains(m.Node) ? $"{m.Node} is not an expert node of this run (expert hosts: {string.Join(", ", placement.HostNodes)})"
             : null;
         if (why is not null) { Sender.Tell(new ExpertsAddedReply(step, [], [], why)); return; }
@@ -558,10 +561,33 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
 
     private bool IsDown(string owner) => SupervisorState.ExpertIndex(owner) is { } e && down.Contains(e);
 
+    private void ChaosJournaled(ChaosFired c)
+    {
+        state.Apply(c);
+        hooks.OnChaos?.Invoke(c);
+        log.Warning("Chaos at step {0}: {1} {2} ({3})", c.Step, c.Owner, c.Kind, c.Detail);
+    }
+
     private void HandleCutDone(CutDone m)
     {
         if (m.Generation != generation || recovering) return;
         hooks.BeforeCommit?.Invoke(m.Step);
+        if (setup.Chaos.JournalRefusal(m.Step) is { } refusal)
+        {
+            // journaled first; then the database refuses the commit's write, and Akka stops this actor (restarted after a backoff)
+            Persist(refusal.fired, c =>
+            {
+                ChaosJournaled(c);
+                JournalSabotage.Refuse(Context.System.Settings.Config, refusal.period, s => log.Warning("Chaos: {0}", s));
+                PersistCommit(m);
+            });
+            return;
+        }
+        PersistCommit(m);
+    }
+
+    private void PersistCommit(CutDone m)
+    {
         Persist(new CheckpointCommitted(m.Step, m.Refs), e =>
         {
             state.Apply(e);
@@ -663,6 +689,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         else
         {
             log.Info("Resumed from committed checkpoint {0}", m.Step);
+            hooks.OnResume?.Invoke(m.Step);
             Next();
         }
     }

@@ -40,6 +40,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           -o key=value      override one key, e.g. -o pretrain.steps=500 (repeatable, applied last)
           --run DIR         run directory (default: runs/PRESET, or runs/default)
           train: --method moce|token-moe|dense (default moce.moe.method)  --engine actors|local (default moce.actors.engine)
+                 --chaos FILE: inject the faults of a chaos schedule (hocon/chaos/*.conf) into the actor engine
                  --seeds H:P,... runs it against a cluster: this process joins as a coordinator (node's flags apply)
           node: --roles coordinator|experts|coordinator,experts  --host H  --port P  --seeds H:P,...  --devices cpu,cuda:0
                 --min-expert-nodes N  --tls-certificate FILE.pfx  --metrics-port P  --method moce|token-moe

@@ -17,6 +17,10 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     /// <summary>The actor system's configuration over hocon/akka.conf (e.g. the PostgreSQL journal); null: SQLite in RunDir.</summary>
     public Akka.Configuration.Config? Akka { get; init; }
     public SortedDictionary<long, double> Losses { get; } = [];
+    /// <summary>The commits the supervisor resumed from (a start on an existing run, or a supervisor started again).</summary>
+    public List<long> Resumes { get; } = [];
+    /// <summary>How long an owner waits for another's reply: what detects a dropped message.</summary>
+    public TimeSpan AskTimeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>Each completed step's routing: tokens per (block, expert).</summary>
     public SortedDictionary<long, IReadOnlyList<ExpertStat>> Routing { get; } = [];
 
@@ -29,7 +33,7 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
             Chaos = chaos ?? ChaosPlan.None,
             Policy = policy,
             Backoff = backoff ?? RestartBackoff.Default,
-            AskTimeout = TimeSpan.FromSeconds(30),
+            AskTimeout = AskTimeout,
         };
     }
 
@@ -42,7 +46,7 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
         {
             lock (Losses) { Losses[m.Step] = m.Stats.Loss; Routing[m.Step] = m.Routing; }
             afterStep?.Invoke(m.Step);
-        }), ct, Akka, Timeout, started);
+        }, OnResume: s => { lock (Resumes) Resumes.Add(s); }), ct, Akka, Timeout, started);
     }
 
     /// <summary>Every run in a test is bounded: a recovery that never ends fails the test instead of hanging CI.</summary>

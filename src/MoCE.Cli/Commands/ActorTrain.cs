@@ -17,7 +17,7 @@ namespace MoCE.Cli.Commands;
 public static class ActorTrain
 {
     public static void Execute(Session s, MoeConfig moe, string dir, CheckpointContent dense, string denseSha, ImageDataset data,
-                               ClusteringResult clustering, CancellationToken ct, NodeOptions? node = null)
+                               ClusteringResult clustering, CancellationToken ct, NodeOptions? node = null, ChaosPlan? chaos = null)
     {
         var train = s.Config.Train;
         var store = new CheckpointStore(Path.Combine(dir, "checkpoints"));
@@ -31,6 +31,7 @@ public static class ActorTrain
             Policy = s.Config.RecoveryPolicy == "expert-local" ? RecoveryPolicy.ExpertLocal : RecoveryPolicy.GlobalRollback,
             SpreadOnJoin = s.Config.Placement == "spread",
             SplitMargin = s.Config.SplitMargin,
+            Chaos = chaos ?? ChaosPlan.None,
         };
         using var metrics = node is null ? NodeMetrics.Serve(s.Config.MetricsHost, s.Config.MetricsPort) : null;   // a node serves them itself
         if (metrics is not null) Log.Information("Prometheus metrics on http://{Host}:{Port}/metrics", s.Config.MetricsHost, s.Config.MetricsPort);

@@ -23,17 +23,25 @@ public static class TrainCommand
             flags.TryAdd("roles", "coordinator");
             return NodeCommand.Run(cli with { Command = "node", Flags = flags }, ct);
         }
-        cli.RejectFlagsExcept("method", "engine");
+        cli.RejectFlagsExcept("method", "engine", "chaos");
+        var chaos = cli.Flags.TryGetValue("chaos", out var file) ? MoCE.Actors.ChaosSchedule.Load(file) : null;   // checked before any work
         var s = Session.Open(cli);
         var engine = cli.Flags.GetValueOrDefault("engine", s.Config.Engine);
         if (engine is not ("actors" or "local")) throw new ConfigException("--engine", $"expected actors or local, got '{engine}'");
+        if (chaos is not null && engine != "actors") throw new ConfigException("--chaos", "injects faults into the actor engine; drop --engine local");
         var method = cli.Flags.TryGetValue("method", out var m) ? MoceConfig.ParseMethod("--method", m) : s.Config.Moe.Method;
-        Execute(s, method, engine, ct);
+        if (chaos is not null)
+        {
+            var dir = s.Run.Phase(Artifacts.TrainPhase(method));
+            File.Copy(file!, Path.Combine(dir, "chaos.conf"), overwrite: true);                 // the schedule, next to what it did
+            Log.Warning("Chaos schedule {File}: faults will be injected", file);
+        }
+        Execute(s, method, engine, ct, chaos: chaos);
         return 0;
     }
 
     /// <summary><paramref name="node"/>: run as one coordinator of a cluster (moce node), on the actor engine.</summary>
-    public static void Execute(Session s, MoeMethod method, string engine, CancellationToken ct, MoCE.Actors.NodeOptions? node = null)
+    public static void Execute(Session s, MoeMethod method, string engine, CancellationToken ct, MoCE.Actors.NodeOptions? node = null, MoCE.Actors.ChaosPlan? chaos = null)
     {
         var dir = s.Run.Phase(Artifacts.TrainPhase(method));
         var (dense, sha) = Artifacts.Dense(s);
@@ -45,7 +53,7 @@ public static class TrainCommand
         Log.Information("Training {Method} from dense checkpoint {Sha}…: {Steps} steps of {Batch}; {Experts} experts in blocks [{Layers}], top-{K}, {C} clusters",
             MoceConfig.MethodName(method), sha[..16], train.Steps, train.BatchSize, moe.Experts, string.Join(",", moe.Layers), moe.TopK, clustering.K);
         if (engine == "actors" && method != MoeMethod.Dense)
-            ActorTrain.Execute(s, moe, dir, dense, sha, data, clustering, ct, node);
+            ActorTrain.Execute(s, moe, dir, dense, sha, data, clustering, ct, node, chaos);
         else
         {
             if (engine == "actors") Log.Information("dense has no experts to distribute; the reference engine trains it");
