@@ -57,6 +57,12 @@ public sealed record ActorContextSetup
     /// <summary>moce.actors.split-margin: when an added expert splits a busy one, the margin by which each of the two
     /// leads on its half of the clusters, in gate logits divided by the temperature (<see cref="MoCE.Core.Model.ExpertSplit"/>).</summary>
     public double SplitMargin { get; init; } = 2.0;
+    /// <summary>moce.actors.straggler-timeout: an expert that has not answered a block this long after the router sent
+    /// it its rows is treated as down for <see cref="StragglerSitOut"/> steps: the step is retried without it, its rows
+    /// going to their next-best expert. Zero: off (the step waits for it).</summary>
+    public TimeSpan StragglerTimeout { get; init; } = TimeSpan.Zero;
+    /// <summary>moce.actors.straggler-sit-out: the steps a timed-out straggler sits out before it takes rows again.</summary>
+    public int StragglerSitOut { get; init; } = 10;
     /// <summary>Torch intra-op threads of the trainer's thread (the trunk's compute); 0 keeps torch's default.</summary>
     public int TrainerThreads { get; init; }
     /// <summary>Torch intra-op threads of the router's, each expert's and the teacher's thread; 0 leaves torch's

@@ -159,7 +159,13 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         var at = (generation, step);
         int c = at.CompareTo(attempt);
         if (c < 0) return false;
-        if (c > 0) { attempt = at; done.Clear(); }
+        if (c > 0)
+        {
+            // a new attempt: what an abandoned one left (an expert the trainer did not wait for: a straggler) goes
+            if (at.generation != attempt.generation) { FreeStep(); owner.Optimizer.ZeroGrad(); }
+            attempt = at;
+            done.Clear();
+        }
         return done.Add((block, backward));
     }
 

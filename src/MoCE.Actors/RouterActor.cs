@@ -13,8 +13,10 @@ namespace MoCE.Actors;
 /// combines the experts' outputs with the gate weights, owns the routing regularizer, and on the way back scatters
 /// the experts' input gradients into one dL/dh. Uses the same Plan/Combine as the reference MoE layer. Non-blocking:
 /// it collects expert replies as messages. Runs on its own thread.</summary>
-public sealed class RouterActor : ReceiveActor
+public sealed class RouterActor : ReceiveActor, IWithTimers
 {
+    public ITimerScheduler Timers { get; set; } = null!;
+
     /// <summary>One block's routing in flight.</summary>
     private sealed class Pending
     {
@@ -60,6 +62,8 @@ public sealed class RouterActor : ReceiveActor
         Receive<RouteBackward>(HandleBackward);
         Receive<ExpertInputGrad>(m => { if (Arrived(m.Expert, m.Step, "input-grad", m, m.GradInput)) HandleExpertInputGrad(m); });
         Receive<Status.Failure>(f => FailAll(f.Cause));
+        Receive<Deadline>(HandleDeadline);
+        Receive<Delayed>(d => d.To.Tell(d.Message, d.Sender));
         Receive<UseExperts>(m =>
         {
             experts = m.Experts;
@@ -134,6 +138,7 @@ public sealed class RouterActor : ReceiveActor
             m.Hidden.Dispose();
             m.ClusterIds.Dispose();
             if (p.Plan.Count == 0) throw new InvalidOperationException("no expert received rows");
+            StartDeadline(m.Step, m.Generation, m.Block, backward: false);
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
     }
@@ -160,7 +165,7 @@ public sealed class RouterActor : ReceiveActor
             case null: to.Tell(message); break;
             case { fault: MessageFault.Drop }: DisposeTensor(message); break;
             case { fault: MessageFault.Duplicate }: to.Tell(message); to.Tell(Copy(message)); break;
-            case { delay: var d }: Context.System.Scheduler.ScheduleTellOnce(d, to, message, Self); break;
+            case { delay: var d }: Timers.StartSingleTimer(Guid.NewGuid(), new Delayed(to, message, Self), d); break;
         }
     }
 
@@ -173,9 +178,12 @@ public sealed class RouterActor : ReceiveActor
             case null: return true;
             case { fault: MessageFault.Drop }: tensor.Dispose(); return false;
             case { fault: MessageFault.Duplicate }: Self.Tell(Copy(message), Sender); return true;
-            case { delay: var d }: Context.System.Scheduler.ScheduleTellOnce(d, Self, message, Sender); return false;
+            case { delay: var d }: Timers.StartSingleTimer(Guid.NewGuid(), new Delayed(Self, message, Sender), d); return false;
         }
     }
+
+    /// <summary>A message held back by a delay fault, sent when its timer fires.</summary>
+    private sealed record Delayed(IActorRef To, object Message, IActorRef Sender);
 
     private static IStepMessage Copy(IStepMessage m) => m switch
     {
@@ -239,8 +247,30 @@ public sealed class RouterActor : ReceiveActor
                 torch.autograd.backward([p.Y!, p.Aux], [dRows, tensor(lambda, dtype: p.Aux.dtype, device: p.Aux.device)], inputs: inputs);
             }
             m.GradOutput.Dispose();
+            StartDeadline(m.Step, m.Generation, m.Block, backward: true);
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
+    }
+
+    /// <summary>moce.actors.straggler-timeout: checks a block's experts have answered after the timeout.</summary>
+    private sealed record Deadline(long Step, int Generation, int Block, bool Backward, DateTime Sent);
+
+    private void StartDeadline(long s, int g, int block, bool backward)
+    {
+        if (setup.StragglerTimeout <= TimeSpan.Zero) return;
+        Timers.StartSingleTimer(("deadline", block, backward), new Deadline(s, g, block, backward, DateTime.UtcNow), setup.StragglerTimeout);
+    }
+
+    private void HandleDeadline(Deadline d)
+    {
+        if (d.Step != step || d.Generation != generation || !pending.TryGetValue(d.Block, out var p)) return;
+        var answered = d.Backward ? p.InputGrads.Keys : p.Outputs.Keys;
+        var slow = p.Plan.Select(e => e.Expert).Where(e => !answered.Contains(e)).ToList();
+        if (slow.Count == 0) return;
+        double waited = (DateTime.UtcNow - d.Sent).TotalMilliseconds;
+        Context.Parent.Tell(new ExpertsSlow(d.Step, d.Generation, d.Block, slow, waited));     // first: the supervisor marks them
+        FailAll(new TimeoutException($"{string.Join(", ", slow.Select(OwnerRegistry.ExpertId))} did not answer block {d.Block} within " +
+                                     $"the straggler timeout ({setup.StragglerTimeout.TotalMilliseconds:F0} ms)"));
     }
 
     private void HandleExpertInputGrad(ExpertInputGrad m)

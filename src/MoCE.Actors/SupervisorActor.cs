@@ -89,6 +89,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private readonly Dictionary<string, string> stopCauses = [];
     // expert-local: experts recovering (no rows, no updates), those ready to rejoin, and what their downtime cost
     private readonly HashSet<int> down = [];
+    private readonly Dictionary<int, long> sittingOut = [];      // straggler timeout: expert → the step it takes rows again
+    private bool retryWithoutSlow;
     private readonly Dictionary<int, long> rejoining = [];
     private readonly Dictionary<int, (long step, string error, Stopwatch clock, int rerouted)> outages = [];
 
@@ -142,6 +144,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Command<OperationFailed>(m => { if (m.Generation == generation) Self.Tell(new OwnerFailed("supervisor", m.Error.Message)); });
         Command<StopAndCommit>(_ => stopRequested = true);
         Command<StepFailed>(HandleStepFailed);
+        Command<ExpertsSlow>(HandleExpertsSlow);
         Command<ExpertRecovered>(m =>
         {
             if (!down.Contains(m.Expert)) return;
@@ -501,7 +504,9 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             var o = outages[kv.Key];
             down.Remove(kv.Key);
             outages.Remove(kv.Key);
-            return new RecoveryRecord(o.step, $"expert-{kv.Key}", "expert-local", o.error, kv.Value, 0, o.clock.Elapsed.TotalMilliseconds, o.rerouted, step - kv.Value);
+            bool straggler = o.error.Contains("straggler timeout", StringComparison.Ordinal);
+            return new RecoveryRecord(o.step, $"expert-{kv.Key}", straggler ? "straggler-timeout" : "expert-local", o.error, straggler ? o.step : kv.Value, 0,
+                                      o.clock.Elapsed.TotalMilliseconds, o.rerouted, straggler ? step - o.step : step - kv.Value);
         }).ToList();
         rejoining.Clear();
         PersistAll(records, r =>
@@ -516,12 +521,30 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         });
     }
 
+    /// <summary>moce.actors.straggler-timeout: the router gave up on slow experts. They sit out (no rows, no updates,
+    /// still in the cuts: they are alive) and the step is retried without them; the trainer does not wait for them.</summary>
+    private void HandleExpertsSlow(ExpertsSlow m)
+    {
+        if (m.Generation != generation || recovering || finished is not null) return;
+        foreach (var e in m.Experts.Where(e => !down.Contains(e)))
+        {
+            down.Add(e);
+            sittingOut[e] = step + setup.StragglerSitOut;
+            outages[e] = (step, $"no answer to block {m.Block} within the straggler timeout ({m.WaitedMs:F0} ms)", Stopwatch.StartNew(), 0);
+            log.Warning("{0} is a straggler (block {1} unanswered after {2:F0} ms): it sits out steps {3}..{4}", OwnerRegistry.ExpertId(e), m.Block, m.WaitedMs, step, sittingOut[e] - 1);
+        }
+        setup.Cancellation.Cancel(generation, m.Experts);
+        generation++;
+        retryWithoutSlow = true;
+    }
+
     private void HandleStepFailed(StepFailed m)
     {
         // global-rollback: the failed owner's supervision drives the rollback, so there is nothing to do here.
         // expert-local: the failed expert is already marked down (its OwnerFailed is queued before the trainer's
         // abort can complete); retry the same step without it
-        if (recovering || m.Step != step || setup.Policy != RecoveryPolicy.ExpertLocal) return;
+        if (recovering || m.Step != step || (setup.Policy != RecoveryPolicy.ExpertLocal && !retryWithoutSlow)) return;
+        retryWithoutSlow = false;
         log.Warning("Step {0} failed ({1}); retrying it with experts [{2}] down", m.Step, m.Error, string.Join(",", down));
         Next();
     }
@@ -534,6 +557,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         recentTokens.Enqueue(Enumerable.Range(0, E).Select(e => m.Routing.Where(r => r.Expert == e).Sum(r => r.Tokens)).ToArray());
         while (recentTokens.Count > checkpointEvery) recentTokens.Dequeue();
         foreach (var e in down) outages[e] = outages[e] with { rerouted = outages[e].rerouted + m.ReroutedImages };
+        foreach (var (e, back) in sittingOut.Where(kv => m.Step + 1 >= kv.Value).ToList()) { sittingOut.Remove(e); rejoining[e] = m.Step + 1; }
         hooks.OnStep?.Invoke(m);
         step = m.Step + 1;
         if (step % checkpointEvery == 0 || step == end) Cut(step);
@@ -559,7 +583,10 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             .PipeTo(Self, success: r => new CutDone(s, g, r.Select(w => w.Ref).Concat(absent).ToArray()), failure: e => new OperationFailed(g, e.GetBaseException()));
     }
 
-    private bool IsDown(string owner) => SupervisorState.ExpertIndex(owner) is { } e && down.Contains(e);
+    /// <summary>Out of the cut: an expert restoring (expert-local). A straggler sitting out is alive and writes its part.</summary>
+    private bool IsDown(string owner) => SupervisorState.ExpertIndex(owner) is { } e && down.Contains(e) && !IsSlow(e);
+
+    private bool IsSlow(int e) => outages.TryGetValue(e, out var o) && o.error.Contains("straggler timeout", StringComparison.Ordinal);
 
     private void ChaosJournaled(ChaosFired c)
     {

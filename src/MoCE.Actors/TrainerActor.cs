@@ -70,7 +70,7 @@ public sealed class TrainerActor : ReceiveActor
         try { return Task.Run(request).WaitAsync(stepToken).GetAwaiter().GetResult(); }
         catch (OperationCanceledException) when (stepToken.IsCancellationRequested)
         {
-            throw new OwnerReplyFailed(new InvalidOperationException($"the supervisor cancelled the step: {string.Join(", ", setup.Cancellation.Lost.Select(OwnerRegistry.ExpertId))} lost with their node"));
+            throw new OwnerReplyFailed(new InvalidOperationException($"the supervisor cancelled the step: {string.Join(", ", setup.Cancellation.Lost.Select(OwnerRegistry.ExpertId))} lost with their node or too slow"));
         }
         catch (Exception e) when (e is not AskTimeoutException) { throw new OwnerReplyFailed(e); }
     }

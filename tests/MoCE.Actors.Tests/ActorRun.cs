@@ -21,6 +21,8 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     public List<long> Resumes { get; } = [];
     /// <summary>How long an owner waits for another's reply: what detects a dropped message.</summary>
     public TimeSpan AskTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    public TimeSpan StragglerTimeout { get; init; } = TimeSpan.Zero;
+    public int StragglerSitOut { get; init; } = 10;
     /// <summary>Each completed step's routing: tokens per (block, expert).</summary>
     public SortedDictionary<long, IReadOnlyList<ExpertStat>> Routing { get; } = [];
 
@@ -34,6 +36,8 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
             Policy = policy,
             Backoff = backoff ?? RestartBackoff.Default,
             AskTimeout = AskTimeout,
+            StragglerTimeout = StragglerTimeout,
+            StragglerSitOut = StragglerSitOut,
         };
     }
 

@@ -15,3 +15,8 @@ public sealed record Routed(long Step, int Block, torch.Tensor Output, torch.Ten
 /// <summary>Command: backpropagate dL/dy of block b (plus λ·aux, which the router owns); reply with dL/dh.</summary>
 public sealed record RouteBackward(long Step, int Generation, int Block, torch.Tensor GradOutput) : IStepMessage;
 public sealed record RoutedBackward(long Step, int Block, torch.Tensor GradHidden) : IStepMessage;
+
+/// <summary>Router → supervisor (moce.actors.straggler-timeout): Experts did not answer block Block of attempt
+/// Generation within the timeout. The router fails the attempt; the supervisor retries the step without them (their
+/// rows go to the next-best expert, as for a down expert under expert-local) and lets them back after a sit-out.</summary>
+public sealed record ExpertsSlow(long Step, int Generation, int Block, IReadOnlyList<int> Experts, double WaitedMs) : IStepMessage;

@@ -140,6 +140,8 @@ public sealed class WireSerializer : SerializerWithStringManifest
 
         // journal events and snapshots
         Add<CheckpointCommitted>(Commit, (ref WireReader r, byte _) => Commit(ref r));
+        Add<ExpertsSlow>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.I32(m.Block); IntList(w, m.Experts); w.F64(m.WaitedMs); },
+            (ref WireReader r, byte _) => new ExpertsSlow(r.I64(), r.I32(), r.I32(), IntList(ref r), r.F64()));
         Add<ChaosFired>((w, m) => { w.I64(m.Step); w.Str(m.Owner); w.Str(m.Kind); w.Str(m.Detail); },
             (ref WireReader r, byte _) => new ChaosFired(r.I64(), r.Str(), r.Str(), r.Str()));
         Add<ExpertsAdded>((w, m) => { w.I64(m.Step); w.I32(m.From); IntList(w, m.Sources); w.Str(m.Node); Commit(w, m.Commit); },

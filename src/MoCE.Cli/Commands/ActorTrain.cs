@@ -31,6 +31,8 @@ public static class ActorTrain
             Policy = s.Config.RecoveryPolicy == "expert-local" ? RecoveryPolicy.ExpertLocal : RecoveryPolicy.GlobalRollback,
             SpreadOnJoin = s.Config.Placement == "spread",
             SplitMargin = s.Config.SplitMargin,
+            StragglerTimeout = s.Config.StragglerTimeout,
+            StragglerSitOut = s.Config.StragglerSitOut,
             Chaos = chaos ?? ChaosPlan.None,
         };
         using var metrics = node is null ? NodeMetrics.Serve(s.Config.MetricsHost, s.Config.MetricsPort) : null;   // a node serves them itself

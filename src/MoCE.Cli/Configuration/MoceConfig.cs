@@ -17,6 +17,9 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public required string Placement { get; init; }
     /// <summary>moce.actors.split-margin: how decisively an added expert and the one it splits divide its clusters.</summary>
     public required double SplitMargin { get; init; }
+    /// <summary>moce.actors.straggler-timeout (ms, 0: off) and straggler-sit-out (steps).</summary>
+    public required TimeSpan StragglerTimeout { get; init; }
+    public required int StragglerSitOut { get; init; }
     public required TimeSpan AskTimeout { get; init; }
     public required MoCE.Actors.RestartBackoff Backoff { get; init; }
     public required int OwnerThreads { get; init; }
@@ -38,7 +41,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         "moce.pretrain.log-every", "moce.pretrain.collect-every", "moce.pretrain.steps", "moce.pretrain.checkpoint-every", "moce.pretrain.keep-checkpoints",
         "moce.moe.method", "moce.train.log-every", "moce.train.collect-every", "moce.train.checkpoint-every", "moce.train.keep-checkpoints",
         "moce.cluster.feature-batch", "moce.actors.engine", "moce.actors.policy", "moce.actors.ask-timeout", "moce.actors.owner-threads",
-        "moce.actors.backoff-min", "moce.actors.backoff-max", "moce.actors.max-failures", "moce.actors.placement", "moce.actors.split-margin",
+        "moce.actors.backoff-min", "moce.actors.backoff-max", "moce.actors.max-failures", "moce.actors.placement", "moce.actors.split-margin", "moce.actors.straggler-timeout", "moce.actors.straggler-sit-out",
     };
 
     /// <summary>Evaluation and task settings never change what was trained, so a resumed run may change them.</summary>
@@ -128,6 +131,10 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 : throw new ConfigException("moce.actors.policy", $"expected global-rollback or expert-local, got '{t.String("moce.actors.policy")}'"),
             Placement = t.String("moce.actors.placement") is "spread" or "fill" ? t.String("moce.actors.placement")
                 : throw new ConfigException("moce.actors.placement", $"expected spread or fill, got '{t.String("moce.actors.placement")}'"),
+            StragglerTimeout = TimeSpan.FromMilliseconds(t.Double("moce.actors.straggler-timeout") >= 0 ? t.Double("moce.actors.straggler-timeout")
+                : throw new ConfigException("moce.actors.straggler-timeout", "must be ≥ 0 (milliseconds; 0 turns it off)")),
+            StragglerSitOut = t.Int("moce.actors.straggler-sit-out") >= 1 ? t.Int("moce.actors.straggler-sit-out")
+                : throw new ConfigException("moce.actors.straggler-sit-out", "must be at least 1 step"),
             SplitMargin = t.Double("moce.actors.split-margin") >= 0 ? t.Double("moce.actors.split-margin")
                 : throw new ConfigException("moce.actors.split-margin", "must be ≥ 0"),
             OwnerThreads = t.Int("moce.actors.owner-threads") >= 0 ? t.Int("moce.actors.owner-threads")
