@@ -13,8 +13,13 @@ namespace MoCE.Actors;
 /// phases), recoveries.json, and a progress line every log-every steps. A replayed step (after a rollback) is not
 /// written twice, and rows past the step this process starts from are dropped first: after a resume or a coordinator
 /// failover the files continue from the last commit.</summary>
-public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore store, string label, Serilog.ILogger log) : IDisposable
+public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore store, string label, Serilog.ILogger log, MoeConfig? moe = null) : IDisposable
 {
+    /// <summary>The cluster → expert gate g(c) of every MoE block at one commit: what `moce report` draws.</summary>
+    public sealed record RoutingSnapshot(long Step, Dictionary<int, double[][]> Blocks);
+    /// <summary>routing.json: the gate at the first commit this run recorded and at the latest.</summary>
+    public sealed record RoutingRecord(RoutingSnapshot? Start, RoutingSnapshot? End);
+
     private CsvLog? metrics, experts;
     private long lastRow = -1;
     private readonly Stopwatch window = Stopwatch.StartNew(), clock = Stopwatch.StartNew(), sinceLast = Stopwatch.StartNew();
@@ -34,6 +39,26 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
     {
         chaos.Add(c);
         WriteJson("chaos.json", chaos);
+    }
+
+    /// <summary>MoCE: g(c) = softmax(W·emb[c] / τ) per block from the commit's router part, into routing.json.</summary>
+    private void RecordRouting(CheckpointCommitted c)
+    {
+        if (moe is not { Method: MoeMethod.Moce } || c.Manifest.FirstOrDefault(p => p.Owner == RouterActor.Name) is not { } part) return;
+        var path = Path.Combine(dir, "routing.json");
+        var record = File.Exists(path) ? JsonSerializer.Deserialize<RoutingRecord>(File.ReadAllText(path)) ?? new(null, null) : new RoutingRecord(null, null);
+        using var content = store.Load(part);
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        var blocks = new Dictionary<int, double[][]>();
+        foreach (var b in moe.Layers)
+        {
+            var w = content.Tensors[$"model.blocks.{b}.mlp.gate.w_gate.weight"].to_type(TorchSharp.torch.ScalarType.Float64);
+            var emb = content.Tensors[$"model.blocks.{b}.mlp.gate.emb"].to_type(TorchSharp.torch.ScalarType.Float64);
+            var g = TorchSharp.torch.softmax(emb.matmul(w.t()) / moe.Temperature, 1);
+            blocks[b] = Enumerable.Range(0, (int)g.shape[0]).Select(r => g[r].data<double>().ToArray()).ToArray();
+        }
+        var snapshot = new RoutingSnapshot(c.Step, blocks);
+        WriteJson("routing.json", new RoutingRecord(record.Start ?? snapshot, snapshot));
     }
 
     private void WriteJson<T>(string name, T value)
@@ -84,6 +109,7 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
     private void OnCommit(CheckpointCommitted c)
     {
         commits.Commit(new CheckpointCommit(c.Step, c.Manifest, DateTime.UtcNow), train.KeepCheckpoints, deleteFiles: false);
+        RecordRouting(c);
         NodeMetrics.CommittedStep.Set(c.Step);
         NodeMetrics.CommitLag.Set(Math.Max(0, lastRow + 1 - c.Step));
     }

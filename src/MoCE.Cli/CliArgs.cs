@@ -27,10 +27,15 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
                        [--node HOST:PORT] [--at-step S] (default: the next step boundary; waits until they train)
           customize    extract a dense model with the experts a task prefers: --task NAME
           eval         linear probe and k-NN on frozen features for the configured tasks
-          status RUN   committed steps, owners and their checkpoint files, recent recoveries
+          status RUN   committed steps, owners and their checkpoint files, recent recoveries and injected faults
+          report RUN   report.md and plots of a run's faults and recoveries: [--baseline RUN] [--method moce]
+          chaos compare  one chaos schedule under each recovery policy against the run without faults:
+                       --chaos FILE [--straggler-timeout MS] (after pretrain and cluster on --run)
           bench        time the reference trainers and the actor engine on the bench configuration (hocon/bench.conf)
           bench-cluster  the actor engine in one process against three (coordinator + 2 expert nodes), and the bytes
                        on the wire per step (needs $MOCE_POSTGRES)
+          bench-recovery  time from an expert's failure to the next commit under each policy, and the throughput
+                       under a 5× straggler with and without the straggler timeout (bench configuration)
           config       print the resolved configuration and exit
         Every command works on one run directory; running it again resumes or skips finished work.
 
@@ -48,6 +53,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
           customize: --task NAME (a task under moce.tasks)
           bench: --warmup N (default 40)  --steps N (default 160)  --rounds N (default 8)
           bench-cluster: --warmup N (default 20)  --steps N (default 80)  --rounds N (default 2)
+          bench-recovery: --steps N (default 80)
           -h, --help        this text
         """;
 
@@ -75,8 +81,8 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
                 case "-h" or "--help": return new CliArgs("help", null, [], [], null, flags);
                 default:
                     if (a.StartsWith("--", StringComparison.Ordinal) && a.Length > 2) { flags[a[2..]] = Next(); break; }
-                    if (command == "status" && run is null && !a.StartsWith('-')) { run = a; break; }   // moce status RUN
-                    if (command is "experts" or "node" && !a.StartsWith('-')) { positionals.Add(a); break; }   // moce experts list, moce node drain ADDR
+                    if (command is "status" or "report" && run is null && !a.StartsWith('-')) { run = a; break; }   // moce status RUN
+                    if (command is "experts" or "node" or "chaos" && !a.StartsWith('-')) { positionals.Add(a); break; }   // moce experts list, moce node drain ADDR
                     throw new ConfigException(a, "unknown argument; see moce --help");
             }
         }

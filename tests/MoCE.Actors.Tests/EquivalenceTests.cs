@@ -59,3 +59,23 @@ public class EquivalenceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         Assert.True(diff <= 1e-5, $"max |Δw| = {diff}");
     }
 }
+
+/// <summary>The quickstart's layout (MoE blocks 1 and 3 of 4, a dense block between them): the segment protocol
+/// crosses a dense segment between two routings, forward and backward.</summary>
+public class QuickstartLayoutEquivalenceTests(QuickstartLayoutFixture fx) : IClassFixture<QuickstartLayoutFixture>
+{
+    [Fact]
+    public void Actor_engine_equals_the_reference_with_a_dense_block_between_two_moe_blocks()
+    {
+        var moe = MoceFixture.Moe with { Layers = [1, 3] };
+        var train = Tiny.Train(steps: 30);
+        var run = new ActorRun(fx, moe, train);
+        var expected = run.Reference(out var losses);
+        Assert.Equal(30, run.Run(until: 30, checkpointEvery: 10).Step);
+        for (int s = 0; s < 30; s++) Assert.True(Math.Abs(losses[s] - run.Losses[s]) <= 1e-5, $"step {s}: reference {losses[s]}, actors {run.Losses[s]}");
+        var got = run.CommittedWeights(30);
+        Assert.Contains("blocks.2.mlp.fc1.weight", got.Keys);                       // the dense block between them
+        double diff = ActorRun.MaxAbsDiff(expected, got);
+        Assert.True(diff <= 1e-5, $"max |Δw| = {diff}");
+    }
+}

@@ -11,8 +11,10 @@ namespace MoCE.Core.Tests;
 
 /// <summary>A tiny dense MAE trained a few steps, saved as a checkpoint, and clustered into 4 clusters:
 /// the starting point of every MoCE test.</summary>
-public sealed class MoceFixture : IDisposable
+public class MoceFixture : IDisposable
 {
+    /// <summary>The dense MAE's (and so every model's) architecture.</summary>
+    public MaeConfig Model { get; }
     public const int Clusters = 4;
     public ImageDataset Data { get; } = Tiny.TrainSample();
     public CheckpointStore Store { get; } = new(Tiny.TempDir());
@@ -21,9 +23,12 @@ public sealed class MoceFixture : IDisposable
 
     public static MoeConfig Moe => new() { Experts = 3, TopK = 1, Layers = [1], GateDim = 8, LambdaRoute = 0.1, LambdaDistill = 1.0 };
 
-    public MoceFixture()
+    public MoceFixture() : this(Tiny.Model) { }
+
+    protected MoceFixture(MaeConfig model)
     {
-        using var dense = new DenseTrainer(Tiny.Model, Tiny.Train(steps: 5), Tiny.Data, Data);
+        Model = model;
+        using var dense = new DenseTrainer(model, Tiny.Train(steps: 5), Tiny.Data, Data);
         for (int i = 0; i < 5; i++) dense.TrainStep();
         DenseRef = dense.SaveCheckpoint(Store)[0];
         using var feats = Features.Extract(dense.Model, Data, Enumerable.Range(0, Data.Count).ToList(), Tiny.Data.Mean, Tiny.Data.Std);
@@ -36,12 +41,17 @@ public sealed class MoceFixture : IDisposable
     public MoceTrainer Trainer(MoeConfig moe, TrainConfig train)
     {
         using var dense = Dense();
-        return new MoceTrainer(Tiny.Model, moe, train, Tiny.Data, Data, Clustering, dense, DenseRef.Sha256);
+        return new MoceTrainer(Model, moe, train, Tiny.Data, Data, Clustering, dense, DenseRef.Sha256);
     }
 
     public void Dispose()
     {
+        GC.SuppressFinalize(this);
         Clustering.Dispose();
         Data.Dispose();
     }
 }
+
+/// <summary>The quickstart's layout at the tiny width: four encoder blocks, MoE in blocks 1 and 3, so a dense block
+/// (2) sits between two MoE blocks.</summary>
+public sealed class QuickstartLayoutFixture() : MoceFixture(Tiny.Model with { Depth = 4 });

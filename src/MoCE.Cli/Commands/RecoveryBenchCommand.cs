@@ -1,0 +1,107 @@
+using System.Diagnostics;
+using MoCE.Actors;
+using MoCE.Actors.Messages;
+using MoCE.Cli.Configuration;
+using MoCE.Core.Checkpoints;
+using MoCE.Core.Clustering;
+using MoCE.Core.Config;
+using MoCE.Core.Data;
+using MoCE.Core.Evaluation;
+using MoCE.Core.Runtime;
+using MoCE.Core.Training;
+using Serilog;
+using TorchSharp;
+
+namespace MoCE.Cli.Commands;
+
+/// <summary><c>moce bench-recovery</c>: on the bench configuration and the embedded journal, in one process: the time
+/// from an expert's failure to the next committed step under global-rollback and under expert-local (and the same
+/// interval without a failure), and the throughput while one expert is a 5× straggler, with and without the straggler
+/// timeout (set to the measured step time), against no straggler. Faults come from a <see cref="ChaosPlan"/> through
+/// the real paths.</summary>
+public static class RecoveryBenchCommand
+{
+    public static int Run(CliArgs cli)
+    {
+        cli.RejectFlagsExcept("steps");
+        int steps = cli.FlagInt("steps", 80);
+        if (steps < 40) throw new ConfigException("--steps", $"must be at least 40 (the failure is at step steps/2 − 5), got {steps}");
+        var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset ?? "bench", cli.Files, cli.Overrides));
+        var (cfg, _) = ConfigLoader.Resolve(merged);
+        var device = new torch.Device(cfg.Device);
+        var loc = FashionMnist.Locate(cfg.Data.Path, cfg.Data.FallbackToSample);
+        using var full = FashionMnist.Load(loc.Directory, Split.Train);
+        using var data = ComputeThread.Run("bench-data", cfg.Threads, () => full.Take(Math.Min(BenchCommand.BenchImages, full.Count)));
+        var root = Path.Combine(Path.GetTempPath(), $"moce-bench-recovery-{Guid.NewGuid():N}");
+        var store = new CheckpointStore(Path.Combine(root, "dense"));
+        try
+        {
+            // a dense model (40 steps) and a k-means clustering of its features: what MoCE starts from
+            var (denseRef, clustering) = ComputeThread.Run("bench-prepare", cfg.Threads, () =>
+            {
+                using var t = new DenseTrainer(cfg.Model, cfg.Pretrain with { Steps = 40, CheckpointEvery = long.MaxValue }, cfg.Data, data, device);
+                for (int i = 0; i < 40; i++) t.TrainStep();
+                var r = t.SaveCheckpoint(store)[0];
+                using var feats = Features.Extract(t.Model, data, Enumerable.Range(0, data.Count).ToList(), cfg.Data.Mean, cfg.Data.Std, device: device);
+                var km = KMeans.Fit(feats, cfg.Cluster.K, cfg.Pretrain.Seed, cfg.Cluster.MaxIter, cfg.Cluster.Tol);
+                return (r, new ClusteringResult { Centroids = km.Centroids, TrainIds = km.Assignments, DenseSha256 = r.Sha256, DataSource = data.Source });
+            });
+            using var _ = clustering;
+            using var dense = store.Load(denseRef);
+            long every = steps / 4, fail = steps / 2 - 5;                     // commits at ¼, ½, ¾; the failure 5 steps before ½
+            string victim = $"expert-{cfg.Moe.Experts - 1}";
+            Console.WriteLine($"bench-recovery: bench configuration, {steps} steps of {cfg.Train.BatchSize}, commit every {every}, E={cfg.Moe.Experts}, {cfg.Threads} threads, embedded SQLite journal");
+
+            Timeline Run(string name, ChaosPlan chaos, RecoveryPolicy policy, TimeSpan stragglerTimeout = default)
+            {
+                var dir = Path.Combine(root, name);
+                var setup = ComputeThread.Run("bench-setup", cfg.Threads, () => ActorContextSetup.FromDense(name, cfg.Model, cfg.Moe, cfg.Train with { Steps = steps },
+                    cfg.Data, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")),
+                    device, cfg.Threads, cfg.OwnerThreads)) with { Chaos = chaos, Policy = policy, StragglerTimeout = stragglerTimeout, Backoff = cfg.Backoff, AskTimeout = cfg.AskTimeout };
+                var t = new Timeline();
+                ActorEngine.Run(setup, dir, steps, every, 2, new SupervisorHooks(
+                    OnStep: m => t.Steps[m.Step] = t.Clock.Elapsed.TotalMilliseconds,
+                    OnCommit: c => t.Commits.Add((c.Step, t.Clock.Elapsed.TotalMilliseconds)),
+                    OnChaos: c => t.Faults.Add((c, t.Clock.Elapsed.TotalMilliseconds)),
+                    OnRecovery: r => t.Recoveries.Add(r)), timeout: TimeSpan.FromMinutes(20));
+                return t;
+            }
+
+            // recovery time: from the failure to the next commit (and, without a failure, from that step's start to it)
+            var clean = Run("clean", ChaosPlan.None, RecoveryPolicy.GlobalRollback);
+            double cleanMs = clean.Commits.First(c => c.step > fail).ms - clean.Steps[fail - 1];
+            Console.WriteLine($"  no failure:      step {fail} → commit {clean.Commits.First(c => c.step > fail).step}: {cleanMs:F0} ms");
+            foreach (var policy in new[] { RecoveryPolicy.GlobalRollback, RecoveryPolicy.ExpertLocal })
+            {
+                var t = Run(policy.ToString(), new ChaosPlan().FailAt(victim, fail), policy);
+                var (fault, at) = t.Faults.Single();
+                var next = t.Commits.First(c => c.ms > at && c.step > fail);
+                var r = t.Recoveries.FirstOrDefault();
+                Console.WriteLine($"  {(policy == RecoveryPolicy.GlobalRollback ? "global-rollback" : "expert-local"),-16} {victim} fails at step {fault.Step} → commit {next.step}: {next.ms - at:F0} ms " +
+                                  $"({next.ms - at - cleanMs:+0;-0} ms against no failure){(r is null ? "" : $"; {r.StepsReplayed} steps replayed, {r.StepsMissed} missed, {r.ReroutedImages} images rerouted")}");
+            }
+
+            // throughput under a 5× straggler for the second half, with and without the timeout
+            double stepMs = Enumerable.Range((int)every, (int)every).Average(s => clean.Steps[s] - clean.Steps[s - 1]);
+            double Ips(Timeline t) => (steps / 2 - 1) * (double)cfg.Train.BatchSize / ((t.Steps[steps - 1] - t.Steps[steps / 2]) / 1000);
+            var slow = Run("straggler", new ChaosPlan().Straggle(victim, steps / 2, steps, factor: 5), RecoveryPolicy.GlobalRollback);
+            var timed = Run("straggler-timeout", new ChaosPlan().Straggle(victim, steps / 2, steps, factor: 5), RecoveryPolicy.GlobalRollback, TimeSpan.FromMilliseconds(stepMs));
+            Console.WriteLine($"  throughput over steps {steps / 2}..{steps - 1}: no straggler {Ips(clean):F0} img/s; {victim} 5× slower: {Ips(slow):F0} img/s ({Ips(slow) / Ips(clean):F2}×), " +
+                              $"with straggler-timeout = {stepMs:F0} ms (one step): {Ips(timed):F0} img/s ({Ips(timed) / Ips(clean):F2}×; {timed.Recoveries.Count} sit-outs)");
+            return 0;
+        }
+        finally
+        {
+            try { Directory.Delete(root, recursive: true); } catch (IOException e) { Log.Warning("could not remove {Dir}: {Error}", root, e.Message); }
+        }
+    }
+
+    private sealed class Timeline
+    {
+        public readonly Stopwatch Clock = Stopwatch.StartNew();
+        public readonly Dictionary<long, double> Steps = [];
+        public readonly List<(long step, double ms)> Commits = [];
+        public readonly List<(ChaosFired fault, double ms)> Faults = [];
+        public readonly List<RecoveryRecord> Recoveries = [];
+    }
+}
