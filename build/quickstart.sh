@@ -11,5 +11,6 @@ if [ -z "${MOCE_DATA:-}" ] && [ ! -e /usr/share/datasets/fashion-mnist/train-ima
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq dataset-fashion-mnist
 fi
+bash build/plot-deps.sh                       # fonts for moce report's plots
 dotnet build src/MoCE.Cli -c Release -v quiet -nologo
 exec dotnet src/MoCE.Cli/bin/Release/net10.0/moce.dll pipeline --preset quickstart --run runs/quickstart "$@"

@@ -12,6 +12,8 @@ if [ -z "${MOCE_POSTGRES:-}" ]; then
   export MOCE_POSTGRES
 fi
 
+bash build/plot-deps.sh                       # fonts for the report tests' plots
+
 results=$(mktemp -d)
 trap 'rm -rf "$results"' EXIT
 rc=0

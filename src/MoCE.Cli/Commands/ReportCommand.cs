@@ -56,6 +56,17 @@ public static class ReportCommand
     /// <summary>One fault and what it took: the first recovery at or after its step (within 20 steps) belongs to it.</summary>
     public sealed record EventRow(ChaosFired Event, RecoveryRecord? Recovery, double? Gap50, double? Gap200);
 
+    /// <summary>Whether a recovery answers a fault: a failure by its owner's; a corrupt part by the recovery that names
+    /// its file; a straggler by its sit-out; a message fault by a recovery at its step (the timeout it caused).</summary>
+    private static bool Caused(ChaosFired e, RecoveryRecord r) => e.Kind switch
+    {
+        "fail" => r.Owner.Split(',').Contains(e.Owner),
+        "corrupt-checkpoint" => e.Detail.Split(' ')[^1] is var file && r.Error.Contains(file, StringComparison.Ordinal),
+        "straggler" => r.Owner == e.Owner && r.Policy == "straggler-timeout",
+        "drop" or "delay" or "duplicate" => r.Step == e.Step,
+        _ => false,
+    };
+
     public static List<string> Write(string dir, string? baselineDir)
     {
         var outDir = Path.Combine(dir, "report");
@@ -70,7 +81,7 @@ public static class ReportCommand
         var unmatched = recoveries.ToList();
         var events = chaos.OrderBy(e => e.Step).Select(e =>
         {
-            var r = unmatched.Where(x => x.Step >= e.Step && x.Step <= e.Step + 20).OrderBy(x => x.Step).FirstOrDefault();
+            var r = unmatched.Where(x => x.Step >= e.Step && x.Step <= e.Step + 20 && Caused(e, x)).OrderBy(x => x.Step).FirstOrDefault();
             if (r is not null) unmatched.Remove(r);
             double? Gap(long after) => baseRows is null || LossNear(rows, e.Step + after) is not { } a || LossNear(baseRows, e.Step + after) is not { } b ? null : a - b;
             return new EventRow(e, r, Gap(50), Gap(200));
