@@ -9,13 +9,27 @@ namespace MoCE.Actors;
 public sealed class EngineThreads
 {
     private readonly Dictionary<Thread, ThreadDisposeScopeStatistics> threads = [];
+    private readonly Dictionary<string, int> osIds = [];
 
     /// <summary>Called by a compute actor from its own thread (again after a restart: the same thread). Names the
     /// thread (moce-trainer, moce-expert-2, ...), as `top -H` and debuggers show it.</summary>
     public void RegisterCurrent(string name)
     {
         Thread.CurrentThread.Name = name;
-        lock (threads) threads[Thread.CurrentThread] = DisposeScopeManager.Statistics;
+        lock (threads)
+        {
+            threads[Thread.CurrentThread] = DisposeScopeManager.Statistics;
+            osIds[name] = MoCE.Core.Runtime.ComputeThread.CurrentOsThreadId();
+        }
+    }
+
+    /// <summary>Puts the named thread (the teacher's, which prefetches at idle priority) back to normal priority: another
+    /// thread now waits for what it computes, and under load an idle-priority thread can starve for seconds.</summary>
+    public void RunNormally(string name)
+    {
+        int id;
+        lock (threads) id = osIds.GetValueOrDefault(name, -1);
+        MoCE.Core.Runtime.ComputeThread.Normal(id);
     }
 
     /// <summary>Tensors the compute threads created while no dispose scope was open, since they started. Every

@@ -46,6 +46,7 @@ public sealed class TeacherActor : ReceiveActor
         Receive<Prefetch>(m =>
         {
             if (ready.ContainsKey(m.Step)) return;
+            ComputeThread.OnlyWhenIdle();                                        // ahead of need: in the gaps again
             ready[m.Step] = Compute(m.Step);
             while (ready.Count > MaxReady) Take(ready.Keys.First()).Dispose();
         });
@@ -54,6 +55,7 @@ public sealed class TeacherActor : ReceiveActor
             try
             {
                 setup.Chaos.Check(Name, m.Step);
+                if (!ready.ContainsKey(m.Step)) setup.Threads.RunNormally("moce-teacher");   // the trainer waits for this one
                 var target = ready.ContainsKey(m.Step) ? Take(m.Step) : Compute(m.Step);
                 foreach (var old in ready.Keys.Where(k => k < m.Step).ToList()) Take(old).Dispose();   // a step never comes twice but after a rollback
                 Sender.Tell(new Target(m.Step, target));

@@ -136,6 +136,7 @@ public sealed class TrainerActor : ReceiveActor
             loss = o.Loss;
             if (target is not null)
             {
+                if (!target.IsCompleted) setup.Threads.RunNormally("moce-teacher");   // a prefetch we now wait for must not starve
                 var t = Wait(() => target).Latent;
                 scope.Attach(t);
                 target = null;

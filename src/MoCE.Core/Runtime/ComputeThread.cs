@@ -56,6 +56,22 @@ public static class ComputeThread
         return sched_setscheduler(0, SchedIdle, ref param) == 0;        // pid 0: the calling thread
     }
 
+    /// <summary>Linux: moves thread <paramref name="osThreadId"/> (of this process) back to SCHED_OTHER, so it competes
+    /// for cores like any other: work another thread now waits for must not starve under load. False where not possible.</summary>
+    public static bool Normal(int osThreadId)
+    {
+        if (!OperatingSystem.IsLinux() || osThreadId <= 0) return false;
+        var param = new SchedParam();
+        return sched_setscheduler(osThreadId, SchedOther, ref param) == 0;
+    }
+
+    /// <summary>The calling thread's kernel id (Linux), for <see cref="Normal"/>; −1 elsewhere.</summary>
+    public static int CurrentOsThreadId() => OperatingSystem.IsLinux() ? gettid() : -1;
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int gettid();
+
+    private const int SchedOther = 0;
     private const int SchedIdle = 5;
 
     [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
