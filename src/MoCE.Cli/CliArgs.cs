@@ -10,83 +10,133 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
     /// <summary>Words after the command that are not options: `moce experts list`, `moce node drain ADDR`.</summary>
     public IReadOnlyList<string> Positionals { get; init; } = [];
 
-    public static readonly string Usage = """
-        moce: Mixture of Cluster-conditional Experts (MAE pre-training) on TorchSharp.
-
-        Usage: moce COMMAND [options]
-
-        Commands:
-          pipeline     the whole method: pretrain, cluster, train (moce, token-moe, dense), customize, eval
-          pretrain     dense MAE pre-training
-          cluster      k-means over the dense MAE's features; writes each image's cluster and a report
-          train        MoE training from the dense MAE: --method moce|token-moe|dense, --engine actors|local
-          node         one process of a cluster run: --roles coordinator,experts --seeds HOST:PORT,... (needs PostgreSQL);
-                       node drain HOST:PORT --seeds ...: move that node's experts away (commit, restore elsewhere), then it leaves
-          experts list where each expert of a cluster run is, its device, tokens and state: --seeds H:P,... [--format json]
-          experts add  add experts while the run trains, each split from the busiest one: --seeds H:P,... --count N
-                       [--node HOST:PORT] [--at-step S] (default: the next step boundary; waits until they train)
-          customize    extract a dense model with the experts a task prefers: --task NAME
-          eval         linear probe and k-NN on frozen features for the configured tasks
-          status RUN   committed steps, owners and their checkpoint files, recent recoveries and injected faults
-          report RUN   report.md and plots of a run's faults and recoveries: [--baseline RUN] [--method moce]
-          chaos compare  one chaos schedule under each recovery policy against the run without faults:
-                       --chaos FILE [--straggler-timeout MS] (after pretrain and cluster on --run)
-          bench        time the reference trainers and the actor engine on the bench configuration (hocon/bench.conf)
-          bench-cluster  the actor engine in one process against three (coordinator + 2 expert nodes), and the bytes
-                       on the wire per step (needs $MOCE_POSTGRES)
-          bench-recovery  time from an expert's failure to the next commit under each policy, and the throughput
-                       under a 5× straggler with and without the straggler timeout (bench configuration)
-          config       print the resolved configuration and exit
-        Every command works on one run directory; running it again resumes or skips finished work.
-
-        Options:
-          --preset NAME     layer hocon/NAME.conf over hocon/moce.conf (e.g. quickstart, bench)
-          --config FILE     layer a HOCON file (repeatable, applied in order, after the preset)
-          -o key=value      override one key, e.g. -o pretrain.steps=500 (repeatable, applied last)
-          --run DIR         run directory (default: runs/PRESET, or runs/default)
-          train: --method moce|token-moe|dense (default moce.moe.method)  --engine actors|local (default moce.actors.engine)
-                 --chaos FILE: inject the faults of a chaos schedule (hocon/chaos/*.conf) into the actor engine
-                 --seeds H:P,... runs it against a cluster: this process joins as a coordinator (node's flags apply)
-          node: --roles coordinator|experts|coordinator,experts  --host H  --port P  --seeds H:P,...  --devices cpu,cuda:0
-                --min-expert-nodes N  --tls-certificate FILE.pfx  --metrics-port P  --method moce|token-moe
-                (each overrides moce.node.*; a coordinator needs --run; the certificate's password is in $MOCE_TLS_PASSWORD)
-          customize: --task NAME (a task under moce.tasks)
-          bench: --warmup N (default 40)  --steps N (default 160)  --rounds N (default 8)
-          bench-cluster: --warmup N (default 20)  --steps N (default 80)  --rounds N (default 2)
-          bench-recovery: --steps N (default 80)
-          -h, --help        this text
-        """;
-
     public string RunDir => Run ?? Path.Combine("runs", Preset ?? "default");
 
+    /// <summary>Parses a command line with <see cref="Grammar"/> (System.CommandLine): every command and subcommand
+    /// declares its options, so an unknown or misplaced option, a missing value or a stray word is an error that names
+    /// it, and `--help` works for each. `moce`, `moce --help` and `moce CMD --help` print help (command "help").</summary>
     public static CliArgs Parse(string[] args)
     {
-        if (args.Length == 0 || args[0] is "-h" or "--help" or "help") return new CliArgs("help", null, [], [], null, new Dictionary<string, string>());
-        string command = args[0];
-        string? preset = null, run = null;
-        var files = new List<string>();
-        var overrides = new List<string>();
-        var flags = new Dictionary<string, string>();
-        var positionals = new List<string>();
-        for (int i = 1; i < args.Length; i++)
+        var root = Grammar();
+        var result = root.Parse(args.Length == 0 ? ["--help"] : args);
+        if (result.Action is System.CommandLine.Help.HelpAction)
         {
-            string a = args[i];
-            string Next() => i + 1 < args.Length ? args[++i] : throw new ConfigException(a, "needs a value");
-            switch (a)
-            {
-                case "--preset": preset = Next(); break;
-                case "--config": files.Add(Next()); break;
-                case "-o": overrides.Add(Next()); break;
-                case "--run": run = Next(); break;
-                case "-h" or "--help": return new CliArgs("help", null, [], [], null, flags);
-                default:
-                    if (a.StartsWith("--", StringComparison.Ordinal) && a.Length > 2) { flags[a[2..]] = Next(); break; }
-                    if (command is "status" or "report" && run is null && !a.StartsWith('-')) { run = a; break; }   // moce status RUN
-                    if (command is "experts" or "node" or "chaos" && !a.StartsWith('-')) { positionals.Add(a); break; }   // moce experts list, moce node drain ADDR
-                    throw new ConfigException(a, "unknown argument; see moce --help");
-            }
+            result.Invoke();
+            return new CliArgs("help", null, [], [], null, new Dictionary<string, string>());
         }
-        return new CliArgs(command, preset, files, overrides, run, flags) { Positionals = positionals };
+        if (result.Errors.Count > 0)
+        {
+            var message = result.Errors.OrderBy(e => e.Message.Contains("needs a value", StringComparison.Ordinal) ? 0 : 1).First().Message;
+            var quoted = System.Text.RegularExpressions.Regex.Match(message, "'([^']*)'");
+            throw new ConfigException(quoted.Success ? quoted.Groups[1].Value : "command line", $"{message.TrimEnd('.')}; see moce --help");
+        }
+        // the command, and the subcommand (experts list, node drain ADDR, chaos compare) as positionals
+        var path = new List<System.CommandLine.Command>();
+        for (var c = result.CommandResult; c is not null; c = c.Parent as System.CommandLine.Parsing.CommandResult) path.Insert(0, c.Command);
+        var command = path[1].Name;
+        var positionals = path.Skip(2).Select(c => c.Name).ToList();
+        string? run = result.GetValue<string?>("--run");
+        foreach (var a in result.CommandResult.Command.Arguments)
+        {
+            var v = result.GetValue<string?>(a.Name);
+            if (v is null) continue;
+            if (a.Name == "RUN") run ??= v;                                        // moce status RUN, moce report RUN
+            else positionals.Add(v);                                               // moce node drain HOST:PORT
+        }
+        var flags = new Dictionary<string, string>();
+        foreach (var o in result.CommandResult.Command.Options.Where(o => o.Name is not ("--preset" or "--config" or "-o" or "--run" or "--help" or "-h")))
+            if (result.GetResult(o) is { Implicit: false } r && r.Tokens.Count > 0) flags[o.Name.TrimStart('-')] = r.Tokens[^1].Value;
+        return new CliArgs(command, result.GetValue<string?>("--preset"), result.GetValue<string[]>("--config") ?? [], result.GetValue<string[]>("-o") ?? [],
+                           run, flags) { Positionals = positionals };
+    }
+
+    /// <summary>Every command, its subcommands and options, with the text `--help` shows.</summary>
+    public static System.CommandLine.RootCommand Grammar()
+    {
+        var root = new System.CommandLine.RootCommand("""
+            moce: Mixture of Cluster-conditional Experts (MAE pre-training) on TorchSharp. Every command works on one run
+            directory; running it again resumes or skips finished work. Configuration: hocon/moce.conf, then --preset, then
+            each --config FILE, then each -o key=value.
+            """);
+        System.CommandLine.Option<string> Opt(string name, string help)
+        {
+            var o = new System.CommandLine.Option<string>(name) { Description = help };
+            o.Validators.Add(r =>                                                   // a value, never the next option
+            {
+                foreach (var t in r.Tokens.Where(t => t.Value.Length > 1 && t.Value[0] == '-' && !char.IsDigit(t.Value[1])))
+                    r.AddError($"'{name}' needs a value, but the next word is the option '{t.Value}'");
+            });
+            return o;
+        }
+
+        // what every command that reads the configuration takes
+        System.CommandLine.Option[] Common() =>
+        [
+            Opt("--preset", "layer hocon/NAME.conf over hocon/moce.conf (e.g. quickstart, bench)"),
+            new System.CommandLine.Option<string[]>("--config") { Description = "layer a HOCON file (repeatable, applied in order, after the preset)", HelpName = "FILE", Arity = System.CommandLine.ArgumentArity.OneOrMore, AllowMultipleArgumentsPerToken = false },
+            new System.CommandLine.Option<string[]>("-o") { Description = "override one key, e.g. -o pretrain.steps=500 (repeatable, applied last)", HelpName = "key=value", Arity = System.CommandLine.ArgumentArity.OneOrMore, AllowMultipleArgumentsPerToken = false },
+            Opt("--run", "run directory (default: runs/PRESET, or runs/default)"),
+        ];
+        System.CommandLine.Option[] Client() =>
+        [
+            Opt("--seeds", "HOST:PORT,... of the cluster's nodes (required)"), Opt("--tls-certificate", "the cluster's PKCS#12 certificate; its password in $MOCE_TLS_PASSWORD"),
+            Opt("--host", "this process's address as the cluster sees it (default 127.0.0.1)"),
+        ];
+        System.CommandLine.Option[] NodeFlags() =>
+        [
+            Opt("--roles", "coordinator, experts, or coordinator,experts"), Opt("--host", "the address other nodes reach this one at"),
+            Opt("--port", "the remoting port"), Opt("--seeds", "HOST:PORT,... of the seed nodes"), Opt("--devices", "devices for experts, e.g. cpu,cuda:0"),
+            Opt("--min-expert-nodes", "expert nodes to wait for before placing experts"), Opt("--tls-certificate", "the cluster's PKCS#12 certificate (mutual TLS); password in $MOCE_TLS_PASSWORD"),
+            Opt("--metrics-port", "serve Prometheus metrics on this port"), Opt("--method", "moce | token-moe (a coordinator's run)"),
+        ];
+        System.CommandLine.Command Cmd(string name, string help, params System.CommandLine.Symbol[] symbols)
+        {
+            var c = new System.CommandLine.Command(name, help);
+            foreach (var s in symbols)
+                switch (s)
+                {
+                    case System.CommandLine.Option o: c.Options.Add(o); break;
+                    case System.CommandLine.Argument a: c.Arguments.Add(a); break;
+                    case System.CommandLine.Command sub: c.Subcommands.Add(sub); break;
+                }
+            return c;
+        }
+        System.CommandLine.Argument<string?> RunArgument() => new("RUN") { Description = "the run directory", Arity = System.CommandLine.ArgumentArity.ZeroOrOne };
+
+        root.Subcommands.Add(Cmd("pipeline", "the whole method: pretrain, cluster, train (moce, token-moe, dense), customize, eval", Common()));
+        root.Subcommands.Add(Cmd("pretrain", "dense MAE pre-training", Common()));
+        root.Subcommands.Add(Cmd("cluster", "k-means over the dense MAE's features; writes each image's cluster and a report", Common()));
+        root.Subcommands.Add(Cmd("train", "MoE training from the dense MAE; with --seeds, as a coordinator of a cluster (node's options apply)",
+            [.. Common(), Opt("--method", "moce | token-moe | dense (default moce.moe.method)"), Opt("--engine", "actors | local (default moce.actors.engine)"),
+             Opt("--chaos", "inject the faults of a chaos schedule (hocon/chaos/*.conf) into the actor engine"),
+             .. NodeFlags().Where(o => o.Name != "--method")]));
+        root.Subcommands.Add(Cmd("customize", "extract a dense model with the experts a task prefers", [.. Common(), Opt("--task", "a task under moce.tasks (required)")]));
+        root.Subcommands.Add(Cmd("eval", "linear probe and k-NN on frozen features for the configured tasks", Common()));
+        root.Subcommands.Add(Cmd("status", "committed steps (and E), owners and their files, recoveries and injected faults", [.. Common(), RunArgument()]));
+        root.Subcommands.Add(Cmd("report", "report.md and plots of a run's faults and recoveries (RUN/train-METHOD/report/)",
+            [.. Common(), RunArgument(), Opt("--baseline", "a run without the faults, to compare the loss with"), Opt("--method", "moce | token-moe (default moce)")]));
+        var node = Cmd("node", "one process of a cluster run (needs PostgreSQL; a coordinator needs --run)",
+            [.. Common(), .. NodeFlags(),
+             Cmd("drain", "move that node's experts away at a commit; it then leaves the cluster",
+                 [.. Common(), .. Client(), new System.CommandLine.Argument<string>("ADDRESS") { Description = "the node's HOST:PORT" }])]);
+        node.SetAction(_ => 0);                                                     // `moce node` runs a node; `moce node drain` is its subcommand
+        root.Subcommands.Add(node);
+        root.Subcommands.Add(Cmd("experts", "the experts of a cluster run, through a cluster client",
+            Cmd("list", "each expert's node, device, tokens in the last step, state", [.. Common(), .. Client(), Opt("--format", "table | json")]),
+            Cmd("add", "add experts while the run trains, each split from the busiest; answers once they train",
+                [.. Common(), .. Client(), Opt("--count", "how many (default 1)"), Opt("--node", "HOST:PORT of the expert node to run them (default: the placement policy)"),
+                 Opt("--at-step", "the step boundary to add them at (default: the next one)")])));
+        root.Subcommands.Add(Cmd("chaos", "failure research",
+            Cmd("compare", "one chaos schedule under each recovery policy against the run without faults (after pretrain and cluster)",
+                [.. Common(), Opt("--chaos", "the schedule (required)"), Opt("--straggler-timeout", "ms for the straggler-timeout policy (default 200)")])));
+        System.CommandLine.Option[] Bench(int warmup, int steps, int rounds) =>
+            [.. Common(), Opt("--warmup", $"untimed steps (default {warmup})"), Opt("--steps", $"timed steps (default {steps})"), Opt("--rounds", $"rounds (default {rounds})")];
+        root.Subcommands.Add(Cmd("bench", "time the reference trainers and the actor engine on the bench configuration (hocon/bench.conf)", Bench(40, 160, 8)));
+        root.Subcommands.Add(Cmd("bench-cluster", "the actor engine in one process against three, and the bytes on the wire per step (needs $MOCE_POSTGRES)", Bench(20, 80, 2)));
+        root.Subcommands.Add(Cmd("bench-recovery", "time from an expert's failure to the next commit under each policy; throughput under a 5× straggler with and without the timeout",
+            [.. Common(), Opt("--steps", "steps per run (default 80)")]));
+        root.Subcommands.Add(Cmd("config", "print the resolved configuration and exit", Common()));
+        return root;
     }
 
     public int FlagInt(string name, int fallback) =>

@@ -84,11 +84,7 @@ finally
     Log.CloseAndFlush();
 }
 
-static int Help()
-{
-    Console.WriteLine(CliArgs.Usage);
-    return 0;
-}
+static int Help() => 0;                                                            // CliArgs.Parse printed it
 
 static int PrintConfig(CliArgs cli)
 {

@@ -170,6 +170,21 @@ public class ConfigTests
         Assert.Equal("extra", Fails(() => CliArgs.Parse(["pretrain", "extra"])).Key);
         var args = CliArgs.Parse(["pretrain", "--preset", "quickstart", "-o", "seed=3", "--run", "r"]);
         Assert.Equal(("pretrain", "quickstart", "r"), (args.Command, args.Preset, args.RunDir));
-        Assert.Equal("--bogus", Fails(() => CliArgs.Parse(["pretrain", "--bogus", "1"]).RejectFlagsExcept()).Key);
+        Assert.Equal("--bogus", Fails(() => CliArgs.Parse(["pretrain", "--bogus", "1"])).Key);
+        // each command takes its own options only; an option never swallows the next option as its value
+        Assert.Equal("--task", Fails(() => CliArgs.Parse(["pretrain", "--task", "shoes"])).Key);
+        Assert.Equal("--count", Fails(() => CliArgs.Parse(["experts", "list", "--count", "2", "--seeds", "h:1"])).Key);
+        Assert.Equal("--chaos", Fails(() => CliArgs.Parse(["train", "--chaos", "--method", "moce"])).Key);
+        Assert.Contains("Required command", Fails(() => CliArgs.Parse(["experts"])).Message);   // list or add
+        var add = CliArgs.Parse(["experts", "add", "--count", "2", "--node", "127.0.0.1:4555", "--seeds", "127.0.0.1:4551"]);
+        Assert.Equal(("experts", "add", "2", "127.0.0.1:4555"), (add.Command, add.Positionals[0], add.Flags["count"], add.Flags["node"]));
+        var drain = CliArgs.Parse(["node", "drain", "127.0.0.1:4553", "--seeds", "127.0.0.1:4551"]);
+        Assert.Equal(["drain", "127.0.0.1:4553"], drain.Positionals);
+        var status = CliArgs.Parse(["status", "runs/x"]);
+        Assert.Equal(Path.Combine("runs", "x"), status.RunDir);
+        var repeated = CliArgs.Parse(["train", "-o", "seed=3", "-o", "train.steps=5", "--config", "a.conf", "--config", "b.conf"]);
+        Assert.Equal(["seed=3", "train.steps=5"], repeated.Overrides);
+        Assert.Equal(["a.conf", "b.conf"], repeated.Files);
+        Assert.Equal("help", CliArgs.Parse(["chaos", "compare", "--help"]).Command);
     }
 }
