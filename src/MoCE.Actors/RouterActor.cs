@@ -255,10 +255,16 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
     /// <summary>moce.actors.straggler-timeout: checks a block's experts have answered after the timeout.</summary>
     private sealed record Deadline(long Step, int Generation, int Block, bool Backward, DateTime Sent);
 
+    // a .NET timer per block and direction, not Akka's scheduler: its 50 ms tick is coarser than a straggler's delay
+    private readonly Dictionary<(int block, bool backward), Timer> deadlines = [];
+
     private void StartDeadline(long s, int g, int block, bool backward)
     {
         if (setup.StragglerTimeout <= TimeSpan.Zero) return;
-        Timers.StartSingleTimer(("deadline", block, backward), new Deadline(s, g, block, backward, DateTime.UtcNow), setup.StragglerTimeout);
+        if (deadlines.Remove((block, backward), out var old)) old.Dispose();
+        var self = Self;
+        var d = new Deadline(s, g, block, backward, DateTime.UtcNow);
+        deadlines[(block, backward)] = new Timer(_ => self.Tell(d, ActorRefs.NoSender), null, setup.StragglerTimeout, Timeout.InfiniteTimeSpan);
     }
 
     private void HandleDeadline(Deadline d)
@@ -309,6 +315,7 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
 
     protected override void PostStop()
     {
+        foreach (var t in deadlines.Values) t.Dispose();
         FreeStep();
         owner.Dispose();
         foreach (var g in gates.Values) g.Dispose();

@@ -172,6 +172,7 @@ public static class ReportCommand
                 var v = plt.Add.VerticalLine(e.Step);
                 v.Text = $"{e.Kind} {e.Owner}";
                 v.LabelFontSize = 9;
+                v.LabelOppositeAxis = true;                                         // above the plot, clear of the step ticks
                 v.LinePattern = ScottPlot.LinePattern.Dashed;
                 v.Color = ScottPlot.Colors.Gray;
             }
