@@ -63,6 +63,6 @@ public class PretrainProcessTests
         Assert.Contains("/nonexistent/dir: no Fashion-MNIST train files", output);
         (code, output) = Moce("frobnicate");
         Assert.Equal(2, code);
-        Assert.Contains("unknown command", output);
+        Assert.Contains("Unrecognized command or argument 'frobnicate'", output);
     }
 }
