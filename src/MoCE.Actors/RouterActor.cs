@@ -164,7 +164,11 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
         {
             case null: to.Tell(message); break;
             case { fault: MessageFault.Drop }: DisposeTensor(message); break;
-            case { fault: MessageFault.Duplicate }: to.Tell(message); to.Tell(Copy(message)); break;
+            case { fault: MessageFault.Duplicate }:
+                var copy = Copy(message);                                           // before the original goes: its receiver disposes it
+                to.Tell(message);
+                to.Tell(copy);
+                break;
             case { delay: var d }: Timers.StartSingleTimer(Guid.NewGuid(), new Delayed(to, message, Self), d); break;
         }
     }
