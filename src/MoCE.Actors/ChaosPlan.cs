@@ -43,7 +43,7 @@ public sealed class ChaosPlan
 
     /// <summary>True when nothing at all is planned (the fast path of every check).</summary>
     public bool IsEmpty => remaining.IsEmpty && probable.IsEmpty && stragglers.IsEmpty && messages.IsEmpty && corruptions.IsEmpty
-                           && uncreatable.IsEmpty && recoveryDelays.IsEmpty && journalRefusals.IsEmpty;
+                           && uncreatable.IsEmpty && recoveryDelays.IsEmpty && journalRefusals.IsEmpty && nodeKills.IsEmpty;
 
     /// <summary>The owner throws the first <paramref name="times"/> times it reaches step s (a replay reaches it again).</summary>
     public ChaosPlan FailAt(string owner, long step, int times = 1, ChaosPhase phase = ChaosPhase.Entry)
@@ -157,6 +157,25 @@ public sealed class ChaosPlan
             f.WriteByte((byte)(b ^ 0xFF));
         }
         Report(step, owner, "corrupt-checkpoint", $"flipped a byte of {part.File}");
+    }
+
+    private readonly ConcurrentDictionary<long, string> nodeKills = new();
+
+    /// <summary>At the first step boundary ≥ s, the process of the expert node at HOST:PORT is killed (SIGKILL, by itself).</summary>
+    public ChaosPlan KillNode(string hostPort, long step)
+    {
+        nodeKills[step] = hostPort;
+        return this;
+    }
+
+    /// <summary>The node to kill at this step boundary, once, with its event (the supervisor journals it first).</summary>
+    public (string node, Messages.ChaosFired fired)? NodeKill(long step)
+    {
+        if (nodeKills.IsEmpty) return null;
+        foreach (var (at, node) in nodeKills)
+            if (step >= at && nodeKills.TryRemove(at, out _))
+                return (node, Report(step, node, "kill-node", $"the expert node {node} is killed (SIGKILL)", observe: false));
+        return null;
     }
 
     private readonly ConcurrentDictionary<long, TimeSpan> journalRefusals = new();

@@ -18,10 +18,14 @@ namespace MoCE.Actors;
 ///                                                                     # message: forward | output | backward | input-grad
 ///     { kind = corrupt-checkpoint, owner = router, step = 80 }         # the owner's first checkpoint file at step ≥ 80
 ///     { kind = journal-refuses, step = 100, ms = 1500 }                # the database refuses journal writes for 1.5 s
+///     { kind = kill-node, node = "127.0.0.1:4553", step = 120 }        # cluster: SIGKILL of that expert node's process
 ///   ]
 /// }
 /// </code>
-/// Owners: trainer, router, teacher, expert-N (fail); expert-N (straggler and message faults).</summary>
+/// Owners: trainer, router, teacher, expert-N (fail); expert-N (straggler and message faults). In a cluster the schedule
+/// runs on the coordinators (`moce node --chaos FILE`): faults of the trainer, router and teacher, message faults (at the
+/// router), corrupt checkpoints of the trainer and router, journal refusals and node kills fire there; an expert on
+/// another node runs no schedule.</summary>
 public static class ChaosSchedule
 {
     public static ChaosPlan Load(string path)
@@ -88,11 +92,16 @@ public static class ChaosSchedule
                         throw new ConfigException($"{at}.owner", $"expected trainer, router or expert-N (the owners that write parts), got '{o}'");
                     plan.CorruptCheckpoint(o, Long("step"));
                     break;
+                case "kill-node":
+                    var hostPort = Str("node");
+                    _ = NodeOptions.SeedAddress(hostPort);                                // host:port, or a clear error
+                    plan.KillNode(hostPort, Long("step"));
+                    break;
                 case "journal-refuses":
                     plan.RefuseJournal(Long("step"), TimeSpan.FromMilliseconds(Num("ms", 1000)));
                     break;
                 default:
-                    throw new ConfigException($"{at}.kind", $"expected fail, straggler, drop, duplicate, delay, corrupt-checkpoint or journal-refuses, got '{kind}'");
+                    throw new ConfigException($"{at}.kind", $"expected fail, straggler, drop, duplicate, delay, corrupt-checkpoint, journal-refuses or kill-node, got '{kind}'");
             }
             foreach (var k in fields.Keys.Where(k => !used.Contains(k)))
                 throw new ConfigException($"{at}.{k}", $"unknown key for kind = {kind}");

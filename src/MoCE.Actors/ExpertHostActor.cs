@@ -56,6 +56,12 @@ public sealed class ExpertHostActor : ReceiveActor
             var child = Context.Child(ChildName(m.RunId, m.Expert));
             if (!child.IsNobody() && hosted.Remove(child)) Context.Stop(child);
         });
+        Receive<KillNode>(m =>
+        {
+            // a chaos schedule's node kill: the process dies as under SIGKILL, with no leaving and no flush
+            log.Warning("Chaos: this node is killed at step {0}", m.Step);
+            System.Diagnostics.Process.GetCurrentProcess().Kill();
+        });
         Receive<Terminated>(t =>
         {
             hosted.Remove(t.ActorRef);

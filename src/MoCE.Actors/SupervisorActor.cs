@@ -477,6 +477,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         if (rejoining.Count > 0) { Rejoin(); return; }
         if (move is { Started: false }) { StartMove(); return; }
         if (add is { Started: false } a && (a.AtStep < 0 || step >= a.AtStep) && recentTokens.Count > 0 && down.Count == 0) { StartAdd(); return; }
+        if (InCluster && setup.Chaos.NodeKill(step) is { } kill) { KillNodeNow(kill.node, kill.fired); return; }
         if (step >= end && down.Count > 0 && !stopRequested)
         {
             // the final commit must hold every expert's own state: wait for the recovering ones
@@ -587,6 +588,20 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private bool IsDown(string owner) => SupervisorState.ExpertIndex(owner) is { } e && down.Contains(e) && !IsSlow(e);
 
     private bool IsSlow(int e) => outages.TryGetValue(e, out var o) && o.error.Contains("straggler timeout", StringComparison.Ordinal);
+
+    /// <summary>A chaos schedule's kill-node at this step boundary: journaled first, then that expert node's host kills its
+    /// process; the run goes on and finds out as from any node loss (membership, DeathWatch).</summary>
+    private void KillNodeNow(string hostPort, ChaosFired fired)
+    {
+        var node = placement.HostNodes.FirstOrDefault(n => n.EndsWith("@" + hostPort, StringComparison.Ordinal));
+        Persist(fired, c =>
+        {
+            ChaosJournaled(c);
+            if (node is null) log.Warning("Chaos: kill-node {0} skipped: it is not an expert node of this run (expert hosts: {1})", hostPort, string.Join(", ", placement.HostNodes));
+            else placement.HostAt(node)!.Tell(new KillNode(step));
+            Next();
+        });
+    }
 
     private void ChaosJournaled(ChaosFired c)
     {

@@ -88,6 +88,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
             Opt("--port", "the remoting port"), Opt("--seeds", "HOST:PORT,... of the seed nodes"), Opt("--devices", "devices for experts, e.g. cpu,cuda:0"),
             Opt("--min-expert-nodes", "expert nodes to wait for before placing experts"), Opt("--tls-certificate", "the cluster's PKCS#12 certificate (mutual TLS); password in $MOCE_TLS_PASSWORD"),
             Opt("--metrics-port", "serve Prometheus metrics on this port"), Opt("--method", "moce | token-moe (a coordinator's run)"),
+            Opt("--chaos", "inject the faults of a chaos schedule (hocon/chaos/*.conf); in a cluster, given to the coordinators"),
         ];
         System.CommandLine.Command Cmd(string name, string help, params System.CommandLine.Symbol[] symbols)
         {
@@ -108,7 +109,6 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
         root.Subcommands.Add(Cmd("cluster", "k-means over the dense MAE's features; writes each image's cluster and a report", Common()));
         root.Subcommands.Add(Cmd("train", "MoE training from the dense MAE; with --seeds, as a coordinator of a cluster (node's options apply)",
             [.. Common(), Opt("--method", "moce | token-moe | dense (default moce.moe.method)"), Opt("--engine", "actors | local (default moce.actors.engine)"),
-             Opt("--chaos", "inject the faults of a chaos schedule (hocon/chaos/*.conf) into the actor engine"),
              .. NodeFlags().Where(o => o.Name != "--method")]));
         root.Subcommands.Add(Cmd("customize", "extract a dense model with the experts a task prefers", [.. Common(), Opt("--task", "a task under moce.tasks (required)")]));
         root.Subcommands.Add(Cmd("eval", "linear probe and k-NN on frozen features for the configured tasks", Common()));

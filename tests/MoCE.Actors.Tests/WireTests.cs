@@ -115,7 +115,7 @@ public sealed class WireTests : IDisposable
             new GetHostInfo(3), new HostInfo(3, "akka.tcp://moce@127.0.0.1:4051", ["cpu", "cuda:1"], ["run-1/2"]), new HostExpert(3, 2, spec, true),
             new ExpertHosted(3, 2, actor, "akka.tcp://moce@127.0.0.1:4051", "cuda:1"), new OwnerFailure(-1, "expert-2", "chaos", true),
             new UseExperts(4, [actor, actor]), new ExpertLost(4, 1), new GetExperts(-1), new StopExpert(5, "run-1", 2),
-            new ExpertsSlow(70, 3, 1, [2], 250.0),
+            new ExpertsSlow(70, 3, 1, [2], 250.0), new KillNode(90),
             new ChaosFired(70, "expert-0", "duplicate", "backward message between the router and expert-0"),
             new AddExperts(-1, 2, "akka.tcp://moce@127.0.0.1:4555", 60), new ExpertsAddedReply(60, [3, 4], [1, 1], ""),
             new ExpertsAdded(60, 3, [1, 1], "", new CheckpointCommitted(60, [r, r with { Owner = "expert-3" }])),

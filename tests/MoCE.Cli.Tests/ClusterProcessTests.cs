@@ -107,8 +107,10 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
 
     /// <summary>A new run (its own run id, so its journal rows are its own) from the fixture's dense model and clustering,
     /// trained by two coordinators (the first one, the oldest, runs the supervisor) and two expert nodes.</summary>
-    private Cluster Start(string? existing = null, params string[] extra)
+    private Cluster Start(string? existing = null, string[]? extra = null, string[]? coordinatorExtra = null)
     {
+        extra ??= [];
+        coordinatorExtra ??= [];
         var run = existing ?? fx.Base + "-" + Guid.NewGuid().ToString("N")[..8];
         if (existing is null)
         {
@@ -117,12 +119,13 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         }
         int[] ports = [MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort()];
         int[] metrics = [MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort(), MoCE.Actors.ClusterNode.FreeLoopbackPort()];
+        if (pendingSchedule is { } ps) File.WriteAllText(ps.file, ps.text(ports));
         string[] common = ["--seeds", $"127.0.0.1:{ports[0]}", "--min-expert-nodes", "2",
                            "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby, .. extra];
-        var c1 = new Node("coordinator 1", ["--roles", "coordinator", "--port", ports[0].ToString(), "--metrics-port", metrics[0].ToString(), "--run", run, .. common]);
+        var c1 = new Node("coordinator 1", ["--roles", "coordinator", "--port", ports[0].ToString(), "--metrics-port", metrics[0].ToString(), "--run", run, .. common, .. coordinatorExtra]);
         c1.WaitFor(@"Singleton manager started singleton actor", TimeSpan.FromSeconds(60));   // the oldest coordinator runs the supervisor
         return new Cluster(run, c1,
-            new Node("coordinator 2", ["--roles", "coordinator", "--port", ports[1].ToString(), "--metrics-port", metrics[1].ToString(), "--run", run, .. common]),
+            new Node("coordinator 2", ["--roles", "coordinator", "--port", ports[1].ToString(), "--metrics-port", metrics[1].ToString(), "--run", run, .. common, .. coordinatorExtra]),
             new Node("expert node 1", ["--roles", "experts", "--port", ports[2].ToString(), "--metrics-port", metrics[2].ToString(), .. common]),
             new Node("expert node 2", ["--roles", "experts", "--port", ports[3].ToString(), "--metrics-port", metrics[3].ToString(), .. common]),
             ports, metrics);
@@ -365,6 +368,37 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         using var atEnd = store.Load(final.Parts.Single(p => p.Owner == "expert-3"));
         Assert.NotEqual(atStop, TrainerCheckpoint.ModelWeights(atEnd)["blocks.0.mlp.experts.3.fc1.weight"].data<float>().ToArray());
     }
+
+    [Fact]
+    public void A_chaos_schedule_on_the_coordinators_kills_an_expert_node_fails_the_router_and_the_run_equals_an_uninterrupted_one()
+    {
+        // the expert node's port must be known before the schedule: the cluster's ports are drawn first, then the file written
+        var schedule = Path.Combine(Path.GetTempPath(), "moce-tests", $"chaos-{Guid.NewGuid():N}.conf");
+        Directory.CreateDirectory(Path.GetDirectoryName(schedule)!);
+        using var c = StartWithSchedule(schedule, ports =>
+            "chaos { events = [\n" +
+            $"  {{ kind = kill-node, node = \"127.0.0.1:{ports[2]}\", step = 40 }}\n" +
+            "  { kind = fail, owner = router, step = 70 }\n" +
+            "] }\n");
+        var killed = c.C1.WaitFor(@"Chaos at step (\d+): \S+ kill-node", RunTimeout);
+        Assert.True(c.X1.WaitForExit(TimeSpan.FromSeconds(60)) != 0, c.X1.Tail);   // SIGKILL: no clean exit
+        c.C1.WaitFor(@"Owner (\S+) failed at step \d+: lost with its node", RunTimeout);
+        c.C1.WaitFor(@"Recovered from router's failure at step 70", RunTimeout);
+        Finish(c, killed: c.X1);
+        output.WriteLine($"{killed.Value}; expert node 1 exited");
+        Assert.DoesNotContain("skipped: it is not an expert node", c.C1.Output);
+        AssertEqualsOneProcess(c.Run, "a schedule's node kill and router failure");
+    }
+
+    /// <summary><see cref="Start"/> with a chaos schedule for the coordinators, written once the ports are drawn.</summary>
+    private Cluster StartWithSchedule(string file, Func<int[], string> schedule)
+    {
+        pendingSchedule = (file, schedule);
+        try { return Start(null, null, ["--chaos", file]); }
+        finally { pendingSchedule = null; }
+    }
+
+    private (string file, Func<int[], string> text)? pendingSchedule;
 
     internal static void CopyRun(string from, string to)
     {

@@ -56,6 +56,9 @@ public sealed record NodeDrained(long Step, string Node, IReadOnlyList<int> Move
 /// a new one, never the stopping one.</summary>
 public sealed record StopExpert(long Step, string RunId, int Expert) : IStepMessage;
 
+/// <summary>Command to a host (a chaos schedule's kill-node): kill this node's process at once, as SIGKILL would.</summary>
+public sealed record KillNode(long Step) : IStepMessage;
+
 /// <summary>Command (from `moce experts add`): add Count experts at the step boundary AtStep (−1: the next one), each
 /// split from the busiest expert, on Node ("": where the placement policy puts them). The add commits, so nothing
 /// before it is lost and nothing after it forgets it.</summary>

@@ -136,6 +136,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
             (ref WireReader r, byte _) => new AddExperts(r.I64(), r.I32(), r.Str(), r.I64()));
         Add<ExpertsAddedReply>((w, m) => { w.I64(m.Step); IntList(w, m.Added); IntList(w, m.Sources); w.Str(m.Error); },
             (ref WireReader r, byte _) => new ExpertsAddedReply(r.I64(), IntList(ref r), IntList(ref r), r.Str()));
+        Add<KillNode>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new KillNode(r.I64()));
         Add<ExpertLost>((w, m) => { w.I64(m.Step); w.I32(m.Expert); }, (ref WireReader r, byte _) => new ExpertLost(r.I64(), r.I32()));
 
         // journal events and snapshots

@@ -13,13 +13,14 @@ namespace MoCE.Cli.Commands;
 public static class NodeCommand
 {
     /// <summary>The options `moce node` takes (besides --preset, --config, -o and --run).</summary>
-    public static readonly string[] Flags = ["roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "metrics-port", "method"];
+    public static readonly string[] Flags = ["roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "metrics-port", "method", "chaos"];
 
     public static int Run(CliArgs cli, CancellationToken ct)
     {
         if (cli.Positionals is ["drain", var address]) return Drain(cli, address);
         if (cli.Positionals.Count > 0) throw new ConfigException("node", $"unexpected '{string.Join(" ", cli.Positionals)}'; the only subcommand is drain HOST:PORT");
         cli.RejectFlagsExcept(Flags);
+        var chaos = cli.Flags.TryGetValue("chaos", out var file) ? ChaosSchedule.Load(file) : null;   // a coordinator's faults (README)
         var config = Resolve(cli);
         cli = cli with { Overrides = [.. cli.Overrides, .. FlagOverrides(cli)] };          // the coordinator's Session reads them too
         var node = config.Node.Validated();
@@ -27,6 +28,7 @@ public static class NodeCommand
         if (metrics is not null) Log.Information("Prometheus metrics on http://{Host}:{Port}/metrics", config.MetricsHost, config.MetricsPort);
         if (!node.Coordinator)
         {
+            if (chaos is not null) throw new ConfigException("--chaos", "a chaos schedule runs on the coordinators; this node has only the experts role");
             // an experts-only node: no run directory, no data; the experts' spec comes from the supervisor
             ClusterNode.Run(node, ClusterNode.Config(node, ActorEngine.Config("", config.Hocon)), null, Log.Logger, ct);
             Log.Information("Node stopped");
@@ -35,7 +37,7 @@ public static class NodeCommand
         var s = Session.Open(cli, logName: $"node-{node.Host}-{(node.Port > 0 ? node.Port.ToString() : Environment.ProcessId.ToString())}.log");
         var method = cli.Flags.TryGetValue("method", out var m) ? MoceConfig.ParseMethod("--method", m) : s.Config.Moe.Method;
         if (method == MoeMethod.Dense) throw new ConfigException("--method", "dense has no experts to place; train it with moce train");
-        TrainCommand.Execute(s, method, "actors", ct, node);
+        TrainCommand.Execute(s, method, "actors", ct, node, chaos);
         return 0;
     }
 
