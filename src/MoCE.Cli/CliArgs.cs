@@ -26,7 +26,9 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
         }
         if (result.Errors.Count > 0)
         {
-            var message = result.Errors.OrderBy(e => e.Message.Contains("needs a value", StringComparison.Ordinal) ? 0 : 1).First().Message;
+            // the most specific first: an option without its value, then a word that is no command or option
+            var message = result.Errors.OrderBy(e => e.Message.Contains("needs a value", StringComparison.Ordinal) ? 0
+                : e.Message.StartsWith("Unrecognized", StringComparison.Ordinal) ? 1 : 2).First().Message;
             var quoted = System.Text.RegularExpressions.Regex.Match(message, "'([^']*)'");
             throw new ConfigException(quoted.Success ? quoted.Groups[1].Value : "command line", $"{message.TrimEnd('.')}; see moce --help");
         }
