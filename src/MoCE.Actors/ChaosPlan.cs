@@ -169,13 +169,16 @@ public sealed class ChaosPlan
     }
 
     /// <summary>The node to kill at this step boundary, once, with its event (the supervisor journals it first).</summary>
-    public (string node, Messages.ChaosFired fired)? NodeKill(long step)
+    public (string node, Messages.ChaosFired fired)? NodeKill(long step) =>
+        TakeDue(nodeKills, step, out var node) ? (node, Report(step, node, "kill-node", $"the expert node {node} is killed (SIGKILL)", observe: false)) : null;
+
+    /// <summary>A step-boundary event due at <paramref name="step"/> (planned for it or an earlier step), taken once.</summary>
+    private static bool TakeDue<T>(ConcurrentDictionary<long, T> planned, long step, out T value)
     {
-        if (nodeKills.IsEmpty) return null;
-        foreach (var (at, node) in nodeKills)
-            if (step >= at && nodeKills.TryRemove(at, out _))
-                return (node, Report(step, node, "kill-node", $"the expert node {node} is killed (SIGKILL)", observe: false));
-        return null;
+        foreach (var at in planned.Keys.Order())
+            if (step >= at && planned.TryRemove(at, out value!)) return true;
+        value = default!;
+        return false;
     }
 
     private readonly ConcurrentDictionary<long, TimeSpan> journalRefusals = new();
@@ -189,14 +192,9 @@ public sealed class ChaosPlan
 
     /// <summary>The refusal that starts at this commit, once, with its event (the supervisor journals it itself, before
     /// the refusal begins, so it is not told to the observer).</summary>
-    public (TimeSpan period, Messages.ChaosFired fired)? JournalRefusal(long step)
-    {
-        if (journalRefusals.IsEmpty) return null;
-        foreach (var (at, period) in journalRefusals)
-            if (step >= at && journalRefusals.TryRemove(at, out _))
-                return (period, Report(step, "journal", "journal-refuses", $"the database refuses journal writes for {period.TotalMilliseconds:F0} ms", observe: false));
-        return null;
-    }
+    public (TimeSpan period, Messages.ChaosFired fired)? JournalRefusal(long step) =>
+        TakeDue(journalRefusals, step, out var period)
+            ? (period, Report(step, "journal", "journal-refuses", $"the database refuses journal writes for {period.TotalMilliseconds:F0} ms", observe: false)) : null;
 
     private readonly ConcurrentDictionary<string, bool> uncreatable = new();
 
