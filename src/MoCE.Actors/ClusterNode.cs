@@ -100,14 +100,23 @@ public static class ClusterNode
         return ActorSystem.Create(SystemName, BootstrapSetup.Create().WithConfig(withTls).And(tls));
     }
 
-    /// <summary>A TCP port on 127.0.0.1 that is free now (for local clusters: tests, moce bench-cluster).</summary>
+    /// <summary>A TCP port on 127.0.0.1 that is free now (for local clusters: tests, moce bench-cluster), drawn at random
+    /// below Linux's ephemeral range (32768 and up): a port the kernel hands out for port 0 can be taken by any outgoing
+    /// connection (a database client, another node) before the node binds it.</summary>
     public static int FreeLoopbackPort()
     {
-        var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        l.Start();
-        int port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
+        for (int attempt = 0; ; attempt++)
+        {
+            int port = Random.Shared.Next(20000, 32000);
+            var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, port);
+            try
+            {
+                l.Start();
+                l.Stop();
+                return port;
+            }
+            catch (System.Net.Sockets.SocketException) when (attempt < 100) { }
+        }
     }
 
     /// <summary>The path tools send to through a cluster client to reach the run's supervisor.</summary>

@@ -87,6 +87,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         }
 
         public string Tail => string.Join("\n", Output.Split('\n').TakeLast(40));
+        public bool Exited => p.HasExited;
         public void Kill() => p.Kill(entireProcessTree: true);                    // SIGKILL: no shutdown, no leaving
         public void Terminate() => Process.Start("kill", ["-TERM", p.Id.ToString()])!.WaitForExit();
         private bool disposed;
@@ -124,11 +125,29 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
                            "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby, .. extra];
         var c1 = new Node("coordinator 1", ["--roles", "coordinator", "--port", ports[0].ToString(), "--metrics-port", metrics[0].ToString(), "--run", run, .. common, .. coordinatorExtra]);
         c1.WaitFor(@"Singleton manager started singleton actor", TimeSpan.FromSeconds(60));   // the oldest coordinator runs the supervisor
-        return new Cluster(run, c1,
+        var cluster = new Cluster(run, c1,
             new Node("coordinator 2", ["--roles", "coordinator", "--port", ports[1].ToString(), "--metrics-port", metrics[1].ToString(), "--run", run, .. common, .. coordinatorExtra]),
             new Node("expert node 1", ["--roles", "experts", "--port", ports[2].ToString(), "--metrics-port", metrics[2].ToString(), .. common]),
             new Node("expert node 2", ["--roles", "experts", "--port", ports[3].ToString(), "--metrics-port", metrics[3].ToString(), .. common]),
             ports, metrics);
+        // both expert hosts reach the supervisor; a node that dies on the way (a port taken, say) fails here, with its output
+        var clock = Stopwatch.StartNew();
+        while (!Regex.IsMatch(c1.Output, @"\(2 of 2 needed\)"))
+        {
+            foreach (var n in new[] { cluster.C1, cluster.C2, cluster.X1, cluster.X2 }.Where(n => n.Exited))
+            {
+                cluster.Dispose();
+                throw new InvalidOperationException($"{n.Name} exited while the cluster formed:\n{n.Tail}");
+            }
+            if (clock.Elapsed > TimeSpan.FromSeconds(120))
+            {
+                var tails = string.Join("\n----\n", new[] { cluster.C1, cluster.C2, cluster.X1, cluster.X2 }.Select(n => $"{n.Name}:\n{n.Tail}"));
+                cluster.Dispose();
+                throw new TimeoutException($"the two expert nodes did not reach the supervisor within 120 s:\n{tails}");
+            }
+            Thread.Sleep(100);
+        }
+        return cluster;
     }
 
     /// <summary>Both coordinators exit 0 once the run is done; the expert nodes leave on SIGTERM (the killed one is gone).</summary>
