@@ -108,6 +108,7 @@ public static class ClusterNode
         for (int attempt = 0; ; attempt++)
         {
             int port = Random.Shared.Next(20000, 32000);
+            lock (HandedOut) if (!HandedOut.Add(port)) continue;                 // never the same port twice in a process
             var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, port);
             try
             {
@@ -118,6 +119,8 @@ public static class ClusterNode
             catch (System.Net.Sockets.SocketException) when (attempt < 100) { }
         }
     }
+
+    private static readonly HashSet<int> HandedOut = [];
 
     /// <summary>The path tools send to through a cluster client to reach the run's supervisor.</summary>
     public const string SupervisorService = "/user/" + RunManager + "-proxy";
