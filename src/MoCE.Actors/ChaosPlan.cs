@@ -175,9 +175,10 @@ public sealed class ChaosPlan
     /// <summary>A step-boundary event due at <paramref name="step"/> (planned for it or an earlier step), taken once.</summary>
     private static bool TakeDue<T>(ConcurrentDictionary<long, T> planned, long step, out T value)
     {
+        value = default!;
+        if (planned.IsEmpty) return false;                                        // every step boundary asks: no sort then
         foreach (var at in planned.Keys.Order())
             if (step >= at && planned.TryRemove(at, out value!)) return true;
-        value = default!;
         return false;
     }
 

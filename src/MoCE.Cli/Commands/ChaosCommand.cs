@@ -116,9 +116,7 @@ public static class ChaosCommand
         {
             var rows = File.ReadLines(Path.Combine(dir, "metrics.csv")).Skip(1).Select(l => l.Split(','))
                 .Select(p => (step: double.Parse(p[0], CultureInfo.InvariantCulture), loss: double.Parse(p[1], CultureInfo.InvariantCulture))).ToList();
-            var ys = new double[rows.Count];
-            for (int i = 0; i < rows.Count; i++) ys[i] = rows.Skip(Math.Max(0, i - 9)).Take(Math.Min(10, i + 1)).Average(r => r.loss);
-            var line = plt.Add.ScatterLine(rows.Select(r => r.step).ToArray(), ys);
+            var line = plt.Add.ScatterLine(rows.Select(r => r.step).ToArray(), ReportCommand.Smooth(rows.Select(r => r.loss).ToList(), 10));
             line.LegendText = policy;
         }
         plt.Title("Loss (mean of 10 steps) under each recovery policy");

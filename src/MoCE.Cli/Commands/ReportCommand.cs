@@ -139,22 +139,23 @@ public static class ReportCommand
         return md.ToString();
     }
 
+    /// <summary>The mean of each value and the window − 1 before it.</summary>
+    internal static double[] Smooth(IReadOnlyList<double> ys, int window)
+    {
+        var r = new double[ys.Count];
+        for (int i = 0; i < ys.Count; i++)
+        {
+            int a = Math.Max(0, i - window + 1);
+            double s = 0;
+            for (int j = a; j <= i; j++) s += ys[j];
+            r[i] = s / (i - a + 1);
+        }
+        return r;
+    }
+
     /// <summary>The plots, drawn with ScottPlot.</summary>
     private static class Plots
     {
-        private static double[] Smooth(IReadOnlyList<double> ys, int window)
-        {
-            var r = new double[ys.Count];
-            for (int i = 0; i < ys.Count; i++)
-            {
-                int a = Math.Max(0, i - window + 1);
-                double s = 0;
-                for (int j = a; j <= i; j++) s += ys[j];
-                r[i] = s / (i - a + 1);
-            }
-            return r;
-        }
-
         public static string Loss(string path, List<Row> rows, List<Row>? baseline, List<ChaosFired> chaos)
         {
             var plt = new ScottPlot.Plot();
