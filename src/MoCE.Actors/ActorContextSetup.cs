@@ -38,7 +38,6 @@ public sealed record ActorContextSetup
     public required MaeConfig Model { get; init; }
     public required MoeConfig Moe { get; init; }
     public required TrainConfig Train { get; init; }
-    public required DataConfig DataConfig { get; init; }
     public required ImageDataset Data { get; init; }
     public required long[] ClusterIds { get; init; }
     public required int Clusters { get; init; }
@@ -72,14 +71,14 @@ public sealed record ActorContextSetup
     /// <summary>The setup of a run that starts from a dense MAE: the initial state is the dense weights upcycled
     /// exactly as the reference trainer does (<see cref="MoceTrainer.InitialModel"/>), and the frozen teacher is the
     /// dense model when distillation is on.</summary>
-    public static ActorContextSetup FromDense(string runId, MaeConfig model, MoeConfig moe, TrainConfig train, DataConfig dataConfig,
+    public static ActorContextSetup FromDense(string runId, MaeConfig model, MoeConfig moe, TrainConfig train,
         ImageDataset data, long[] clusterIds, int clusters, IReadOnlyDictionary<string, torch.Tensor> dense, ICheckpointStore store,
-        torch.Device device, int trainerThreads, int ownerThreads = 1)
+        torch.Device device, int trainerThreads, int ownerThreads = 1, torch.Tensor? centroids = null)
     {
-        using var initial = MoceTrainer.InitialModel(model, moe, clusters, dense, train.Seed);
+        using var initial = MoceTrainer.InitialModel(model, moe, clusters, dense, train.Seed, centroids);
         return new ActorContextSetup
         {
-            RunId = runId, Model = model, Moe = moe, Train = train, DataConfig = dataConfig, Data = data,
+            RunId = runId, Model = model, Moe = moe, Train = train, Data = data,
             ClusterIds = clusterIds, Clusters = clusters,
             Initial = initial.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone()),
             Teacher = moe.LambdaDistill > 0 ? dense.ToDictionary(kv => kv.Key, kv => kv.Value.clone()) : null,

@@ -76,7 +76,7 @@ public sealed class TeacherActor : ReceiveActor
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        var (imgs, noise, _) = MoceTrainer.StepInputs(step, sampler, setup.Data, setup.DataConfig, setup.ClusterIds, teacher, setup.Train.Seed, setup.Device);
+        var (imgs, noise, _) = MoceTrainer.StepInputs(step, sampler, setup.Data, setup.ClusterIds, teacher, setup.Train.Seed, setup.Device);
         return teacher.ForwardEncoder(imgs, noise).latent.MoveToOuterDisposeScope();
     }
 

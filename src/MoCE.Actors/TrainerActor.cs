@@ -115,7 +115,7 @@ public sealed class TrainerActor : ReceiveActor
         long s = m.Step;
         using var scope = NewDisposeScope();
         int rerouted = 0;
-        var (imgs, noise, gate) = MoceTrainer.StepInputs(s, sampler, setup.Data, setup.DataConfig, setup.ClusterIds, model, setup.Train.Seed, setup.Device);
+        var (imgs, noise, gate) = MoceTrainer.StepInputs(s, sampler, setup.Data, setup.ClusterIds, model, setup.Train.Seed, setup.Device);
         var routes = new List<RouteStats>();
         var target = RequestTarget(s);
         MaeOutput o;

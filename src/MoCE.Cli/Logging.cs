@@ -23,6 +23,6 @@ public static class Logging
     public static ILogger ConsoleAndFile(string logFile) => new LoggerConfiguration()
         .MinimumLevel.Debug()
         .WriteTo.Console(outputTemplate: Template, restrictedToMinimumLevel: LogEventLevel.Information, standardErrorFromLevel: LogEventLevel.Error)
-        .WriteTo.File(logFile, outputTemplate: "{Timestamp:yyyy-MM-dd HH:mm:ss.fff} [{Level:u3}] {Message:lj} {Properties:j}{NewLine}{Exception}")
+        .WriteTo.File(logFile, shared: true, outputTemplate: "{Timestamp:yyyy-MM-dd HH:mm:ss.fff} [{Level:u3}] {Message:lj} {Properties:j}{NewLine}{Exception}")
         .CreateLogger();
 }

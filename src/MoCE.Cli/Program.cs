@@ -45,6 +45,8 @@ try
         "train" => TrainCommand.Run(cli, cts.Token),
         "customize" => CustomizeCommand.Run(cli),
         "eval" => EvalCommand.Run(cli),
+        "data" => DataCommand.Run(cli),
+        "export" => ExportCommand.Run(cli),
         "pipeline" => PipelineCommand.Run(cli, cts.Token),
         "node" => NodeCommand.Run(cli, cts.Token),
         "experts" => ExpertsCommand.Run(cli),

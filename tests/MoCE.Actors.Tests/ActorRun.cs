@@ -29,7 +29,7 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     public ActorContextSetup Setup(ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback, RestartBackoff? backoff = null)
     {
         using var dense = fx.Dense();
-        return ActorContextSetup.FromDense(RunId, fx.Model, moe, train, Tiny.Data, fx.Data, fx.Clustering.TrainIds, MoceFixture.Clusters,
+        return ActorContextSetup.FromDense(RunId, fx.Model, moe, train, fx.Data, fx.Clustering.TrainIds, MoceFixture.Clusters,
             TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(RunDir, "checkpoints")), CPU, trainerThreads: 0) with
         {
             Chaos = chaos ?? ChaosPlan.None,

@@ -137,14 +137,14 @@ public class ConfigTests
     [Fact]
     public void Override_values_survive_hocon_syntax()
     {
-        var c = Load("data.path=/data//fashion # not a comment");
-        Assert.Equal("/data//fashion # not a comment", c.Data.Path);
+        var c = Load("datasets.fashion-mnist.path=/data//fashion # not a comment");
+        Assert.Equal("/data//fashion # not a comment", c.Data.Datasets["fashion-mnist"].Path);
     }
 
     [Fact]
     public void Rendered_config_parses_back_to_the_same_values()
     {
-        var merged = ConfigLoader.Merge(new ConfigLoader.Sources("quickstart", null, ["data.path=/x/y"]));
+        var merged = ConfigLoader.Merge(new ConfigLoader.Sources("quickstart", null, ["datasets.fashion-mnist.path=/x/y"]));
         var reparsed = Akka.Configuration.ConfigurationFactory.ParseString(ConfigLoader.Render(merged));
         Assert.Empty(ConfigLoader.Diff(merged, reparsed));
     }

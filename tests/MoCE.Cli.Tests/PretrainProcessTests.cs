@@ -12,7 +12,7 @@ public class PretrainProcessTests
         "-o", "model.patch-size=7", "-o", "model.dim=32", "-o", "model.depth=2", "-o", "model.heads=2",
         "-o", "model.decoder-dim=16", "-o", "model.decoder-depth=1", "-o", "model.decoder-heads=2",
         "-o", "moe.layers=[0, 1]", "-o", "pretrain.batch-size=16", "-o", "pretrain.log-every=5", "-o", "pretrain.checkpoint-every=10",
-        "-o", $"data.path={FashionMnist.SampleDir}", "-o", "threads=1",
+        "-o", $"datasets.fashion-mnist.path={Datasets.SampleDir("fashion-mnist-sample")}", "-o", $"datasets.mnist.path={Datasets.SampleDir("mnist-sample")}", "-o", "threads=1",
     ];
 
     public static (int code, string output) Moce(params string[] args)
@@ -58,9 +58,9 @@ public class PretrainProcessTests
     [Fact]
     public void Bad_input_is_a_clear_error_with_exit_code_2()
     {
-        var (code, output) = Moce("pretrain", "--run", Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N")), "-o", "data.path=/nonexistent/dir");
+        var (code, output) = Moce("pretrain", "--run", Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N")), "-o", "datasets.fashion-mnist.path=/nonexistent/dir");
         Assert.Equal(2, code);
-        Assert.Contains("/nonexistent/dir: no Fashion-MNIST train files", output);
+        Assert.Contains("/nonexistent/dir: no fashion-mnist train files", output);
         (code, output) = Moce("frobnicate");
         Assert.Equal(2, code);
         Assert.Contains("Unrecognized command or argument 'frobnicate'", output);

@@ -32,12 +32,12 @@ public class CheckpointTests
     {
         using var data = Tiny.TrainSample();
         var store = new CheckpointStore(Tiny.TempDir());
-        using var a = new DenseTrainer(Tiny.Model, Tiny.Train(), Tiny.Data, data);
+        using var a = new DenseTrainer(Tiny.Model, Tiny.Train(), data);
         for (int i = 0; i < 3; i++) a.TrainStep();
         var refs = a.SaveCheckpoint(store);
         var commit = new CheckpointCommit(a.NextStep, refs, DateTime.UtcNow);
 
-        using var b = new DenseTrainer(Tiny.Model, Tiny.Train(seed: 99), Tiny.Data, data); // different init
+        using var b = new DenseTrainer(Tiny.Model, Tiny.Train(seed: 99), data); // different init
         b.Restore(commit, store);
         Assert.Equal(a.NextStep, b.NextStep);
         Assert.Equal(a.Optimizer.StepCount, b.Optimizer.StepCount);
@@ -54,15 +54,15 @@ public class CheckpointTests
         using var data = Tiny.TrainSample();
         var cfg = Tiny.Train(steps: 2 * k) with { CheckpointEvery = k };
 
-        using var straight = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data);
+        using var straight = new DenseTrainer(Tiny.Model, cfg, data);
         var losses = new List<double>();
         for (int i = 0; i < 2 * k; i++) losses.Add(straight.TrainStep().Loss);
 
         var runDir = Tiny.TempDir();
-        using (var first = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data))
+        using (var first = new DenseTrainer(Tiny.Model, cfg, data))
             new TrainingLoop(first, cfg, runDir, Quiet).Run(stopAt: k); // the process "stops" at k
 
-        using var resumed = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data);
+        using var resumed = new DenseTrainer(Tiny.Model, cfg, data);
         var loop = new TrainingLoop(resumed, cfg, runDir, Quiet);
         Assert.Equal(k, loop.Resume());
         var resumedLosses = new List<double>();
@@ -77,7 +77,7 @@ public class CheckpointTests
     {
         using var data = Tiny.TrainSample();
         var store = new CheckpointStore(Tiny.TempDir());
-        using var t = new DenseTrainer(Tiny.Model, Tiny.Train(), Tiny.Data, data);
+        using var t = new DenseTrainer(Tiny.Model, Tiny.Train(), data);
         var r = t.SaveCheckpoint(store)[0];
         var path = store.PathOf(r);
         var bytes = File.ReadAllBytes(path);
@@ -94,7 +94,7 @@ public class CheckpointTests
         using var data = Tiny.TrainSample();
         var cfg = Tiny.Train(steps: 6) with { CheckpointEvery = 2, KeepCheckpoints = 3 };
         var runDir = Tiny.TempDir();
-        using (var t = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data))
+        using (var t = new DenseTrainer(Tiny.Model, cfg, data))
             new TrainingLoop(t, cfg, runDir, Quiet).Run();
         var store = new CheckpointStore(Path.Combine(runDir, "checkpoints"));
         var commits = new CommitLog(store).Commits;
@@ -104,7 +104,7 @@ public class CheckpointTests
         File.AppendAllText(store.PathOf(commits[1].Parts[0]), "garbage");  // previous: corrupt
         var warnings = new List<string>();
         var log = new LoggerConfiguration().WriteTo.Sink(new ListSink(warnings)).CreateLogger();
-        using var resumed = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data);
+        using var resumed = new DenseTrainer(Tiny.Model, cfg, data);
         Assert.Equal(2, new TrainingLoop(resumed, cfg, runDir, log).Resume());
         Assert.Contains(warnings, w => w.Contains(commits[2].Parts[0].File) && w.Contains("missing"));
         Assert.Contains(warnings, w => w.Contains(commits[1].Parts[0].File) && w.Contains("sha256"));
@@ -130,7 +130,7 @@ public class CheckpointTests
         using var data = Tiny.TrainSample();
         var cfg = Tiny.Train(steps: 10) with { CheckpointEvery = 2, KeepCheckpoints = 2 };
         var runDir = Tiny.TempDir();
-        using (var t = new DenseTrainer(Tiny.Model, cfg, Tiny.Data, data))
+        using (var t = new DenseTrainer(Tiny.Model, cfg, data))
             new TrainingLoop(t, cfg, runDir, Quiet).Run();
         var dir = Path.Combine(runDir, "checkpoints");
         var files = Directory.GetFiles(dir, "*.ckpt").Select(Path.GetFileName).Order().ToList();

@@ -32,7 +32,7 @@ public class DataTests
         var raw = Path.Combine(Tiny.TempDir(), "t10k-images-idx3-ubyte");
         gz.Write(raw);
         Assert.Equal(gz.Data, IdxArray.Read(raw, 3).Data);
-        using var ds = FashionMnist.Load(Tiny.SampleDir, Split.Test);
+        using var ds = Datasets.Load(Tiny.Fashion, Tiny.SampleDir, Split.Test);
         Assert.Equal(1000, ds.Count);
         Assert.Equal(Enumerable.Range(0, 10), ds.Labels.Distinct().Order());
     }
@@ -93,9 +93,11 @@ public class DataTests
     public void Explicit_data_path_without_files_is_an_error_not_a_silent_fallback()
     {
         var dir = Tiny.TempDir();
-        var e = Assert.Throws<DataFormatException>(() => FashionMnist.Locate(dir, fallbackToSample: true));
+        var e = Assert.Throws<DataFormatException>(() => Datasets.Locate(Tiny.Fashion with { Path = dir }, fallbackToSample: true));
         Assert.StartsWith(dir, e.Message);
-        Assert.Equal(new FashionMnist.Location(Tiny.SampleDir, false), FashionMnist.Locate(Tiny.SampleDir, fallbackToSample: false));
+        Assert.Contains("moce.datasets.fashion-mnist.path", e.Message);
+        Assert.Equal(new Datasets.Location(Tiny.SampleDir, false), Datasets.Locate(Tiny.Fashion with { Path = Tiny.SampleDir }, fallbackToSample: false));
+        Assert.Equal(new Datasets.Location(Tiny.SampleDir, true), Datasets.Locate(Tiny.Fashion with { Search = [dir] }, fallbackToSample: true));
     }
 
     [Fact]

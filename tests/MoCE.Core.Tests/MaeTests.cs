@@ -139,7 +139,7 @@ public class MaeTests
         using var model = new MaskedAutoencoder(Tiny.Model);
         using (var g = Seeds.Generator(0, Seeds.Stream.Init, 0)) model.InitializeWeights(g);
         using var opt = new AdamW(model.named_parameters(), cfg);
-        using var imgs = data.Batch([0, 1, 2, 3, 4, 5, 6, 7], Tiny.Data.Mean, Tiny.Data.Std);
+        using var imgs = data.Batch([0, 1, 2, 3, 4, 5, 6, 7]);
         using var gen = Seeds.Generator(0, Seeds.Stream.Mask, 0);
         using var noise = model.MaskNoise(8, gen); // the same batch and mask every step
         var losses = new List<double>();

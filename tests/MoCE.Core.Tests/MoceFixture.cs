@@ -28,10 +28,10 @@ public class MoceFixture : IDisposable
     protected MoceFixture(MaeConfig model)
     {
         Model = model;
-        using var dense = new DenseTrainer(model, Tiny.Train(steps: 5), Tiny.Data, Data);
+        using var dense = new DenseTrainer(model, Tiny.Train(steps: 5), Data);
         for (int i = 0; i < 5; i++) dense.TrainStep();
         DenseRef = dense.SaveCheckpoint(Store)[0];
-        using var feats = Features.Extract(dense.Model, Data, Enumerable.Range(0, Data.Count).ToList(), Tiny.Data.Mean, Tiny.Data.Std);
+        using var feats = Features.Extract(dense.Model, Data, Enumerable.Range(0, Data.Count).ToList());
         var km = KMeans.Fit(feats, Clusters, seed: 0);
         Clustering = new ClusteringResult { Centroids = km.Centroids, TrainIds = km.Assignments, DenseSha256 = DenseRef.Sha256, DataSource = Data.Source };
     }
@@ -41,7 +41,7 @@ public class MoceFixture : IDisposable
     public MoceTrainer Trainer(MoeConfig moe, TrainConfig train)
     {
         using var dense = Dense();
-        return new MoceTrainer(Model, moe, train, Tiny.Data, Data, Clustering, dense, DenseRef.Sha256);
+        return new MoceTrainer(Model, moe, train, Data, Clustering, dense, DenseRef.Sha256);
     }
 
     public void Dispose()

@@ -107,7 +107,7 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
 
         using var scope = NewDisposeScope();
         using var data = Tiny.TrainSample();
-        var imgs = data.Batch([0, 1, 2, 3, 4, 5, 6, 7], Tiny.Data.Mean, Tiny.Data.Std);
+        var imgs = data.Batch([0, 1, 2, 3, 4, 5, 6, 7]);
         using var mg = Seeds.Generator(1, Seeds.Stream.Mask, 0);
         var noise = dense.MaskNoise(8, mg);
         using var a = dense.forward(imgs, noise);
@@ -139,9 +139,9 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         Assert.Equal(Customizer.ParameterCount(reference), Customizer.ParameterCount(extracted)); // the dense MAE's size
 
         var idx = Enumerable.Range(0, 64).ToList();
-        using var full = Features.Extract(t.Model, fx.Data, idx, Tiny.Data.Mean, Tiny.Data.Std,
+        using var full = Features.Extract(t.Model, fx.Data, idx,
             gate: b => new GateInput(tensor(t.ClusterIdsOf(b)), Forced: new ForcedRoute(route)));
-        using var ext = Features.Extract(extracted, fx.Data, idx, Tiny.Data.Mean, Tiny.Data.Std);
+        using var ext = Features.Extract(extracted, fx.Data, idx);
         Assert.True(ext.allclose(full, rtol: 0, atol: 1e-5), $"max |Δ| = {(ext - full).abs().max().item<float>()}");
     }
 
@@ -198,7 +198,7 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
 
         using var dense = fx.Dense();
         var wrongRun = Assert.Throws<RunMismatchException>(() =>
-            new MoceTrainer(Tiny.Model, MoceFixture.Moe, Tiny.Train(), Tiny.Data, fx.Data, loaded, dense, new string('a', 64)));
+            new MoceTrainer(Tiny.Model, MoceFixture.Moe, Tiny.Train(), fx.Data, loaded, dense, new string('a', 64)));
         Assert.Contains("re-run `moce cluster`", wrongRun.Message);
 
         using var wide = new ClusteringResult { Centroids = zeros(4, 48), TrainIds = loaded.TrainIds, DenseSha256 = fx.DenseRef.Sha256, DataSource = "x" };

@@ -17,13 +17,15 @@ public static class Tiny
         Seed = seed, Steps = steps, BatchSize = 16, BaseLr = 1e-2, WarmupSteps = 2, CheckpointEvery = 1000, LogEvery = 1000,
     };
 
-    public static readonly DataConfig Data = new();
 
-    public static string SampleDir => FashionMnist.SampleDir;
+    public static string SampleDir => Datasets.SampleDir("fashion-mnist-sample");
+
+    public static readonly DatasetSpec Fashion = new("fashion-mnist", "", [], "", "fashion-mnist-sample", Normalization.FashionMnist,
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]);
 
     private static readonly Lazy<(byte[] pixels, int[] labels)> Train1k = new(() =>
     {
-        using var full = FashionMnist.Load(SampleDir, Split.Train);
+        using var full = Datasets.Load(Fashion, SampleDir, Split.Train);
         var img = IdxArray.Read(Path.Combine(SampleDir, "train-images-idx3-ubyte.gz"), 3);
         return (img.Data[..(1000 * 784)], full.Labels[..1000]);
     });

@@ -23,8 +23,8 @@ public static class ActorTrain
         var store = new CheckpointStore(Path.Combine(dir, "checkpoints"));
         // upcycling computes: on a thread of its own, so that this thread (which hosts the engine) holds no OpenMP pool
         var setup = ComputeThread.Run("actor-setup", s.Config.Threads, () => ActorContextSetup.FromDense(s.Run.ActorRunId($"{MoceConfig.MethodName(moe.Method)}-{denseSha[..16]}"),
-            s.Config.Model, moe, train, s.Config.Data, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), store, s.Device,
-            s.Config.Threads, s.Config.OwnerThreads)) with
+            s.Config.Model, moe, train, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), store, s.Device,
+            s.Config.Threads, s.Config.OwnerThreads, clustering.Centroids)) with
         {
             AskTimeout = s.Config.AskTimeout,
             Backoff = s.Config.Backoff,

@@ -32,7 +32,7 @@ public static class Artifacts
     /// <summary>The dense MAE that pre-training produced, with the sha256 of its checkpoint file.</summary>
     public static (CheckpointContent content, string sha256) Dense(Session s)
     {
-        var (store, commit) = LatestCommit(s.Run, "pretrain", "moce pretrain", s.Config.Pretrain.Steps);
+        var (store, commit) = LatestCommit(s.Upstream, "pretrain", "moce pretrain", s.Config.Pretrain.Steps);
         var part = commit.Parts.Single(p => p.Owner == DenseTrainer.Owner);
         return (store.Load(part), part.Sha256);
     }
@@ -47,7 +47,7 @@ public static class Artifacts
 
     public static ClusteringResult Clustering(Session s, string denseSha, int trainCount)
     {
-        var c = ClusteringResult.Load(Path.Combine(s.Run.Root, "cluster"));
+        var c = ClusteringResult.Load(Path.Combine(s.Upstream.Root, "cluster"));
         c.Check(denseSha, s.Config.Model.Dim, trainCount);
         return c;
     }
@@ -109,7 +109,7 @@ public static class Artifacts
     /// <summary>Cluster ids of images outside the clustered set: the nearest centroid of their dense features.</summary>
     public static long[] AssignClusters(Session s, MaskedAutoencoder dense, ClusteringResult clustering, ImageDataset data, IReadOnlyList<int> indices)
     {
-        using var f = Features.Extract(dense, data, indices, s.Config.Data.Mean, s.Config.Data.Std, batch: s.Config.Cluster.FeatureBatch, device: s.Device);
+        using var f = Features.Extract(dense, data, indices, batch: s.Config.Cluster.FeatureBatch, device: s.Device);
         var (ids, d2) = KMeans.Nearest(f, clustering.Centroids);
         using (ids) using (d2) return ids.data<long>().ToArray();
     }

@@ -31,8 +31,7 @@ public static class BenchCommand
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset ?? "bench", cli.Files, cli.Overrides));
         var (cfg, _) = ConfigLoader.Resolve(merged);
         var device = new Device(cfg.Device);
-        var loc = FashionMnist.Locate(cfg.Data.Path, cfg.Data.FallbackToSample);
-        using var full = FashionMnist.Load(loc.Directory, Split.Train);
+        using var full = new DataSources(cfg).PretrainSet();
         // every phase computes on a thread of its own that exits afterwards (see ComputeThread): this thread, which
         // hosts the actor engine, never holds an OpenMP pool, as in `moce train`
         using var data = ComputeThread.Run("bench-data", cfg.Threads, () => full.Take(Math.Min(BenchImages, full.Count)));
@@ -45,7 +44,7 @@ public static class BenchCommand
         var dense = cfg.Pretrain with { Steps = warmup + steps, CheckpointEvery = long.MaxValue };
         using var denseTrainer = ComputeThread.Run("bench-dense", threads, () =>
         {
-            var t = new DenseTrainer(m, dense, cfg.Data, data, device);
+            var t = new DenseTrainer(m, dense, data, device);
             for (int i = 0; i < warmup; i++) t.TrainStep();
             return t;
         });
@@ -57,7 +56,7 @@ public static class BenchCommand
             var denseRef = denseTrainer.SaveCheckpoint(store)[0];
             using var clustering = ComputeThread.Run("bench-cluster", threads, () =>
             {
-                using var feats = Features.Extract(denseTrainer.Model, data, Enumerable.Range(0, data.Count).ToList(), cfg.Data.Mean, cfg.Data.Std, device: device);
+                using var feats = Features.Extract(denseTrainer.Model, data, Enumerable.Range(0, data.Count).ToList(), device: device);
                 var km = KMeans.Fit(feats, cfg.Cluster.K, cfg.Pretrain.Seed, cfg.Cluster.MaxIter, cfg.Cluster.Tol);
                 return new ClusteringResult { Centroids = km.Centroids, TrainIds = km.Assignments, DenseSha256 = denseRef.Sha256, DataSource = data.Source };
             });
@@ -66,7 +65,7 @@ public static class BenchCommand
             MoceTrainer? moceTrainer = null;
             var (denseMs, moceMs) = ComputeThread.Run("bench-reference", threads, () =>
             {
-                moceTrainer = new MoceTrainer(m, cfg.Moe, train, cfg.Data, data, clustering, ckpt, denseRef.Sha256, device);
+                moceTrainer = new MoceTrainer(m, cfg.Moe, train, data, clustering, ckpt, denseRef.Sha256, device);
                 for (int i = 0; i < warmup; i++) moceTrainer.TrainStep();
                 return Interleaved(denseTrainer, moceTrainer, steps);
             });
@@ -137,11 +136,11 @@ public static class BenchCommand
         int perRound = Math.Max(1, steps / rounds);
         var train = cfg.Train with { Steps = warmup + rounds * (Untimed + perRound), CheckpointEvery = long.MaxValue };
         using var reference = ComputeThread.Run("bench-reference", cfg.Threads, () =>
-            new MoceTrainer(cfg.Model, cfg.Moe, train, cfg.Data, data, clustering, dense, clustering.DenseSha256, device));
+            new MoceTrainer(cfg.Model, cfg.Moe, train, data, clustering, dense, clustering.DenseSha256, device));
         var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-actors-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
         var setup = ComputeThread.Run("bench-setup", cfg.Threads, () => Actors.ActorContextSetup.FromDense("bench", cfg.Model, cfg.Moe,
-            train, cfg.Data, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense),
+            train, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense),
             new CheckpointStore(Path.Combine(dir, "checkpoints")), device, cfg.Threads, cfg.OwnerThreads));
         var actor = new double[rounds];
         var refMs = new double[rounds];
@@ -195,7 +194,7 @@ public static class BenchCommand
         var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-ckpt-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
         var setup = ComputeThread.Run("bench-setup", cfg.Threads, () => Actors.ActorContextSetup.FromDense("bench-ckpt", cfg.Model, cfg.Moe, train,
-            cfg.Data, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")),
+            data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")),
             device, cfg.Threads, cfg.OwnerThreads));
         var sw = Stopwatch.StartNew();
         double last = 0, cut = 0, steps = 0;

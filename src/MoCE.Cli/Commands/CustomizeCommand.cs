@@ -31,20 +31,30 @@ public static class CustomizeCommand
 
     public static string Dir(Session s, string task) => s.Run.Phase(Path.Combine("customize", task));
 
-    /// <summary>Loads the extracted model of a task, customizing first if it is missing or was made from another
-    /// MoCE checkpoint than the run's newest.</summary>
+    /// <summary>The extracted model of a task (made by <see cref="Ensure"/>).</summary>
     public static MaskedAutoencoder Load(Session s, string task)
     {
-        var path = Path.Combine(Dir(s, task), "model.json");
-        var current = Artifacts.TrainedSha(s, MoeMethod.Moce);
-        if (!File.Exists(path) || ReadMeta(s, task, path)["moce_sha256"] != current) Execute(s, task);
-        var r = JsonSerializer.Deserialize<CheckpointRef>(File.ReadAllText(path))!;
+        var r = JsonSerializer.Deserialize<CheckpointRef>(File.ReadAllText(Path.Combine(Dir(s, task), "model.json")))!;
         using var c = new CheckpointStore(Dir(s, task)).Load(r);
         var m = new MaskedAutoencoder(s.Config.Model);
         Core.Checkpoints.TrainerCheckpoint.LoadModelWeights(m, c);
         m.to(s.Device).eval();
         return m;
     }
+
+    /// <summary>Customizes the task unless its extracted model was made from the run's newest MoCE checkpoint with
+    /// the same task definition and settings; returns the extracted model's key (for caches) and its sha256.</summary>
+    public static (string key, string sha) Ensure(Session s, string taskName, EvalCommand.ModelSet models, TaskImages ti)
+    {
+        var path = Path.Combine(Dir(s, taskName), "model.json");
+        var wanted = Identity(s, ti.Task);
+        if (!File.Exists(path) || ReadMeta(s, taskName, path).GetValueOrDefault("identity") != wanted) Execute(s, ti, models);
+        var r = JsonSerializer.Deserialize<CheckpointRef>(File.ReadAllText(path))!;
+        return ($"customized-{taskName}-{r.Sha256[..16]}", r.Sha256);
+    }
+
+    private static string Identity(Session s, TaskConfig task) =>
+        $"{Artifacts.TrainedSha(s, MoeMethod.Moce)}|{JsonSerializer.Serialize(task)}|fold={s.Config.FoldGateWeight}|train={s.Config.Eval.TrainImages}|test={s.Config.Eval.TestImages}";
 
     private static IReadOnlyDictionary<string, string> ReadMeta(Session s, string task, string manifest)
     {
@@ -55,33 +65,30 @@ public static class CustomizeCommand
 
     public static void Execute(Session s, string taskName)
     {
-        var task = s.Config.Tasks.TryGetValue(taskName, out var tc) ? tc
-            : throw new ConfigException("--task", $"no task '{taskName}' under moce.tasks (defined: {string.Join(", ", s.Config.Tasks.Keys)})");
-        var dir = Dir(s, taskName);
-        var (denseCkpt, denseSha) = Artifacts.Dense(s);
-        using var _ = denseCkpt;
-        using var train = FashionMnist.Load(s.Data.Directory, Split.Train);
-        using var clustering = Artifacts.Clustering(s, denseSha, train.Count);
-        var (moce, moceSha) = Artifacts.Trained(s, MoeMethod.Moce, clustering.K);
-        using var __ = moce;
+        using var data = new TaskData(s, [taskName]);
+        using var models = new EvalCommand.ModelSet(s, data);
+        Execute(s, data.Tasks[taskName], models);
+    }
 
-        // h(c): the task's training images by cluster (every training image already has its cluster)
-        var taskTrain = Enumerable.Range(0, train.Count).Where(i => task.Classes.Contains(train.Labels[i])).ToList();
-        var h = Customizer.Histogram(taskTrain.Select(i => clustering.TrainIds[i]), clustering.K);
+    private static void Execute(Session s, TaskImages ti, EvalCommand.ModelSet models)
+    {
+        var task = ti.Task;
+        var dir = Dir(s, task.Name);
+        var (moceKey, moceLoad, moceGate) = models.Get("moce", ti);
+        var moce = moceLoad();
+        var moceSha = Artifacts.TrainedSha(s, MoeMethod.Moce);
+        var clustering = models.Clustering();
+
+        // h(c): the task's training images by cluster (nearest centroid of their pretrained features)
+        var trainClusters = models.Data.Clusters(models.DenseKey, models.DenseModel, clustering, task.Dataset, Split.Train, ti.Train);
+        var h = Customizer.Histogram(trainClusters, clustering.K);
         var choices = Customizer.Choose(moce, h, s.Config.FoldGateWeight);
-        var route = Customizer.AsRoute(choices);
-        using var extracted = moce.ExtractDense(route);
+        using var extracted = moce.ExtractDense(Customizer.AsRoute(choices));
         extracted.to(s.Device).eval();
 
         // how far the extracted model is from the full model routed top-1 by each image's own cluster
-        using var test = FashionMnist.Load(s.Data.Directory, Split.Test);
-        var (testIdx, _) = Artifacts.TaskImages(test, task, s.Config.Eval.TestImages, s.Config.Pretrain.Seed);
-        using var dense = Artifacts.DenseModel(s, denseCkpt);
-        var testClusters = Artifacts.AssignClusters(s, dense, clustering, test, testIdx);
-        var pos = testIdx.Select((img, k) => (img, k)).ToDictionary(x => x.img, x => x.k);
-        using var full = Features.Extract(moce, test, testIdx, s.Config.Data.Mean, s.Config.Data.Std, device: s.Device,
-            gate: b => new GateInput(tensor(b.Select(i => testClusters[pos[i]]).ToArray()).to(s.Device)));
-        using var ext = Features.Extract(extracted, test, testIdx, s.Config.Data.Mean, s.Config.Data.Std, device: s.Device);
+        using var full = models.Data.Features(moceKey, moceLoad, task.Dataset, Split.Test, ti.Test, moceGate!(Split.Test));
+        using var ext = Features.Extract(extracted, models.Data.Set(task.Dataset, Split.Test), ti.Test, batch: s.Config.Cluster.FeatureBatch, device: s.Device);
         double relL2, cosine;
         using (NewDisposeScope())
         {
@@ -93,8 +100,9 @@ public static class CustomizeCommand
         var meta = new Dictionary<string, string>
         {
             ["kind"] = "customized-dense-mae",
-            ["task"] = taskName,
+            ["task"] = task.Name,
             ["moce_sha256"] = moceSha,
+            ["identity"] = Identity(s, task),
             ["experts"] = JsonSerializer.Serialize(choices),
             ["model_config"] = JsonSerializer.Serialize(s.Config.Model),
         };
@@ -103,26 +111,27 @@ public static class CustomizeCommand
         store.DeleteAllExcept([saved]);
 
         using var denseRef = new MaskedAutoencoder(s.Config.Model);
-        var report = new Report(taskName, task.Classes, taskTrain.Count, h, choices, Customizer.ParameterCount(moce), Customizer.ParameterCount(extracted),
-            Customizer.ParameterCount(denseRef), testIdx.Count, relL2, cosine, moceSha, s.Config.FoldGateWeight);
+        var classNames = s.Data.Spec(task.Dataset).Classes;
+        var report = new Report(task.Name, task.Classes, ti.Train.Count, h, choices, Customizer.ParameterCount(moce), Customizer.ParameterCount(extracted),
+            Customizer.ParameterCount(denseRef), ti.Test.Count, relL2, cosine, moceSha, s.Config.FoldGateWeight);
         File.WriteAllText(Path.Combine(dir, "report.json"), JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
-        File.WriteAllText(Path.Combine(dir, "report.md"), Markdown(report));
+        File.WriteAllText(Path.Combine(dir, "report.md"), Markdown(report, task.Dataset, classNames));
         Log.Information("Customized {Task}: experts {Experts}; {Full:N0} → {Extracted:N0} parameters (dense MAE {Dense:N0}); features vs full model: rel. L2 {L2:F4}, cosine {Cos:F4}",
-            taskName, string.Join(", ", choices.Select(c => $"block {c.Block}→e{c.Expert} (w {c.Weight:F3})")), report.FullParameters,
+            task.Name, string.Join(", ", choices.Select(c => $"block {c.Block}→e{c.Expert} (gate mass {c.Scores[c.Expert]:F3})")), report.FullParameters,
             report.ExtractedParameters, report.DenseParameters, relL2, cosine);
     }
 
-    private static string Markdown(Report r)
+    private static string Markdown(Report r, string dataset, IReadOnlyList<string> classNames)
     {
         var md = new StringBuilder();
         var inv = CultureInfo.InvariantCulture;
         md.AppendLine($"# Customized model for task `{r.Task}`");
         md.AppendLine();
-        md.AppendLine($"Classes: {string.Join(", ", r.Classes.Select(c => FashionMnist.ClassNames[c]))}; {r.TaskImages} training images.");
+        md.AppendLine($"Classes of {dataset}: {string.Join(", ", r.Classes.Select(c => classNames[c]))}; {r.TaskImages} training images.");
         md.AppendLine();
         md.AppendLine("Cluster histogram h: " + string.Join(" ", r.Histogram.Select((v, c) => string.Create(inv, $"c{c}:{v:F3}"))));
         md.AppendLine();
-        md.AppendLine("| block | chosen expert | weight folded into fc2 | scores Σ_c h(c)·g(c)_e |");
+        md.AppendLine("| block | chosen expert | weight folded into fc2 | scores Σ_c h(c)·g(c)_e (the chosen one is its mean gate mass on the task) |");
         md.AppendLine("|---:|---:|---:|---|");
         foreach (var c in r.Experts)
             md.AppendLine(string.Create(inv, $"| {c.Block} | {c.Expert} | {c.Weight:F4} | {string.Join(" ", c.Scores.Select(x => x.ToString("F3", inv)))} |"));

@@ -1,6 +1,8 @@
-using System.Diagnostics;
 using System.Globalization;
+using System.Security.Cryptography;
 using System.Text;
+using System.Text.Json;
+using MoCE.Core.Clustering;
 using MoCE.Core.Config;
 using MoCE.Core.Data;
 using MoCE.Core.Evaluation;
@@ -10,104 +12,168 @@ using static TorchSharp.torch;
 
 namespace MoCE.Cli.Commands;
 
-/// <summary><c>moce eval</c>: linear probe and k-NN accuracy on frozen features for each configured task, comparing
-/// the dense MAE, TokenMoE, MoCE (full, routed by cluster) and MoCE-customized (the extracted dense model), all
-/// trained for the same number of steps. Writes eval/results.md and eval/results.csv.</summary>
+/// <summary><c>moce eval [--models a,b] [--tasks x,y]</c>: linear probe and k-NN accuracy on frozen features for each
+/// task and model: the pretrained dense MAE, the dense MAE continued, TokenMoE, MoCE (full, routed by cluster) and
+/// MoCE-customized (the extracted dense model per task). Features are extracted once per model and dataset split and
+/// cached; a (task, model) already evaluated with the same weights and settings is not evaluated again. Writes
+/// eval/results.md and eval/results.csv.</summary>
 public static class EvalCommand
 {
-    public sealed record Row(string Task, string Model, int TrainImages, int TestImages, double LinearProbe, double Knn, long Parameters);
+    public sealed record Row(string Task, string Model, int TrainImages, int TestImages, double LinearProbe, double Knn, long Parameters, string Key = "");
+
+    public static readonly IReadOnlyDictionary<string, string> Display = new Dictionary<string, string>
+    {
+        ["pretrained"] = "pretrained MAE", ["dense"] = "dense MAE", ["token-moe"] = "TokenMoE", ["moce"] = "MoCE (full)", ["moce-customized"] = "MoCE-customized",
+    };
 
     public static int Run(CliArgs cli)
     {
-        cli.RejectFlagsExcept();
-        Execute(Session.Open(cli));
+        cli.RejectFlagsExcept("models", "tasks");
+        var s = Session.Open(cli);
+        var models = cli.Flags.TryGetValue("models", out var m) ? Split(m) : null;
+        var tasks = cli.Flags.TryGetValue("tasks", out var t) ? Split(t) : null;
+        foreach (var x in models ?? [])
+            if (!EvalConfig.KnownModels.Contains(x)) throw new ConfigException("--models", $"unknown model '{x}' (known: {string.Join(", ", EvalConfig.KnownModels)})");
+        Execute(s, models, tasks);
         return 0;
     }
 
-    public static IReadOnlyList<Row> Execute(Session s)
+    private static List<string> Split(string v) => v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+
+    /// <summary>A short stable hash of a model's identity (checkpoint hashes).</summary>
+    public static string Short(string identity) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(identity)))[..16];
+
+    public static IReadOnlyList<Row> Execute(Session s, IReadOnlyList<string>? modelNames = null, IReadOnlyList<string>? taskNames = null)
     {
         var dir = s.Run.Phase("eval");
         var ev = s.Config.Eval;
-        var (denseCkpt, denseSha) = Artifacts.Dense(s);
-        using var _ = denseCkpt;
-        using var train = FashionMnist.Load(s.Data.Directory, Split.Train);
-        using var test = FashionMnist.Load(s.Data.Directory, Split.Test);
-        using var clustering = Artifacts.Clustering(s, denseSha, train.Count);
-        using var teacher = Artifacts.DenseModel(s, denseCkpt);
-        var (denseTrained, _) = Artifacts.Trained(s, MoeMethod.Dense, clustering.K);
-        var (tokenMoe, _) = Artifacts.Trained(s, MoeMethod.TokenMoe, clustering.K);
-        var (moce, _) = Artifacts.Trained(s, MoeMethod.Moce, clustering.K);
-        using var d1 = denseTrained;
-        using var d2 = tokenMoe;
-        using var d3 = moce;
+        modelNames ??= ev.Models;
+        taskNames ??= ev.Tasks;
+        using var data = new TaskData(s, taskNames);
+        using var models = new ModelSet(s, data);
+        var cachePath = Path.Combine(dir, "rows.json");
+        var cache = File.Exists(cachePath) ? JsonSerializer.Deserialize<Dictionary<string, Row>>(File.ReadAllText(cachePath)) ?? [] : [];
+        var settings = JsonSerializer.Serialize(ev with { Tasks = [], Models = [] });
 
         var rows = new List<Row>();
-        foreach (var taskName in ev.Tasks)
+        foreach (var taskName in taskNames)
         {
-            var task = s.Config.Tasks[taskName];
-            var (trIdx, trY) = Artifacts.TaskImages(train, task, ev.TrainImages, s.Config.Pretrain.Seed);
-            var (teIdx, teY) = Artifacts.TaskImages(test, task, ev.TestImages, s.Config.Pretrain.Seed);
-            // cluster ids: training images have theirs; test images take the nearest centroid of their dense features
-            var trC = trIdx.Select(i => clustering.TrainIds[i]).ToArray();
-            var teC = Artifacts.AssignClusters(s, teacher, clustering, test, teIdx);
-            using var customized = CustomizeCommand.Load(s, taskName);
-            var models = new (string name, MaskedAutoencoder model)[]
+            var ti = data.Tasks[taskName];
+            foreach (var name in modelNames)
             {
-                ("dense MAE", denseTrained), ("TokenMoE", tokenMoe), ("MoCE (full)", moce), ("MoCE-customized", customized),
-            };
-            foreach (var (name, model) in models)
-            {
-                var sw = Stopwatch.StartNew();
-                using var ftr = Extract(s, model, train, trIdx, trC);
-                using var fte = Extract(s, model, test, teIdx, teC);
-                int classes = task.Classes.Count;
-                double lin = Probes.LinearProbe(ftr, trY, fte, teY, classes, ev.ProbeEpochs, ev.ProbeLr, ev.ProbeWeightDecay, ev.ProbeBatch, s.Config.Pretrain.Seed);
-                double knn = Probes.Knn(ftr, trY, fte, teY, classes, ev.KnnK, ev.KnnTemperature);
-                var row = new Row(taskName, name, trIdx.Count, teIdx.Count, lin, knn, model.parameters().Sum(p => p.numel()));
+                var (key, load, gate) = models.Get(name, ti);
+                var rowKey = $"{JsonSerializer.Serialize(ti.Task)}|{key}|{settings}";
+                if (cache.TryGetValue(rowKey, out var done))
+                {
+                    rows.Add(done);
+                    Log.Information("eval {Task} {Model}: linear {Linear:P2}, k-NN {Knn:P2} (done before; same weights and settings)", taskName, Display[name], done.LinearProbe, done.Knn);
+                    continue;
+                }
+                var sw = System.Diagnostics.Stopwatch.StartNew();
+                var ds = ti.Task.Dataset;
+                using var ftr = data.Features(key, load, ds, Core.Data.Split.Train, ti.Train, gate?.Invoke(Core.Data.Split.Train));
+                using var fte = data.Features(key, load, ds, Core.Data.Split.Test, ti.Test, gate?.Invoke(Core.Data.Split.Test));
+                int classes = ti.Task.Classes.Count;
+                double lin = Probes.LinearProbe(ftr, ti.TrainY, fte, ti.TestY, classes, ev.ProbeEpochs, ev.ProbeLr, ev.ProbeWeightDecay, ev.ProbeBatch, s.Config.Seed);
+                double knn = Probes.Knn(ftr, ti.TrainY, fte, ti.TestY, classes, ev.KnnK, ev.KnnTemperature);
+                var row = new Row(taskName, Display[name], ti.Train.Count, ti.Test.Count, lin, knn, models.Parameters(name, ti), key);
                 rows.Add(row);
+                cache[rowKey] = row;
+                File.WriteAllText(cachePath, JsonSerializer.Serialize(cache));
                 Log.Information("eval {Task} {Model}: linear {Linear:P2}, k-NN {Knn:P2} ({Train} train / {Test} test images, {Sec:F0} s)",
-                    taskName, name, lin, knn, trIdx.Count, teIdx.Count, sw.Elapsed.TotalSeconds);
+                    taskName, Display[name], lin, knn, ti.Train.Count, ti.Test.Count, sw.Elapsed.TotalSeconds);
             }
         }
-        var md = Markdown(rows, s, MoeLayers(moce).First().Experts.Count);
+        var md = Markdown(rows, s, models.MoceExperts);
         File.WriteAllText(Path.Combine(dir, "results.md"), md);
         File.WriteAllText(Path.Combine(dir, "results.csv"), Csv(rows));
         Log.Information("Results → {Path}\n{Table}", Path.Combine(dir, "results.md"), md);
         return rows;
     }
 
-    /// <summary>Features with the routing each model needs: the images' clusters for MoCE (no gate noise); TokenMoE
-    /// routes by token and ignores them; dense models have no gate.</summary>
-    private static Tensor Extract(Session s, MaskedAutoencoder model, ImageDataset data, List<int> idx, long[] clusters)
+    /// <summary>The models of a run, each loaded at most once, with the key that identifies its weights and the
+    /// routing it needs: the images' clusters for MoCE (no gate noise); TokenMoE routes by token; dense models have
+    /// no gate.</summary>
+    public sealed class ModelSet(Session s, TaskData data) : IDisposable
     {
-        var pos = idx.Select((img, k) => (img, k)).ToDictionary(x => x.img, x => x.k);
-        Func<int[], GateInput?>? gate = model.MoeLayers.Count == 0 ? null
-            : b => new GateInput(tensor(b.Select(i => clusters[pos[i]]).ToArray()).to(s.Device));
-        return Features.Extract(model, data, idx, s.Config.Data.Mean, s.Config.Data.Std, gate, s.Config.Cluster.FeatureBatch, s.Device);
+        public TaskData Data => data;
+        private readonly Dictionary<string, MaskedAutoencoder> loaded = [];
+        private readonly Dictionary<string, string> keys = [];
+        private (Core.Checkpoints.CheckpointContent content, string sha)? dense;
+        private ClusteringResult? clustering;
+
+        public int? MoceExperts => loaded.TryGetValue("moce", out var m) ? m.MoeLayers.Values.First().Experts.Count : null;
+
+        private (Core.Checkpoints.CheckpointContent content, string sha) Dense() => dense ??= Artifacts.Dense(s);
+        public string DenseKey => "pretrained-" + Dense().sha[..16];
+        public MaskedAutoencoder DenseModel() => Cached("pretrained", () => Artifacts.DenseModel(s, Dense().content));
+        public ClusteringResult Clustering() => clustering ??= Artifacts.Clustering(s, Dense().sha, s.Data.PretrainCount());
+
+        private MaskedAutoencoder Cached(string name, Func<MaskedAutoencoder> make) =>
+            loaded.TryGetValue(name, out var m) ? m : loaded[name] = make();
+
+        /// <summary>The image clusters of the tasks' images of a dataset split (nearest centroid of the pretrained features).</summary>
+        public Func<int[], GateInput?> ClusterGate(TaskImages ti, Core.Data.Split split)
+        {
+            var idx = data.Images(ti.Task.Dataset, split);                            // features are extracted for every task's images at once
+            var ids = data.Clusters(DenseKey, DenseModel, Clustering(), ti.Task.Dataset, split, idx);
+            var byImage = idx.Select((img, k) => (img, k)).ToDictionary(x => x.img, x => ids[x.k]);
+            return b => new GateInput(tensor(b.Select(i => byImage[i]).ToArray()).to(s.Device));
+        }
+
+        /// <summary>Key, loader and gate (per split) of model <paramref name="name"/> for task <paramref name="ti"/>.</summary>
+        public (string key, Func<MaskedAutoencoder> load, Func<Core.Data.Split, Func<int[], GateInput?>?>? gate) Get(string name, TaskImages ti)
+        {
+            switch (name)
+            {
+                case "pretrained": return (DenseKey, DenseModel, null);
+                case "moce-customized":
+                {
+                    var (key, _) = CustomizeCommand.Ensure(s, ti.Task.Name, this, ti);
+                    return (key, () => Cached("moce-customized/" + ti.Task.Name, () => CustomizeCommand.Load(s, ti.Task.Name)), null);
+                }
+                default:
+                {
+                    var method = Configuration.MoceConfig.ParseMethod("--models", name);
+                    if (!keys.TryGetValue(name, out var key)) keys[name] = key = name + "-" + Short(Artifacts.TrainedSha(s, method));
+                    MaskedAutoencoder Load() => Cached(name, () => Artifacts.Trained(s, method, Clustering().K).model);
+                    // MoCE routes by the images' clusters; TokenMoE reads the same gate input and ignores the ids
+                    return method == MoeMethod.Dense ? (key, Load, null) : (key, Load, split => ClusterGate(ti, split));
+                }
+            }
+        }
+
+        public long Parameters(string name, TaskImages ti) => Get(name, ti).load().parameters().Sum(p => p.numel());
+
+        public void Dispose()
+        {
+            foreach (var m in loaded.Values) m.Dispose();
+            dense?.content.Dispose();
+            clustering?.Dispose();
+        }
     }
 
-    private static IEnumerable<MoeLayer> MoeLayers(MaskedAutoencoder m) => m.modules().OfType<MoeLayer>();
-
     /// <summary><paramref name="experts"/>: MoCE's E, from its commit (experts may have been added while it trained).</summary>
-    public static string Markdown(IReadOnlyList<Row> rows, Session s, int experts)
+    public static string Markdown(IReadOnlyList<Row> rows, Session s, int? experts)
     {
         var inv = CultureInfo.InvariantCulture;
         var tasks = rows.Select(r => r.Task).Distinct().ToList();
         var md = new StringBuilder();
-        md.AppendLine($"Pre-training {s.Config.Pretrain.Steps} steps, then {s.Config.Train.Steps} more steps per model (dense continued, TokenMoE, MoCE); " +
-                      $"seed {s.Config.Pretrain.Seed}; {experts} experts in blocks [{string.Join(", ", s.Config.Moe.Layers)}], top-{s.Config.Moe.TopK}, {s.Config.Cluster.K} clusters.");
+        md.AppendLine($"Pre-training {s.Config.Pretrain.Steps} steps on {string.Join(" + ", s.Config.Data.Mix.Where(kv => kv.Value > 0).Select(kv => kv.Value == 1 ? kv.Key : string.Create(inv, $"{kv.Value}×{kv.Key}")))}, " +
+                      $"then {s.Config.Train.Steps} more steps per model (seed {s.Config.Train.Seed})" +
+                      (experts is int e ? $"; {e} experts in blocks [{string.Join(", ", s.Config.Moe.Layers)}], top-{s.Config.Moe.TopK}, {s.Config.Cluster.K} clusters." : "."));
         md.AppendLine();
         md.AppendLine("| model | params | " + string.Join(" | ", tasks.Select(t => $"{t} linear | {t} k-NN")) + " |");
         md.AppendLine("|---|---:|" + string.Concat(tasks.Select(_ => "---:|---:|")));
         foreach (var model in rows.Select(r => r.Model).Distinct())
         {
-            var cells = tasks.Select(t => rows.Single(r => r.Task == t && r.Model == model))
-                .Select(r => string.Create(inv, $"{100 * r.LinearProbe:F2} | {100 * r.Knn:F2}"));
+            var cells = tasks.Select(t => rows.SingleOrDefault(r => r.Task == t && r.Model == model))
+                .Select(r => r is null ? "– | –" : string.Create(inv, $"{100 * r.LinearProbe:F2} | {100 * r.Knn:F2}"));
             md.AppendLine(string.Create(inv, $"| {model} | {rows.First(r => r.Model == model).Parameters:N0} | {string.Join(" | ", cells)} |"));
         }
         md.AppendLine();
         md.AppendLine("Accuracy in %, frozen features (mean of the encoder's patch tokens, no masking). " +
-                      string.Join("; ", tasks.Select(t => { var r = rows.First(x => x.Task == t); return $"{t}: {r.TrainImages} train / {r.TestImages} test images"; })) + ".");
+                      string.Join("; ", tasks.Select(t => { var r = rows.First(x => x.Task == t); var tc = s.Config.Tasks[t]; return $"{t} ({tc.Dataset}): {r.TrainImages} train / {r.TestImages} test images"; })) + ".");
         return md.ToString();
     }
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Text.Json;
 using MoCE.Core.Config;
 using MoCE.Core.Runtime;
@@ -6,9 +7,12 @@ using Serilog;
 
 namespace MoCE.Cli.Commands;
 
-/// <summary><c>moce pipeline</c>: the whole method on one run: pretrain → cluster → train (MoCE, TokenMoE, dense)
-/// → customize (each evaluated task) → eval. Every phase resumes or skips what is already committed, so running
-/// it again after an interruption continues where it stopped.</summary>
+/// <summary><c>moce pipeline</c>: the whole method on one run: pretrain → cluster → for each seed of the MoE phase,
+/// train (moce.pipeline.methods) → customize and eval; with moce.pipeline.transfer-baselines, a dense MAE is also
+/// pre-trained on each source of the mix alone (RUN/alone-NAME) and evaluated, for the negative-transfer table.
+/// Seeds other than the run's train in RUN/seed-N from this run's pre-training. With several seeds or the baselines
+/// it ends with the study report (RUN/study/report.md). Every phase resumes or skips what is already done, so
+/// running it again after an interruption continues where it stopped.</summary>
 public static class PipelineCommand
 {
     public static int Run(CliArgs cli, CancellationToken ct)
@@ -26,16 +30,61 @@ public static class PipelineCommand
             timings[name] = Math.Round(sw.Elapsed.TotalSeconds, 1);
             Log.Information("{Phase} took {Seconds:F0} s", name, sw.Elapsed.TotalSeconds);
         }
+        var tasks = s.Config.Eval.Tasks;
         Phase("pretrain", () => PretrainCommand.Execute(s, ct));
+
+        var baselines = new Dictionary<string, Session>();
+        var sources = s.Config.Data.Mix.Where(kv => kv.Value > 0).Select(kv => kv.Key).ToList();
+        if (s.Config.TransferBaselines)
+        {
+            if (sources.Count < 2) Log.Warning("moce.pipeline.transfer-baselines: the mix has one source, so there is no baseline to compare with");
+            else
+                foreach (var src in sources)
+                {
+                    var b = Sub(cli, s, $"alone-{src}", [.. sources.Select(o => $"data.mix.{o}={(o == src ? 1 : 0)}")]);
+                    baselines[src] = b;
+                    Phase($"pretrain-alone-{src}", () => PretrainCommand.Execute(b, ct));
+                }
+            foreach (var (src, b) in baselines)
+                Phase($"eval-alone-{src}", () => EvalCommand.Execute(b, ["pretrained"], tasks));
+            Phase("eval-pretrained", () => EvalCommand.Execute(s, ["pretrained"], tasks));
+        }
+
         Phase("cluster", () => ClusterCommand.Execute(s));
-        foreach (var m in new[] { MoeMethod.Moce, MoeMethod.TokenMoe, MoeMethod.Dense })
-            Phase(Artifacts.TrainPhase(m), () => TrainCommand.Execute(s, m, s.Config.Engine, ct));
-        foreach (var task in s.Config.Eval.Tasks)
-            Phase($"customize-{task}", () => CustomizeCommand.Execute(s, task));
-        Phase("eval", () => EvalCommand.Execute(s));
+        var seedRuns = new List<Session>();
+        foreach (var seed in s.Config.PipelineSeeds)
+        {
+            var r = seed == s.Config.Train.Seed ? s : Sub(cli, s, $"seed-{seed}", [$"train.seed={seed}", $"train.from-run={s.Run.Root}"]);
+            seedRuns.Add(r);
+            string tag = seedRuns.Count == 1 && s.Config.PipelineSeeds.Count == 1 ? "" : string.Create(CultureInfo.InvariantCulture, $" seed {seed}");
+            foreach (var m in s.Config.PipelineMethods)
+                Phase(Artifacts.TrainPhase(m) + tag, () => TrainCommand.Execute(r, m, r.Config.Engine, ct));
+            var models = s.Config.Eval.Models.Where(x => Available(x, s.Config.PipelineMethods)).ToList();
+            Phase("eval" + tag, () => EvalCommand.Execute(r, models, tasks));
+        }
+        if (seedRuns.Count > 1 || baselines.Count > 0)
+            Phase("study", () => StudyReport.Write(s, seedRuns, baselines));
         timings["total"] = Math.Round(total.Elapsed.TotalSeconds, 1);
         File.WriteAllText(Path.Combine(s.Run.Root, "pipeline.json"), JsonSerializer.Serialize(timings, new JsonSerializerOptions { WriteIndented = true }));
-        Log.Information("Pipeline done in {Seconds:F0} s; results in {Path}", total.Elapsed.TotalSeconds, Path.Combine(s.Run.Root, "eval", "results.md"));
+        Log.Information("Pipeline done in {Seconds:F0} s; results in {Path}", total.Elapsed.TotalSeconds,
+            seedRuns.Count > 1 || baselines.Count > 0 ? Path.Combine(s.Run.Root, "study", "report.md") : Path.Combine(s.Run.Root, "eval", "results.md"));
         return 0;
+    }
+
+    private static bool Available(string model, IReadOnlyList<MoeMethod> methods) => model switch
+    {
+        "pretrained" => true,
+        "moce" or "moce-customized" => methods.Contains(MoeMethod.Moce),
+        "token-moe" => methods.Contains(MoeMethod.TokenMoe),
+        _ => methods.Contains(MoeMethod.Dense),
+    };
+
+    /// <summary>A run inside this one (RUN/NAME) with the same configuration plus <paramref name="overrides"/>; its log
+    /// goes to its own file and to the console.</summary>
+    private static Session Sub(CliArgs cli, Session parent, string name, IReadOnlyList<string> overrides)
+    {
+        var sub = Session.Open(cli with { Run = Path.Combine(parent.Run.Root, name), Overrides = [.. cli.Overrides, .. overrides] });
+        Log.Logger = Logging.ConsoleAndFile(parent.Run.LogPath);                    // the pipeline's own log goes on
+        return sub;
     }
 }

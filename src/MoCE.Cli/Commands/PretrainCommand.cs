@@ -19,10 +19,10 @@ public static class PretrainCommand
     public static void Execute(Session s, CancellationToken ct)
     {
         var dir = s.Run.Phase("pretrain");
-        using var data = FashionMnist.Load(s.Data.Directory, Split.Train);
+        using var data = s.Data.PretrainSet();
         Log.Information("Pre-training a dense MAE on {Count} images: {Steps} steps of {Batch}, peak lr {Lr:G3}",
             data.Count, s.Config.Pretrain.Steps, s.Config.Pretrain.BatchSize, s.Config.Pretrain.PeakLr);
-        using var trainer = new DenseTrainer(s.Config.Model, s.Config.Pretrain, s.Config.Data, data, s.Device);
+        using var trainer = new DenseTrainer(s.Config.Model, s.Config.Pretrain, data, s.Device);
         var loop = new TrainingLoop(trainer, s.Config.Pretrain, dir, Log.Logger);
         loop.Run(p => Log.Information("step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}",
             p.Step, p.TotalSteps, p.Loss, p.ImagesPerSecond, p.Eta), ct);

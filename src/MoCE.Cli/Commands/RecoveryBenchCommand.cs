@@ -29,8 +29,7 @@ public static class RecoveryBenchCommand
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset ?? "bench", cli.Files, cli.Overrides));
         var (cfg, _) = ConfigLoader.Resolve(merged);
         var device = new torch.Device(cfg.Device);
-        var loc = FashionMnist.Locate(cfg.Data.Path, cfg.Data.FallbackToSample);
-        using var full = FashionMnist.Load(loc.Directory, Split.Train);
+        using var full = new DataSources(cfg).PretrainSet();
         using var data = ComputeThread.Run("bench-data", cfg.Threads, () => full.Take(Math.Min(BenchCommand.BenchImages, full.Count)));
         var root = Path.Combine(Path.GetTempPath(), $"moce-bench-recovery-{Guid.NewGuid():N}");
         var store = new CheckpointStore(Path.Combine(root, "dense"));
@@ -39,10 +38,10 @@ public static class RecoveryBenchCommand
             // a dense model (40 steps) and a k-means clustering of its features: what MoCE starts from
             var (denseRef, clustering) = ComputeThread.Run("bench-prepare", cfg.Threads, () =>
             {
-                using var t = new DenseTrainer(cfg.Model, cfg.Pretrain with { Steps = 40, CheckpointEvery = long.MaxValue }, cfg.Data, data, device);
+                using var t = new DenseTrainer(cfg.Model, cfg.Pretrain with { Steps = 40, CheckpointEvery = long.MaxValue }, data, device);
                 for (int i = 0; i < 40; i++) t.TrainStep();
                 var r = t.SaveCheckpoint(store)[0];
-                using var feats = Features.Extract(t.Model, data, Enumerable.Range(0, data.Count).ToList(), cfg.Data.Mean, cfg.Data.Std, device: device);
+                using var feats = Features.Extract(t.Model, data, Enumerable.Range(0, data.Count).ToList(), device: device);
                 var km = KMeans.Fit(feats, cfg.Cluster.K, cfg.Pretrain.Seed, cfg.Cluster.MaxIter, cfg.Cluster.Tol);
                 return (r, new ClusteringResult { Centroids = km.Centroids, TrainIds = km.Assignments, DenseSha256 = r.Sha256, DataSource = data.Source });
             });
@@ -56,7 +55,7 @@ public static class RecoveryBenchCommand
             {
                 var dir = Path.Combine(root, name);
                 var setup = ComputeThread.Run("bench-setup", cfg.Threads, () => ActorContextSetup.FromDense(name, cfg.Model, cfg.Moe, cfg.Train with { Steps = steps },
-                    cfg.Data, data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")),
+                    data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")),
                     device, cfg.Threads, cfg.OwnerThreads)) with { Chaos = chaos, Policy = policy, StragglerTimeout = stragglerTimeout, StragglerSitOut = cfg.StragglerSitOut, Backoff = cfg.Backoff, AskTimeout = cfg.AskTimeout };
                 var t = new Timeline();
                 ActorEngine.Run(setup, dir, steps, every, 2, new SupervisorHooks(

@@ -12,7 +12,9 @@ public sealed class Session
     public required MoceConfig Config { get; init; }
     public required RunDirectory Run { get; init; }
     public required torch.Device Device { get; init; }
-    public required FashionMnist.Location Data { get; init; }
+    public required DataSources Data { get; init; }
+    /// <summary>The run whose pretrain and cluster phases this run trains from (moce.train.from-run; else this run).</summary>
+    public required RunDirectory Upstream { get; init; }
     public bool Resumed { get; init; }
 
     /// <summary><paramref name="logName"/>: the log file under the run's logs/ (moce.log; each node of a cluster its own).</summary>
@@ -32,12 +34,9 @@ public sealed class Session
         if (device.type == DeviceType.CUDA && !torch.cuda.is_available())
             throw new MoCE.Core.Config.ConfigException("moce.device", $"\"{config.Device}\" requested but CUDA is not available in this build/machine");
 
-        var data = FashionMnist.Locate(config.Data.Path, config.Data.FallbackToSample);
-        if (data.IsSample)
-            Log.Warning("Full Fashion-MNIST not found; using the small committed sample in {Dir}. Install it: apt-get install -y dataset-fashion-mnist", data.Directory);
-        else
-            Log.Information("Fashion-MNIST from {Dir}", data.Directory);
+        var upstream = config.FromRun.Length == 0 ? run : new RunDirectory(config.FromRun);
+        if (config.FromRun.Length > 0) Log.Information("Pre-training and clustering from run {Run}", upstream.Root);
         Log.Information("torch {Threads} threads on {Device}", torch.get_num_threads(), device);
-        return new Session { Config = config, Run = run, Device = device, Data = data, Resumed = resumed };
+        return new Session { Config = config, Run = run, Device = device, Data = new DataSources(config), Upstream = upstream, Resumed = resumed };
     }
 }

@@ -46,7 +46,7 @@ public static class TrainCommand
         var dir = s.Run.Phase(Artifacts.TrainPhase(method));
         var (dense, sha) = Artifacts.Dense(s);
         using var _ = dense;
-        using var data = FashionMnist.Load(s.Data.Directory, Split.Train);
+        using var data = s.Data.PretrainSet();
         using var clustering = Artifacts.Clustering(s, sha, data.Count);
         var moe = s.Config.Moe with { Method = method };
         var train = s.Config.Train;
@@ -57,7 +57,7 @@ public static class TrainCommand
         else
         {
             if (engine == "actors") Log.Information("dense has no experts to distribute; the reference engine trains it");
-            using var trainer = new MoceTrainer(s.Config.Model, moe, train, s.Config.Data, data, clustering, dense, sha, s.Device);
+            using var trainer = new MoceTrainer(s.Config.Model, moe, train, data, clustering, dense, sha, s.Device);
             var loop = new TrainingLoop(trainer, train, dir, Log.Logger);
             loop.Run(p => Log.Information("{Method} step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}{Routing}",
                 MoceConfig.MethodName(method), p.Step, p.TotalSteps, p.Loss, p.ImagesPerSecond, p.Eta, ExpertStat.Summary(trainer.LastRouting)), ct);

@@ -59,8 +59,22 @@ public static class ConfigLoader
     public static Config ParseFile(string path)
     {
         if (!File.Exists(path)) throw new ConfigException(path, "config file not found");
-        try { return ConfigurationFactory.ParseString(File.ReadAllText(path)); }
+        try { return ConfigurationFactory.ParseString(WithIncludes(path, 0)); }
         catch (Exception e) when (e is not ConfigException) { throw new ConfigException(path, $"not valid HOCON: {e.Message}"); }
+    }
+
+    /// <summary>The file's text with each top-level <c>include "FILE"</c> line replaced by that file (relative to this one).</summary>
+    private static string WithIncludes(string path, int depth)
+    {
+        if (depth > 8) throw new ConfigException(path, "includes nest more than 8 deep (a cycle?)");
+        return string.Join('\n', File.ReadAllLines(path).Select(line =>
+        {
+            var m = System.Text.RegularExpressions.Regex.Match(line, @"^\s*include\s+""([^""]+)""\s*$");
+            if (!m.Success) return line;
+            var inc = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, m.Groups[1].Value);
+            if (!File.Exists(inc)) throw new ConfigException(path, $"includes {m.Groups[1].Value}, which does not exist");
+            return WithIncludes(inc, depth + 1);
+        }));
     }
 
     /// <summary>Parses <c>key=value</c>. A key without a <c>moce.</c> or <c>akka.</c> prefix gets <c>moce.</c>.

@@ -33,11 +33,19 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public required MoCE.Actors.NodeOptions Node { get; init; }
     public required EvalConfig Eval { get; init; }
     public required IReadOnlyDictionary<string, TaskConfig> Tasks { get; init; }
+    /// <summary>moce.train.from-run: the run whose pretrain and cluster phases this run trains from ("": this run).</summary>
+    public required string FromRun { get; init; }
+    /// <summary>moce.pipeline: the MoE-phase seeds (-1: moce.seed), the negative-transfer baselines, the methods trained.</summary>
+    public required IReadOnlyList<long> PipelineSeeds { get; init; }
+    public required bool TransferBaselines { get; init; }
+    public required IReadOnlyList<MoeMethod> PipelineMethods { get; init; }
+    /// <summary>moce.seed: the run's master seed (pre-training, clustering, evaluation); moce.train.seed may differ.</summary>
+    public long Seed => Pretrain.Seed;
 
     /// <summary>Keys a resumed run may change; all others must equal the run's recorded config.</summary>
     public static readonly IReadOnlySet<string> ResumeMutable = new HashSet<string>
     {
-        "moce.device", "moce.threads", "moce.data.path", "moce.data.fallback-to-sample",
+        "moce.device", "moce.threads", "moce.data.fallback-to-sample",
         "moce.pretrain.log-every", "moce.pretrain.collect-every", "moce.pretrain.steps", "moce.pretrain.checkpoint-every", "moce.pretrain.keep-checkpoints",
         "moce.moe.method", "moce.train.log-every", "moce.train.collect-every", "moce.train.checkpoint-every", "moce.train.keep-checkpoints",
         "moce.cluster.feature-batch", "moce.actors.engine", "moce.actors.policy", "moce.actors.ask-timeout", "moce.actors.owner-threads",
@@ -47,12 +55,25 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     /// <summary>Evaluation and task settings never change what was trained, so a resumed run may change them.</summary>
     public static bool MayChangeOnResume(string key) =>
         ResumeMutable.Contains(key) || key.StartsWith("moce.eval.", StringComparison.Ordinal) || key.StartsWith("moce.tasks.", StringComparison.Ordinal)
-        || key.StartsWith("moce.customize.", StringComparison.Ordinal)
+        || key.StartsWith("moce.customize.", StringComparison.Ordinal) || key.StartsWith("moce.pipeline.", StringComparison.Ordinal)
+        || (key.StartsWith("moce.datasets.", StringComparison.Ordinal) && (key.EndsWith(".path", StringComparison.Ordinal) || key.EndsWith(".search", StringComparison.Ordinal)))
         || key.StartsWith("moce.node.", StringComparison.Ordinal) || key.StartsWith("moce.metrics.", StringComparison.Ordinal);   // where the owners run, not what they compute
 
-    /// <summary>Task definitions are open: any moce.tasks.NAME.classes is a known key.</summary>
-    public static bool IsOpenKey(string key) =>
-        key.StartsWith("moce.tasks.", StringComparison.Ordinal) && key.EndsWith(".classes", StringComparison.Ordinal) && key.Count(c => c == '.') == 3;
+    /// <summary>Tasks, datasets and the mix are open: moce.tasks.NAME.{dataset,classes,shots},
+    /// moce.datasets.NAME.{path,search,fetch,sample,mean,std,classes} and moce.data.mix.NAME are known keys.</summary>
+    public static bool IsOpenKey(string key)
+    {
+        var p = key.Split('.');
+        return p.Length == 4 && p[0] == "moce" && (p[1], p[3]) switch
+        {
+            ("tasks", "dataset" or "classes" or "shots") => true,
+            ("datasets", "path" or "search" or "fetch" or "sample" or "mean" or "std" or "classes") => true,
+            _ => false,
+        } || (p.Length == 4 && p[0] == "moce" && p[1] == "data" && p[2] == "mix");
+    }
+
+    private static IEnumerable<string> Names(Config merged, string prefix) =>
+        HoconTree.Leaves(merged, prefix).Select(l => l.path[(prefix.Length + 1)..].Split('.')[0]).Distinct();
 
     public static MoeMethod ParseMethod(string key, string value) => value switch
     {
@@ -83,23 +104,22 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             MaskRatio = t.Double("moce.model.mask-ratio"),
             NormPixLoss = t.Bool("moce.model.norm-pix-loss"),
         }.Validate();
+        var datasets = Names(merged, "moce.datasets").Select(n => new MoCE.Core.Data.DatasetSpec(n,
+            t.String($"moce.datasets.{n}.path"), t.StringList($"moce.datasets.{n}.search"), t.String($"moce.datasets.{n}.fetch"), t.String($"moce.datasets.{n}.sample"),
+            new MoCE.Core.Data.Normalization(t.Double($"moce.datasets.{n}.mean"), t.Double($"moce.datasets.{n}.std")),
+            t.StringList($"moce.datasets.{n}.classes"))).ToDictionary(d => d.Name);
         var data = new DataConfig
         {
-            Path = t.String("moce.data.path"),
+            Datasets = datasets,
+            Mix = Names(merged, "moce.data.mix").ToDictionary(n => n, n => t.Double($"moce.data.mix.{n}")),
             FallbackToSample = t.Bool("moce.data.fallback-to-sample"),
-            Mean = t.Double("moce.data.mean"),
-            Std = t.Double("moce.data.std"),
         }.Validate();
         long seed = t.Long("moce.seed");
-        var tasks = HoconTree.Leaves(merged, "moce.tasks").Select(l => l.path).Where(IsOpenKey)
-            .Select(k => new TaskConfig(k.Split('.')[2], t.IntList(k))).ToDictionary(x => x.Name);
-        foreach (var task in tasks.Values)
-        {
-            var key = $"moce.tasks.{task.Name}.classes";
-            if (task.Classes.Count < 2) throw new ConfigException(key, "a task needs at least two classes");
-            if (task.Classes.Any(c => c < 0 || c > 9)) throw new ConfigException(key, "classes must be Fashion-MNIST labels 0..9");
-            if (task.Classes.Distinct().Count() != task.Classes.Count) throw new ConfigException(key, "lists a class twice");
-        }
+        long trainSeed = t.Long("moce.train.seed") is var ts && ts >= -1 ? (ts == -1 ? seed : ts) : throw new ConfigException("moce.train.seed", "must be ≥ 0, or -1 for moce.seed");
+        var tasks = Names(merged, "moce.tasks").Select(n => new TaskConfig(n, t.IntList($"moce.tasks.{n}.classes"),
+                merged.HasPath($"moce.tasks.{n}.dataset") ? t.String($"moce.tasks.{n}.dataset") : "fashion-mnist",
+                merged.HasPath($"moce.tasks.{n}.shots") ? t.Int($"moce.tasks.{n}.shots") : 0).Validate(data))
+            .ToDictionary(x => x.Name);
         var cfg = new MoceConfig(t.String("moce.device"), t.Int("moce.threads"), data, model, TrainSection(t, "moce.pretrain", seed), merged)
         {
             Cluster = new ClusterConfig
@@ -122,8 +142,19 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 LambdaRoute = t.Double("moce.moe.lambda-route"),
                 LambdaDistill = t.Double("moce.moe.lambda-distill"),
                 LambdaBalance = t.Double("moce.moe.lambda-balance"),
+                GateFromCentroids = t.String("moce.moe.gate-init") switch
+                {
+                    "random" => false,
+                    "centroids" => true,
+                    var g => throw new ConfigException("moce.moe.gate-init", $"expected random or centroids, got '{g}'"),
+                },
             }.Validate(model.Depth),
-            Train = TrainSection(t, "moce.train", seed),
+            Train = TrainSection(t, "moce.train", trainSeed),
+            FromRun = t.String("moce.train.from-run"),
+            PipelineSeeds = t.StringList("moce.pipeline.seeds").Select(x => long.TryParse(x, out var v) && v >= -1 ? (v == -1 ? seed : v)
+                : throw new ConfigException("moce.pipeline.seeds", $"'{x}' is not a seed (≥ 0, or -1 for moce.seed)")).Distinct().ToList(),
+            TransferBaselines = t.Bool("moce.pipeline.transfer-baselines"),
+            PipelineMethods = t.StringList("moce.pipeline.methods").Select(x => ParseMethod("moce.pipeline.methods", x)).Distinct().ToList(),
             FoldGateWeight = t.Bool("moce.customize.fold-gate-weight"),
             Engine = t.String("moce.actors.engine") is "actors" or "local" ? t.String("moce.actors.engine")
                 : throw new ConfigException("moce.actors.engine", $"expected actors or local, got '{t.String("moce.actors.engine")}'"),
@@ -153,6 +184,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             Eval = new EvalConfig
             {
                 Tasks = t.StringList("moce.eval.tasks"),
+                Models = t.StringList("moce.eval.models"),
                 TrainImages = t.Int("moce.eval.train-images"),
                 TestImages = t.Int("moce.eval.test-images"),
                 KnnK = t.Int("moce.eval.knn-k"),
@@ -163,6 +195,9 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 ProbeBatch = t.Int("moce.eval.probe-batch"),
             }.Validate(tasks),
         };
+        if (cfg.Moe.GateFromCentroids && cfg.Moe.GateDim != model.Dim)
+            throw new ConfigException("moce.moe.gate-dim", $"gate-init = centroids needs gate-dim = model.dim ({model.Dim}), got {cfg.Moe.GateDim}");
+        if (cfg.PipelineSeeds.Count == 0) throw new ConfigException("moce.pipeline.seeds", "needs at least one seed");
         if (cfg.Threads < 0) throw new ConfigException("moce.threads", "must be ≥ 0 (0 = torch's default)");
         if (cfg.Device != "cpu" && !cfg.Device.StartsWith("cuda", StringComparison.Ordinal))
             throw new ConfigException("moce.device", $"expected \"cpu\", \"cuda\" or \"cuda:N\", got \"{cfg.Device}\"");

@@ -1,20 +1,33 @@
+using MoCE.Core.Data;
+
 namespace MoCE.Core.Config;
 
-/// <summary>Where the images come from and how pixels are normalized.</summary>
+/// <summary>The named datasets (moce.datasets) and the pre-training mix (moce.data).</summary>
 public sealed record DataConfig
 {
-    /// <summary>Directory holding the IDX files; empty searches MOCE_DATA, then /usr/share/datasets/fashion-mnist.</summary>
-    public string Path { get; init; } = "";
-    /// <summary>If no full dataset is found, use the small committed sample (with a warning) instead of failing.</summary>
+    public required IReadOnlyDictionary<string, DatasetSpec> Datasets { get; init; }
+    /// <summary>Pre-training sources and their weights: a source of weight w contributes round(w·N) of its N training
+    /// images (a seeded order, cycled when w &gt; 1); weight 0 leaves it out.</summary>
+    public required IReadOnlyDictionary<string, double> Mix { get; init; }
+    /// <summary>If a dataset is not found, use its small committed sample (with a warning) instead of failing.</summary>
     public bool FallbackToSample { get; init; } = true;
-    /// <summary>Pixel mean after scaling to [0, 1] (Fashion-MNIST train set).</summary>
-    public double Mean { get; init; } = 0.2860;
-    /// <summary>Pixel standard deviation after scaling to [0, 1].</summary>
-    public double Std { get; init; } = 0.3530;
 
     public DataConfig Validate()
     {
-        if (Std <= 0) throw new ConfigException("moce.data.std", "must be positive");
+        foreach (var (name, w) in Mix)
+        {
+            if (!Datasets.ContainsKey(name))
+                throw new ConfigException($"moce.data.mix.{name}", $"no dataset '{name}' under moce.datasets (defined: {string.Join(", ", Datasets.Keys)})");
+            if (w < 0) throw new ConfigException($"moce.data.mix.{name}", "weight must be ≥ 0");
+        }
+        if (!Mix.Values.Any(w => w > 0)) throw new ConfigException("moce.data.mix", "needs at least one source with a positive weight");
+        foreach (var d in Datasets.Values)
+        {
+            if (d.Norm.Std <= 0) throw new ConfigException($"{d.Key}.std", "must be positive");
+            if (d.Classes.Count < 2) throw new ConfigException($"{d.Key}.classes", "needs at least two class names");
+            if (d.Fetch.Length > 0 && d.Fetch != "npm:" + MnistNpm.Package)
+                throw new ConfigException($"{d.Key}.fetch", $"unknown source '{d.Fetch}' (known: npm:{MnistNpm.Package}, or \"\")");
+        }
         return this;
     }
 }

@@ -36,6 +36,8 @@ public sealed record MoeConfig
     public double LambdaDistill { get; init; } = 1.0;
     /// <summary>λ_balance: weight of the TokenMoE load-balancing loss E·Σ_e f_e·P_e.</summary>
     public double LambdaBalance { get; init; } = 0.01;
+    /// <summary>MoCE gate at step 0: random, or from the k-means centroids (similar clusters on the same expert).</summary>
+    public bool GateFromCentroids { get; init; }
 
     public MoeConfig Validate(int depth)
     {

@@ -22,14 +22,34 @@ public sealed record ClusterConfig
     }
 }
 
-/// <summary>A downstream task: a group of dataset classes, relabelled 0..n−1 in the order given.</summary>
-public sealed record TaskConfig(string Name, IReadOnlyList<int> Classes);
+/// <summary>A downstream task: a group of a dataset's classes, relabelled 0..n−1 in the order given. With
+/// <paramref name="Shots"/> &gt; 0 its training set is that many labelled images per class (balanced, seeded).</summary>
+public sealed record TaskConfig(string Name, IReadOnlyList<int> Classes, string Dataset = "fashion-mnist", int Shots = 0)
+{
+    public string Key => $"moce.tasks.{Name}";
+
+    public TaskConfig Validate(DataConfig data)
+    {
+        if (!data.Datasets.TryGetValue(Dataset, out var ds))
+            throw new ConfigException($"{Key}.dataset", $"no dataset '{Dataset}' under moce.datasets (defined: {string.Join(", ", data.Datasets.Keys)})");
+        if (Classes.Count < 2) throw new ConfigException($"{Key}.classes", "a task needs at least two classes");
+        foreach (var c in Classes)
+            if (c < 0 || c >= ds.Classes.Count)
+                throw new ConfigException($"{Key}.classes", $"class {c} is not a class of dataset '{Dataset}' (0..{ds.Classes.Count - 1}: {string.Join(", ", ds.Classes)})");
+        if (Classes.Distinct().Count() != Classes.Count) throw new ConfigException($"{Key}.classes", "lists a class twice");
+        if (Shots < 0) throw new ConfigException($"{Key}.shots", "must be ≥ 0 (0: every training image, up to moce.eval.train-images)");
+        return this;
+    }
+}
 
 /// <summary>Frozen-feature evaluation.</summary>
 public sealed record EvalConfig
 {
     /// <summary>Tasks to evaluate (names under moce.tasks).</summary>
     public IReadOnlyList<string> Tasks { get; init; } = ["tops", "footwear", "all10"];
+    /// <summary>Models to evaluate: pretrained, dense, token-moe, moce, moce-customized.</summary>
+    public IReadOnlyList<string> Models { get; init; } = ["dense", "token-moe", "moce", "moce-customized"];
+    public static readonly IReadOnlyList<string> KnownModels = ["pretrained", "dense", "token-moe", "moce", "moce-customized"];
     /// <summary>Training images per task at most (the first of the task's classes in a seeded order).</summary>
     public int TrainImages { get; init; } = 10000;
     /// <summary>Test images per task at most.</summary>
@@ -51,6 +71,8 @@ public sealed record EvalConfig
     {
         foreach (var t in Tasks)
             if (!tasks.ContainsKey(t)) throw new ConfigException("moce.eval.tasks", $"task '{t}' is not defined under moce.tasks (defined: {string.Join(", ", tasks.Keys)})");
+        foreach (var m in Models)
+            if (!KnownModels.Contains(m)) throw new ConfigException("moce.eval.models", $"unknown model '{m}' (known: {string.Join(", ", KnownModels)})");
         if (TrainImages < 1) throw new ConfigException("moce.eval.train-images", "must be positive");
         if (TestImages < 1) throw new ConfigException("moce.eval.test-images", "must be positive");
         if (KnnK < 1) throw new ConfigException("moce.eval.knn-k", "must be positive");

@@ -9,7 +9,7 @@ public static class Features
 {
     /// <summary>[N, D] features of the images at <paramref name="indices"/>. <paramref name="gate"/> gives the
     /// routing of a batch (cluster ids, forced route) for models with experts; null for dense models.</summary>
-    public static Tensor Extract(MaskedAutoencoder model, ImageDataset data, IReadOnlyList<int> indices, double mean, double std,
+    public static Tensor Extract(MaskedAutoencoder model, ImageDataset data, IReadOnlyList<int> indices,
                                  Func<int[], GateInput?>? gate = null, int batch = 512, Device? device = null,
                                  Action<int, int>? progress = null)
     {
@@ -23,7 +23,7 @@ public static class Features
             {
                 using var scope = NewDisposeScope();
                 var idx = indices.Skip(s).Take(batch).ToArray();
-                var imgs = data.Batch(idx, mean, std).to(device ?? CPU);
+                var imgs = data.Batch(idx).to(device ?? CPU);
                 parts.Add(model.ForwardFeatures(imgs, gate?.Invoke(idx)).cpu().MoveToOuterDisposeScope());
                 progress?.Invoke(Math.Min(s + batch, indices.Count), indices.Count);
             }

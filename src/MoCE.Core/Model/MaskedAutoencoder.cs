@@ -175,11 +175,11 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
 
     /// <summary>Features for clustering and evaluation: encoder on all patches (no masking), mean of the
     /// patch tokens after the final norm: [N, D].</summary>
-    public Tensor ForwardFeatures(Tensor imgs, GateInput? gate = null)
+    public Tensor ForwardFeatures(Tensor imgs, GateInput? gate = null, List<RouteStats>? routes = null)
     {
         var x = patch_embed.forward(imgs) + pos_embed[.., 1..];
         var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
-        return ForwardBlocks(cat(new[] { cls, x }, 1), gate)[.., 1..].mean(new long[] { 1 });
+        return ForwardBlocks(cat(new[] { cls, x }, 1), gate, routes)[.., 1..].mean(new long[] { 1 });
     }
 
     /// <summary>Decoder: mask tokens fill the removed positions, then unshuffle. Returns [N, L, P].</summary>

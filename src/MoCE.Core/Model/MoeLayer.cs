@@ -62,6 +62,41 @@ public sealed class MoeGate : Module<Tensor, GateInput, Tensor>
         w_gate.weight.copy_(u * (2 * bound) - bound);
     }
 
+    /// <summary>The C centroids, centred and scaled to unit length, grouped into E by k-means (seeded), so that
+    /// similar clusters share a group: the group of each cluster.</summary>
+    public static long[] GroupCentroids(Tensor centroids, int experts, long seed)
+    {
+        if (experts > centroids.shape[0]) throw new ArgumentException($"gate-init = centroids groups {centroids.shape[0]} clusters into {experts} experts: needs at least as many clusters as experts");
+        using var scope = NewDisposeScope();
+        var u = Unit(centroids);
+        using var km = Clustering.KMeans.Fit(u, experts, seed, maxIter: 100);
+        return km.Assignments;
+    }
+
+    /// <summary>emb = the centred unit centroids; W_e = the unit mean of group e's, so logit(c, e) = cos(emb_c, W_e)
+    /// and each cluster starts on its group's expert (decisively at a small τ).</summary>
+    public void InitializeFromCentroids(Tensor centroids, long[] groups)
+    {
+        if (emb is null) throw new InvalidOperationException("only a MoCE gate reads clusters");
+        if (centroids.shape[0] != emb.shape[0] || centroids.shape[1] != emb.shape[1])
+            throw new ArgumentException($"centroids [{string.Join(", ", centroids.shape)}] do not fit the cluster embedding [{string.Join(", ", emb.shape)}]");
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var u = Unit(centroids).to(emb.device);
+        emb.copy_(u);
+        var w = zeros_like(w_gate.weight!);
+        for (int e = 0; e < w.shape[0]; e++)
+        {
+            var members = Enumerable.Range(0, groups.Length).Where(c => groups[c] == e).Select(c => (long)c).ToArray();
+            if (members.Length == 0) continue;
+            w[e] = nn.functional.normalize(u.index_select(0, tensor(members).to(u.device)).mean([0L]), p: 2, dim: 0);
+        }
+        w_gate.weight!.copy_(w);
+    }
+
+    private static Tensor Unit(Tensor centroids) =>
+        nn.functional.normalize(centroids.to_type(ScalarType.Float32) - centroids.to_type(ScalarType.Float32).mean([0L], keepdim: true), p: 2, dim: 1);
+
     /// <summary>Gate probabilities of every cluster without noise: [C, E] (MoCE only).</summary>
     public Tensor ClusterGate()
     {

@@ -18,7 +18,6 @@ public sealed class DenseTrainer : ITrainer, IDisposable
 
     private readonly MaeConfig modelCfg;
     private readonly TrainConfig cfg;
-    private readonly DataConfig dataCfg;
     private readonly ImageDataset data;
     private readonly Device device;
 
@@ -27,11 +26,10 @@ public sealed class DenseTrainer : ITrainer, IDisposable
     public EpochSampler Sampler { get; }
     public long NextStep { get; private set; }
 
-    public DenseTrainer(MaeConfig modelCfg, TrainConfig cfg, DataConfig dataCfg, ImageDataset data, Device? device = null)
+    public DenseTrainer(MaeConfig modelCfg, TrainConfig cfg, ImageDataset data, Device? device = null)
     {
         this.modelCfg = modelCfg.Validate();
         this.cfg = cfg;
-        this.dataCfg = dataCfg;
         this.data = data;
         this.device = device ?? CPU;
         if (data.Height != modelCfg.ImageSize || data.Width != modelCfg.ImageSize || data.Channels != modelCfg.InChans)
@@ -48,7 +46,7 @@ public sealed class DenseTrainer : ITrainer, IDisposable
     /// <summary>The images and mask noise of step <paramref name="step"/>: identical on every replay.</summary>
     public (Tensor imgs, Tensor noise) Inputs(long step)
     {
-        var imgs = data.Batch(Sampler.Batch(step), dataCfg.Mean, dataCfg.Std).to(device);
+        var imgs = data.Batch(Sampler.Batch(step)).to(device);
         using var gen = Seeds.Generator(cfg.Seed, Seeds.Stream.Mask, step);
         return (imgs, Model.MaskNoise(cfg.BatchSize, gen, device));
     }

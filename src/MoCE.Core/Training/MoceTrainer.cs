@@ -60,7 +60,6 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
     private readonly MaeConfig modelCfg;
     private readonly MoeConfig moe;
     private readonly TrainConfig cfg;
-    private readonly DataConfig dataCfg;
     private readonly ImageDataset data;
     private readonly long[] clusterIds;
     private readonly string denseSha;
@@ -75,20 +74,19 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
     /// <summary>Per-expert routing of the last step.</summary>
     public IReadOnlyList<ExpertStat> LastRouting { get; private set; } = [];
 
-    public MoceTrainer(MaeConfig modelCfg, MoeConfig moe, TrainConfig cfg, DataConfig dataCfg, ImageDataset data,
+    public MoceTrainer(MaeConfig modelCfg, MoeConfig moe, TrainConfig cfg, ImageDataset data,
                        ClusteringResult clustering, CheckpointContent dense, string denseSha256, Device? device = null)
     {
         this.modelCfg = modelCfg.Validate();
         this.moe = moe.Validate(modelCfg.Depth);
         this.cfg = cfg;
-        this.dataCfg = dataCfg;
         this.data = data;
         this.device = device ?? CPU;
         denseSha = denseSha256;
         clustering.Check(denseSha256, modelCfg.Dim, data.Count);
         clusterIds = clustering.TrainIds;
 
-        Model = InitialModel(modelCfg, moe, clustering.K, TrainerCheckpoint.ModelWeights(dense), cfg.Seed);
+        Model = InitialModel(modelCfg, moe, clustering.K, TrainerCheckpoint.ModelWeights(dense), cfg.Seed, clustering.Centroids);
         Model.to(this.device).train();
         if (moe.Method != MoeMethod.Dense && moe.LambdaDistill > 0)
         {
@@ -109,22 +107,31 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
     }
 
     /// <summary>The model at step 0: the dense weights, with each MoE block upcycled from its dense MLP using noise
-    /// from (seed, "upcycle"). Every engine starts from exactly this state.</summary>
-    public static MaskedAutoencoder InitialModel(MaeConfig modelCfg, MoeConfig moe, int clusters, IReadOnlyDictionary<string, Tensor> dense, long seed)
+    /// from (seed, "upcycle"); with moe.gate-init = centroids, every MoCE gate starts from the clustering's
+    /// <paramref name="centroids"/> (<see cref="MoeGate.InitializeFromCentroids"/>). Every engine starts from exactly
+    /// this state.</summary>
+    public static MaskedAutoencoder InitialModel(MaeConfig modelCfg, MoeConfig moe, int clusters, IReadOnlyDictionary<string, Tensor> dense, long seed,
+                                                 Tensor? centroids = null)
     {
         var m = new MaskedAutoencoder(modelCfg, moe, clusters);
         using var gen = Seeds.Generator(seed, Seeds.Stream.Upcycle, 0);
         m.UpcycleFrom(dense, gen);
+        if (moe.GateFromCentroids && moe.Method == MoeMethod.Moce)
+        {
+            if (centroids is null) throw new ArgumentException("moce.moe.gate-init = centroids needs the clustering's centroids");
+            var groups = MoeGate.GroupCentroids(centroids, moe.Experts, seed);
+            foreach (var layer in m.MoeLayers.Values) layer.Gate.InitializeFromCentroids(centroids, groups);
+        }
         return m;
     }
 
     /// <summary>The inputs of step s, identical on every replay and in every engine: the batch's images, mask
     /// noise, and the gate input (cluster ids and this step's gate noise).</summary>
-    public static (Tensor imgs, Tensor noise, GateInput gate) StepInputs(long step, EpochSampler sampler, ImageDataset data, DataConfig dataCfg,
+    public static (Tensor imgs, Tensor noise, GateInput gate) StepInputs(long step, EpochSampler sampler, ImageDataset data,
                                                                         long[] clusterIds, MaskedAutoencoder model, long seed, Device device)
     {
         var batch = sampler.Batch(step);
-        var imgs = data.Batch(batch, dataCfg.Mean, dataCfg.Std).to(device);
+        var imgs = data.Batch(batch).to(device);
         using var maskGen = Seeds.Generator(seed, Seeds.Stream.Mask, step);
         var noise = model.MaskNoise(batch.Length, maskGen, device);
         var ids = new long[batch.Length];
@@ -143,7 +150,7 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
     {
         long step = NextStep;
         using var scope = NewDisposeScope();
-        var (imgs, noise, gate) = StepInputs(step, Sampler, data, dataCfg, clusterIds, Model, cfg.Seed, device);
+        var (imgs, noise, gate) = StepInputs(step, Sampler, data, clusterIds, Model, cfg.Seed, device);
 
         using var o = Model.Forward(imgs, noise, gate);
         var loss = o.Loss;

