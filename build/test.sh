@@ -3,7 +3,8 @@
 #   "Tests: N passed, N failed, N skipped"
 # Needs only the .NET 10 SDK; tests use the Fashion-MNIST sample committed in data/. The PostgreSQL tests get a real
 # server: build/postgres.sh installs Debian's postgresql if missing (root or sudo), starts it and makes a role and a
-# database, whose connection string reaches the tests as $MOCE_POSTGRES.
+# database, whose connection string reaches the tests as $MOCE_POSTGRES. build/python-torch.sh installs Debian's
+# python3-torch for the export test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ if [ -z "${MOCE_POSTGRES:-}" ]; then
 fi
 
 bash build/plot-deps.sh                       # fonts for the report tests' plots
+bash build/python-torch.sh                    # Debian's PyTorch, which loads an exported encoder in a test
 
 results=$(mktemp -d)
 trap 'rm -rf "$results"' EXIT
