@@ -63,7 +63,13 @@ public class ConfigTests
 
     [Theory]
     [InlineData("tasks.odd.classes=[1]", "moce.tasks.odd.classes", "at least two classes")]
-    [InlineData("tasks.odd.classes=[1, 12]", "moce.tasks.odd.classes", "labels 0..9")]
+    [InlineData("tasks.odd.classes=[1, 12]", "moce.tasks.odd.classes", "class 12 is not a class of dataset 'fashion-mnist' (0..9: T-shirt/top")]
+    [InlineData("tasks.tops.dataset=svhn", "moce.tasks.tops.dataset", "no dataset 'svhn' under moce.datasets (defined: fashion-mnist, mnist)")]
+    [InlineData("tasks.digits.shots=-1", "moce.tasks.digits.shots", "must be ≥ 0")]
+    [InlineData("data.mix.fashion-mnist=0", "moce.data.mix", "at least one source with a positive weight")]
+    [InlineData("datasets.mnist.fetch=http://x", "moce.datasets.mnist.fetch", "unknown source")]
+    [InlineData("moe.gate-init=centroids", "moce.moe.gate-dim", "needs gate-dim = model.dim (128)")]
+    [InlineData("eval.models=[moce, resnet]", "moce.eval.models", "unknown model 'resnet'")]
     [InlineData("eval.tasks=[tops, nope]", "moce.eval.tasks", "task 'nope' is not defined")]
     [InlineData("moe.method=sparse", "moce.moe.method", "expected moce, token-moe or dense")]
     [InlineData("moe.layers=[1, 9]", "moce.moe.layers", "depth = 4")]
@@ -132,6 +138,24 @@ public class ConfigTests
         Assert.Equal(3, c.Pretrain.LogEvery);
         Assert.Equal(2e-3, c.Pretrain.BaseLr); // from the preset
         Assert.Equal(128, c.Model.Dim);        // from the defaults
+    }
+
+    [Fact]
+    public void A_preset_may_include_another_and_override_it()
+    {
+        var q = ConfigLoader.Load(new ConfigLoader.Sources("quickstart"));
+        var t = ConfigLoader.Load(new ConfigLoader.Sources("transfer"));
+        Assert.Equal(new Dictionary<string, double> { ["fashion-mnist"] = 1.0, ["mnist"] = 1.0 }, q.Data.Mix);   // from transfer.conf
+        Assert.Equal(t.Eval.Tasks, q.Eval.Tasks);
+        Assert.Equal(100, q.Tasks["digits"].Shots);
+        Assert.Equal("mnist", q.Tasks["digits"].Dataset);
+        Assert.True(q.Moe.GateFromCentroids);
+        Assert.Equal(500, q.Pretrain.Steps);                                          // its own
+        Assert.Equal(800, t.Pretrain.Steps);
+        Assert.Equal([0L, 1L, 2L], t.PipelineSeeds);
+        Assert.Equal([0L], q.PipelineSeeds);
+        Assert.True(t.TransferBaselines);
+        Assert.False(q.TransferBaselines);
     }
 
     [Fact]

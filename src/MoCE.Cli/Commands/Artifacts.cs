@@ -90,27 +90,4 @@ public static class Artifacts
             throw new InvalidDataException($"the commit holds experts [{string.Join(", ", experts.Order())}]: some index below {experts.Max()} is missing");
         return experts.Count;
     }
-
-    /// <summary>A task's images in a seeded order (at most <paramref name="cap"/>) and their labels relabelled
-    /// 0..n−1 in the task's class order.</summary>
-    public static (List<int> indices, long[] labels) TaskImages(ImageDataset data, TaskConfig task, int cap, long seed)
-    {
-        var order = Seeds.Permutation(data.Count, Seeds.Derive(seed, Seeds.Stream.Probe, data.Count));
-        var idx = order.Where(i => task.Classes.Contains(data.Labels[i])).Take(cap).ToList();
-        return (idx, idx.Select(i => (long)IndexOf(task.Classes, data.Labels[i])).ToArray());
-    }
-
-    private static int IndexOf(IReadOnlyList<int> list, int x)
-    {
-        for (int i = 0; i < list.Count; i++) if (list[i] == x) return i;
-        return -1;
-    }
-
-    /// <summary>Cluster ids of images outside the clustered set: the nearest centroid of their dense features.</summary>
-    public static long[] AssignClusters(Session s, MaskedAutoencoder dense, ClusteringResult clustering, ImageDataset data, IReadOnlyList<int> indices)
-    {
-        using var f = Features.Extract(dense, data, indices, batch: s.Config.Cluster.FeatureBatch, device: s.Device);
-        var (ids, d2) = KMeans.Nearest(f, clustering.Centroids);
-        using (ids) using (d2) return ids.data<long>().ToArray();
-    }
 }

@@ -33,8 +33,8 @@ public sealed class TaskData : IDisposable
         {
             var task = s.Config.Tasks.TryGetValue(name, out var t) ? t
                 : throw new ConfigException("moce.eval.tasks", $"no task '{name}' under moce.tasks (defined: {string.Join(", ", s.Config.Tasks.Keys)})");
-            var (tr, trY) = Select(Set(task.Dataset, Split.Train), task, task.Shots > 0 ? int.MaxValue : s.Config.Eval.TrainImages, s.Config.Seed, task.Shots);
-            var (te, teY) = Select(Set(task.Dataset, Split.Test), task, s.Config.Eval.TestImages, s.Config.Seed, 0);
+            var (tr, trY) = TaskSelection.Select(Set(task.Dataset, Split.Train), task, task.Shots > 0 ? int.MaxValue : s.Config.Eval.TrainImages, s.Config.Seed, task.Shots);
+            var (te, teY) = TaskSelection.Select(Set(task.Dataset, Split.Test), task, s.Config.Eval.TestImages, s.Config.Seed, 0);
             if (task.Shots > 0 && tr.Count < task.Shots * task.Classes.Count)
                 throw new ConfigException($"{task.Key}.shots", $"{task.Shots} per class asked, but dataset '{task.Dataset}' has only {tr.Count} training images of these classes in all");
             if (tr.Count == 0 || te.Count == 0) throw new ConfigException(task.Key, $"dataset '{task.Dataset}' has no images of classes [{string.Join(", ", task.Classes)}] in one of its splits");
@@ -56,24 +56,6 @@ public sealed class TaskData : IDisposable
     public IReadOnlyList<int> Images(string dataset, Split split) => union[(dataset, split)];
 
     private List<int> Union(string dataset, Split split) => union.TryGetValue((dataset, split), out var l) ? l : union[(dataset, split)] = [];
-
-    /// <summary>A task's images in a seeded order: with <paramref name="shots"/> &gt; 0, the first that many of each
-    /// class (balanced); else the first <paramref name="cap"/>.</summary>
-    public static (List<int> indices, long[] labels) Select(ImageDataset data, TaskConfig task, int cap, long seed, int shots)
-    {
-        var order = Seeds.Permutation(data.Count, Seeds.Derive(seed, Seeds.Stream.Probe, data.Count));
-        var taken = new Dictionary<int, int>();
-        var idx = new List<int>();
-        foreach (var i in order)
-        {
-            int label = data.Labels[i];
-            if (!task.Classes.Contains(label)) continue;
-            if (shots > 0) { int n = taken.GetValueOrDefault(label); if (n >= shots) continue; taken[label] = n + 1; }
-            idx.Add(i);
-            if (idx.Count >= cap) break;
-        }
-        return (idx, idx.Select(i => (long)task.Classes.ToList().IndexOf(data.Labels[i])).ToArray());
-    }
 
     /// <summary>Features [n, D] of <paramref name="indices"/>, all of which must be among the tasks' images of that
     /// dataset and split. <paramref name="key"/> identifies the model (same key, same weights); <paramref name="gate"/>

