@@ -39,7 +39,7 @@ public sealed class DataSources(MoceConfig config)
         return d;
     }
 
-    /// <summary>The pre-training set: each source of moce.data.mix with weight w gives ⌊w⌋ passes over its training
+    /// <summary>The pre-training set, sources in the order of their names: each source of moce.data.mix with weight w gives ⌊w⌋ passes over its training
     /// images in file order, then round(frac(w)·N) more in a seeded order. A single source of weight 1 is its
     /// training set as it is.</summary>
     public ImageDataset PretrainSet()
@@ -47,7 +47,7 @@ public sealed class DataSources(MoceConfig config)
         var parts = new List<(ImageDataset, int[])>();
         try
         {
-            foreach (var (name, w) in config.Data.Mix.Where(kv => kv.Value > 0).OrderBy(kv => kv.Key == "fashion-mnist" ? "" : kv.Key, StringComparer.Ordinal))
+            foreach (var (name, w) in config.Data.Mix.Where(kv => kv.Value > 0).OrderBy(kv => kv.Key, StringComparer.Ordinal))   // by name: the same order however the layers merged
             {
                 var d = Load(name, Split.Train);
                 parts.Add((d, MixIndices(d.Count, w, config.Seed, parts.Count)));

@@ -40,6 +40,9 @@ public static class EvalCommand
 
     private static List<string> Split(string v) => v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
 
+    /// <summary>The evaluation settings a row depends on (not which tasks and models are selected).</summary>
+    public static string Settings(EvalConfig ev) => JsonSerializer.Serialize(ev with { Tasks = [], Models = [] });
+
     /// <summary>A short stable hash of a model's identity (checkpoint hashes).</summary>
     public static string Short(string identity) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(identity)))[..16];
 
@@ -53,7 +56,7 @@ public static class EvalCommand
         using var models = new ModelSet(s, data);
         var cachePath = Path.Combine(dir, "rows.json");
         var cache = File.Exists(cachePath) ? JsonSerializer.Deserialize<Dictionary<string, Row>>(File.ReadAllText(cachePath)) ?? [] : [];
-        var settings = JsonSerializer.Serialize(ev with { Tasks = [], Models = [] });
+        var settings = Settings(ev);
 
         var rows = new List<Row>();
         foreach (var taskName in taskNames)

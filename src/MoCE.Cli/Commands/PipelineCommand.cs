@@ -10,8 +10,9 @@ namespace MoCE.Cli.Commands;
 /// <summary><c>moce pipeline</c>: the whole method on one run: pretrain → cluster → for each seed of the MoE phase,
 /// train (moce.pipeline.methods) → customize and eval; with moce.pipeline.transfer-baselines, a dense MAE is also
 /// pre-trained on each source of the mix alone (RUN/alone-NAME) and evaluated, for the negative-transfer table.
-/// Seeds other than the run's train in RUN/seed-N from this run's pre-training. With several seeds or the baselines
-/// it ends with the study report (RUN/study/report.md). Every phase resumes or skips what is already done, so
+/// Seeds other than the run's train in RUN/seed-N from this run's pre-training. With moce.train.from-run the
+/// pre-training, clustering and baselines are that run's, and only the MoE phase runs here. With several seeds or the
+/// baselines it ends with the study report (RUN/study/report.md). Every phase resumes or skips what is already done, so
 /// running it again after an interruption continues where it stopped.</summary>
 public static class PipelineCommand
 {
@@ -31,12 +32,14 @@ public static class PipelineCommand
             Log.Information("{Phase} took {Seconds:F0} s", name, sw.Elapsed.TotalSeconds);
         }
         var tasks = s.Config.Eval.Tasks;
-        Phase("pretrain", () => PretrainCommand.Execute(s, ct));
+        bool upstream = s.Config.FromRun.Length > 0;                                // pre-training, clustering and baselines are that run's
+        if (upstream) Log.Information("Pre-training, clustering and the negative-transfer baselines come from run {Run}", s.Upstream.Root);
+        else Phase("pretrain", () => PretrainCommand.Execute(s, ct));
 
-        var baselines = new Dictionary<string, Session>();
-        var sources = s.Config.Data.Mix.Where(kv => kv.Value > 0).Select(kv => kv.Key).ToList();
-        if (s.Config.TransferBaselines)
+        var sources = s.Config.Data.Mix.Where(kv => kv.Value > 0).Select(kv => kv.Key).Order(StringComparer.Ordinal).ToList();
+        if (s.Config.TransferBaselines && !upstream)
         {
+            var baselines = new Dictionary<string, Session>();
             if (sources.Count < 2) Log.Warning("moce.pipeline.transfer-baselines: the mix has one source, so there is no baseline to compare with");
             else
                 foreach (var src in sources)
@@ -50,11 +53,11 @@ public static class PipelineCommand
             Phase("eval-pretrained", () => EvalCommand.Execute(s, ["pretrained"], tasks));
         }
 
-        Phase("cluster", () => ClusterCommand.Execute(s));
+        if (!upstream) Phase("cluster", () => ClusterCommand.Execute(s));
         var seedRuns = new List<Session>();
         foreach (var seed in s.Config.PipelineSeeds)
         {
-            var r = seed == s.Config.Train.Seed ? s : Sub(cli, s, $"seed-{seed}", [$"train.seed={seed}", $"train.from-run={s.Run.Root}"]);
+            var r = seed == s.Config.Train.Seed ? s : Sub(cli, s, $"seed-{seed}", [$"train.seed={seed}", $"train.from-run={s.Upstream.Root}"]);
             seedRuns.Add(r);
             string tag = seedRuns.Count == 1 && s.Config.PipelineSeeds.Count == 1 ? "" : string.Create(CultureInfo.InvariantCulture, $" seed {seed}");
             foreach (var m in s.Config.PipelineMethods)
@@ -62,12 +65,14 @@ public static class PipelineCommand
             var models = s.Config.Eval.Models.Where(x => Available(x, s.Config.PipelineMethods)).ToList();
             Phase("eval" + tag, () => EvalCommand.Execute(r, models, tasks));
         }
-        if (seedRuns.Count > 1 || baselines.Count > 0)
-            Phase("study", () => StudyReport.Write(s, seedRuns, baselines));
+        bool study = seedRuns.Count > 1 || s.Config.TransferBaselines;
+        if (study) Phase("study", () => StudyReport.Write(s, seedRuns, s.Config.TransferBaselines ? sources : []));
         timings["total"] = Math.Round(total.Elapsed.TotalSeconds, 1);
         File.WriteAllText(Path.Combine(s.Run.Root, "pipeline.json"), JsonSerializer.Serialize(timings, new JsonSerializerOptions { WriteIndented = true }));
         Log.Information("Pipeline done in {Seconds:F0} s; results in {Path}", total.Elapsed.TotalSeconds,
-            seedRuns.Count > 1 || baselines.Count > 0 ? Path.Combine(s.Run.Root, "study", "report.md") : Path.Combine(s.Run.Root, "eval", "results.md"));
+            study ? Path.Combine(s.Run.Root, "study", "report.md") : Path.Combine(s.Run.Root, "eval", "results.md"));
+        if (!study)
+            Log.Information("One seed, no baselines: for mean ± std over seeds and the negative-transfer table run the study, `moce pipeline --preset transfer` (bash build/study.sh; docs/RESULTS.md has its result)");
         return 0;
     }
 

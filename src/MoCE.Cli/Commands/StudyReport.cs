@@ -37,7 +37,7 @@ public static class StudyReport
 
     public sealed record Specialisation(string Method, int Block, double NmiSource, double NmiLabel);
 
-    public static void Write(Session s, IReadOnlyList<Session> seedRuns, IReadOnlyDictionary<string, Session> baselines)
+    public static void Write(Session s, IReadOnlyList<Session> seedRuns, IReadOnlyList<string> baselineSources)
     {
         var dir = s.Run.Phase("study");
         var inv = CultureInfo.InvariantCulture;
@@ -55,10 +55,13 @@ public static class StudyReport
         md.AppendLine();
 
         // 1. negative transfer
-        if (baselines.Count > 0)
+        var pretrained = baselineSources.Count == 0 ? null : PretrainedRows(s, s.Upstream.Root, tasks);
+        if (pretrained is not null)
         {
-            var rows = new List<(string name, IReadOnlyList<EvalCommand.Row> rows)> { ($"mix ({string.Join(" + ", mix.Select(kv => kv.Key))})", EvalCommand.Execute(s, ["pretrained"], tasks)) };
-            rows.AddRange(baselines.Select(b => ($"{b.Key} alone", EvalCommand.Execute(b.Value, ["pretrained"], tasks))));
+            var rows = new List<(string name, IReadOnlyList<EvalCommand.Row> rows)> { ($"mix ({string.Join(" + ", mix.Select(kv => kv.Key))})", pretrained) };
+            foreach (var src in baselineSources)
+                rows.Add(($"{src} alone", PretrainedRows(s, Path.Combine(s.Upstream.Root, $"alone-{src}"), tasks)
+                    ?? throw new RunMismatchException($"no evaluation of the dense MAE pre-trained on {src} alone in {s.Upstream.Root}/alone-{src}: run the pipeline with moce.pipeline.transfer-baselines = true there")));
             md.AppendLine("## Negative transfer: the dense MAE pre-trained on the mix against each source alone");
             md.AppendLine();
             md.AppendLine($"Same steps, batch and schedule; one pre-training seed. Linear probe / 20-NN accuracy in %; Δ = mix − the alone model of the task's own dataset.");
@@ -161,6 +164,25 @@ public static class StudyReport
         File.WriteAllText(Path.Combine(dir, "report.md"), md.ToString());
         File.WriteAllText(Path.Combine(dir, "study.json"), JsonSerializer.Serialize(json, new JsonSerializerOptions { WriteIndented = true }));
         Log.Information("Study report → {Path}\n{Report}", Path.Combine(dir, "report.md"), md.ToString());
+    }
+
+    /// <summary>The pretrained dense MAE's evaluation rows of a run (its eval cache), for these tasks as defined now and
+    /// the current evaluation settings; null if any is missing.</summary>
+    private static IReadOnlyList<EvalCommand.Row>? PretrainedRows(Session s, string runRoot, IReadOnlyList<string> tasks)
+    {
+        var path = Path.Combine(runRoot, "eval", "rows.json");
+        if (!File.Exists(path)) return null;
+        var cache = JsonSerializer.Deserialize<Dictionary<string, EvalCommand.Row>>(File.ReadAllText(path)) ?? [];
+        var settings = EvalCommand.Settings(s.Config.Eval);
+        var rows = new List<EvalCommand.Row>();
+        foreach (var t in tasks)
+        {
+            var prefix = JsonSerializer.Serialize(s.Config.Tasks[t]) + "|pretrained-";
+            var row = cache.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal) && kv.Key.EndsWith("|" + settings, StringComparison.Ordinal)).Select(kv => kv.Value).LastOrDefault();
+            if (row is null) return null;
+            rows.Add(row);
+        }
+        return rows;
     }
 
     /// <summary>Per MoE layer: NMI of the chosen expert with the source and with the label, per image (MoCE) or per token (TokenMoE).</summary>

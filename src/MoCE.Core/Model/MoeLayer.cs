@@ -62,15 +62,38 @@ public sealed class MoeGate : Module<Tensor, GateInput, Tensor>
         w_gate.weight.copy_(u * (2 * bound) - bound);
     }
 
-    /// <summary>The C centroids, centred and scaled to unit length, grouped into E by k-means (seeded), so that
-    /// similar clusters share a group: the group of each cluster.</summary>
-    public static long[] GroupCentroids(Tensor centroids, int experts, long seed)
+    /// <summary>The C centroids, centred and scaled to unit length, grouped into E by average-linkage agglomeration on
+    /// their cosine similarity (deterministic): the two most similar groups merge until E remain, so a tight family
+    /// of clusters (one domain's) stays together. Groups are numbered in the order of their first cluster. Returns
+    /// each cluster's group.</summary>
+    public static long[] GroupCentroids(Tensor centroids, int experts)
     {
-        if (experts > centroids.shape[0]) throw new ArgumentException($"gate-init = centroids groups {centroids.shape[0]} clusters into {experts} experts: needs at least as many clusters as experts");
-        using var scope = NewDisposeScope();
-        var u = Unit(centroids);
-        using var km = Clustering.KMeans.Fit(u, experts, seed, maxIter: 100);
-        return km.Assignments;
+        int c = (int)centroids.shape[0];
+        if (experts > c) throw new ArgumentException($"gate-init = centroids groups {c} clusters into {experts} experts: needs at least as many clusters as experts");
+        float[] sim;
+        using (NewDisposeScope())
+        {
+            var u = Unit(centroids);
+            sim = u.matmul(u.t()).cpu().data<float>().ToArray();
+        }
+        var groups = Enumerable.Range(0, c).Select(i => new List<int> { i }).ToList();
+        while (groups.Count > experts)
+        {
+            double best = double.NegativeInfinity;
+            int bi = 0, bj = 1;
+            for (int i = 0; i < groups.Count; i++)
+                for (int j = i + 1; j < groups.Count; j++)
+                {
+                    double mean = groups[i].Sum(a => groups[j].Sum(b => (double)sim[a * c + b])) / (groups[i].Count * groups[j].Count);
+                    if (mean > best) { best = mean; bi = i; bj = j; }
+                }
+            groups[bi].AddRange(groups[bj]);
+            groups.RemoveAt(bj);
+        }
+        var res = new long[c];
+        foreach (var (g, e) in groups.OrderBy(g => g.Min()).Select((g, e) => (g, e)))
+            foreach (var k in g) res[k] = e;
+        return res;
     }
 
     /// <summary>emb = the centred unit centroids; W_e = the unit mean of group e's, so logit(c, e) = cos(emb_c, W_e)

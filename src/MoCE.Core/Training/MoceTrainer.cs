@@ -119,7 +119,7 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
         if (moe.GateFromCentroids && moe.Method == MoeMethod.Moce)
         {
             if (centroids is null) throw new ArgumentException("moce.moe.gate-init = centroids needs the clustering's centroids");
-            var groups = MoeGate.GroupCentroids(centroids, moe.Experts, seed);
+            var groups = MoeGate.GroupCentroids(centroids, moe.Experts);
             foreach (var layer in m.MoeLayers.Values) layer.Gate.InitializeFromCentroids(centroids, groups);
         }
         return m;
