@@ -75,7 +75,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
         // what every command that reads the configuration takes
         System.CommandLine.Option[] Common() =>
         [
-            Opt("--preset", "layer hocon/NAME.conf over hocon/moce.conf (e.g. quickstart, bench)"),
+            Opt("--preset", "layer hocon/NAME.conf over hocon/moce.conf (e.g. quickstart, transfer, bench)"),
             new System.CommandLine.Option<string[]>("--config") { Description = "layer a HOCON file (repeatable, applied in order, after the preset)", HelpName = "FILE", Arity = System.CommandLine.ArgumentArity.OneOrMore, AllowMultipleArgumentsPerToken = false },
             new System.CommandLine.Option<string[]>("-o") { Description = "override one key, e.g. -o pretrain.steps=500 (repeatable, applied last)", HelpName = "key=value", Arity = System.CommandLine.ArgumentArity.OneOrMore, AllowMultipleArgumentsPerToken = false },
             Opt("--run", "run directory (default: runs/PRESET, or runs/default)"),
@@ -107,7 +107,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
         }
         System.CommandLine.Argument<string?> RunArgument() => new("RUN") { Description = "the run directory", Arity = System.CommandLine.ArgumentArity.ZeroOrOne };
 
-        root.Subcommands.Add(Cmd("pipeline", "the whole method: pretrain, cluster, train (moce, token-moe, dense), customize, eval", Common()));
+        root.Subcommands.Add(Cmd("pipeline", "the whole method: pretrain, cluster, train (moce, token-moe, dense), customize, eval; with moce.pipeline seeds and baselines, the transfer study (--preset transfer)", Common()));
         root.Subcommands.Add(Cmd("pretrain", "dense MAE pre-training", Common()));
         root.Subcommands.Add(Cmd("cluster", "k-means over the dense MAE's features; writes each image's cluster and a report", Common()));
         root.Subcommands.Add(Cmd("train", "MoE training from the dense MAE; with --seeds, as a coordinator of a cluster (node's options apply)",
