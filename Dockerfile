@@ -2,7 +2,7 @@
 # NOT built or run on the project's machines: they have no Docker engine, no GPU, and their NuGet
 # mirror does not serve TorchSharp-cuda-linux. The CPU build is the default everywhere else.
 #   docker build -t moce:cuda .
-#   docker run --gpus all -v $PWD/runs:/runs moce:cuda pretrain --preset quickstart --run /runs/q -o device=cuda
+#   docker run --gpus all -v $PWD/runs:/runs moce:cuda pretrain --preset fashion --run /runs/q -o device=cuda
 FROM mcr.microsoft.com/dotnet/sdk:10.0 AS build
 # cuda (default, TorchSharp-cuda-linux) or cpu (deploy/docker-compose.yml builds the CPU image)
 ARG TORCH_BACKEND=cuda

@@ -156,6 +156,10 @@ public class ConfigTests
         Assert.Equal([0L], q.PipelineSeeds);
         Assert.True(t.TransferBaselines);
         Assert.False(q.TransferBaselines);
+        var f = ConfigLoader.Load(new ConfigLoader.Sources("fashion"));                 // the previous quickstart: Fashion-MNIST alone
+        Assert.Equal(new Dictionary<string, double> { ["fashion-mnist"] = 1.0 }, f.Data.Mix);
+        Assert.Equal(1500, f.Pretrain.Steps);
+        Assert.Equal(4, f.Moe.Experts);
     }
 
     [Fact]

@@ -113,15 +113,15 @@ public class TransferProcessTests
         var run = NewRun();
         var (code, output) = Moce(["pretrain", "--run", run, .. Baby.Model, "-o", "tasks.x.dataset=cifar", "-o", "tasks.x.classes=[0, 1]"]);
         Assert.Equal(2, code);
-        Assert.Contains("moce.tasks.x.dataset: no dataset 'cifar'", output);
+        Assert.Contains("config key 'moce.tasks.x.dataset': no dataset 'cifar' under moce.datasets", output);
 
         (code, output) = Moce(["pretrain", "--run", NewRun(), .. Baby.Model, "-o", "tasks.x.dataset=mnist", "-o", "tasks.x.classes=[3, 10]"]);
         Assert.Equal(2, code);
-        Assert.Contains("moce.tasks.x.classes: class 10 is not a class of dataset 'mnist'", output);
+        Assert.Contains("config key 'moce.tasks.x.classes': class 10 is not a class of dataset 'mnist'", output);
 
         (code, output) = Moce(["pretrain", "--run", NewRun(), .. Baby.Model, "-o", "data.mix.svhn=1"]);
         Assert.Equal(2, code);
-        Assert.Contains("moce.data.mix.svhn: no dataset 'svhn'", output);
+        Assert.Contains("config key 'moce.data.mix.svhn': no dataset 'svhn'", output);
 
         // a dataset whose images are not the model's size
         (code, output) = Moce(["pretrain", "--run", NewRun(), .. Baby.Model, "-o", "model.image-size=21"]);

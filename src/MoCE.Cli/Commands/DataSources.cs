@@ -33,8 +33,9 @@ public sealed class DataSources(MoceConfig config)
         var d = Datasets.Load(Spec(name), Locate(name).Directory, split, config.Model.ImageSize);
         if (d.Channels != config.Model.InChans)
         {
+            var problem = $"dataset '{name}' has {d.Channels} channel(s) but moce.model.in-chans is {config.Model.InChans}";
             d.Dispose();
-            throw new DataFormatException(Locate(name).Directory, $"dataset '{name}' has {d.Channels} channel(s) but moce.model.in-chans is {config.Model.InChans}");
+            throw new DataFormatException(Locate(name).Directory, problem);
         }
         return d;
     }

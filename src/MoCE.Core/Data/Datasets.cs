@@ -78,9 +78,9 @@ public static class Datasets
         var d = ImageDataset.FromIdx(Find(dir, $"{prefix}-images-idx3-ubyte"), Find(dir, $"{prefix}-labels-idx1-ubyte"), spec.Norm, spec.Classes, spec.Name);
         if (imageSize > 0 && (d.Height != imageSize || d.Width != imageSize))
         {
+            var problem = $"dataset '{spec.Name}' has {d.Height}×{d.Width} images but moce.model.image-size is {imageSize}";
             d.Dispose();
-            throw new DataFormatException(Find(dir, $"{prefix}-images-idx3-ubyte"),
-                $"dataset '{spec.Name}' has {d.Height}×{d.Width} images but moce.model.image-size is {imageSize}");
+            throw new DataFormatException(Find(dir, $"{prefix}-images-idx3-ubyte"), problem);
         }
         return d;
     }
