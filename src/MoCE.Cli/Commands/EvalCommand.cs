@@ -132,8 +132,9 @@ public static class EvalCommand
                 case "pretrained": return (DenseKey, DenseModel, null);
                 case "moce-customized":
                 {
-                    var (key, _) = CustomizeCommand.Ensure(s, ti.Task.Name, this, ti);
-                    return (key, () => Cached("moce-customized/" + ti.Task.Name, () => CustomizeCommand.Load(s, ti.Task.Name)), null);
+                    var id = "moce-customized/" + ti.Task.Name;
+                    if (!keys.TryGetValue(id, out var key)) keys[id] = key = CustomizeCommand.Ensure(s, ti.Task.Name, this, ti).key;   // once per task
+                    return (key, () => Cached(id, () => CustomizeCommand.Load(s, ti.Task.Name)), null);
                 }
                 default:
                 {
@@ -162,7 +163,7 @@ public static class EvalCommand
         var inv = CultureInfo.InvariantCulture;
         var tasks = rows.Select(r => r.Task).Distinct().ToList();
         var md = new StringBuilder();
-        md.AppendLine($"Pre-training {s.Config.Pretrain.Steps} steps on {string.Join(" + ", s.Config.Data.Mix.Where(kv => kv.Value > 0).Select(kv => kv.Value == 1 ? kv.Key : string.Create(inv, $"{kv.Value}×{kv.Key}")))}, " +
+        md.AppendLine($"Pre-training {s.Config.Pretrain.Steps} steps on {s.Config.Data.Describe()}, " +
                       $"then {s.Config.Train.Steps} more steps per model (seed {s.Config.Train.Seed})" +
                       (experts is int e ? $"; {e} experts in blocks [{string.Join(", ", s.Config.Moe.Layers)}], top-{s.Config.Moe.TopK}, {s.Config.Cluster.K} clusters." : "."));
         md.AppendLine();

@@ -47,7 +47,7 @@ public static class StudyReport
         md.AppendLine("# Transfer study");
         md.AppendLine();
         var mix = s.Config.Data.Mix.Where(kv => kv.Value > 0).ToList();
-        md.AppendLine($"Pre-training: {s.Config.Pretrain.Steps} steps of {s.Config.Pretrain.BatchSize} on {string.Join(" + ", mix.Select(kv => kv.Value == 1 ? kv.Key : string.Create(inv, $"{kv.Value}×{kv.Key}")))}" +
+        md.AppendLine($"Pre-training: {s.Config.Pretrain.Steps} steps of {s.Config.Pretrain.BatchSize} on {s.Config.Data.Describe()}" +
                       $" (seed {s.Config.Seed}). MoE phase: {s.Config.Train.Steps} steps per model from the same dense weights, seeds {string.Join(", ", seedRuns.Select(r => r.Config.Train.Seed))}; " +
                       $"{s.Config.Moe.Experts} experts in blocks [{string.Join(", ", s.Config.Moe.Layers)}], top-{s.Config.Moe.TopK}, {s.Config.Cluster.K} clusters, τ = {s.Config.Moe.Temperature.ToString(inv)}, gate noise {s.Config.Moe.GateNoise.ToString(inv)}, gate-init {(s.Config.Moe.GateFromCentroids ? "centroids" : "random")}.");
         md.AppendLine();

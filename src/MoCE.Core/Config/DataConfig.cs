@@ -12,6 +12,10 @@ public sealed record DataConfig
     /// <summary>If a dataset is not found, use its small committed sample (with a warning) instead of failing.</summary>
     public bool FallbackToSample { get; init; } = true;
 
+    /// <summary>The mix as text, "fashion-mnist + 0.5×mnist": sources with a positive weight, by name.</summary>
+    public string Describe() => string.Join(" + ", Mix.Where(kv => kv.Value > 0).OrderBy(kv => kv.Key, StringComparer.Ordinal)
+        .Select(kv => kv.Value == 1 ? kv.Key : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{kv.Value}×{kv.Key}")));
+
     public DataConfig Validate()
     {
         foreach (var (name, w) in Mix)
