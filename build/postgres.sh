@@ -7,11 +7,7 @@ set -euo pipefail
 db=${MOCE_PG_DB:-moce}; user=${MOCE_PG_USER:-moce}; password=${MOCE_PG_PASSWORD:-moce}; port=${MOCE_PG_PORT:-5432}
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
-if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
-  echo "postgres.sh: installing Debian's postgresql" >&2
-  $sudo apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >&2
-fi
+bash "$(dirname "$0")/apt-install.sh" postgresql >&2
 version=$(pg_lsclusters -h | awk 'NR==1 {print $1}')
 cluster=$(pg_lsclusters -h | awk 'NR==1 {print $2}')
 if [ -z "$version" ]; then

@@ -1,9 +1,6 @@
 #!/usr/bin/env bash
-# Debian's PyTorch for the export interoperability test: installs python3-torch (root or sudo) unless
-# /usr/bin/python3 can already import torch.
+# Debian's PyTorch for the export interoperability test: python3-torch and python3-numpy (root or sudo to install),
+# imported by /usr/bin/python3.
 set -euo pipefail
-if /usr/bin/python3 -c 'import torch, numpy' 2> /dev/null; then exit 0; fi
-sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "Installing python3-torch (Debian)..."
-$sudo apt-get update -qq
-$sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-torch python3-numpy > /dev/null
+bash "$(dirname "$0")/apt-install.sh" python3-torch python3-numpy
+/usr/bin/python3 -c 'import torch, numpy' || { echo "python-torch.sh: /usr/bin/python3 cannot import torch and numpy after the install" >&2; exit 1; }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the solution and runs every test project, then prints one summary line:
 #   "Tests: N passed, N failed, N skipped"
-# Needs only the .NET 10 SDK; tests use the Fashion-MNIST sample committed in data/. The PostgreSQL tests get a real
-# server: build/postgres.sh installs Debian's postgresql if missing (root or sudo), starts it and makes a role and a
-# database, whose connection string reaches the tests as $MOCE_POSTGRES. build/python-torch.sh installs Debian's
-# python3-torch for the export test.
+# Needs the .NET 10 SDK, and root or sudo: it installs (a no-op where present) and starts what some tests need, each
+# through build/apt-install.sh. PostgreSQL: build/postgres.sh installs Debian's postgresql, starts it and makes a role
+# and a database, whose connection string reaches the tests as $MOCE_POSTGRES (set it yourself to use another server).
+# build/python-torch.sh installs Debian's python3-torch for the export test, build/plot-deps.sh the fonts for the
+# report tests' plots. The tests read the dataset samples committed in data/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
