@@ -2,22 +2,30 @@ using Akka.Configuration;
 using MoCE.Actors;
 using MoCE.Core.Config;
 using MoCE.Core.Tests;
+using MoCE.Tests;
 using Npgsql;
 
 namespace MoCE.Actors.Tests;
 
 /// <summary>The actor engine on a real PostgreSQL journal (hocon/persistence-postgres.conf), the one a cluster shares.
-/// build/test.sh starts the server (build/postgres.sh) and sets MOCE_POSTGRES; without it these tests fail and say so.</summary>
+/// build/test.sh starts the server (build/postgres.sh) and sets MOCE_POSTGRES; without it, TestPostgres starts one or
+/// says what is missing.</summary>
 public class PostgresTests(MoceFixture fx) : IClassFixture<MoceFixture>
 {
     private static readonly MoeConfig Moe = MoceFixture.Moe with { Layers = [0, 1] };
-    private static Config Postgres => ConfigurationFactory.ParseString(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf")));
+    /// <summary>The PostgreSQL preset; the engine takes its connection string from $MOCE_POSTGRES, which TestPostgres sets.</summary>
+    private static Config Postgres
+    {
+        get
+        {
+            _ = TestPostgres.ConnectionString;
+            return ConfigurationFactory.ParseString(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf")));
+        }
+    }
 
     private static List<string> Events(string persistenceId)
     {
-        var cs = Environment.GetEnvironmentVariable(ActorEngine.PostgresVariable)
-                 ?? throw new InvalidOperationException($"${ActorEngine.PostgresVariable} is not set: run build/test.sh, which starts PostgreSQL");
-        using var c = new NpgsqlConnection(cs);
+        using var c = new NpgsqlConnection(TestPostgres.ConnectionString);
         c.Open();
         using var cmd = new NpgsqlCommand("SELECT manifest FROM journal WHERE persistence_id = @p ORDER BY sequence_number", c);
         cmd.Parameters.AddWithValue("p", persistenceId);

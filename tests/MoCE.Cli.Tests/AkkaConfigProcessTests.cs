@@ -14,12 +14,12 @@ public class AkkaConfigProcessTests
         "-o", "train.steps=20", "-o", "train.checkpoint-every=10", "-o", "train.log-every=10",
     ];
 
-    private static string Postgres => Environment.GetEnvironmentVariable("MOCE_POSTGRES")
-        ?? throw new InvalidOperationException("$MOCE_POSTGRES is not set: run build/test.sh, which starts PostgreSQL");
+    private static string Postgres => MoCE.Tests.TestPostgres.ConnectionString;
 
     [Fact]
     public void The_postgres_preset_and_akka_overrides_reach_the_actor_system()
     {
+        _ = Postgres;                                                            // $MOCE_POSTGRES for the moce processes
         var run = Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N"));
         var (code, output) = Moce(["pretrain", "--run", run, .. Baby]);
         Assert.True(code == 0, output);

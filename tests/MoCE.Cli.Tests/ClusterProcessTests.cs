@@ -23,6 +23,7 @@ public sealed class ClusterRunFixture
 
     public ClusterRunFixture()
     {
+        _ = MoCE.Tests.TestPostgres.ConnectionString;            // the nodes' shared journal ($MOCE_POSTGRES), or a clear error
         var (code, output) = Moce(["pretrain", "--run", Base, .. Baby]);
         if (code != 0) throw new InvalidOperationException(output);
         (code, output) = Moce(["cluster", "--run", Base, .. Baby]);
