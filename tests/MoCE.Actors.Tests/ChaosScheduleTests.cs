@@ -99,9 +99,15 @@ public class ChaosScheduleTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHe
     }
 }
 
-/// <summary>moce.actors.straggler-timeout: a 400 ms straggler stalls every step it computes in; with a 150 ms timeout
-/// the router gives up on it, the step is retried without it (its rows to the next-best expert), and it sits out
-/// before it takes rows again.</summary>
+/// <summary>moce.actors.straggler-timeout: a straggler stalls every step it computes in; past the timeout the router
+/// gives up on it, the step is retried without it (its rows to the next-best expert), and it sits out before it takes
+/// rows again.
+///
+/// No margin here is one that machine load can erode. The straggler's extra 2 s is a sleep, so it passes the 1 s
+/// timeout however busy the cores are, while a tiny expert's normal answer stays far below 1 s even then. A sleep
+/// still running when the expert rejoins (the sit-out's five steps can take less than what is left of it) can make
+/// it miss one more sit-out, so the window of slow steps is short and the run goes on long after it: whatever the
+/// load, it is back, computing, well before the end.</summary>
 public class StragglerTimeoutTests(MoceFixture fx) : IClassFixture<MoceFixture>
 {
     private static readonly MoeConfig Moe = MoceFixture.Moe with { Layers = [0, 1] };
@@ -109,20 +115,21 @@ public class StragglerTimeoutTests(MoceFixture fx) : IClassFixture<MoceFixture>
     [Fact]
     public void A_straggler_past_the_timeout_sits_out_its_rows_go_elsewhere_and_it_comes_back()
     {
-        var run = new ActorRun(fx, Moe, Tiny.Train(steps: 30)) { StragglerTimeout = TimeSpan.FromMilliseconds(150), StragglerSitOut = 5 };
-        var chaos = new ChaosPlan().Straggle("expert-1", 10, 20, ms: 400);
-        var done = run.Run(until: 30, checkpointEvery: 10, chaos);
-        Assert.Equal(30, done.Step);
+        var run = new ActorRun(fx, Moe, Tiny.Train(steps: 40)) { StragglerTimeout = TimeSpan.FromSeconds(1), StragglerSitOut = 5 };
+        var chaos = new ChaosPlan().Straggle("expert-1", 10, 14, ms: 2000);
+        var done = run.Run(until: 40, checkpointEvery: 10, chaos);
+        Assert.Equal(40, done.Step);
         var sat = done.Recoveries.Where(r => r.Policy == "straggler-timeout").ToList();
         Assert.NotEmpty(sat);
         Assert.All(sat, r => Assert.Equal("expert-1", r.Owner));
         var first = sat[0];
-        Assert.InRange(first.Step, 10, 20);
+        Assert.InRange(first.Step, 10, 14);
+        Assert.True(sat.Count <= 2, $"sat out {sat.Count} times, at steps {string.Join(", ", sat.Select(r => r.Step))}");  // the window, and at most one leftover sleep
         Assert.Equal(5, first.StepsMissed);                                     // it sat out its five steps
         Assert.True(first.ReroutedImages > 0, "its images went to other experts meanwhile");
         // while it sat out, no row went to it; after, it computed again
-        Assert.All(run.Routing.Where(kv => kv.Key >= first.Step && kv.Key < first.Step + 5), kv => Assert.DoesNotContain(kv.Value, e => e.Expert == 1 && e.Tokens > 0));
-        Assert.Contains(run.Routing.Where(kv => kv.Key >= first.Step + 5).SelectMany(kv => kv.Value), e => e.Expert == 1 && e.Tokens > 0);
-        Assert.Contains(run.CommittedWeights(30).Keys, k => k.Contains(".experts.1.", StringComparison.Ordinal));   // in every cut, sitting out or not
+        Assert.All(sat, r => Assert.All(run.Routing.Where(kv => kv.Key >= r.Step && kv.Key < r.Step + 5), kv => Assert.DoesNotContain(kv.Value, e => e.Expert == 1 && e.Tokens > 0)));
+        Assert.Contains(run.Routing.Where(kv => kv.Key >= sat[^1].Step + 5).SelectMany(kv => kv.Value), e => e.Expert == 1 && e.Tokens > 0);
+        Assert.Contains(run.CommittedWeights(40).Keys, k => k.Contains(".experts.1.", StringComparison.Ordinal));   // in every cut, sitting out or not
     }
 }
