@@ -10,6 +10,9 @@ WORKDIR /src
 COPY . .
 # The publish target re-applies the GLIBCXX_3.4.32 fix (build/TorchSharpNative.targets) to the published library.
 RUN dotnet publish src/MoCE.Cli -c Release -p:TorchBackend=$TORCH_BACKEND -o /app
+# Fashion-MNIST from Debian (the SDK image is Debian 12), copied into the runtime image as $MOCE_DATA
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dataset-fashion-mnist \
+ && rm -rf /var/lib/apt/lists/*
 
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 COPY --from=mcr.microsoft.com/dotnet/runtime:10.0 /usr/share/dotnet /usr/share/dotnet
@@ -17,6 +20,7 @@ RUN ln -s /usr/share/dotnet/dotnet /usr/bin/dotnet \
  && apt-get update && apt-get install -y --no-install-recommends libicu74 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /app /app
+COPY --from=build /usr/share/datasets/fashion-mnist /data/fashion-mnist
 ENV MOCE_DATA=/data/fashion-mnist
 WORKDIR /runs
 ENTRYPOINT ["dotnet", "/app/moce.dll"]
