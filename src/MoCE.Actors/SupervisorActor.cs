@@ -104,10 +104,13 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     /// <summary>The supervisor under a <see cref="Akka.Pattern.BackoffSupervisor"/>, which is what a run hosts: Akka stops a
     /// persistent actor whose journal write fails (the database is down, or refuses); it is started again after the
     /// run's backoff, recovers the journal, finds the experts where they run, and resumes from the last commit, as a
-    /// coordinator failover does. At the run's max-failures in a row it stays stopped. Messages to it go to the supervisor.</summary>
+    /// coordinator failover does. At the run's max-failures in a row it stops for good (and the run with it). The count
+    /// resets only when a commit is journaled (manual reset), never because some time passed: with Akka's automatic
+    /// reset, a journal that fails only after a while (a slow or loaded machine) restarted the supervisor forever.
+    /// Messages to it go to the supervisor.</summary>
     public static Props Restartable(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep, int minExpertNodes = 1) =>
         Akka.Pattern.BackoffSupervisor.Props(Akka.Pattern.Backoff.OnStop(Props(setup, hooks, checkpointEvery, keep, minExpertNodes), "supervisor",
-            setup.Backoff.Min, setup.Backoff.Max, 0.0, setup.Backoff.MaxFailures));
+            setup.Backoff.Min, setup.Backoff.Max, 0.0, setup.Backoff.MaxFailures).WithManualReset());
 
     public SupervisorActor(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep, int minExpertNodes)
     {
@@ -636,6 +639,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             // keep the last K commits' files (and never delete a file a kept commit names)
             if (state.Commits.Count > keep) setup.Store.DeleteAllExcept(state.KeptParts(keep).Append(initial));
             log.Info("Committed checkpoint {0} ({1} owners)", e.Step, e.Manifest.Count);
+            Context.Parent.Tell(Akka.Pattern.BackoffSupervisor.Reset.Instance);   // the journal works: failures in a row start again
             hooks.OnCommit?.Invoke(e);
             step = e.Step;
             Next();

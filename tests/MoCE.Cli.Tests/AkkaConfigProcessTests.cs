@@ -26,9 +26,12 @@ public class AkkaConfigProcessTests
         (code, output) = Moce(["cluster", "--run", run, .. Baby]);
         Assert.True(code == 0, output);
 
-        // an akka override reaches the system: an unknown journal provider fails the run
-        (code, output) = Moce(["train", "--run", run, .. Baby, "-o", "akka.persistence.journal.sql.provider-name=NoSuchDatabase"]);
+        // an akka override reaches the system: an unknown journal provider fails the run, after max-failures restarts
+        // of the supervisor however long each takes (it once restarted forever on a loaded machine)
+        (code, output) = Moce(["train", "--run", run, .. Baby, "-o", "akka.persistence.journal.sql.provider-name=NoSuchDatabase",
+                               "-o", "actors.backoff-max=0.5", "-o", "actors.max-failures=3"]);
         Assert.NotEqual(0, code);
+        Assert.Contains("the supervisor stopped before the run finished", output);
 
         var preset = Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf");
         (code, output) = Moce(["train", "--run", run, "--config", preset, .. Baby]);
