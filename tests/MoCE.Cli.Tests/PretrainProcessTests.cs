@@ -15,6 +15,10 @@ public class PretrainProcessTests
         "-o", $"datasets.fashion-mnist.path={Datasets.SampleDir("fashion-mnist-sample")}", "-o", $"datasets.mnist.path={Datasets.SampleDir("mnist-sample")}", "-o", "threads=1",
     ];
 
+    /// <summary>A hang fails the test with the output so far. The bound is generous: it catches a process that never
+    /// ends, not a slow one on a busy machine (these runs take seconds to a minute).</summary>
+    public static readonly TimeSpan ProcessTimeout = TimeSpan.FromMinutes(10);
+
     public static (int code, string output) Moce(params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
@@ -22,9 +26,15 @@ public class PretrainProcessTests
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var stderr = p.StandardError.ReadToEndAsync();
-        var stdout = p.StandardOutput.ReadToEnd();
-        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("moce did not finish in 120 s"); }
-        return (p.ExitCode, stdout + stderr.Result);
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        if (!p.WaitForExit(ProcessTimeout))
+        {
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+            throw new TimeoutException($"moce {string.Join(' ', args.Take(1))} did not finish in {ProcessTimeout.TotalMinutes:F0} min:\n{stdout.Result}{stderr.Result}");
+        }
+        p.WaitForExit();                                                     // the output is read to its end
+        return (p.ExitCode, stdout.Result + stderr.Result);
     }
 
     [Fact]

@@ -98,7 +98,7 @@ public class TransferProcessTests
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
+        using var timeout = new CancellationTokenSource(ProcessTimeout);
         await p.WaitForExitAsync(timeout.Token);                                     // a hang fails the test with a timeout
         var said = await stdout + await stderr;
         Assert.True(p.ExitCode == 0, $"PyTorch's features differ from moce's, or the load failed:\n{said}");
