@@ -26,14 +26,23 @@ else
   exit 1
 fi
 
-# another apt-get (a second build, unattended upgrades) holds dpkg's lock: wait for it rather than fail
+# Two of this project's scripts at once (the quickstart and the tests, say) take turns through one lock file, and an
+# apt-get of someone else's (unattended upgrades) is waited for: dpkg's lock for up to 5 minutes, the package lists'
+# lock (which apt-get update does not wait for) by a few retries.
+{ exec 9> /tmp/moce-apt.lock; } 2> /dev/null || exec 9< /tmp/moce-apt.lock   # a file of another user: read-only will do
+flock -w 900 9 || { echo "apt-install.sh: another install held /tmp/moce-apt.lock for 15 minutes" >&2; exit 1; }
 apt_get() { "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"; }
+update() {
+  local i
+  for i in 1 2 3 4 5; do apt_get update -qq >&2 && return 0; sleep 10; done
+  apt_get update -qq >&2
+}
 install() { apt_get install -y -qq --no-install-recommends "$@" > /dev/null; }
 if [ ${#missing[@]} -gt 0 ]; then
   echo "apt-install.sh: installing ${missing[*]} (Debian)" >&2
-  apt_get update -qq >&2
+  update
   install "$@"
 elif ! install "$@" 2> /dev/null; then
-  apt_get update -qq >&2
+  update
   install "$@"
 fi
