@@ -19,12 +19,14 @@ if ! pg_lsclusters -h | awk -v v="$version" -v c="$cluster" '$1==v && $2==c {pri
   $sudo pg_ctlcluster "$version" "$cluster" start >&2
 fi
 port=$(pg_lsclusters -h | awk -v v="$version" -v c="$cluster" '$1==v && $2==c {print $3}')
-psql_as_postgres() { if [ "$(id -u)" -eq 0 ]; then su postgres -c "psql -p $port -qtAX $*"; else sudo -u postgres psql -p "$port" -qtAX "$@"; fi; }
-for i in $(seq 1 30); do psql_as_postgres "-c 'select 1'" >/dev/null 2>&1 && break; sleep 1; done
-if [ "$(psql_as_postgres "-c \"select 1 from pg_roles where rolname='$user'\"")" != "1" ]; then
-  psql_as_postgres "-c \"create role $user login password '$password'\"" >&2
+psql_as_postgres() {   # psql as the postgres superuser, each argument passed as it is
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- psql -p "$port" -qtAX "$@"; else sudo -u postgres psql -p "$port" -qtAX "$@"; fi
+}
+for i in $(seq 1 30); do psql_as_postgres -c 'select 1' >/dev/null 2>&1 && break; sleep 1; done
+if [ "$(psql_as_postgres -c "select 1 from pg_roles where rolname='$user'")" != "1" ]; then
+  psql_as_postgres -c "create role $user login password '$password'" >&2
 fi
-if [ "$(psql_as_postgres "-c \"select 1 from pg_database where datname='$db'\"")" != "1" ]; then
-  psql_as_postgres "-c \"create database $db owner $user\"" >&2
+if [ "$(psql_as_postgres -c "select 1 from pg_database where datname='$db'")" != "1" ]; then
+  psql_as_postgres -c "create database $db owner $user" >&2
 fi
 echo "Host=127.0.0.1;Port=$port;Database=$db;Username=$user;Password=$password"
