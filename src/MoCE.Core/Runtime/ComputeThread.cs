@@ -48,10 +48,12 @@ public static class ComputeThread
 
     /// <summary>Linux: moves the calling thread to SCHED_IDLE, so it only runs on a core that no normal thread wants.
     /// Work that can wait (a prefetch) then fills the gaps of the critical path instead of competing with it.
-    /// Returns false where that is not possible (another OS, or the call refused).</summary>
+    /// Returns false where that is not possible (another OS, or the call refused), and also where the move could not be
+    /// undone (<see cref="CanLeaveIdle"/>): a thread left at idle priority starves on a busy machine while the trainer
+    /// waits for it.</summary>
     public static bool OnlyWhenIdle()
     {
-        if (!OperatingSystem.IsLinux()) return false;
+        if (!OperatingSystem.IsLinux() || !CanLeaveIdle()) return false;
         var param = new SchedParam();
         return sched_setscheduler(0, SchedIdle, ref param) == 0;        // pid 0: the calling thread
     }
@@ -63,6 +65,18 @@ public static class ComputeThread
         if (!OperatingSystem.IsLinux() || osThreadId <= 0) return false;
         var param = new SchedParam();
         return sched_setscheduler(osThreadId, SchedOther, ref param) == 0;
+    }
+
+    /// <summary>Linux: whether a thread of this process can be moved back from SCHED_IDLE to SCHED_OTHER
+    /// (<see cref="Normal"/>). Root can (CAP_SYS_NICE); an unprivileged process only when its RLIMIT_NICE allows the
+    /// thread's nice value (sched(7)): 20 − limit ≤ nice. Debian's default limit is 0, so an ordinary user cannot.</summary>
+    public static bool CanLeaveIdle()
+    {
+        if (!OperatingSystem.IsLinux()) return false;
+        if (geteuid() == 0) return true;
+        if (getrlimit(RlimitNice, out var limit) != 0) return false;
+        int nice = getpriority(PrioProcess, 0);                                    // the calling thread's (Linux)
+        return limit.Current >= (ulong)(20 - nice);
     }
 
     /// <summary>The calling thread's kernel id (Linux), for <see cref="Normal"/>; −1 elsewhere.</summary>
@@ -79,4 +93,19 @@ public static class ComputeThread
 
     [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
     private static extern int sched_setscheduler(int pid, int policy, ref SchedParam param);
+
+    private const int RlimitNice = 13;
+    private const int PrioProcess = 0;
+
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
+    private struct RLimit { public ulong Current; public ulong Max; }
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern uint geteuid();
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int getrlimit(int resource, out RLimit limit);
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int getpriority(int which, int who);
 }
