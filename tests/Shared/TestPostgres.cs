@@ -8,7 +8,7 @@ namespace MoCE.Tests;
 /// it, at once rather than as a node's timeout.</summary>
 public static class TestPostgres
 {
-    public const string Variable = "MOCE_POSTGRES";
+    private const string Variable = MoCE.Actors.ActorEngine.PostgresVariable;
     private static readonly Lazy<string> connectionString = new(Find, LazyThreadSafetyMode.ExecutionAndPublication);
 
     /// <summary>The connection string; $MOCE_POSTGRES is set once this returns.</summary>
