@@ -17,6 +17,8 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     /// <summary>The actor system's configuration over hocon/akka.conf (e.g. the PostgreSQL journal); null: SQLite in RunDir.</summary>
     public Akka.Configuration.Config? Akka { get; init; }
     public SortedDictionary<long, double> Losses { get; } = [];
+    /// <summary>Every completed step's loss in the order they completed, replays included (Losses keeps the last).</summary>
+    public List<(long step, double loss)> AllLosses { get; } = [];
     /// <summary>The commits the supervisor resumed from (a start on an existing run, or a supervisor started again).</summary>
     public List<long> Resumes { get; } = [];
     /// <summary>How long an owner waits for another's reply: what detects a dropped message.</summary>
@@ -48,7 +50,7 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
         var setup = Setup(chaos, policy, backoff);
         return ActorEngine.Run(setup, RunDir, until, checkpointEvery, keep: 3, new SupervisorHooks(OnStep: m =>
         {
-            lock (Losses) { Losses[m.Step] = m.Stats.Loss; Routing[m.Step] = m.Routing; }
+            lock (Losses) { Losses[m.Step] = m.Stats.Loss; AllLosses.Add((m.Step, m.Stats.Loss)); Routing[m.Step] = m.Routing; }
             afterStep?.Invoke(m.Step);
         }, OnResume: s => { lock (Resumes) Resumes.Add(s); }), ct, Akka, Timeout, started);
     }

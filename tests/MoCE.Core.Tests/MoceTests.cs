@@ -174,6 +174,52 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         Assert.Equal(1 + k * MoceFixture.Moe.Experts, rows.Length);
     }
 
+    /// <summary>The reference engine's half of the restore property (the actor engine's is SparseRestoreTests): six
+    /// experts over four clusters, top-1, so experts regularly get no rows. Each of 20 schedules (seeded; more with
+    /// MOCE_RESTORE_SCHEDULES) stops the run one to three times, each time in a fresh trainer resumed from the commit,
+    /// and must end with every step's loss, the weights and the optimizer state bit-equal to the run that never
+    /// stopped; after each resume some expert had no rows before the next commit.</summary>
+    [Fact]
+    public void Moce_resumed_at_seeded_stops_under_sparse_routing_equals_the_run_that_never_stopped()
+    {
+        const int steps = 24;
+        var moe = MoceFixture.Moe with { Experts = 6, Layers = [0, 1] };
+        var cfg = Tiny.Train(steps: steps) with { CheckpointEvery = 6 };
+        var quiet = new LoggerConfiguration().CreateLogger();
+        using var straight = fx.Trainer(moe, cfg);
+        var losses = new List<double>();
+        var idle = new List<bool>();                                    // some (block, expert) without rows in step s
+        for (int s = 0; s < steps; s++)
+        {
+            losses.Add(straight.TrainStep().Loss);
+            idle.Add(straight.LastRouting.Any(r => r.Tokens == 0));
+        }
+        var weights = straight.Model.state_dict();
+        var moments = straight.Optimizer.StateTensors().ToDictionary(s => s.name, s => s.tensor);
+
+        int schedules = int.TryParse(Environment.GetEnvironmentVariable("MOCE_RESTORE_SCHEDULES"), out var n) && n > 0 ? n : 20;
+        for (int seed = 1; seed <= schedules; seed++)
+        {
+            var rng = new Random(seed);
+            var stops = Enumerable.Range(0, 1 + rng.Next(3)).Select(_ => 1L + rng.Next(steps - 1)).Distinct().Order().ToList();
+            var runDir = Tiny.TempDir();
+            foreach (var stop in stops.Append(steps))
+            {
+                using var t = fx.Trainer(moe, cfg);
+                var loop = new TrainingLoop(t, cfg, runDir, quiet);
+                long from = loop.Resume();
+                Assert.True(Enumerable.Range((int)from, (int)Math.Min(cfg.CheckpointEvery, steps - from)).Any(s => idle[s]),
+                    $"seed {seed}: after the resume at {from} every expert had rows until the next commit");
+                new TrainingLoop(t, cfg, runDir, quiet).Run(stopAt: stop);
+                if (stop < steps) continue;
+                var got = File.ReadLines(Path.Combine(runDir, "metrics.csv")).Skip(1).Select(l => double.Parse(l.Split(',')[1], System.Globalization.CultureInfo.InvariantCulture)).ToList();
+                Assert.Equal(losses, got);
+                foreach (var (name, w) in t.Model.state_dict()) Assert.True(w.bytes.SequenceEqual(weights[name].bytes), $"seed {seed} (stops {string.Join(",", stops)}): {name}");
+                foreach (var (name, m) in t.Optimizer.StateTensors()) Assert.True(m.bytes.SequenceEqual(moments[name].bytes), $"seed {seed}: {name}");
+            }
+        }
+    }
+
     [Fact]
     public void Training_moce_lowers_the_loss_and_uses_the_experts()
     {

@@ -9,7 +9,8 @@ namespace MoCE.Core.Training;
 /// trainer, the router, each expert) steps and checkpoints its own state the same way. Matches
 /// torch.optim.AdamW's single-tensor update. Weight decay skips 1-D parameters (biases, norm weights), as
 /// MAE's add_weight_decay does. Parameters with requires_grad = false (fixed position embeddings) are not
-/// optimized.</summary>
+/// optimized. A parameter without a gradient in a step (an expert with no rows) is skipped, as torch does after
+/// zero_grad(set_to_none=True); t counts the owner's steps, those too.</summary>
 public sealed class AdamW : IDisposable
 {
     private sealed record Slot(string Name, Parameter Param, bool Decay, Tensor ExpAvg, Tensor ExpAvgSq);
@@ -32,10 +33,14 @@ public sealed class AdamW : IDisposable
 
     public IEnumerable<string> ParameterNames => slots.Select(s => s.Name);
 
+    /// <summary>Clears every gradient (PyTorch 2's zero_grad(set_to_none=True)). A parameter that gets no gradient in
+    /// the next step (an expert that got no rows) then has none, and <see cref="Step"/> leaves it and its moments alone:
+    /// an update depends only on the step and the committed state. Zeroing instead made it depend on the process's
+    /// history: a long-lived owner kept a zero gradient and applied decay and momentum to an idle expert; a fresh one
+    /// (resumed, restarted, moved) had none and did not.</summary>
     public void ZeroGrad()
     {
-        using var scope = NewDisposeScope();                 // each .grad read is a new handle: dispose it here, not in the finalizer
-        foreach (var s in slots) s.Param.grad?.zero_();
+        foreach (var s in slots) s.Param.grad = null;
     }
 
     /// <summary>Σ‖g‖² over this optimizer's parameters (one owner's share of the global norm).</summary>
@@ -62,7 +67,7 @@ public sealed class AdamW : IDisposable
         foreach (var s in slots)
         {
             var g = s.Param.grad;
-            if (g is null) continue;
+            if (g is null) continue;                          // no gradient in this step: no decay, no moment update
             if (gradScale != 1.0) g.mul_(gradScale);
             if (s.Decay && cfg.WeightDecay > 0) s.Param.mul_(1 - lr * cfg.WeightDecay);
             // m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
