@@ -47,6 +47,33 @@ public class CheckpointTests
         Assert.Equal(refs[0].Sha256, CheckpointFile.Sha256Of(store.PathOf(refs[0])));
     }
 
+    /// <summary>Pruning never deletes a part being written (by this process or another node sharing the store): a
+    /// writer holds its temporary locked until the rename. One left behind by a writer that died is unlocked and goes.</summary>
+    [Fact]
+    public void Pruning_keeps_a_temporary_being_written_and_deletes_one_left_behind()
+    {
+        var store = new CheckpointStore(Tiny.TempDir());
+        using var w = ones(3);
+        var kept = store.Save("expert-0", 5, new Dictionary<string, string>(), [("w", w)]);
+        var old = store.Save("expert-0", 4, new Dictionary<string, string>(), [("w", w * 2)]);
+        var writing = Path.Combine(store.Directory, ".tmp-expert-1-5-inflight");
+        var dead = Path.Combine(store.Directory, ".tmp-expert-2-5-dead");
+        File.WriteAllBytes(dead, [1, 2, 3]);
+        using (var f = new FileStream(writing, FileMode.CreateNew, FileAccess.Write, FileShare.None))   // as DurableFile.Write holds it
+        {
+            f.Write([1, 2, 3]);
+            store.DeleteAllExcept([kept]);
+            Assert.True(File.Exists(writing), "a temporary still being written was deleted");
+        }
+        Assert.False(File.Exists(dead), "a temporary left by a dead writer was kept");
+        Assert.False(File.Exists(store.PathOf(old)));
+        Assert.True(File.Exists(store.PathOf(kept)));
+        store.DeleteAllExcept([kept]);                                        // its writer is gone now
+        Assert.False(File.Exists(writing));
+        using var back = store.Load(kept);
+        Assert.True(Tiny.Same(w, back.Tensors["w"]));
+    }
+
     [Fact]
     public void Train_2k_equals_train_k_then_resume_k()
     {

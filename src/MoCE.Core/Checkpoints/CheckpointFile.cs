@@ -70,9 +70,11 @@ public static class CheckpointFile
         return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
-    public static CheckpointContent Read(string path)
+    public static CheckpointContent Read(string path) => Read(File.ReadAllBytes(path), path);
+
+    /// <summary>Parses a file's bytes (<paramref name="path"/> names it in errors).</summary>
+    public static CheckpointContent Read(byte[] all, string path)
     {
-        var all = File.ReadAllBytes(path);
         var r = new Reader(all, path);
         if (!r.Bytes(Magic.Length).SequenceEqual(Magic)) throw r.Bad("not a MoCE checkpoint (wrong magic)");
         var version = r.U32();

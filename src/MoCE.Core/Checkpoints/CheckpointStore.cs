@@ -34,7 +34,8 @@ public static class CheckpointStores
 
 /// <summary>The checkpoint store: a directory of content-addressed files named
 /// <c>{owner}-{step:D8}-{sha256[..16]}.ckpt</c>. A file is written under a temporary name, flushed to disk and
-/// then renamed, so a crash never leaves a partial file under a real name. Every load verifies the hash.</summary>
+/// then renamed, and the directory is flushed (<see cref="DurableFile"/>), so a crash never leaves a partial file
+/// under a real name nor loses a renamed one. Every load verifies the hash of the bytes it parses.</summary>
 public sealed class CheckpointStore : ICheckpointStore
 {
     public string Directory { get; }
@@ -48,50 +49,53 @@ public sealed class CheckpointStore : ICheckpointStore
 
     public string PathOf(CheckpointRef r) => System.IO.Path.Combine(Directory, r.File);
 
+    private static string NameOf(string owner, long step, string sha) => $"{owner}-{step:D8}-{sha[..16]}.ckpt";
+
     public CheckpointRef Save(string owner, long step, IReadOnlyDictionary<string, string> meta,
                               IEnumerable<(string name, TorchSharp.torch.Tensor tensor)> tensors)
     {
         if (owner.Length == 0 || owner.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_')))
             throw new ArgumentException($"checkpoint owner '{owner}' must be letters, digits, '-' or '_'");
         var tmp = System.IO.Path.Combine(Directory, $".tmp-{owner}-{step}-{Guid.NewGuid():N}");
-        string sha;
-        using (var f = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
-        {
-            sha = CheckpointFile.Write(f, meta, tensors);
-            f.Flush(flushToDisk: true);
-        }
-        var name = $"{owner}-{step:D8}-{sha[..16]}.ckpt";
-        File.Move(tmp, System.IO.Path.Combine(Directory, name), overwrite: true);
+        var (_, sha) = DurableFile.Write(tmp, f => CheckpointFile.Write(f, meta, tensors), h => System.IO.Path.Combine(Directory, NameOf(owner, step, h)));
+        var name = NameOf(owner, step, sha);
         return new CheckpointRef(owner, step, name, sha);
     }
 
     /// <summary>Loads a file after checking its sha256; throws <see cref="CheckpointCorruptException"/> naming
-    /// the file if it is missing, altered or unreadable.</summary>
+    /// the file if it is missing, altered or unreadable. The file is read once: the bytes hashed are the bytes parsed.</summary>
     public CheckpointContent Load(CheckpointRef r)
     {
         var path = PathOf(r);
-        Verify(r);
-        try { return CheckpointFile.Read(path); }
+        var bytes = ReadVerified(r, path);
+        try { return CheckpointFile.Read(bytes, path); }
         catch (InvalidDataException e) { throw new CheckpointCorruptException(path, e.Message); }
     }
 
-    public void Verify(CheckpointRef r)
+    public void Verify(CheckpointRef r) => ReadVerified(r, PathOf(r));
+
+    private static byte[] ReadVerified(CheckpointRef r, string path)
     {
-        var path = PathOf(r);
-        if (!File.Exists(path)) throw new CheckpointCorruptException(path, "file is missing");
-        var actual = CheckpointFile.Sha256Of(path);
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(path); }
+        catch (FileNotFoundException) { throw new CheckpointCorruptException(path, "file is missing"); }
+        var actual = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
         if (actual != r.Sha256) throw new CheckpointCorruptException(path, $"sha256 mismatch: expected {r.Sha256}, file has {actual}");
+        return bytes;
     }
 
-    /// <summary>Deletes checkpoint files (and stale temporaries) not in <paramref name="keep"/>.</summary>
+    /// <summary>Deletes checkpoint files not in <paramref name="keep"/>, and temporaries left by writers that died.
+    /// A temporary still being written (by this process or another node) is locked and stays.</summary>
     public void DeleteAllExcept(IEnumerable<CheckpointRef> keep)
     {
         var live = keep.Select(k => k.File).ToHashSet();
         foreach (var f in System.IO.Directory.EnumerateFiles(Directory))
         {
             var name = System.IO.Path.GetFileName(f);
-            if ((name.EndsWith(".ckpt", StringComparison.Ordinal) || name.StartsWith(".tmp-", StringComparison.Ordinal)) && !live.Contains(name))
+            if (name.EndsWith(".ckpt", StringComparison.Ordinal) ? !live.Contains(name)
+                : name.StartsWith(".tmp-", StringComparison.Ordinal) && !DurableFile.IsInFlight(f))
                 File.Delete(f);
         }
+        DurableFile.SyncDirectory(Directory);
     }
 }

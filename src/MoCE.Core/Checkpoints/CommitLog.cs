@@ -34,13 +34,11 @@ public sealed class CommitLog
         commits.Add(commit);
         commits.Sort((a, b) => a.Step.CompareTo(b.Step));
         if (commits.Count > keep) commits.RemoveRange(0, commits.Count - keep);
-        var tmp = path + ".tmp";
-        using (var f = new FileStream(tmp, FileMode.Create, FileAccess.Write))
+        DurableFile.Write(path + $".tmp-{Guid.NewGuid():N}", f =>
         {
             JsonSerializer.Serialize(f, commits, new JsonSerializerOptions { WriteIndented = true });
-            f.Flush(flushToDisk: true);
-        }
-        File.Move(tmp, path, overwrite: true);
+            return 0;
+        }, _ => path);
         if (deleteFiles) store.DeleteAllExcept(commits.SelectMany(c => c.Parts));
     }
 
