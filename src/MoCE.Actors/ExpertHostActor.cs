@@ -50,6 +50,7 @@ public sealed class ExpertHostActor : ReceiveActor
         node = ((ExtendedActorSystem)Context.System).Provider.DefaultAddress.ToString();
         Receive<GetHostInfo>(m => Sender.Tell(new HostInfo(m.Step, node, resources.Devices, hosted.Values.Select(h => $"{h.RunId}/{h.Expert}").ToList())));
         Receive<HostExpert>(Host);
+        Receive<Wire.MalformedFrame>(m => log.Error(m.Failure(Sender).Message));   // a request that did not parse: nothing to do
         Receive<ExpertRecovered>(m => { if (hosted.TryGetValue(Sender, out var h)) h.Supervisor.Tell(m); });
         Receive<StopExpert>(m =>
         {

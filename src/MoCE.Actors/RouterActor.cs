@@ -1,6 +1,7 @@
 using Akka.Actor;
 using MoCE.Actors.Messages;
 using MoCE.Actors.Placement;
+using MoCE.Actors.Wire;
 using MoCE.Core.Config;
 using MoCE.Core.Model;
 using MoCE.Core.Runtime;
@@ -62,6 +63,7 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
         Receive<RouteBackward>(HandleBackward);
         Receive<ExpertInputGrad>(m => { if (Arrived(m.Expert, m.Step, "input-grad", m, m.GradInput)) HandleExpertInputGrad(m); });
         Receive<Status.Failure>(f => FailAll(f.Cause));
+        Receive<MalformedFrame>(m => { var e = m.Failure(Sender); FailAll(e); throw e; });   // the step fails now; the router is recovered
         Receive<Deadline>(HandleDeadline);
         Receive<Delayed>(d => d.To.Tell(d.Message, d.Sender));
         Receive<UseExperts>(m =>

@@ -1,5 +1,6 @@
 using Akka.Actor;
 using MoCE.Actors.Messages;
+using MoCE.Actors.Wire;
 using MoCE.Core.Data;
 using MoCE.Core.Model;
 using MoCE.Core.Runtime;
@@ -43,6 +44,7 @@ public sealed class TeacherActor : ReceiveActor
         teacher.to(setup.Device).eval();
         sampler = new EpochSampler(setup.Data.Count, setup.Train.BatchSize, setup.Train.Seed);
 
+        Receive<MalformedFrame>(m => { var e = m.Failure(Sender); Sender.Tell(new Status.Failure(new InvalidDataException(e.Message))); throw e; });   // the step fails now
         Receive<Prefetch>(m =>
         {
             if (ready.ContainsKey(m.Step)) return;

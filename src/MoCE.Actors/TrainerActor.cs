@@ -1,6 +1,7 @@
 using Akka.Actor;
 using MoCE.Actors.Messages;
 using MoCE.Actors.Placement;
+using MoCE.Actors.Wire;
 using MoCE.Core.Config;
 using MoCE.Core.Data;
 using MoCE.Core.Model;
@@ -45,6 +46,7 @@ public sealed class TrainerActor : ReceiveActor
         sampler = new EpochSampler(setup.Data.Count, setup.Train.BatchSize, setup.Train.Seed);
 
         Receive<TrainStep>(HandleTrainStep);
+        Receive<MalformedFrame>(m => throw m.Failure(Sender));
         Receive<UseExperts>(m => experts = m.Experts);
         Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
         Receive<Checkpoint>(m =>
@@ -57,8 +59,16 @@ public sealed class TrainerActor : ReceiveActor
     }
 
     /// <summary>A blocking request from the trainer's own thread. The Ask runs on the default task scheduler: inside
-    /// an actor, its continuation would otherwise be queued behind the very message that is waiting for it.</summary>
-    private T Ask<T>(IActorRef to, object message) => Wait(() => to.Ask<T>(message, setup.AskTimeout));
+    /// an actor, its continuation would otherwise be queued behind the very message that is waiting for it. A reply
+    /// whose frame did not parse fails the trainer at once (the step is recovered), naming the frame and its sender.</summary>
+    private T Ask<T>(IActorRef to, object message) => Wait(() => Request<T>(to, message));
+
+    private async Task<T> Request<T>(IActorRef to, object message) => await to.Ask<object>(message, setup.AskTimeout) switch
+    {
+        T reply => reply,
+        MalformedFrame bad => throw bad.Failure(to),
+        var other => throw new InvalidOperationException($"{to.Path.Name} answered {message.GetType().Name} with a {other.GetType().Name}"),
+    };
 
     private CancellationToken stepToken;
 
@@ -72,7 +82,7 @@ public sealed class TrainerActor : ReceiveActor
         {
             throw new OwnerReplyFailed(new InvalidOperationException($"the supervisor cancelled the step: {string.Join(", ", setup.Cancellation.Lost.Select(OwnerRegistry.ExpertId))} lost with their node or too slow"));
         }
-        catch (Exception e) when (e is not AskTimeoutException) { throw new OwnerReplyFailed(e); }
+        catch (Exception e) when (e is not (AskTimeoutException or MalformedFrameException)) { throw new OwnerReplyFailed(e); }
     }
 
     private sealed class OwnerReplyFailed(Exception cause) : Exception($"another owner failed: {cause.Message}", cause);
@@ -155,13 +165,13 @@ public sealed class TrainerActor : ReceiveActor
 
         // clip by the global norm: every owner reports its share of Σ‖g‖²
         var others = experts.Where((_, e) => !m.Down.Contains(e)).Append(router).ToList();   // a recovering expert sits out
-        var asked = Task.Run(() => Task.WhenAll(others.Select(a => a.Ask<SquaredGradNormResponse>(new GetSquaredGradNorm(s), setup.AskTimeout))));
+        var asked = Task.Run(() => Task.WhenAll(others.Select(a => Request<SquaredGradNormResponse>(a, new GetSquaredGradNorm(s)))));
         double own = owner.SquaredGradNorm();                                         // while the others compute theirs
         var norms = Wait(() => asked);
         double norm = Math.Sqrt(own + norms.Sum(n => n.Value));
         double lr = LrSchedule.At(s, setup.Train);
         double clip = AdamW.ClipScale(norm, setup.Train.ClipGrad);
-        var applied = Task.Run(() => Task.WhenAll(others.Select(a => a.Ask<StepApplied>(new Apply(s, lr, clip), setup.AskTimeout))));
+        var applied = Task.Run(() => Task.WhenAll(others.Select(a => Request<StepApplied>(a, new Apply(s, lr, clip)))));
         owner.Apply(lr, clip);                                                       // overlaps the others' updates
         // not Wait: once the trainer has applied, the step cannot be retried without it, so an owner lost now (the
         // supervisor cancels) fails the trainer itself, and the run rolls back globally

@@ -99,7 +99,7 @@ public sealed class WireTests : IDisposable
         return
         [
             new GetSquaredGradNorm(5), new SquaredGradNormResponse(5, "router", 0.125), new Apply(5, 1e-4, 0.5), new StepApplied(5, "expert-0"),
-            new Checkpoint(40), new CheckpointWritten(40, r), new RestoreCheckpoint(40, r, 3), new Restored(40, "trainer"),
+            new Checkpoint(40), new CheckpointWritten(40, r), new Committed(40), new RestoreCheckpoint(40, r, 3), new Restored(40, "trainer"),
             new AbortStep(6), new StepAborted(6, "expert-3"),
             new ExpertForward(7, 2, 1, T(5, 4, 8)), new ExpertOutput(7, 2, 1, 3, T(5, 4, 8)),
             new ExpertBackward(7, 2, 1, T(5, 4, 8)), new ExpertInputGrad(7, 2, 1, 3, T(5, 4, 8)),
@@ -221,14 +221,34 @@ public sealed class WireTests : IDisposable
             try
             {
                 var m = Serializer.FromBinary(bytes, manifest);
+                if (m is MalformedFrame) { rejected++; continue; }            // a message's bad frame, for its receiver
                 decoded++;
                 foreach (var p in m.GetType().GetProperties().Where(p => p.PropertyType == typeof(Tensor))) ((Tensor?)p.GetValue(m))?.Dispose();
             }
-            catch (SerializationException) { rejected++; }
+            catch (SerializationException) { rejected++; }                    // a journal event's, or an unknown manifest
             // anything else (IndexOutOfRange, OutOfMemory, Overflow, a torch error) fails the test
         }
         Assert.Equal(10_000, decoded + rejected);
         Assert.True(rejected > 8_000, $"only {rejected} of 10,000 mutated frames were rejected");
+    }
+
+    /// <summary>A message whose frame breaks after some of its tensors were decoded arrives as a MalformedFrame (its
+    /// receiver fails the step with it), and those tensors are disposed, not left to the finalizer; a bad journal
+    /// event still throws, so that a recovery never skips it.</summary>
+    [Fact]
+    public void A_malformed_message_frame_arrives_as_MalformedFrame_with_its_decoded_tensors_disposed()
+    {
+        var bytes = Serializer.ToBinary(new Routed(3, 1, ones(4, 8), ones(4, 2), zeros([4, 1], ScalarType.Int64), 1, 0));
+        bytes[^13] ^= 1;                                                       // the last tensor's payload: its checksum fails
+        var live = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        var bad = Assert.IsType<MalformedFrame>(Serializer.FromBinary(bytes, nameof(Routed)));
+        Assert.Equal(nameof(Routed), bad.Manifest);
+        Assert.Contains("checksum", bad.Error);
+        Assert.Equal(live, TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount);   // the two tensors decoded before it
+        Assert.Contains("a malformed Routed frame from akka://", bad.Failure(system.DeadLetters).Message);
+
+        var ev = Serializer.ToBinary(new CheckpointCommitted(5, [new("trainer", 5, "trainer-00000005-0123456789abcdef.ckpt", new string('a', 64))]));
+        Assert.Throws<WireFormatException>(() => Serializer.FromBinary(ev[..^3], nameof(CheckpointCommitted)));
     }
 
     [Fact]

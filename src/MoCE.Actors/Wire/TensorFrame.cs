@@ -97,7 +97,7 @@ public static class TensorFrame
 
         var t = empty(shape, encoding == WireEncoding.Bf16 ? ScalarType.BFloat16 : type.type);
         if (length > 0) payload.CopyTo(t.bytes);
-        if (encoding != WireEncoding.Bf16) return t;
-        using (t) return t.to_type(ScalarType.Float32);
+        if (encoding != WireEncoding.Bf16) return r.Decoded(t);
+        using (t) return r.Decoded(t.to_type(ScalarType.Float32));
     }
 }

@@ -1,12 +1,14 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Text;
+using Akka.Actor;
+using TorchSharp;
 
 namespace MoCE.Actors.Wire;
 
 /// <summary>A frame that cannot be read: bad magic or version, a length that lies, a checksum that does not match,
-/// truncation. The message is dropped (Akka's endpoint reader logs it and the association stays up), and the step
-/// it belonged to goes to recovery through the sender's timeout.</summary>
+/// truncation. A message's frame becomes a <see cref="MalformedFrame"/> for its receiver; a journal event's fails the
+/// recovery.</summary>
 public sealed class WireFormatException(string message) : System.Runtime.Serialization.SerializationException(message);
 
 /// <summary>Little-endian writer of wire frames into a growing buffer rented from the shared array pool: a message of
@@ -63,7 +65,20 @@ public ref struct WireReader(ReadOnlySpan<byte> data, string what)
 {
     private readonly ReadOnlySpan<byte> data = data;
     private readonly string what = what;
+    private List<torch.Tensor>? decoded;
     public int Position { get; private set; }
+
+    /// <summary>A tensor decoded from this frame: disposed by <see cref="DisposeDecoded"/> if the frame turns out bad.</summary>
+    public torch.Tensor Decoded(torch.Tensor t)
+    {
+        (decoded ??= []).Add(t);
+        return t;
+    }
+    public readonly void DisposeDecoded()
+    {
+        foreach (var t in decoded ?? []) t.Dispose();
+        decoded?.Clear();
+    }
     public readonly int Remaining => data.Length - Position;
     public readonly bool AtEnd => Position == data.Length;
 
@@ -95,4 +110,21 @@ public ref struct WireReader(ReadOnlySpan<byte> data, string what)
         return (int)n;
     }
     public readonly void End() { if (!AtEnd) throw Bad($"{Remaining} trailing bytes"); }
+}
+
+/// <summary>What a message whose frame does not parse becomes on arrival (never a journal event: a bad event fails its
+/// recovery). It reaches the actor the frame was sent to, with the frame's sender, and that actor fails the step at
+/// once (<see cref="MalformedFrameException"/>) instead of leaving the sender to wait out its ask timeout. The tensors
+/// already decoded from the frame are disposed before it is delivered.</summary>
+public sealed record MalformedFrame(string Manifest, string Error)
+{
+    /// <summary>The failure, naming the frame's type and sender, logged once by the receiver.</summary>
+    public MalformedFrameException Failure(IActorRef sender) => new(Manifest, sender.Path.ToString(), Error);
+}
+
+public sealed class MalformedFrameException(string manifest, string sender, string error)
+    : Exception($"a malformed {manifest} frame from {sender}: {error}")
+{
+    public string Manifest { get; } = manifest;
+    public string Sender { get; } = sender;
 }

@@ -43,6 +43,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
         Add<StepApplied>((w, m) => { w.I64(m.Step); w.Str(m.Owner); }, (ref WireReader r, byte _) => new StepApplied(r.I64(), r.Str()));
         Add<Checkpoint>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new Checkpoint(r.I64()));
         Add<CheckpointWritten>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new CheckpointWritten(r.I64(), Ref(ref r)));
+        Add<Committed>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new Committed(r.I64()));
         Add<RestoreCheckpoint>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); w.I32(m.Generation); }, (ref WireReader r, byte _) => new RestoreCheckpoint(r.I64(), Ref(ref r), r.I32()));
         Add<Restored>((w, m) => { w.I64(m.Step); w.Str(m.Owner); }, (ref WireReader r, byte _) => new Restored(r.I64(), r.Str()));
         Add<AbortStep>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new AbortStep(r.I64()));
@@ -191,25 +192,32 @@ public sealed class WireSerializer : SerializerWithStringManifest
         if (!readers.TryGetValue(manifest, out var read)) throw new WireFormatException($"unknown wire manifest '{manifest}'");
         WireTraffic.Count(manifest, bytes.Length, sent: false);
         var r = new WireReader(bytes, manifest);
-        byte version = r.U8();
-        if (version is 0 or > BodyVersion) throw r.Bad($"body version {version} is not supported (this build reads 1..{BodyVersion})");
-        var message = read(ref r, version);
-        try { r.End(); }
-        catch { DisposeTensors(message); throw; }
-        return message;
+        try
+        {
+            byte version = r.U8();
+            if (version is 0 or > BodyVersion) throw r.Bad($"body version {version} is not supported (this build reads 1..{BodyVersion})");
+            var message = read(ref r, version);
+            r.End();
+            return message;
+        }
+        catch (WireFormatException e)
+        {
+            r.DisposeDecoded();                                                  // what the bad frame held so far
+            if (JournalEvents.Contains(manifest)) throw;
+            return new MalformedFrame(manifest, e.Message);
+        }
     }
+
+    /// <summary>The manifests of journal events and snapshots: one that does not parse must fail the recovery, never
+    /// be skipped.</summary>
+    private static readonly HashSet<string> JournalEvents =
+        [nameof(CheckpointCommitted), nameof(ChaosFired), nameof(ExpertsAdded), nameof(RecoveryRecord), nameof(ExpertActor.ExpertSnapshot)];
 
     /// <summary>Writes a message's tensor and, the message having left this process, disposes it.</summary>
     private void Tensor(WireWriter w, torch.Tensor t)
     {
         TensorFrame.Write(w, t, encoding);
         t.Dispose();
-    }
-
-    private static void DisposeTensors(object message)
-    {
-        foreach (var p in message.GetType().GetProperties().Where(p => p.PropertyType == typeof(torch.Tensor)))
-            (p.GetValue(message) as torch.Tensor)?.Dispose();
     }
 
     private static void Commit(WireWriter w, CheckpointCommitted m)
