@@ -2,6 +2,7 @@ using Akka.Actor;
 using Akka.Event;
 using Akka.Persistence;
 using MoCE.Actors.Messages;
+using MoCE.Actors.Wire;
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Model;
 using MoCE.Core.Runtime;
@@ -17,8 +18,8 @@ public sealed record ExpertSetup(ExpertSpec Spec, int Expert, ICheckpointStore S
                                  EngineThreads Threads, bool Recover);
 
 /// <summary>Expert e: owns its MLP in every MoE block, their AdamW state and its device. Persistent: after each
-/// checkpoint it snapshots {step, file, sha256} (never the weights), so on its own it can come back to its last
-/// snapshot (expert-local recovery). Runs on its own thread.</summary>
+/// commit, and each restore, it snapshots its part {step, file, sha256} (never the weights), so on its own it can come
+/// back to the last committed state it had (expert-local recovery). Runs on its own thread.</summary>
 public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 {
     public ITimerScheduler Timers { get; set; } = null!;
@@ -37,6 +38,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     private readonly HashSet<(int block, bool backward)> done = [];
     private readonly ILoggingAdapter log = Context.GetLogger();
     private ExpertSnapshot? lastSnapshot;
+    private ExpertSnapshot? written;                     // its part of the newest cut, until that cut commits
     private readonly ExpertSnapshot? birth;              // an added expert's first part (the commit of its add)
     private long tokens;                                 // token rows through this expert's forward since it started
     private bool restarted;
@@ -81,6 +83,8 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         Command<Apply>(HandleApply);
         Command<Checkpoint>(HandleCheckpoint);
         Command<RestoreCheckpoint>(HandleRestore);
+        Command<MalformedFrame>(m => { var e = m.Failure(Sender); Sender.Tell(new Status.Failure(new InvalidDataException(e.Message))); throw e; });   // the step fails now
+        Command<Committed>(m => { if (written?.Step == m.Step) Snapshot(written); });
         Command<RestoreOwnSnapshot>(_ => HandleRestoreOwnSnapshot());
         Command<AbortStep>(m => { owner.Optimizer.ZeroGrad(); FreeStep(); Sender.Tell(new StepAborted(m.Step, Name)); });
         Command<SaveSnapshotSuccess>(_ => { });
@@ -200,8 +204,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "expert", ["expert"] = expert.ToString() });
         setup.Chaos.AfterCheckpoint(Name, m.Step, setup.Store, r);
         setup.Chaos.Check(Name, m.Step, ChaosPhase.Checkpoint);
-        lastSnapshot = new ExpertSnapshot(m.Step, r);
-        SaveSnapshot(lastSnapshot);
+        written = new ExpertSnapshot(m.Step, r);
         log.Info("{0} on {1} ({2}): checkpoint {3}, {4} tokens through its forward since it started", Name,
             ((ExtendedActorSystem)Context.System).Provider.DefaultAddress, setup.Device, m.Step, tokens);
         Sender.Tell(new CheckpointWritten(m.Step, r));
@@ -213,8 +216,16 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         attempt = (m.Generation, -1);
         done.Clear();
         owner.Restore(m.Ref);
+        Snapshot(new ExpertSnapshot(m.Step, m.Ref));                             // a part of a commit: what it now holds
         log.Info("{0} restored {1} (commit {2})", Name, m.Ref.File, m.Step);
         Sender.Tell(new Restored(m.Step, Name));
+    }
+
+    private void Snapshot(ExpertSnapshot s)
+    {
+        lastSnapshot = s;
+        written = null;
+        SaveSnapshot(s);
     }
 
     private void FreeStep()

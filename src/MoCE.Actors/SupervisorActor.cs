@@ -6,6 +6,7 @@ using Akka.Persistence;
 using Akka.Cluster;
 using MoCE.Actors.Messages;
 using MoCE.Actors.Placement;
+using MoCE.Actors.Wire;
 using MoCE.Core.Checkpoints;
 
 namespace MoCE.Actors;
@@ -44,6 +45,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private sealed record OperationFailed(int Generation, Exception Error);
     private sealed record OwnerFailed(string Owner, string Error);
     private sealed record RestoreAfterBackoff(int Generation);
+    private sealed record PlacementTimedOut(int Expert, int Attempt);
+    private sealed record RecoveryWaitTimedOut(int Generation);
 
     private readonly ActorContextSetup setup;
     private readonly SupervisorHooks hooks;
@@ -54,7 +57,10 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private readonly SupervisorState state;
     private readonly OwnerRegistry registry = new();
     private readonly ExpertPlacement placement = new();
-    private readonly HashSet<int> placing = [];
+    // experts asked of a host and not yet hosted: which node, and which attempt (a timer bounds each)
+    private readonly Dictionary<int, (string node, int attempt)> placing = [];
+    private int placements;
+    private readonly Dictionary<int, int> placementTimeouts = [];     // before the run begins: timeouts per expert
     private readonly HashSet<IActorRef> listeners = [];
     private readonly Dictionary<int, (string node, string device)> homes = [];   // where each expert was last hosted
     private IReadOnlyList<MoCE.Core.Training.ExpertStat> lastRouting = [];
@@ -130,6 +136,13 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Command<Start>(HandleStart);
         Command<HostInfo>(HandleHostInfo);
         Command<ExpertHosted>(HandleExpertHosted);
+        Command<PlacementTimedOut>(HandlePlacementTimedOut);
+        Command<RecoveryWaitTimedOut>(m =>
+        {
+            if (m.Generation != generation || !waitingForExperts || fatal is not null) return;
+            Fail($"all steps are done, but experts [{string.Join(",", down)}] did not come back within {RecoveryWait.TotalSeconds:F0} s " +
+                 "(2 × moce.actors.ask-timeout) for the final commit");
+        });
         Command<ClusterEvent.MemberUp>(m => AskHost(m.Member));
         Command<ClusterEvent.MemberRemoved>(m => HandleNodeRemoved(m.Member.Address.ToString()));
         Command<ClusterEvent.IMemberEvent>(_ => { });
@@ -165,11 +178,12 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             add = null;
             Next();
         });
+        Command<MalformedFrame>(m => log.Error(m.Failure(Sender).Message));          // a request that did not parse: nothing to do
         Command<GetRunStatus>(m => Sender.Tell(new RunStatusResponse(step, state.LastCommit?.Step ?? -1, state.Recoveries)));
         Command<GetExperts>(_ => Sender.Tell(new ExpertsStatus(step, state.LastCommit?.Step ?? -1, Enumerable.Range(0, E).Select(e =>
         {
             var (node, device) = homes.GetValueOrDefault(e, ("", ""));
-            var st = down.Contains(e) ? "down" : registry.Contains(OwnerRegistry.ExpertId(e)) ? "up" : placing.Contains(e) ? "placing" : "lost";
+            var st = down.Contains(e) ? "down" : registry.Contains(OwnerRegistry.ExpertId(e)) ? "up" : placing.ContainsKey(e) ? "placing" : "lost";
             return new ExpertInfo(e, node, device, lastRouting.Where(r => r.Expert == e).Sum(r => r.Tokens), st);
         }).ToList())));
     }
@@ -259,13 +273,14 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         if (placement.Hosts < minExpertNodes && !begun) return;
         for (int e = 0; e < E; e++)
         {
-            if (registry.Contains(OwnerRegistry.ExpertId(e)) || placing.Contains(e)) continue;
+            if (registry.Contains(OwnerRegistry.ExpertId(e)) || placing.ContainsKey(e)) continue;
             if (placement.Choose(e) is not { } where)
             {
                 log.Warning("No expert host is left for {0}; waiting for a node with the '{1}' role", OwnerRegistry.ExpertId(e), NodeRoles.Experts);
                 return;
             }
-            placing.Add(e);
+            placing[e] = (where.node, ++placements);
+            Timers.StartSingleTimer($"place-{e}", new PlacementTimedOut(e, placements), setup.AskTimeout);
             where.host.Tell(new HostExpert(step, e, SpecFor(e), Recover: begun && recover));
         }
     }
@@ -273,6 +288,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private void HandleExpertHosted(ExpertHosted m)
     {
         if (!placing.Remove(m.Expert)) return;
+        Timers.Cancel($"place-{m.Expert}");
         var id = OwnerRegistry.ExpertId(m.Expert);
         registry.Set(id, m.Ref);
         homes[m.Expert] = (m.Node, m.Device);
@@ -283,6 +299,29 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         UseExperts();
         if (restoreWaiting) { restoreWaiting = false; Restore(); }
     }
+
+    /// <summary>A host did not answer HostExpert within the ask timeout (its node is hung, say). Its request is
+    /// withdrawn (StopExpert, in case it answers late), and the expert is placed again. In a training run this is an
+    /// owner's failure, recovered from (and counted) as any other; before the run begins, max-failures timeouts of one
+    /// expert end it.</summary>
+    private void HandlePlacementTimedOut(PlacementTimedOut m)
+    {
+        if (!placing.TryGetValue(m.Expert, out var p) || p.attempt != m.Attempt || fatal is not null) return;
+        placing.Remove(m.Expert);
+        placement.Unassign(m.Expert);
+        placement.HostAt(p.node)?.Tell(new StopExpert(step, setup.RunId, m.Expert));
+        var why = $"its host on {p.node} did not answer within {setup.AskTimeout.TotalSeconds:F0} s (moce.actors.ask-timeout)";
+        log.Warning("Placing {0}: {1}; placing it again", OwnerRegistry.ExpertId(m.Expert), why);
+        if (begun) HandleOwnerFailed(new OwnerFailed(OwnerRegistry.ExpertId(m.Expert), why));
+        else if ((placementTimeouts[m.Expert] = placementTimeouts.GetValueOrDefault(m.Expert) + 1) >= setup.Backoff.MaxFailures)
+        {
+            Fail($"{OwnerRegistry.ExpertId(m.Expert)} could not be placed: {why}, {placementTimeouts[m.Expert]} times (moce.actors.max-failures)");
+            return;
+        }
+        PlaceMissing();
+    }
+
+    private TimeSpan RecoveryWait => 2 * setup.AskTimeout;
 
     private bool AllPlaced => Enumerable.Range(0, E).All(e => registry.Contains(OwnerRegistry.ExpertId(e)));
 
@@ -296,7 +335,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private void HandleNodeRemoved(string node)
     {
         // experts being placed there will never answer: place them again (placed ones come back through Terminated)
-        var lost = placement.RemoveNode(node).Where(placing.Contains).ToList();
+        var lost = placement.RemoveNode(node).Where(placing.ContainsKey).ToList();
         foreach (var e in lost) placing.Remove(e);
         if (lost.Count > 0) PlaceMissing();
     }
@@ -343,9 +382,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             : placement.Hosts < 2 ? "it is the only expert node: its experts would have nowhere to go"
             : null;
         if (why is not null) { Sender.Tell(new NodeDrained(step, m.Node, [], why)); return; }
-        var experts = placement.Assigned.Where(kv => kv.Value == m.Node).Select(kv => kv.Key).Order().ToList();
-        log.Warning("Draining {0}: at the next step boundary, commit and move experts [{1}]", m.Node, string.Join(",", experts));
-        move = new PlannedMove($"drain of {m.Node}", experts, m.Node, Sender);   // Next() takes it at the step boundary
+        log.Warning("Draining {0}: at the next step boundary, commit and move its experts (now [{1}])", m.Node, string.Join(",", ExpertsOn(m.Node)));
+        move = new PlannedMove($"drain of {m.Node}", [], m.Node, Sender);         // Next() takes it, and its experts, at the step boundary
     }
 
     /// <summary>A node joined a training run under moce.actors.placement = spread: move experts to it from the busiest
@@ -365,6 +403,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         var mv = move!;
         if (state.LastCommit?.Step != step) { Cut(step); return; }                 // HandleCutDone comes back here
+        if (mv.LeavingNode is not null) move = mv = mv with { Experts = ExpertsOn(mv.LeavingNode) };   // those there now, at the boundary
         mv.Started = true;
         foreach (var e in mv.Experts)
         {
@@ -385,6 +424,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         restoreWaiting = true;
         PlaceMissing(recover: false);                                              // HandleExpertHosted restores once all are placed
     }
+
+    private List<int> ExpertsOn(string node) => placement.Assigned.Where(kv => kv.Value == node).Select(kv => kv.Key).Order().ToList();
 
     /// <summary>moce experts add: refuse what cannot work; otherwise the step boundary it names (or the next) adds them.</summary>
     private void HandleAddExperts(AddExperts m)
@@ -486,6 +527,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             // the final commit must hold every expert's own state: wait for the recovering ones
             log.Info("All steps done; waiting for experts [{0}] to finish recovering before the final commit", string.Join(",", down));
             waitingForExperts = true;
+            Timers.StartSingleTimer("recovery-wait", new RecoveryWaitTimedOut(generation), RecoveryWait);
             return;
         }
         if (stopRequested && state.LastCommit?.Step != step) { Cut(step); return; }
@@ -639,6 +681,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             // keep the last K commits' files (and never delete a file a kept commit names)
             if (state.Commits.Count > keep) setup.Store.DeleteAllExcept(state.KeptParts(keep).Append(initial));
             log.Info("Committed checkpoint {0} ({1} owners)", e.Step, e.Manifest.Count);
+            foreach (var x in Enumerable.Range(0, E)) registry[OwnerRegistry.ExpertId(x)]?.Tell(new Committed(e.Step));   // their snapshots
             Context.Parent.Tell(Akka.Pattern.BackoffSupervisor.Reset.Instance);   // the journal works: failures in a row start again
             hooks.OnCommit?.Invoke(e);
             step = e.Step;
@@ -696,19 +739,33 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             .PipeTo(Self, success: _ => new RestoreDone(target.Step, g), failure: e => new OperationFailed(g, e));
     }
 
+    /// <summary>Every owner restored. What the restore was for completes here: an add (journaled, now live), a move (its
+    /// experts run on their new nodes), a recovery (journaled). A failure during an add or a move made this restore a
+    /// rollback, but the restore brought every owner, the moved and added experts too, to the commit: the operation is
+    /// complete all the same, and the recovery is recorded as well.</summary>
     private void HandleRestoreDone(RestoreDone m)
     {
         if (m.Generation != generation) return;
         recovering = false;
         step = m.Step;
+        bool operation = false;
         if (add is { Sources.Count: > 0 } a)
         {
             // the add is journaled and every owner, the new experts with them, restored its grown commit
             add = null;
+            operation = true;
             var added = Enumerable.Range(E - a.Sources.Count, a.Sources.Count).ToList();
             log.Warning("Added experts [{0}] at step {1}, split from [{2}]: the run has {3} experts", string.Join(",", added), m.Step, string.Join(",", a.Sources), E);
             a.Requester?.Tell(new ExpertsAddedReply(m.Step, added, a.Sources, ""));
-            if (failure is null && move is null) { Next(); return; }
+        }
+        if (move is { Started: true } mv)
+        {
+            move = null;
+            operation = true;
+            log.Warning("{0}: experts [{1}] moved, restored from commit {2}{3}", mv.What, string.Join(",", mv.Experts), m.Step,
+                mv.LeavingNode is null ? "" : "; the node is asked to leave");
+            mv.Requester?.Tell(new NodeDrained(m.Step, mv.LeavingNode ?? "", mv.Experts, ""));
+            if (mv.LeavingNode is not null && InCluster) Cluster.Get(Context.System).Leave(Address.Parse(mv.LeavingNode));
         }
         if (failure is { } f)
         {
@@ -722,21 +779,13 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                     r.Owner, r.Step, r.RestoredStep, r.StepsReplayed, r.DetectionToRecoveredMs);
                 Next();
             });
+            return;
         }
-        else if (move is { Started: true } mv)
-        {
-            move = null;
-            log.Warning("{0}: experts [{1}] moved, restored from commit {2}{3}", mv.What, string.Join(",", mv.Experts), m.Step,
-                mv.LeavingNode is null ? "" : "; the node is asked to leave");
-            mv.Requester?.Tell(new NodeDrained(m.Step, mv.LeavingNode ?? "", mv.Experts, ""));
-            if (mv.LeavingNode is not null && InCluster) Cluster.Get(Context.System).Leave(Address.Parse(mv.LeavingNode));
-            Next();
-        }
-        else
+        if (!operation)
         {
             log.Info("Resumed from committed checkpoint {0}", m.Step);
             hooks.OnResume?.Invoke(m.Step);
-            Next();
         }
+        Next();
     }
 }

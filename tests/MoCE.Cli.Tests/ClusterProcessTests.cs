@@ -195,7 +195,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         double max = byParameter.Values.Max();
         output.WriteLine($"{what}: max |Δw| = {max:G3} over {expected.Values.Sum(v => v.Length)} weights");
         var differing = string.Join(", ", byParameter.Where(kv => kv.Value > 0).OrderByDescending(kv => kv.Value).Take(8).Select(kv => $"{kv.Key} {kv.Value:G3}"));
-        Assert.True(max <= 1e-6, $"{what}: max |Δw| = {max}; differing parameters: {differing}");
+        Assert.True(max == 0, $"{what}: max |Δw| = {max} (must be 0: every restore is bit-exact); differing parameters: {differing}");
         return max;
     }
 

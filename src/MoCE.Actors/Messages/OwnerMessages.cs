@@ -18,9 +18,12 @@ public sealed record Apply(long Step, double Lr, double ClipScale) : IStepMessag
 public sealed record StepApplied(long Step, string Owner) : IStepMessage;
 
 /// <summary>Command: write weights and optimizer state for the cut after step s (s steps done) to the checkpoint
-/// store. The reply carries the content-addressed file; the owner also keeps it as its own snapshot.</summary>
+/// store. The reply carries the content-addressed file. Written is not committed: the cut may still fail.</summary>
 public sealed record Checkpoint(long Step) : IStepMessage;
 public sealed record CheckpointWritten(long Step, CheckpointRef Ref) : IStepMessage;
+/// <summary>Notice from the supervisor: the cut after step s is journaled. An expert makes its part of it its own
+/// snapshot, what it comes back to on its own under expert-local; a part of a cut that never committed never is.</summary>
+public sealed record Committed(long Step) : IStepMessage;
 
 /// <summary>Command: drop any in-flight step and load this checkpoint part (hash-verified).</summary>
 public sealed record RestoreCheckpoint(long Step, CheckpointRef Ref, int Generation = 0) : IStepMessage;
