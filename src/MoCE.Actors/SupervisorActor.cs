@@ -98,7 +98,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private readonly Dictionary<int, long> sittingOut = [];      // straggler timeout: expert → the step it takes rows again
     private bool retryWithoutSlow;
     private readonly Dictionary<int, long> rejoining = [];
-    private readonly Dictionary<int, (long step, string error, Stopwatch clock, int rerouted)> outages = [];
+    private readonly Dictionary<int, Outage> outages = [];
 
     public override string PersistenceId { get; }
 
@@ -550,9 +550,9 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             var o = outages[kv.Key];
             down.Remove(kv.Key);
             outages.Remove(kv.Key);
-            bool straggler = o.error.Contains("straggler timeout", StringComparison.Ordinal);
-            return new RecoveryRecord(o.step, $"expert-{kv.Key}", straggler ? "straggler-timeout" : "expert-local", o.error, straggler ? o.step : kv.Value, 0,
-                                      o.clock.Elapsed.TotalMilliseconds, o.rerouted, straggler ? step - o.step : step - kv.Value);
+            bool straggler = o.Kind == OutageKind.Straggler;
+            return new RecoveryRecord(o.Step, $"expert-{kv.Key}", straggler ? "straggler-timeout" : "expert-local", o.Error, straggler ? o.Step : kv.Value, 0,
+                                      o.Clock.Elapsed.TotalMilliseconds, o.Rerouted, straggler ? step - o.Step : step - kv.Value);
         }).ToList();
         rejoining.Clear();
         PersistAll(records, r =>
@@ -576,7 +576,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         {
             down.Add(e);
             sittingOut[e] = step + setup.StragglerSitOut;
-            outages[e] = (step, $"no answer to block {m.Block} within the straggler timeout ({m.WaitedMs:F0} ms)", Stopwatch.StartNew(), 0);
+            outages[e] = new Outage(OutageKind.Straggler, step, $"no answer to block {m.Block} within the straggler timeout ({m.WaitedMs:F0} ms)", Stopwatch.StartNew());
             log.Warning("{0} is a straggler (block {1} unanswered after {2:F0} ms): it sits out steps {3}..{4}", OwnerRegistry.ExpertId(e), m.Block, m.WaitedMs, step, sittingOut[e] - 1);
         }
         setup.Cancellation.Cancel(generation, m.Experts);
@@ -602,8 +602,10 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         lastRouting = m.Routing;
         recentTokens.Enqueue(Enumerable.Range(0, E).Select(e => m.Routing.Where(r => r.Expert == e).Sum(r => r.Tokens)).ToArray());
         while (recentTokens.Count > checkpointEvery) recentTokens.Dequeue();
-        foreach (var e in down) outages[e] = outages[e] with { rerouted = outages[e].rerouted + m.ReroutedImages };
-        foreach (var (e, back) in sittingOut.Where(kv => m.Step + 1 >= kv.Value).ToList()) { sittingOut.Remove(e); rejoining[e] = m.Step + 1; }
+        foreach (var e in down) outages[e] = outages[e] with { Rerouted = outages[e].Rerouted + m.ReroutedImages };
+        // a sit-out ends at its step, or with the run: a straggler is alive and in the cuts, and it sends no ExpertRecovered
+        // (the final commit waited for one forever when a sit-out outlasted the run)
+        foreach (var (e, back) in sittingOut.Where(kv => m.Step + 1 >= Math.Min(kv.Value, end)).ToList()) { sittingOut.Remove(e); rejoining[e] = m.Step + 1; }
         hooks.OnStep?.Invoke(m);
         step = m.Step + 1;
         if (step % checkpointEvery == 0 || step == end) Cut(step);
@@ -632,7 +634,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     /// <summary>Out of the cut: an expert restoring (expert-local). A straggler sitting out is alive and writes its part.</summary>
     private bool IsDown(string owner) => SupervisorState.ExpertIndex(owner) is { } e && down.Contains(e) && !IsSlow(e);
 
-    private bool IsSlow(int e) => outages.TryGetValue(e, out var o) && o.error.Contains("straggler timeout", StringComparison.Ordinal);
+    private bool IsSlow(int e) => outages.TryGetValue(e, out var o) && o.Kind == OutageKind.Straggler;
 
     /// <summary>A chaos schedule's kill-node at this step boundary: journaled first, then that expert node's host kills its
     /// process; the run goes on and finds out as from any node loss (membership, DeathWatch).</summary>
@@ -701,7 +703,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                 return;
             case SupervisorState.TakeExpertDown d:
                 // expert-local: only this expert goes back (to its own snapshot, on restart); training goes on without it
-                if (down.Add(d.Expert)) outages[d.Expert] = (step, m.Error, Stopwatch.StartNew(), 0);
+                if (down.Add(d.Expert)) outages[d.Expert] = new Outage(OutageKind.Failed, step, m.Error, Stopwatch.StartNew());
                 generation++;                           // the in-flight attempt's replies are stale; the trainer reports StepFailed
                 return;
             case SupervisorState.RollBack r:

@@ -3,6 +3,14 @@ using MoCE.Core.Checkpoints;
 
 namespace MoCE.Actors;
 
+/// <summary>Why an expert is out of the steps while the run goes on: it failed (expert-local: it comes back from its own
+/// snapshot), or the router's straggler timeout gave up on it (it sits out, alive, and is in the cuts).</summary>
+public enum OutageKind { Failed, Straggler }
+
+/// <summary>An expert's outage: its kind, the step it began, the error, its clock, and the image routings that went to
+/// another expert meanwhile. Decisions read the kind, never the error's text.</summary>
+public sealed record Outage(OutageKind Kind, long Step, string Error, System.Diagnostics.Stopwatch Clock, int Rerouted = 0);
+
 /// <summary>The supervisor's journaled state and its failure decisions, as a plain type that tests drive without
 /// actors: <see cref="Apply(object)"/> folds in a journaled event (on recovery and after each persist), and
 /// <see cref="Decide"/> turns an owner's failure into what the supervisor must do. The actor only persists, applies

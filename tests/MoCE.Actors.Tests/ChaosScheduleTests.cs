@@ -134,4 +134,18 @@ public class StragglerTimeoutTests(MoceFixture fx) : IClassFixture<MoceFixture>
         Assert.Contains(run.Routing.Where(kv => kv.Key >= sat[^1].Step + 5).SelectMany(kv => kv.Value), e => e.Expert == 1 && e.Tokens > 0);
         Assert.Contains(run.CommittedWeights(40).Keys, k => k.Contains(".experts.1.", StringComparison.Ordinal));   // in every cut, sitting out or not
     }
+
+    /// <summary>A sit-out that outlasts the run ends with it: the final commit does not wait for the straggler (alive,
+    /// in the cuts, it never sends ExpertRecovered; the run used to wait for one forever), and its outage is recorded.</summary>
+    [Fact]
+    public void A_straggler_sitting_out_at_the_end_does_not_hold_the_final_commit()
+    {
+        var run = new ActorRun(fx, Moe, Tiny.Train(steps: 20)) { StragglerTimeout = TimeSpan.FromSeconds(1), StragglerSitOut = 50, Timeout = TimeSpan.FromMinutes(2) };
+        var done = run.Run(until: 20, checkpointEvery: 10, new ChaosPlan().Straggle("expert-1", 15, 15, ms: 2000));
+        Assert.Equal(20, done.Step);
+        var sat = Assert.Single(done.Recoveries, r => r.Policy == "straggler-timeout");
+        Assert.Equal(("expert-1", 15L), (sat.Owner, sat.Step));
+        Assert.Equal(5, sat.StepsMissed);                                          // steps 15..19, cut short by the end
+        Assert.Contains(run.CommittedWeights(20).Keys, k => k.Contains(".experts.1.", StringComparison.Ordinal));
+    }
 }
