@@ -82,7 +82,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private sealed record GrowFailed(int Generation, Exception Error);
     // tokens per expert (all MoE blocks) of the last steps this supervisor saw, at most checkpoint-every of them: which
     // expert is busiest when one is split
-    private readonly Queue<long[]> recentTokens = new();
+    private readonly SortedDictionary<long, long[]> recentTokens = [];   // by step: a replayed step overwrites its first run
     private CheckpointRef initial = null!;                 // the experts' upcycled weights, which every expert loads first
     private ExpertSpec spec = null!;
     private IActorRef trainer = ActorRefs.Nobody, router = ActorRefs.Nobody;
@@ -451,7 +451,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         if (state.LastCommit?.Step != step) { Cut(step); return; }              // HandleCutDone comes back here
         a.Started = true;
         int g = ++generation;
-        var tokens = Enumerable.Range(0, E).Select(e => recentTokens.Sum(t => e < t.Length ? t[e] : 0)).ToList();
+        var tokens = Enumerable.Range(0, E).Select(e => recentTokens.Values.Sum(t => e < t.Length ? t[e] : 0)).ToList();
         var sources = ExpertGrowth.Sources(tokens, a.Count);
         var commit = state.LastCommit;
         log.Info("Splitting experts [{0}] (tokens over the last {1} steps: [{2}]) into experts {3}..{4}", string.Join(",", sources), recentTokens.Count,
@@ -600,8 +600,9 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         if (recovering || m.Step != step) return;        // a step from an abandoned attempt
         state.StepCompleted(m.Step);
         lastRouting = m.Routing;
-        recentTokens.Enqueue(Enumerable.Range(0, E).Select(e => m.Routing.Where(r => r.Expert == e).Sum(r => r.Tokens)).ToArray());
-        while (recentTokens.Count > checkpointEvery) recentTokens.Dequeue();
+        // the last checkpoint-every steps up to this one; a step after it (from before a rollback) is stale
+        recentTokens[m.Step] = Enumerable.Range(0, E).Select(e => m.Routing.Where(r => r.Expert == e).Sum(r => r.Tokens)).ToArray();
+        foreach (var old in recentTokens.Keys.Where(k => k <= m.Step - checkpointEvery || k > m.Step).ToList()) recentTokens.Remove(old);
         foreach (var e in down) outages[e] = outages[e] with { Rerouted = outages[e].Rerouted + m.ReroutedImages };
         // a sit-out ends at its step, or with the run: a straggler is alive and in the cuts, and it sends no ExpertRecovered
         // (the final commit waited for one forever when a sit-out outlasted the run)
