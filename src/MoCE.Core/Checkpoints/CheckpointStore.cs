@@ -72,16 +72,28 @@ public sealed class CheckpointStore : ICheckpointStore
         catch (InvalidDataException e) { throw new CheckpointCorruptException(path, e.Message); }
     }
 
-    public void Verify(CheckpointRef r) => ReadVerified(r, PathOf(r));
+    /// <summary>Checks a file's sha256, streaming it (no copy of the file in memory).</summary>
+    public void Verify(CheckpointRef r)
+    {
+        var path = PathOf(r);
+        string actual;
+        try { actual = CheckpointFile.Sha256Of(path); }
+        catch (FileNotFoundException) { throw new CheckpointCorruptException(path, "file is missing"); }
+        Check(r, path, actual);
+    }
 
     private static byte[] ReadVerified(CheckpointRef r, string path)
     {
         byte[] bytes;
         try { bytes = File.ReadAllBytes(path); }
         catch (FileNotFoundException) { throw new CheckpointCorruptException(path, "file is missing"); }
-        var actual = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
-        if (actual != r.Sha256) throw new CheckpointCorruptException(path, $"sha256 mismatch: expected {r.Sha256}, file has {actual}");
+        Check(r, path, Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes)));
         return bytes;
+    }
+
+    private static void Check(CheckpointRef r, string path, string actual)
+    {
+        if (actual != r.Sha256) throw new CheckpointCorruptException(path, $"sha256 mismatch: expected {r.Sha256}, file has {actual}");
     }
 
     /// <summary>Deletes checkpoint files not in <paramref name="keep"/>, and temporaries left by writers that died.

@@ -34,7 +34,8 @@ public sealed class CommitLog
         commits.Add(commit);
         commits.Sort((a, b) => a.Step.CompareTo(b.Step));
         if (commits.Count > keep) commits.RemoveRange(0, commits.Count - keep);
-        DurableFile.Write(path + $".tmp-{Guid.NewGuid():N}", f =>
+        // a temporary in the store's own ".tmp-" namespace, so that pruning removes one a crash left behind
+        DurableFile.Write(Path.Combine(store.Directory, $".tmp-commits-{Guid.NewGuid():N}"), f =>
         {
             JsonSerializer.Serialize(f, commits, new JsonSerializerOptions { WriteIndented = true });
             return 0;
