@@ -4,56 +4,17 @@ using MoCE.Core.Checkpoints;
 
 namespace MoCE.Actors.Tests;
 
-/// <summary>The supervisor's decisions, driven with events and failures, without actors.</summary>
+/// <summary>The supervisor's journaled state, driven with events, without actors.</summary>
 public class SupervisorStateTests
 {
-    private static readonly RestartBackoff Backoff = new(TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(350), MaxFailures: 5);
-
     private static CheckpointCommitted Commit(long step, int experts = 1) =>
         new(step, new[] { "trainer", "router" }.Concat(Enumerable.Range(0, experts).Select(e => $"expert-{e}"))
             .Select(o => new CheckpointRef(o, step, $"{o}-{step:D8}.ckpt", "sha")).ToArray());
 
     [Fact]
-    public void Repeated_failures_back_off_exponentially_up_to_the_ceiling_then_stop_the_run()
-    {
-        var s = new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff, 1);
-        Assert.Equal(new SupervisorState.RollBack(TimeSpan.FromMilliseconds(100)), s.Decide("expert-1", "boom", 23, rollingBack: false));
-        Assert.Equal(new SupervisorState.RollBack(TimeSpan.FromMilliseconds(200)), s.Decide("expert-1", "boom", 23, false));
-        Assert.Equal(new SupervisorState.RollBack(TimeSpan.FromMilliseconds(350)), s.Decide("expert-1", "boom", 23, false));
-        Assert.Equal(new SupervisorState.RollBack(TimeSpan.FromMilliseconds(350)), s.Decide("router", "boom", 23, false));
-        var stop = Assert.IsType<SupervisorState.StopRun>(s.Decide("expert-1", "boom", 23, false));
-        Assert.Contains("expert-1 failed at step 23: boom", stop.Reason);
-        Assert.Contains("failure 5 in a row (moce.actors.max-failures = 5)", stop.Reason);
-    }
-
-    [Fact]
-    public void Only_a_step_past_the_last_failed_one_resets_the_count()
-    {
-        var s = new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff, 1);
-        s.Decide("trainer", "boom", 23, false);
-        s.Decide("trainer", "boom", 23, false);
-        s.StepCompleted(21);                                                     // replaying towards the failure
-        s.StepCompleted(23);                                                     // the failed step itself
-        Assert.Equal(2, s.FailuresInARow);
-        s.StepCompleted(24);                                                     // past it
-        Assert.Equal(0, s.FailuresInARow);
-        Assert.Equal(new SupervisorState.RollBack(TimeSpan.FromMilliseconds(100)), s.Decide("trainer", "boom", 40, false));
-    }
-
-    [Fact]
-    public void Expert_local_takes_only_experts_down_and_joins_a_rollback_under_way()
-    {
-        var s = new SupervisorState(RecoveryPolicy.ExpertLocal, Backoff, 1);
-        Assert.Equal(new SupervisorState.TakeExpertDown(2), s.Decide("expert-2", "boom", 5, false));
-        Assert.IsType<SupervisorState.RollBack>(s.Decide("router", "boom", 5, false));
-        Assert.IsType<SupervisorState.RollBack>(s.Decide("expert-3", "boom", 5, rollingBack: true));
-        Assert.IsType<SupervisorState.RollBack>(new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff, 1).Decide("expert-2", "boom", 5, false));
-    }
-
-    [Fact]
     public void Restore_picks_the_newest_commit_that_verifies_and_names_the_ones_it_skips()
     {
-        var s = new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff, 1);
+        var s = new SupervisorState(1);
         foreach (var c in new[] { Commit(0), Commit(10), Commit(20) }) s.Apply(c);
         s.Apply(new RecoveryRecord(13, "expert-0", "global-rollback", "boom", 10, 3, 5, 0));
         var skipped = new List<long>();
@@ -70,7 +31,7 @@ public class SupervisorStateTests
     [Fact]
     public void An_add_sets_the_run_s_experts_keeps_the_added_experts_first_parts_and_is_never_rolled_back_past()
     {
-        var s = new SupervisorState(RecoveryPolicy.GlobalRollback, Backoff, 1);
+        var s = new SupervisorState(1);
         s.Apply(Commit(0));
         s.Apply(Commit(10));
         s.Apply(new ExpertsAdded(10, 1, [0, 0], "", Commit(10, experts: 3)));

@@ -9,6 +9,10 @@ public sealed class ExpertPlacement
 {
     private readonly SortedDictionary<string, IActorRef> hosts = new(StringComparer.Ordinal);
     private readonly Dictionary<int, string> assigned = [];
+    private readonly Dictionary<int, (string node, int attempt)> placing = [];     // asked of a host, not yet hosted
+    private readonly Dictionary<int, (string node, string device)> homes = [];     // where each expert was last hosted
+    private readonly Dictionary<int, int> timeouts = [];
+    private int attempts;
 
     public int Hosts => hosts.Count;
     public IReadOnlyCollection<string> HostNodes => hosts.Keys;
@@ -47,6 +51,42 @@ public sealed class ExpertPlacement
         }
         return moving.Order().ToList();
     }
+
+    /// <summary>Expert e is asked of <paramref name="node"/>'s host: the attempt's number, which a timer bounds.</summary>
+    public int Placing(int expert, string node)
+    {
+        placing[expert] = (node, ++attempts);
+        return attempts;
+    }
+
+    public bool IsPlacing(int expert) => placing.ContainsKey(expert);
+
+    /// <summary>Its host created expert e: false when that request was withdrawn (timed out, or its node left).</summary>
+    public bool Hosted(int expert, string node, string device)
+    {
+        if (!placing.Remove(expert)) return false;
+        homes[expert] = (node, device);
+        return true;
+    }
+
+    /// <summary>Expert e was lost while being placed (its node left): withdraw the request. False when none was pending.</summary>
+    public bool Withdraw(int expert) => placing.Remove(expert);
+
+    /// <summary>The attempt of placing expert e timed out: the node it was asked of (the expert has no home now) and how
+    /// many of its attempts timed out; null when that attempt was answered or withdrawn.</summary>
+    public (string node, int timeouts)? TimedOut(int expert, int attempt)
+    {
+        if (!placing.TryGetValue(expert, out var p) || p.attempt != attempt) return null;
+        placing.Remove(expert);
+        assigned.Remove(expert);
+        return (p.node, timeouts[expert] = timeouts.GetValueOrDefault(expert) + 1);
+    }
+
+    /// <summary>Where expert e was last hosted, and on which device ("" when never).</summary>
+    public (string node, string device) Home(int expert) => homes.GetValueOrDefault(expert, ("", ""));
+
+    /// <summary>The experts on <paramref name="node"/>, ascending.</summary>
+    public List<int> On(string node) => assigned.Where(kv => kv.Value == node).Select(kv => kv.Key).Order().ToList();
 
     /// <summary>Expert e already runs on <paramref name="node"/> (found there after a coordinator failover): keep it there.</summary>
     public void Keep(int expert, string node) => assigned[expert] = node;
