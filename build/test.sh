@@ -32,8 +32,10 @@ for trx in "$results"/*.trx; do
   failed=$((failed + $(get failed) + $(get error) + $(get timeout) + $(get aborted)))
   skipped=$((skipped + $(get notExecuted)))
 done
-if [ "$files" -eq 0 ] && [ "$rc" -ne 0 ]; then
-  echo "Tests: build failed before any test ran"
+projects=$(ls tests/*/*.Tests.csproj | wc -l)
+missing=""
+if [ "$files" -lt "$projects" ] && [ "$rc" -ne 0 ]; then
+  missing="; $((projects - files)) of $projects test projects did not run (a build error above)"
 fi
-echo "Tests: $passed passed, $failed failed, $skipped skipped"
+echo "Tests: $passed passed, $failed failed, $skipped skipped$missing"
 exit "$rc"
