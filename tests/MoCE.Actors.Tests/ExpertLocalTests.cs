@@ -31,7 +31,10 @@ public class ExpertLocalTests(MoceFixture fx) : IClassFixture<MoceFixture>
         var r = Assert.Single(done.Recoveries);
         Assert.Equal(("expert-1", "expert-local", 23L, 20L), (r.Owner, r.Policy, r.Step, r.RestoredStep));
         Assert.Equal(0, r.StepsReplayed);                               // nobody else went back
-        Assert.True(r.DetectionToRecoveredMs >= delay.TotalMilliseconds, $"downtime {r.DetectionToRecoveredMs} ms, delay {delay.TotalMilliseconds:F0} ms");
+        // the downtime runs from when the supervisor learns of the failure, which is after the expert's restart (and its
+        // delay) began: by how much depends on how busy the supervisor's mailbox is (65 ms once, on a loaded machine).
+        // A record that missed the delay (0, or one step's time) falls far below 0.8 × delay
+        Assert.True(r.DetectionToRecoveredMs >= 0.8 * delay.TotalMilliseconds, $"downtime {r.DetectionToRecoveredMs} ms, delay {delay.TotalMilliseconds:F0} ms");
         Assert.True(r.StepsMissed > 3, $"missed {r.StepsMissed} steps in {r.DetectionToRecoveredMs:F0} ms");   // training went on while it was down
         Assert.True(r.ReroutedImages > 0, "its images went to the next-best expert meanwhile");
         Assert.Equal(60, run.Losses.Count);
