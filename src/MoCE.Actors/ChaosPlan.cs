@@ -14,6 +14,10 @@ public enum ChaosPhase { Entry, Backward, Apply, Checkpoint }
 /// <summary>What a fault does to a message between the router and an expert.</summary>
 public enum MessageFault { Drop, Duplicate, Delay }
 
+/// <summary>The phases of a planned move (a drain or a rebalance): its cut (the commit at the step boundary), the
+/// placement of its experts on their new nodes, and the restore of every owner from that commit.</summary>
+public enum MovePhase { Cut, Placement, Restore }
+
 /// <summary>Fault injection for researchers and tests (a schedule from `moce train --chaos FILE`, or test code). Every
 /// fault goes through the real path: an owner throws from its handler, a straggler really computes slower, a message
 /// is really not sent (or sent twice, or late), checkpoint bytes are really flipped on disk. The plan is shared by the
@@ -42,7 +46,7 @@ public sealed class ChaosPlan
     }
 
     /// <summary>True when nothing at all is planned (the fast path of every check).</summary>
-    public bool IsEmpty => remaining.IsEmpty && probable.IsEmpty && stragglers.IsEmpty && messages.IsEmpty && corruptions.IsEmpty
+    public bool IsEmpty => remaining.IsEmpty && moveFaults.IsEmpty && probable.IsEmpty && stragglers.IsEmpty && messages.IsEmpty && corruptions.IsEmpty
                            && uncreatable.IsEmpty && recoveryDelays.IsEmpty && journalRefusals.IsEmpty && nodeKills.IsEmpty;
 
     /// <summary>The owner throws the first <paramref name="times"/> times it reaches step s (a replay reaches it again).</summary>
@@ -196,6 +200,21 @@ public sealed class ChaosPlan
     public (TimeSpan period, Messages.ChaosFired fired)? JournalRefusal(long step) =>
         TakeDue(journalRefusals, step, out var period)
             ? (period, Report(step, "journal", "journal-refuses", $"the database refuses journal writes for {period.TotalMilliseconds:F0} ms", observe: false)) : null;
+
+    private readonly ConcurrentDictionary<(int move, MovePhase phase), string> moveFaults = new();
+
+    /// <summary>When the run's <paramref name="move"/>-th planned move (from 1, in this supervisor) reaches
+    /// <paramref name="phase"/>, <paramref name="owner"/> (trainer or router) throws, once.</summary>
+    public ChaosPlan FailInMove(int move, MovePhase phase, string owner)
+    {
+        moveFaults[(move, phase)] = owner;
+        return this;
+    }
+
+    /// <summary>The owner to fail now, once, that move having reached that phase; its event is told to the observer.</summary>
+    public string? InMove(int move, MovePhase phase, long step) =>
+        moveFaults.TryRemove((move, phase), out var owner)
+            ? Report(step, owner, "fail-in-move", $"throws in the {phase.ToString().ToLowerInvariant()} of planned move {move}", observe: true).Owner : null;
 
     private readonly ConcurrentDictionary<string, bool> uncreatable = new();
 

@@ -19,6 +19,8 @@ namespace MoCE.Actors;
 ///     { kind = corrupt-checkpoint, owner = router, step = 80 }         # the owner's first checkpoint file at step ≥ 80
 ///     { kind = journal-refuses, step = 100, ms = 1500 }                # the database refuses journal writes for 1.5 s
 ///     { kind = kill-node, node = "127.0.0.1:4553", step = 120 }        # cluster: SIGKILL of that expert node's process
+///     { kind = fail-in-move, move = 1, phase = placement, owner = router }  # phase: cut | placement | restore of the
+///                                                                     # run's first planned move (a drain, a rebalance)
 ///   ]
 /// }
 /// </code>
@@ -97,11 +99,21 @@ public static class ChaosSchedule
                     _ = NodeOptions.SeedAddress(hostPort);                                // host:port, or a clear error
                     plan.KillNode(hostPort, Long("step"));
                     break;
+                case "fail-in-move":
+                    var mover = Str("owner");
+                    if (mover is not ("trainer" or "router")) throw new ConfigException($"{at}.owner", $"expected trainer or router, got '{mover}'");
+                    var movePhase = Str("phase") switch
+                    {
+                        "cut" => MovePhase.Cut, "placement" => MovePhase.Placement, "restore" => MovePhase.Restore,
+                        var p => throw new ConfigException($"{at}.phase", $"expected cut, placement or restore, got '{p}'"),
+                    };
+                    plan.FailInMove((int)Math.Max(1, Long("move")), movePhase, mover);
+                    break;
                 case "journal-refuses":
                     plan.RefuseJournal(Long("step"), TimeSpan.FromMilliseconds(Num("ms", 1000)));
                     break;
                 default:
-                    throw new ConfigException($"{at}.kind", $"expected fail, straggler, drop, duplicate, delay, corrupt-checkpoint, journal-refuses or kill-node, got '{kind}'");
+                    throw new ConfigException($"{at}.kind", $"expected fail, straggler, drop, duplicate, delay, corrupt-checkpoint, journal-refuses, kill-node or fail-in-move, got '{kind}'");
             }
             foreach (var k in fields.Keys.Where(k => !used.Contains(k)))
                 throw new ConfigException($"{at}.{k}", $"unknown key for kind = {kind}");

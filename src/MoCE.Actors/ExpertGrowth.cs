@@ -67,6 +67,6 @@ public static class ExpertGrowth
             string from = $".mlp.experts.{sources[i]}.", to = $".mlp.experts.{e}.";
             grown.Add(store.Save(OwnerRegistry.ExpertId(e), commit.Step, meta, c.Tensors.Select(kv => (kv.Key.Replace(from, to, StringComparison.Ordinal), kv.Value))));
         }
-        return new CheckpointCommitted(commit.Step, grown);
+        return new CheckpointCommitted(commit.Step, grown, Window: []);          // the next add counts traffic with the new experts
     }
 }

@@ -85,6 +85,7 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
         });
         Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
         Receive<Apply>(m => { owner.Apply(m.Lr, m.ClipScale); FreeStep(); Sender.Tell(new StepApplied(m.Step, Name)); });
+        Receive<Crash>(m => throw new InjectedFault(Name, m.Step, m.Reason));
         Receive<Checkpoint>(m =>
         {
             var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "router" });

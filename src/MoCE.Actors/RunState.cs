@@ -5,8 +5,9 @@ namespace MoCE.Actors;
 
 /// <summary>A planned move of experts at a step boundary: a drain (moce node drain: they leave a node, which then leaves
 /// the cluster) or a rebalance onto a node that joined (moce.actors.placement = spread). A drain's experts are taken at
-/// the boundary, when it starts.</summary>
-public sealed record PlannedMove(string What, IReadOnlyList<int> Experts, string? LeavingNode, IActorRef? Requester, bool Started = false);
+/// the boundary, when it starts.
+/// Number: the how-manieth move of this supervisor (from 1).</summary>
+public sealed record PlannedMove(string What, IReadOnlyList<int> Experts, string? LeavingNode, IActorRef? Requester, bool Started = false, int Number = 0);
 
 /// <summary>An add of experts (moce experts add), taken at a step boundary: commit, grow the commit, journal, place,
 /// restore. Sources is set once the add is journaled (from then on it survives any failure).</summary>
@@ -56,6 +57,7 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
     private readonly SortedDictionary<long, long[]> tokens = [];         // by step: a replayed step overwrites its first run
     private long lastFailedStep = -1;
     private bool retry;
+    private int moves;
 
     /// <summary>The policies of a run: straggler-timeout, then expert-local if configured, then global-rollback.</summary>
     public static RunState For(ActorContextSetup setup, long checkpointEvery) => new(checkpointEvery, setup.Backoff,
@@ -72,6 +74,8 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
     /// <summary>Failures since a step last completed past the latest failed one: what the backoff grows with.</summary>
     public int FailuresInARow { get; private set; }
     public IReadOnlyDictionary<int, Outage> Outages => outages;
+    /// <summary>The tokens of the recent steps (what an add splits by), as a commit journals them.</summary>
+    public IReadOnlyList<RoutedTokens> Window => tokens.Select(kv => new RoutedTokens(kv.Key, kv.Value)).ToList();
     public IReadOnlySet<int> Down => outages.Keys.ToHashSet();
     /// <summary>Out of a cut: an expert restoring (expert-local). A straggler sitting out is alive and writes its part.</summary>
     public bool OutOfCut(int expert) => outages.TryGetValue(expert, out var o) && o.Kind == OutageKind.Failed;
@@ -87,7 +91,7 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
         string? why = Busy() ?? (!training ? "the run is not training"
             : !hosts.Contains(node) ? $"{node} hosts no experts of this run (expert hosts: {string.Join(", ", hosts)})"
             : hosts.Count < 2 ? "it is the only expert node: its experts would have nowhere to go" : null);
-        if (why is null) Move = new PlannedMove($"drain of {node}", [], node, requester);
+        if (why is null) Move = new PlannedMove($"drain of {node}", [], node, requester, Number: ++moves);
         return why;
     }
 
@@ -95,7 +99,7 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
     public bool Rebalance(string node, IReadOnlyList<int> experts, bool training)
     {
         if (!training || experts.Count == 0 || Busy() is not null) return false;
-        Move = new PlannedMove($"rebalance onto {node}", experts, null, null);
+        Move = new PlannedMove($"rebalance onto {node}", experts, null, null, Number: ++moves);
         return true;
     }
 
@@ -250,10 +254,16 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
         return d;
     }
 
-    /// <summary>Every owner restored commit <paramref name="step"/>: what that completed.</summary>
-    public RestoreOutcome Restored(long step)
+    /// <summary>Every owner restored commit <paramref name="step"/>: what that completed. The token window becomes the
+    /// commit's (when it has one), so that a fresh process and a long-lived one split the same experts at an add.</summary>
+    public RestoreOutcome Restored(long step, IReadOnlyList<RoutedTokens>? window = null)
     {
         Step = step;
+        if (window is not null)
+        {
+            tokens.Clear();
+            foreach (var t in window) tokens[t.Step] = [.. t.Tokens];
+        }
         var added = Add is { Journaled: true } ? Add : null;
         var moved = Move is { Started: true } ? Move : null;
         if (added is not null) Add = null;

@@ -10,26 +10,15 @@ using MoCE.Core.Checkpoints;
 
 namespace MoCE.Actors;
 
-/// <summary>Callbacks for the host (metrics files, the commit export, progress). They run on the supervisor's thread
-/// and must be quick. BeforeCommit runs after every owner wrote its part and before the commit is persisted:
-/// whatever describes the steps up to the commit (metrics rows) must be durable by then.</summary>
-public sealed record SupervisorHooks(Action<StepCompleted>? OnStep = null, Action<CheckpointCommitted>? OnCommit = null,
-                                     Action<RecoveryRecord>? OnRecovery = null, Action<long>? BeforeCommit = null,
-                                     Action<ChaosFired>? OnChaos = null, Action<long>? OnResume = null);
-
-/// <summary>The run could not go on: failures kept coming (see <see cref="RestartBackoff"/>), an owner could not be
-/// (re)created, or no commit verifies. The journal and the last commit are intact.</summary>
-public sealed class RunFailedException(string message) : Exception(message);
-
 /// <summary>The supervisor owns the run. It creates the trainer, router and teacher as its children, has the expert
-/// hosts create the experts, and watches every owner by stable id (<see cref="OwnerRegistry"/>). It is a state machine
-/// of explicit behaviours: <b>placing</b> (until every expert has a home), <b>training</b> (a step in flight),
-/// <b>cutting</b> (every owner writes its part; then <see cref="CheckpointCommitted"/> is journaled, and only that makes a
-/// checkpoint count), <b>growing</b> (an add's commit), <b>restoring</b> (every owner restores a commit: a resume, a
-/// rollback, a move or an add), <b>waiting</b> (for recovering experts before the final commit), <b>finished</b> and
-/// <b>stopped</b>. Its decisions live in plain types tested without actors: <see cref="RunState"/> (what comes next, and
-/// what a fault calls for, through the <see cref="IRecoveryPolicy"/> chain), <see cref="SupervisorState"/> (the journal:
-/// commits, recoveries, adds, chaos; SQLite or PostgreSQL, never tensors) and <see cref="ExpertPlacement"/>.</summary>
+/// hosts create the experts (<see cref="ExpertFleet"/>), and watches every owner by stable id. It is a state machine of
+/// explicit behaviours: <b>placing</b> (until every expert has a home), <b>training</b> (a step in flight), <b>cutting</b>
+/// (every owner writes its part, then <see cref="CheckpointCommitted"/> is journaled: only that makes a checkpoint
+/// count), <b>growing</b> (an add's commit), <b>restoring</b> (a resume, a rollback, a move or an add), <b>waiting</b> (for
+/// recovering experts before the final commit), <b>finished</b> and <b>stopped</b>. It carries out decisions made in plain
+/// types tested without actors: <see cref="RunState"/> (what comes next, what a fault calls for through the
+/// <see cref="IRecoveryPolicy"/> chain), <see cref="SupervisorState"/> (the journal: commits, recoveries, adds, chaos;
+/// never tensors) and <see cref="ExpertPlacement"/>.</summary>
 public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
 {
     public ITimerScheduler Timers { get; set; } = null!;
@@ -41,11 +30,10 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     public sealed record StopAndCommit;
 
     private sealed record CutDone(long Step, int Generation, CheckpointRef[] Refs);
-    private sealed record RestoreDone(long Step, int Generation);
+    private sealed record RestoreDone(CheckpointCommitted Target, int Generation);
     private sealed record OperationFailed(int Generation, Exception Error);
     private sealed record OwnerFailed(string Owner, string Error);
     private sealed record RestoreAfterBackoff(int Generation);
-    private sealed record PlacementTimedOut(int Expert, int Attempt);
     private sealed record RecoveryWaitTimedOut;
     private sealed record Grown(int Generation, IReadOnlyList<int> Sources, CheckpointCommitted Commit);
     private sealed record GrowFailed(int Generation, Exception Error);
@@ -58,29 +46,27 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private readonly SupervisorState journal;
     private readonly RunState run;
     private readonly OwnerRegistry registry = new();
-    private readonly ExpertPlacement placement = new();
     private readonly HashSet<IActorRef> listeners = [];
     private readonly Dictionary<string, string> stopCauses = [];     // owners that could not be created, by id
+    private ExpertFleet fleet = null!;                               // made in PreStart: it needs the timers
     private IReadOnlyList<MoCE.Core.Training.ExpertStat> lastRouting = [];
     private CheckpointRef initial = null!;                           // the experts' upcycled weights, which every expert loads first
     private ExpertSpec spec = null!;
     private IActorRef trainer = ActorRefs.Nobody, router = ActorRefs.Nobody;
     private Phase phase = Phase.Placing;
-    private bool started, awaitingPlacement;                         // restoring: the restore waits for every expert to be placed
+    private bool started, awaitingPlacement;                         // restoring: waits for every expert to be placed
     private RunFinished? finished;
     private RunFailedException? fatal;
 
     public override string PersistenceId { get; }
 
-    /// <summary><paramref name="minExpertNodes"/>: how many expert hosts must be present before the experts are
-    /// placed (1 in a single process; in a cluster, the `experts` nodes the run is meant to spread over).</summary>
+    /// <summary><paramref name="minExpertNodes"/>: the expert hosts that must be present before the experts are placed.</summary>
     public static Props Props(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep, int minExpertNodes = 1) =>
         Akka.Actor.Props.Create(() => new SupervisorActor(setup, hooks, checkpointEvery, keep, minExpertNodes));
 
     /// <summary>The supervisor under a <see cref="Akka.Pattern.BackoffSupervisor"/>: Akka stops a persistent actor whose
-    /// journal write fails; it is started again after the run's backoff, recovers the journal, finds the experts where
-    /// they run, and resumes from the last commit. At max-failures in a row it stops for good. The count resets only
-    /// when a commit is journaled (manual reset), never because time passed.</summary>
+    /// journal write fails; it starts again after the run's backoff, recovers the journal, finds the experts where they
+    /// run, and resumes from the last commit. The count of restarts resets only when a commit is journaled.</summary>
     public static Props Restartable(ActorContextSetup setup, SupervisorHooks hooks, long checkpointEvery, int keep, int minExpertNodes = 1) =>
         Akka.Pattern.BackoffSupervisor.Props(Akka.Pattern.Backoff.OnStop(Props(setup, hooks, checkpointEvery, keep, minExpertNodes), "supervisor",
             setup.Backoff.Min, setup.Backoff.Max, 0.0, setup.Backoff.MaxFailures).WithManualReset());
@@ -95,44 +81,49 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Recover<RecoveryRecord>(journal.Apply);
         Recover<ExpertsAdded>(journal.Apply);
         Recover<ChaosFired>(journal.Apply);
-        Always();
+        Always();                                                    // placing
     }
 
     private int E => journal.Experts;
     private bool InCluster => ((ExtendedActorSystem)Context.System).Provider is ClusterActorRefProvider;
     private bool Running => phase is not (Phase.Placing or Phase.Finished or Phase.Stopped);
-    private bool AllPlaced => Enumerable.Range(0, E).All(e => registry.Contains(OwnerRegistry.ExpertId(e)));
+    private ExpertPlacement Hosts => fleet.Placement;
 
-    // ---- behaviours: each phase's own messages, then what every phase handles --------------------------------------
+    // ---- behaviours: a phase's own messages first, then what every phase handles ------------------------------------
 
     private void Go(Phase p)
     {
         phase = p;
-        Become(p switch
+        Become(p switch { Phase.Training => Training, Phase.Cutting => Cutting, Phase.Growing => Growing, Phase.Restoring => Restoring, Phase.Waiting => Waiting, _ => Always });
+    }
+
+    private void Training()
+    {
+        Command<StepCompleted>(m => { if (m.Step == run.Step) StepDone(m); });
+        Command<StepFailed>(m => { if (run.Retry(m)) { log.Warning("Step {0} failed ({1}); retrying it with experts [{2}] out", m.Step, m.Error, string.Join(",", run.Down.Order())); Next(); } });
+        Command<ExpertsSlow>(m =>
         {
-            Phase.Training => () =>
-            {
-                Command<StepCompleted>(m => { if (m.Step == run.Step) StepDone(m); });
-                Command<StepFailed>(m => { if (run.Retry(m)) { log.Warning("Step {0} failed ({1}); retrying it with experts [{2}] out", m.Step, m.Error, string.Join(",", run.Down.Order())); Next(); } });
-                Command<ExpertsSlow>(m => { if (m.Generation == run.Generation) OnFault(new Fault(m.Experts.Select(OwnerRegistry.ExpertId).ToList(), FaultKind.Slow, $"no answer to block {m.Block} within the straggler timeout ({m.WaitedMs:F0} ms)", run.Step)); });
-                Always();
-            },
-            Phase.Cutting => () => { Command<CutDone>(m => { if (m.Generation == run.Generation) Commit(m); }); Always(); },
-            Phase.Growing => () => { Command<Grown>(AddGrown); Command<GrowFailed>(AddFailed); Always(); },
-            Phase.Restoring => () =>
-            {
-                Command<RestoreAfterBackoff>(m => { if (m.Generation == run.Generation) Restore(); });
-                Command<RestoreDone>(m => { if (m.Generation == run.Generation) Restored(m.Step); });
-                Always();
-            },
-            Phase.Waiting => () =>
-            {
-                Command<RecoveryWaitTimedOut>(_ => Fail($"all steps are done, but experts [{string.Join(",", run.Down.Order())}] did not come back within " +
-                                                         $"{2 * setup.AskTimeout.TotalSeconds:F0} s (2 × moce.actors.ask-timeout) for the final commit"));
-                Always();
-            },
-            _ => Always,
+            if (m.Generation == run.Generation)
+                OnFault(new Fault(m.Experts.Select(OwnerRegistry.ExpertId).ToList(), FaultKind.Slow, $"no answer to block {m.Block} within the straggler timeout ({m.WaitedMs:F0} ms)", run.Step));
         });
+        Always();
+    }
+
+    private void Cutting() { Command<CutDone>(m => { if (m.Generation == run.Generation) Commit(m); }); Always(); }
+    private void Growing() { Command<Grown>(AddGrown); Command<GrowFailed>(AddFailed); Always(); }
+
+    private void Restoring()
+    {
+        Command<RestoreAfterBackoff>(m => { if (m.Generation == run.Generation) Restore(); });
+        Command<RestoreDone>(m => { if (m.Generation == run.Generation) Restored(m.Target); });
+        Always();
+    }
+
+    private void Waiting()
+    {
+        Command<RecoveryWaitTimedOut>(_ => Fail($"all steps are done, but experts [{string.Join(",", run.Down.Order())}] did not come back within " +
+                                                 $"{2 * setup.AskTimeout.TotalSeconds:F0} s (2 × moce.actors.ask-timeout) for the final commit"));
+        Always();
     }
 
     private void Always()
@@ -141,10 +132,16 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Command<Start>(HandleStart);
         Command<StopAndCommit>(_ => run.StopRequested = true);
         Command<HostInfo>(HandleHostInfo);
-        Command<ExpertHosted>(HandleExpertHosted);
+        Command<ExpertHosted>(m =>
+        {
+            if (!fleet.Hosted(m) || !fleet.AllPlaced(E)) return;
+            if (phase == Phase.Placing) { Begin(); return; }
+            UseExperts();
+            if (phase == Phase.Restoring && awaitingPlacement) Restore();
+        });
         Command<PlacementTimedOut>(HandlePlacementTimedOut);
         Command<ClusterEvent.MemberUp>(m => { if (m.Member.HasRole(NodeRoles.Experts)) AskHost(m.Member.Address); });
-        Command<ClusterEvent.MemberRemoved>(m => { if (placement.RemoveNode(m.Member.Address.ToString()).Where(placement.Withdraw).Any()) PlaceMissing(); });
+        Command<ClusterEvent.MemberRemoved>(m => { if (fleet.NodeRemoved(m.Member.Address.ToString())) PlaceMissing(); });
         Command<ClusterEvent.IMemberEvent>(_ => { });
         Command<Terminated>(HandleTerminated);
         Command<OwnerFailed>(m => OnFault(new Fault([m.Owner], FaultKind.Failed, m.Error, run.Step)));
@@ -153,31 +150,30 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Command<ExpertRecovered>(m => { if (run.Recovered(m.Expert, m.Step) && phase == Phase.Waiting) { Timers.Cancel("recovery-wait"); Next(); } });
         Command<DrainNode>(m =>
         {
-            if (run.Drain(m.Node, Sender, Running, placement.HostNodes) is { } why) Sender.Tell(new NodeDrained(run.Step, m.Node, [], why));
-            else log.Warning("Draining {0}: at the next step boundary, commit and move its experts (now [{1}])", m.Node, string.Join(",", placement.On(m.Node)));
+            if (run.Drain(m.Node, Sender, Running, Hosts.HostNodes) is { } why) Sender.Tell(new NodeDrained(run.Step, m.Node, [], why));
+            else log.Warning("Draining {0}: at the next step boundary, commit and move its experts (now [{1}])", m.Node, string.Join(",", Hosts.On(m.Node)));
         });
         Command<AddExperts>(m =>
         {
-            if (run.AddExperts(m, Sender, started, phase == Phase.Finished, placement.HostNodes) is { } why) Sender.Tell(new ExpertsAddedReply(run.Step, [], [], why));
+            if (run.AddExperts(m, Sender, started, phase == Phase.Finished, Hosts.HostNodes) is { } why) Sender.Tell(new ExpertsAddedReply(run.Step, [], [], why));
             else log.Warning("Adding {0} expert(s) {1}{2}", m.Count, m.AtStep < 0 ? "at the next step boundary" : $"at step {m.AtStep}", m.Node.Length > 0 ? $" on {m.Node}" : "");
         });
         Command<MalformedFrame>(m => log.Error(m.Failure(Sender).Message));          // a request that did not parse: nothing to do
         Command<GetRunStatus>(_ => Sender.Tell(new RunStatusResponse(run.Step, journal.LastCommit?.Step ?? -1, journal.Recoveries)));
-        Command<GetExperts>(_ => Sender.Tell(new ExpertsStatus(run.Step, journal.LastCommit?.Step ?? -1, Enumerable.Range(0, E).Select(e =>
-        {
-            var (node, device) = placement.Home(e);
-            var st = run.Outages.ContainsKey(e) ? "down" : registry.Contains(OwnerRegistry.ExpertId(e)) ? "up" : placement.IsPlacing(e) ? "placing" : "lost";
-            return new ExpertInfo(e, node, device, lastRouting.Where(r => r.Expert == e).Sum(r => r.Tokens), st);
-        }).ToList())));
+        Command<GetExperts>(_ => Sender.Tell(new ExpertsStatus(run.Step, journal.LastCommit?.Step ?? -1, Enumerable.Range(0, E)
+            .Select(e => fleet.Info(e, run.Outages.ContainsKey(e), lastRouting.Where(r => r.Expert == e).Sum(r => r.Tokens))).ToList())));
         // replies and timers of a phase that is over
         Command<StepCompleted>(_ => { }); Command<StepFailed>(_ => { }); Command<ExpertsSlow>(_ => { }); Command<CutDone>(_ => { });
         Command<RestoreDone>(_ => { }); Command<RestoreAfterBackoff>(_ => { }); Command<RecoveryWaitTimedOut>(_ => { });
         Command<Grown>(_ => { }); Command<GrowFailed>(_ => { });
     }
 
+    // ---- owners --------------------------------------------------------------------------------------------------
+
     protected override void PreStart()
     {
         base.PreStart();
+        fleet = new ExpertFleet(setup.RunId, registry, Context, Timers, setup.AskTimeout, log);
         var self = Self;
         if (!setup.Chaos.IsEmpty) setup.Chaos.Observer = e => self.Tell(e);     // every firing is journaled
         // the experts' initial weights, for nodes that have neither the dense model nor the clustering: content-addressed
@@ -188,8 +184,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         var teacher = setup.Teacher is null ? null : Own(TeacherActor.Name, TeacherActor.Props(setup));
         trainer = Own(TrainerActor.Name, TrainerActor.Props(setup, router, teacher));
         if (InCluster)
-            Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
-                typeof(ClusterEvent.MemberUp), typeof(ClusterEvent.MemberRemoved));
+            Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.MemberUp), typeof(ClusterEvent.MemberRemoved));
         else Context.ActorSelection($"/user/{ExpertHostActor.Name}").Tell(new GetHostInfo(run.Step));
     }
 
@@ -207,12 +202,11 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         return child;
     }
 
-    /// <summary>A failed child (trainer, router, teacher) is restarted and its failure goes to the policies; one that
-    /// cannot even be created is stopped, and its Terminated ends the run. Experts' hosts report theirs (<see cref="OwnerFailure"/>).</summary>
+    /// <summary>A failed child is restarted and its failure goes to the policies; one that cannot be created is stopped,
+    /// and its Terminated ends the run. Experts' hosts report theirs (<see cref="OwnerFailure"/>).</summary>
     protected override SupervisorStrategy SupervisorStrategy() => new NamingStrategy(this);
 
-    private sealed class NamingStrategy(SupervisorActor sup)
-        : OneForOneStrategy(-1, -1, e => e is ActorInitializationException ? Directive.Stop : Directive.Restart)
+    private sealed class NamingStrategy(SupervisorActor sup) : OneForOneStrategy(-1, -1, e => e is ActorInitializationException ? Directive.Stop : Directive.Restart)
     {
         public override void ProcessFailure(IActorContext context, bool restart, IActorRef child, Exception cause, ChildRestartStats stats, IReadOnlyCollection<ChildRestartStats> children)
         {
@@ -223,76 +217,42 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         }
     }
 
-    // ---- placement -------------------------------------------------------------------------------------------------
-
     private void AskHost(Address node) => Context.ActorSelection(new RootActorPath(node) / "user" / ExpertHostActor.Name).Tell(new GetHostInfo(run.Step));
 
     private void HandleHostInfo(HostInfo m)
     {
-        bool joined = !placement.HostNodes.Contains(m.Node);
-        placement.AddHost(m.Node, Sender);
-        foreach (var h in m.Hosting)                                              // experts of this run it already runs stay there
-            if (phase == Phase.Placing && h.StartsWith(setup.RunId + "/", StringComparison.Ordinal) && int.TryParse(h.AsSpan(setup.RunId.Length + 1), out var e))
-                placement.Keep(e, m.Node);
-        if (joined && setup.SpreadOnJoin && run.Rebalance(m.Node, placement.Rebalance(m.Node), Running))
+        if (fleet.HostAnswered(m, Sender, keepWhatItRuns: phase == Phase.Placing) && setup.SpreadOnJoin && run.Rebalance(m.Node, Hosts.Rebalance(m.Node), Running))
             log.Warning("{0} joined: at the next step boundary, commit and move experts [{1}] to it", m.Node, string.Join(",", run.Move!.Experts));
-        log.Info("Expert host on {0} with devices [{1}] ({2} of {3} needed)", m.Node, string.Join(", ", m.Devices), placement.Hosts, minExpertNodes);
+        log.Info("Expert host on {0} with devices [{1}] ({2} of {3} needed)", m.Node, string.Join(", ", m.Devices), Hosts.Hosts, minExpertNodes);
         PlaceMissing();
     }
 
-    /// <summary>Places every expert that has no home and is not being placed, once enough hosts are present; a timer bounds each request.</summary>
     private void PlaceMissing(bool recover = true)
     {
-        if (placement.Hosts < minExpertNodes && phase == Phase.Placing) return;
-        foreach (var e in Enumerable.Range(0, E).Where(e => !registry.Contains(OwnerRegistry.ExpertId(e)) && !placement.IsPlacing(e)))
-        {
-            if (placement.Choose(e) is not { } where)
-            {
-                log.Warning("No expert host is left for {0}; waiting for a node with the '{1}' role", OwnerRegistry.ExpertId(e), NodeRoles.Experts);
-                return;
-            }
-            Timers.StartSingleTimer($"place-{e}", new PlacementTimedOut(e, placement.Placing(e, where.node)), setup.AskTimeout);
-            where.host.Tell(new HostExpert(run.Step, e, journal.BirthOf(e) is { } birth ? spec with { Initial = birth } : spec, Recover: phase != Phase.Placing && recover));
-        }
+        if (Hosts.Hosts >= minExpertNodes || phase != Phase.Placing)
+            fleet.PlaceMissing(E, run.Step, e => journal.BirthOf(e) is { } birth ? spec with { Initial = birth } : spec, phase != Phase.Placing && recover);
     }
 
-    private void HandleExpertHosted(ExpertHosted m)
-    {
-        if (!placement.Hosted(m.Expert, m.Node, m.Device)) return;
-        Timers.Cancel($"place-{m.Expert}");
-        registry.Set(OwnerRegistry.ExpertId(m.Expert), m.Ref);
-        Context.Watch(m.Ref);
-        log.Info("{0} runs on {1} ({2})", OwnerRegistry.ExpertId(m.Expert), m.Node, m.Device);
-        if (!AllPlaced) return;
-        if (phase == Phase.Placing) { Begin(); return; }
-        UseExperts();
-        if (phase == Phase.Restoring && awaitingPlacement) Restore();
-    }
-
-    /// <summary>A host did not answer HostExpert within the ask timeout: the request is withdrawn (StopExpert, in case it
-    /// answers late) and the expert placed again. In a training run that is an owner's failure; before it begins,
-    /// max-failures timeouts of one expert end it.</summary>
+    /// <summary>A host did not answer HostExpert in time: withdrawn and placed again. In a run that is an owner's failure;
+    /// before it begins, max-failures timeouts of one expert end it.</summary>
     private void HandlePlacementTimedOut(PlacementTimedOut m)
     {
-        if (phase == Phase.Stopped || placement.TimedOut(m.Expert, m.Attempt) is not { } t) return;
+        if (phase == Phase.Stopped || fleet.TimedOut(m, run.Step) is not { } t) return;
         var id = OwnerRegistry.ExpertId(m.Expert);
-        placement.HostAt(t.node)?.Tell(new StopExpert(run.Step, setup.RunId, m.Expert));
-        var why = $"its host on {t.node} did not answer within {setup.AskTimeout.TotalSeconds:F0} s (moce.actors.ask-timeout)";
-        log.Warning("Placing {0}: {1}; placing it again", id, why);
-        if (phase != Phase.Placing) OnFault(new Fault([id], FaultKind.Failed, why, run.Step));
-        else if (t.timeouts >= setup.Backoff.MaxFailures) { Fail($"{id} could not be placed: {why}, {t.timeouts} times (moce.actors.max-failures)"); return; }
+        if (phase != Phase.Placing) OnFault(new Fault([id], FaultKind.Failed, t.why, run.Step));
+        else if (t.timeouts >= setup.Backoff.MaxFailures) { Fail($"{id} could not be placed: {t.why}, {t.timeouts} times (moce.actors.max-failures)"); return; }
         PlaceMissing();
     }
 
     private void UseExperts()
     {
-        var refs = Enumerable.Range(0, E).Select(e => registry[OwnerRegistry.ExpertId(e)] ?? ActorRefs.Nobody).ToList();
+        var refs = fleet.Refs(E);
         trainer.Tell(new UseExperts(run.Step, refs));
         router.Tell(new UseExperts(run.Step, refs));
     }
 
-    /// <summary>An owner stopped. An expert lost with its node (or stopped unreported): every expert of that node goes at
-    /// once, the trainer's step is cancelled, they are placed again, and the loss is one fault. Any other owner: the run ends.</summary>
+    /// <summary>An expert lost with its node (or stopped unreported): every expert of that node goes at once, the trainer's
+    /// step is cancelled, they are placed again, and the loss is one fault. Any other owner stopping ends the run.</summary>
     private void HandleTerminated(Terminated t)
     {
         var id = registry.IdOf(t.ActorRef);
@@ -302,17 +262,10 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             Fail($"{id} stopped" + (stopCauses.TryGetValue(id, out var c) ? $" because it could not be created: {c}" : "") + "; the run cannot go on without it");
             return;
         }
-        var address = t.ActorRef.Path.Address;
-        var lost = Enumerable.Range(0, E)
-            .Where(e => registry[OwnerRegistry.ExpertId(e)] is { } r && (r.Equals(t.ActorRef) || (t.AddressTerminated && r.Path.Address.Equals(address)))).ToList();
-        foreach (var e in lost)
-        {
-            registry.Remove(OwnerRegistry.ExpertId(e));
-            placement.Unassign(e);
-            router.Tell(new ExpertLost(run.Step, e));
-        }
+        var lost = fleet.Lose(t, E);
+        foreach (var e in lost) router.Tell(new ExpertLost(run.Step, e));
         setup.Cancellation.Cancel(run.Generation, lost);
-        OnFault(new Fault(lost.Select(OwnerRegistry.ExpertId).ToList(), FaultKind.Lost, t.AddressTerminated ? $"lost with its node {address}" : "it stopped", run.Step));
+        OnFault(new Fault(lost.Select(OwnerRegistry.ExpertId).ToList(), FaultKind.Lost, t.AddressTerminated ? $"lost with its node {t.ActorRef.Path.Address}" : "it stopped", run.Step));
         PlaceMissing();
     }
 
@@ -322,9 +275,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private void Fail(string why, bool commitsUsable = true)
     {
         if (fatal is not null) return;
-        var last = journal.LastCommit?.Step;
-        fatal = new RunFailedException($"{why}. Stopping; " + (!commitsUsable ? "see the warnings above for each commit's bad file"
-            : last is null ? "nothing was committed yet" : $"the last commit ({last}) is intact: fix the cause and run again to resume from it") + ".");
+        fatal = new RunFailedException(journal.Stopping(why, commitsUsable));
         log.Error(fatal.Message);
         foreach (var l in listeners) l.Tell(new Status.Failure(fatal));
         Go(Phase.Stopped);
@@ -339,20 +290,21 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         {
             started = true;
             run.Started(m.Until);
-            if (AllPlaced) Begin();
+            if (fleet.AllPlaced(E)) Begin();
             else log.Info("Waiting for {0} expert node(s) to place {1} experts", minExpertNodes, E);
         }
     }
 
-    /// <summary>Every expert has a home: tell the trainer and router where, and start from commit 0 (a new run) or resume.</summary>
+    /// <summary>Every expert has a home: start from commit 0 (a new run: rollback always has a target) or resume.</summary>
     private void Begin()
     {
         if (!started || phase != Phase.Placing) return;
         UseExperts();
-        if (journal.LastCommit is null) Cut(0);              // the initial state is commit 0: rollback always has a target
+        if (journal.LastCommit is null) Cut(0);
         else { Go(Phase.Restoring); Restore(); }
     }
 
+    /// <summary>At a step boundary: what <see cref="RunState.Decide(long?, Func{ValueTuple{string, ChaosFired}?})"/> says comes next.</summary>
     private void Next()
     {
         switch (run.Decide(journal.LastCommit?.Step, () => InCluster ? setup.Chaos.NodeKill(run.Step) : null))
@@ -380,12 +332,12 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                     .PipeTo(Self, success: c => new Grown(g, a.Sources, c), failure: e => new GrowFailed(g, e));
                 break;
             case KillNodeNow k:
-                var node = placement.HostNodes.FirstOrDefault(n => n.EndsWith("@" + k.HostPort, StringComparison.Ordinal));
+                var node = Hosts.HostNodes.FirstOrDefault(n => n.EndsWith("@" + k.HostPort, StringComparison.Ordinal));
                 Persist(k.Fired, c =>
                 {
                     ChaosJournaled(c);
-                    if (node is null) log.Warning("Chaos: kill-node {0} skipped: it is not an expert node of this run (expert hosts: {1})", k.HostPort, string.Join(", ", placement.HostNodes));
-                    else placement.HostAt(node)!.Tell(new KillNode(run.Step));
+                    if (node is null) log.Warning("Chaos: kill-node {0} skipped: it is not an expert node of this run (expert hosts: {1})", k.HostPort, string.Join(", ", Hosts.HostNodes));
+                    else Hosts.HostAt(node)!.Tell(new KillNode(run.Step));
                     Next();
                 });
                 break;
@@ -417,12 +369,13 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         else Next();
     }
 
-    /// <summary>What a fault calls for (<see cref="RunState.Decide(Fault, bool)"/>), carried out.</summary>
+    /// <summary>What a fault calls for (<see cref="RunState.Decide(Fault, bool)"/>), carried out. Before the run begins an
+    /// owner is only restarted: the run's first restore (or commit 0) sets every owner.</summary>
     private void OnFault(Fault f)
     {
         if (phase is Phase.Finished or Phase.Stopped) return;
         if (f.Kind != FaultKind.Slow) log.Warning("Owner {0} failed at step {1}: {2}", string.Join(",", f.Owners), f.Step, f.Error);
-        if (phase == Phase.Placing) return;                  // restarted fresh, and the run's first restore (or commit 0) sets every owner
+        if (phase == Phase.Placing) return;
         int attempt = run.Generation;
         switch (run.Decide(f, phase is Phase.Training or Phase.Waiting))
         {
@@ -431,8 +384,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                 foreach (var e in s.Experts) log.Warning("{0} is a straggler ({1}): it sits out steps {2}..{3}", OwnerRegistry.ExpertId(e), f.Error, f.Step, s.Until - 1);
                 setup.Cancellation.Cancel(attempt, s.Experts);
                 break;
-            case RollBack r:
-                // the restarted owners wait for the restore; a failure that keeps coming back is retried ever more slowly
+            case RollBack r:                                  // the restarted owners wait for the restore, after the backoff
                 Go(Phase.Restoring);
                 awaitingPlacement = false;
                 if (r.Delay <= TimeSpan.Zero) { Restore(); break; }
@@ -442,8 +394,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         }
     }
 
-    /// <summary>A consistent cut after step s: every owner writes its file (an expert out of the steps is represented by its
-    /// last committed part); a part counts once its file reads back with its hash (off this thread).</summary>
+    /// <summary>A consistent cut after step s: every owner writes its part; an expert out of the steps (expert-local) is
+    /// represented by its last committed part.</summary>
     private void Cut(long s)
     {
         Go(Phase.Cutting);
@@ -451,15 +403,9 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         var owners = registry.ParameterOwners(E).ToList();
         bool Out((string id, IActorRef _) o) => SupervisorState.ExpertIndex(o.id) is { } e && run.OutOfCut(e);
         var absent = owners.Where(Out).Select(o => journal.LastCommit!.Manifest.Single(r => r.Owner == o.id)).ToArray();
-        var store = setup.Store;
-        Task.WhenAll(owners.Where(o => !Out(o)).Select(o => o.actor.Ask<CheckpointWritten>(new Checkpoint(s), setup.AskTimeout)))
-            .ContinueWith(t =>
-            {
-                var written = t.GetAwaiter().GetResult();
-                foreach (var w in written) store.Verify(w.Ref);
-                return written;
-            }, TaskScheduler.Default)
-            .PipeTo(Self, success: r => new CutDone(s, g, r.Select(w => w.Ref).Concat(absent).ToArray()), failure: e => new OperationFailed(g, e.GetBaseException()));
+        if (run.Move is { Started: false } mv) FailInMove(mv, MovePhase.Cut);
+        OwnerCalls.Checkpoint(owners.Where(o => !Out(o)), s, setup.Store, setup.AskTimeout)
+            .PipeTo(Self, success: r => new CutDone(s, g, [.. r, .. absent]), failure: e => new OperationFailed(g, e.GetBaseException()));
     }
 
     private void ChaosJournaled(ChaosFired c)
@@ -469,28 +415,15 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         log.Warning("Chaos at step {0}: {1} {2} ({3})", c.Step, c.Owner, c.Kind, c.Detail);
     }
 
-    /// <summary>Every part is written: journal the commit (a chaos journal-refusal first makes the database refuse it,
-    /// and Akka stops this actor, restarted after a backoff). Experts take their snapshots once it is journaled.</summary>
+    /// <summary>Every part is written: journal the commit (a chaos journal-refusal is journaled first, then the database
+    /// refuses the commit and Akka stops this actor). Experts take their snapshots once it is journaled.</summary>
     private void Commit(CutDone m)
     {
         hooks.BeforeCommit?.Invoke(m.Step);
-        if (setup.Chaos.JournalRefusal(m.Step) is { } r)
-            Persist(r.fired, c =>                                                // journaled first, then the commit's write is refused
-            {
-                ChaosJournaled(c);
-                JournalSabotage.Refuse(Context.System.Settings.Config, r.period, s => log.Warning("Chaos: {0}", s));
-                PersistCommit(m);
-            });
-        else PersistCommit(m);
-    }
-
-    private void PersistCommit(CutDone m)
-    {
-        Persist(new CheckpointCommitted(m.Step, m.Refs), e =>
+        void Journal() => Persist(new CheckpointCommitted(m.Step, m.Refs, run.Window), e =>
         {
             journal.Apply(e);
-            // keep the last K commits' files (and never delete a file a kept commit names)
-            if (journal.Commits.Count > keep) setup.Store.DeleteAllExcept(journal.KeptParts(keep).Append(initial));
+            if (journal.Commits.Count > keep) setup.Store.DeleteAllExcept(journal.KeptParts(keep).Append(initial));   // never a kept commit's file
             log.Info("Committed checkpoint {0} ({1} owners)", e.Step, e.Manifest.Count);
             foreach (var x in Enumerable.Range(0, E)) registry[OwnerRegistry.ExpertId(x)]?.Tell(new Committed(e.Step));
             Context.Parent.Tell(Akka.Pattern.BackoffSupervisor.Reset.Instance);   // the journal works: failures in a row start again
@@ -498,36 +431,37 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             run.Committed(e.Step);
             Next();
         });
+        if (setup.Chaos.JournalRefusal(m.Step) is not { } r) { Journal(); return; }
+        Persist(r.fired, c =>
+        {
+            ChaosJournaled(c);
+            JournalSabotage.Refuse(Context.System.Settings.Config, r.period, s => log.Warning("Chaos: {0}", s));
+            Journal();
+        });
     }
 
-    /// <summary>At a step boundary with the step committed: stop the experts to move (a drain's: those on its node now),
-    /// create them on their new nodes, and restore every owner from that commit (nothing to replay).</summary>
+    /// <summary>The step is committed: stop the experts to move (a drain's: those on its node now), create them on their
+    /// new nodes, and restore every owner from that commit (nothing to replay).</summary>
     private void StartMove(PlannedMove planned)
     {
-        var mv = run.StartMove(planned.LeavingNode is null ? [] : placement.On(planned.LeavingNode));
-        foreach (var e in mv.Experts)
-        {
-            var id = OwnerRegistry.ExpertId(e);
-            if (registry[id] is { } actor)
-            {
-                Context.Unwatch(actor);
-                registry.Remove(id);
-                // its host stops it and forgets it, so the expert can come back to that node as a new instance
-                if (placement.Assigned.TryGetValue(e, out var node) && placement.HostAt(node) is { } host) host.Tell(new StopExpert(run.Step, setup.RunId, e));
-                else actor.Tell(PoisonPill.Instance);
-            }
-            placement.Unassign(e);
-        }
-        if (mv.LeavingNode is not null) placement.RemoveNode(mv.LeavingNode);
+        var mv = run.StartMove(planned.LeavingNode is null ? [] : Hosts.On(planned.LeavingNode));
+        fleet.Stop(mv.Experts, run.Step);
+        if (mv.LeavingNode is not null) Hosts.RemoveNode(mv.LeavingNode);
         log.Warning("{0}: moving experts [{1}] at committed step {2}", mv.What, string.Join(",", mv.Experts), run.Step);
         Go(Phase.Restoring);
         awaitingPlacement = mv.Experts.Count > 0;
-        if (awaitingPlacement) PlaceMissing(recover: false);                      // HandleExpertHosted restores once all are placed
-        else Restore();
+        if (!awaitingPlacement) { Restore(); return; }
+        PlaceMissing(recover: false);                                             // the last ExpertHosted restores
+        FailInMove(mv, MovePhase.Placement);
     }
 
-    /// <summary>The grown commit is on disk: journal the add with it (one event), then create the new experts and restore
-    /// every owner from it; the restore answers the operator.</summary>
+    /// <summary>A chaos schedule's fail-in-move: the owner it names throws as this move reaches this phase.</summary>
+    private void FailInMove(PlannedMove mv, MovePhase p)
+    {
+        if (setup.Chaos.InMove(mv.Number, p, run.Step) is { } owner) registry[owner]?.Tell(new Crash(run.Step, $"fails in the {p.ToString().ToLowerInvariant()} of planned move {mv.Number}"));
+    }
+
+    /// <summary>The grown commit is on disk: journal the add with it (one event), create the new experts, restore.</summary>
     private void AddGrown(Grown m)
     {
         if (m.Generation != run.Generation || run.Add is not { Started: true } a) return;  // a failure came first: taken again after it
@@ -537,7 +471,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             run.AddJournaled(e.Sources);
             hooks.OnCommit?.Invoke(e.Commit);
             log.Info("Committed checkpoint {0} with {1} experts ({2} owners)", e.Step, E, e.Commit.Manifest.Count);
-            if (a.Node.Length > 0) foreach (var x in Enumerable.Range(e.From, e.Sources.Count)) placement.Keep(x, a.Node);
+            if (a.Node.Length > 0) foreach (var x in Enumerable.Range(e.From, e.Sources.Count)) Hosts.Keep(x, a.Node);
             Go(Phase.Restoring);
             awaitingPlacement = true;
             PlaceMissing(recover: false);
@@ -558,25 +492,24 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         var target = journal.RestoreTarget(setup.Store.Verify, (c, e) => log.Warning("Commit {0} is unusable, falling back to the previous one: {1}", c.Step, e.Message));
         if (target is null)
         {
-            Fail($"no committed checkpoint of the {journal.Commits.Count} in the journal verifies" + (journal.Added.Count > 0
-                ? $" since the last add of experts (step {journal.Added[^1].Step}; older commits lack the added experts)" : "") + "; cannot restore", commitsUsable: false);
+            Fail(journal.NothingVerifies(), commitsUsable: false);
             return;
         }
-        awaitingPlacement = !AllPlaced;
+        awaitingPlacement = !fleet.AllPlaced(E);
         if (awaitingPlacement) return;                        // a lost expert is being placed again: restore it too
         UseExperts();                                         // a restarted trainer or router starts without them
-        int g = run.Generation;
-        var parts = target.Manifest.ToDictionary(r => r.Owner);
-        // the trainer may first have to abort its step, which can wait one ask timeout on an owner lost with its node
-        Task.WhenAll(registry.ParameterOwners(E).Select(o => o.actor.Ask<Restored>(new RestoreCheckpoint(target.Step, parts[o.id], g), 2 * setup.AskTimeout)))
-            .PipeTo(Self, success: _ => new RestoreDone(target.Step, g), failure: e => new OperationFailed(g, e));
+        if (run.Move is { Started: true } mv) FailInMove(mv, MovePhase.Restore);
+        int g = run.Generation;                               // the trainer may first abort its step: one ask timeout on a lost owner
+        OwnerCalls.Restore(registry.ParameterOwners(E), target, g, 2 * setup.AskTimeout)
+            .PipeTo(Self, success: () => new RestoreDone(target, g), failure: e => new OperationFailed(g, e));
     }
 
     /// <summary>Every owner restored: what the restore was for completes (a failure during an add or a move made it a
-    /// rollback too, and both complete all the same).</summary>
-    private void Restored(long step)
+    /// rollback as well, and the add or move completes all the same).</summary>
+    private void Restored(CheckpointCommitted target)
     {
-        var o = run.Restored(step);
+        long step = target.Step;
+        var o = run.Restored(step, target.Window);
         if (o.Added is { Sources: { } sources } a)
         {
             var added = Enumerable.Range(E - sources.Count, sources.Count).ToList();
@@ -589,22 +522,18 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             mv.Requester?.Tell(new NodeDrained(step, mv.LeavingNode ?? "", mv.Experts, ""));
             if (mv.LeavingNode is not null && InCluster) Cluster.Get(Context.System).Leave(Address.Parse(mv.LeavingNode));
         }
-        if (o.Recovery is { } record)
-        {
-            Persist(record, r =>
-            {
-                journal.Apply(r);
-                hooks.OnRecovery?.Invoke(r);
-                log.Warning("Recovered from {0}'s failure at step {1}: restored commit {2}, replaying {3} steps ({4:F0} ms)", r.Owner, r.Step, r.RestoredStep, r.StepsReplayed, r.DetectionToRecoveredMs);
-                Next();
-            });
-            return;
-        }
         if (o.Resume)
         {
             log.Info("Resumed from committed checkpoint {0}", step);
             hooks.OnResume?.Invoke(step);
         }
-        Next();
+        if (o.Recovery is not { } record) { Next(); return; }
+        Persist(record, r =>
+        {
+            journal.Apply(r);
+            hooks.OnRecovery?.Invoke(r);
+            log.Warning("Recovered from {0}'s failure at step {1}: restored commit {2}, replaying {3} steps ({4:F0} ms)", r.Owner, r.Step, r.RestoredStep, r.StepsReplayed, r.DetectionToRecoveredMs);
+            Next();
+        });
     }
 }

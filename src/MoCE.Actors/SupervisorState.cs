@@ -69,6 +69,14 @@ public sealed class SupervisorState(int configuredExperts)
         return null;
     }
 
+    /// <summary>Why no restore is possible: no commit verifies (since the last add).</summary>
+    public string NothingVerifies() => $"no committed checkpoint of the {commits.Count} in the journal verifies" + (added.Count > 0
+        ? $" since the last add of experts (step {added[^1].Step}; older commits lack the added experts)" : "") + "; cannot restore";
+
+    /// <summary>The error a run stops with: why, and what of its commits stays for a resume.</summary>
+    public string Stopping(string why, bool commitsUsable) => $"{why}. Stopping; " + (!commitsUsable ? "see the warnings above for each commit's bad file"
+        : LastCommit is not { } last ? "nothing was committed yet" : $"the last commit ({last.Step}) is intact: fix the cause and run again to resume from it") + ".";
+
     /// <summary>The files the last <paramref name="keep"/> commits name: what the store must keep.</summary>
     public IEnumerable<CheckpointRef> KeptParts(int keep) => commits.TakeLast(keep).SelectMany(c => c.Manifest)
         .Concat(Enumerable.Range(configuredExperts, Experts - configuredExperts).Select(e => BirthOf(e)!));   // what added experts start from

@@ -49,6 +49,7 @@ public sealed class TrainerActor : ReceiveActor
         Receive<MalformedFrame>(m => throw m.Failure(Sender));
         Receive<UseExperts>(m => experts = m.Experts);
         Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
+        Receive<Crash>(m => throw new InjectedFault(Name, m.Step, m.Reason));
         Receive<Checkpoint>(m =>
         {
             var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "trainer" });

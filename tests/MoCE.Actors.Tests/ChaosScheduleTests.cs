@@ -98,6 +98,21 @@ public class ChaosScheduleTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHe
         Assert.Contains("chaos.events[0].stpe", Error("{ kind = fail, owner = router, step = 1, stpe = 2 }"));
         Assert.Contains("chaos.events[0].message", Error("{ kind = drop, owner = expert-0, step = 1, message = apply }"));
         Assert.Contains("chaos.events[0].kind", Error("{ kind = meteor, owner = expert-0, step = 1 }"));
+        Assert.Contains("chaos.events[0].owner", Error("{ kind = fail-in-move, move = 1, phase = cut, owner = expert-0 }"));
+        Assert.Contains("chaos.events[0].phase", Error("{ kind = fail-in-move, move = 1, phase = apply, owner = router }"));
+    }
+
+    [Fact]
+    public void A_fail_in_move_fires_once_for_its_move_and_phase()
+    {
+        var plan = ChaosSchedule.Parse(Akka.Configuration.ConfigurationFactory.ParseString(
+            "chaos { events = [ { kind = fail-in-move, move = 2, phase = restore, owner = router } ] }"));
+        Assert.False(plan.IsEmpty);
+        Assert.Null(plan.InMove(1, MovePhase.Restore, 10));                      // another move
+        Assert.Null(plan.InMove(2, MovePhase.Cut, 10));                          // another phase
+        Assert.Equal("router", plan.InMove(2, MovePhase.Restore, 20));
+        Assert.Null(plan.InMove(2, MovePhase.Restore, 20));                      // once
+        Assert.Equal(new Messages.ChaosFired(20, "router", "fail-in-move", "throws in the restore of planned move 2"), Assert.Single(plan.Events));
     }
 }
 

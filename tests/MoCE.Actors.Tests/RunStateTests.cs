@@ -234,4 +234,23 @@ public class RunStateTests
         Assert.Equal([10L, 16L], add.Tokens);                                    // 5+5 and 1+1+7+7, not 5×4 and 1×4+7+7
         Assert.Equal([1], add.Sources);
     }
+
+    /// <summary>A fresh process resumes with the commit's token window, so its add splits what the long-lived run's did.</summary>
+    [Fact]
+    public void A_restore_takes_the_commit_s_token_window()
+    {
+        var run = New(every: 3);
+        for (int i = 0; i < 5; i++) Complete(run, i, 1);
+        var window = run.Window;
+        Assert.Equal([2L, 3L, 4L], window.Select(t => t.Step));                  // the last checkpoint-every steps
+        var fresh = New(every: 3);
+        fresh.Restored(5, window);
+        Assert.Equal(window, fresh.Window);
+        Assert.Null(fresh.AddExperts(new AddExperts(5, 1, "", -1), null, true, false, Hosts));
+        Assert.Equal([9L, 3L], Assert.IsType<AddNow>(Boundary(fresh, 5)).Tokens);     // 2+3+4 and 1+1+1
+        fresh.Restored(5, []);                                                   // a grown commit: nothing counted yet
+        Assert.Empty(fresh.Window);
+        fresh.Restored(5);                                                       // a commit of body version 1: the window stays
+        Assert.Empty(fresh.Window);
+    }
 }

@@ -1,3 +1,4 @@
+using Akka.Actor;
 using MoCE.Core.Config;
 using MoCE.Core.Tests;
 using MoCE.Core.Training;
@@ -12,11 +13,18 @@ public sealed class SparseBaseline : MoceFixture
 {
     public static readonly MoeConfig Sparse = MoceFixture.Moe with { Experts = 6, Layers = [0, 1] };
     public const long Steps = 30, Every = 5;
+    /// <summary>Every run adds two experts at step 17 (not a commit step), split from the busiest by the tokens of steps
+    /// 12..16. The second source depends on the whole window (steps 15 and 16 alone pick another), so a process resumed
+    /// or rolled back inside it must count it as the uninterrupted run did: the commits journal the window.</summary>
+    public const long AddAt = 17;
+    public static Messages.AddExperts Add => new(-1, 2, "", AtStep: AddAt);
     public static TrainConfig Train => Tiny.Train(steps: Steps);
 
     private readonly Lazy<ActorRun> run;
     /// <summary>The uninterrupted actor run: every step's loss, its routing, its final commit.</summary>
     public ActorRun Run => run.Value;
+    /// <summary>The experts the uninterrupted run split at its add.</summary>
+    public IReadOnlyList<int> AddedFrom { get; private set; } = [];
     public Dictionary<string, Tensor> Final => final.Value;
     private readonly Lazy<Dictionary<string, Tensor>> final;
 
@@ -25,11 +33,19 @@ public sealed class SparseBaseline : MoceFixture
         run = new(() =>
         {
             var r = new ActorRun(this, Sparse, Train);
-            Assert.Equal(Steps, r.Run(until: Steps, checkpointEvery: Every).Step);
+            Task<Messages.ExpertsAddedReply>? reply = null;
+            Assert.Equal(Steps, r.Run(until: Steps, checkpointEvery: Every, started: s => reply = s.Ask<Messages.ExpertsAddedReply>(Add, r.Timeout)).Step);
+            var answer = Answer(reply!, r.Timeout, "the baseline");
+            Assert.True(answer is { Error: "", Step: AddAt, Added: [6, 7] }, $"the baseline's add: {answer}");
+            AddedFrom = answer.Sources;
             return r;
         });
         final = new(() => Run.CommittedWeights(Steps));
     }
+
+    /// <summary>The answer to an add, within the bound.</summary>
+    public static Messages.ExpertsAddedReply Answer(Task<Messages.ExpertsAddedReply> reply, TimeSpan bound, string who) =>
+        reply.Wait(bound) ? reply.Result : throw new TimeoutException($"{who}: the add was not answered within {bound.TotalSeconds:F0} s");
 
     /// <summary>(block, expert) pairs with no rows in a step's routing.</summary>
     public static IEnumerable<(int block, int expert)> Idle(IReadOnlyList<ExpertStat> routing) =>
@@ -40,8 +56,8 @@ public sealed class SparseBaseline : MoceFixture
 /// from its seed, stops the run (a commit at the stop, then a fresh actor system resumes it, as a new process would)
 /// and injects failures in each phase of a step (an expert failing on entry, after its backward, after its update, or
 /// after writing its part of a cut; the trainer, the router or the teacher failing on entry), each recovered by a
-/// global rollback. Every step's loss, replays included, and the final weights must equal the uninterrupted run's bit
-/// for bit; and after every restore point some expert had no rows before the next commit (else the schedule would
+/// global rollback; and every process that starts before step 17 asks for two experts to be added there. Every step's
+/// loss, replays included, and the final weights must equal the uninterrupted run's bit for bit; and after every restore point some expert had no rows before the next commit (else the schedule would
 /// not test what it is for). CI runs 20 schedules; <c>MOCE_RESTORE_SCHEDULES=200</c> runs more (docs/BENCHMARKS.md).</summary>
 public class SparseRestoreTests(SparseBaseline fx) : IClassFixture<SparseBaseline>
 {
@@ -89,6 +105,7 @@ public class SparseRestoreTests(SparseBaseline fx) : IClassFixture<SparseBaselin
         var id = "sparse-" + Guid.NewGuid().ToString("N")[..12];
         var pending = new List<Fault>(faults);
         var restorePoints = new List<(long step, string why)>();
+        var adds = new List<Messages.ExpertsAddedReply>();
         var processes = new List<ActorRun>();
         var log = new List<string>();
         long at = 0;
@@ -100,8 +117,15 @@ public class SparseRestoreTests(SparseBaseline fx) : IClassFixture<SparseBaselin
             foreach (var f in pending.Where(f => f.Step >= at)) chaos.FailAt(f.Owner, f.Step, phase: f.Phase);
             using var cts = new CancellationTokenSource();
             var run = new ActorRun(fx, SparseBaseline.Sparse, SparseBaseline.Train) { RunDir = dir, RunId = id };
+            Task<Messages.ExpertsAddedReply>? add = null;                          // every process that starts before the add asks for it
             var done = run.Run(until: SparseBaseline.Steps, checkpointEvery: SparseBaseline.Every, chaos, ct: cts.Token,
-                               afterStep: s => { if (s == stopAt) cts.Cancel(); });
+                               afterStep: s => { if (s == stopAt) cts.Cancel(); },
+                               started: at < SparseBaseline.AddAt ? s => add = s.Ask<Messages.ExpertsAddedReply>(SparseBaseline.Add, run.Timeout) : (Action<IActorRef>?)null);
+            if (add is not null && SparseBaseline.Answer(add, run.Timeout, $"seed {seed}") is var reply)
+            {
+                if (reply.Error == "") adds.Add(reply);
+                else Assert.Contains("before the add", reply.Error);                // this process stopped first
+            }
             foreach (var (owner, step) in chaos.Fired) pending.RemoveAll(f => f.Owner == owner && f.Step == step);
             foreach (var r in run.Resumes) restorePoints.Add((r, "resume"));
             foreach (var r in done.Recoveries.Where(r => r.Policy == "global-rollback" && r.Step >= at)) restorePoints.Add((r.RestoredStep, $"rollback after {r.Owner}"));
@@ -115,6 +139,11 @@ public class SparseRestoreTests(SparseBaseline fx) : IClassFixture<SparseBaselin
             at = done.Step;
             if (process > 0) Assert.Contains(run.Resumes, r => r < SparseBaseline.Steps);
         }
+        // the add happened once, at its step, splitting the experts the uninterrupted run split
+        var added = Assert.Single(adds);
+        Assert.Equal(SparseBaseline.AddAt, added.Step);
+        Assert.Equal([6, 7], added.Added);
+        Assert.Equal(fx.AddedFrom, added.Sources);
         Assert.Equal(0.0, ActorRun.MaxAbsDiff(fx.Final, new ActorRun(fx, SparseBaseline.Sparse, SparseBaseline.Train) { RunDir = dir, RunId = id }.CommittedWeights(SparseBaseline.Steps)));
 
         // the mechanism: the schedule restored (a resume after each stop, a rollback after each fault that fired), and

@@ -413,6 +413,50 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         AssertEqualsOneProcess(c.Run, "a schedule's node kill and router failure");
     }
 
+    /// <summary>A failure in each phase of a planned move. Move 1, the rebalance onto a node that joins, has the router
+    /// fail in its cut: the rollback replays to the boundary, which commits again and moves. Move 2, the drain of expert
+    /// node 1, has the trainer fail while its experts are placed on the other nodes; move 3, the drain of the node that
+    /// joined, has the router fail in the restore. In both the rollback's restore completes the move. Each move
+    /// completes, each later drain is accepted, each drained node leaves, and the run equals the uninterrupted one.</summary>
+    [Fact]
+    public void A_failure_in_the_cut_placement_or_restore_of_a_move_completes_it_and_the_run_equals_an_uninterrupted_one()
+    {
+        var schedule = Path.Combine(Path.GetTempPath(), "moce-tests", $"chaos-{Guid.NewGuid():N}.conf");
+        Directory.CreateDirectory(Path.GetDirectoryName(schedule)!);
+        using var c = StartWithSchedule(schedule, _ =>
+            "chaos { events = [\n" +
+            "  { kind = fail-in-move, move = 1, phase = cut, owner = router }\n" +
+            "  { kind = fail-in-move, move = 2, phase = placement, owner = trainer }\n" +
+            "  { kind = fail-in-move, move = 3, phase = restore, owner = router }\n" +
+            "] }\n");
+        c.C1.WaitFor(@"\[actors\] step 10/150", RunTimeout);
+        int port = MoCE.Actors.ClusterNode.FreeLoopbackPort();
+        using var x3 = new Node("expert node 3", ["--roles", "experts", "--port", port.ToString(), "--seeds", $"127.0.0.1:{c.Ports[0]}",
+            "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby]);
+        c.C1.WaitFor(@"Chaos at step \d+: router fail-in-move \(throws in the cut of planned move 1\)", RunTimeout);
+        c.C1.WaitFor(@"Recovered from router's failure", RunTimeout);
+        var rebalanced = c.C1.WaitFor($@"rebalance onto \S+:{port}: experts \[([\d,]+)\] moved, restored from commit (\d+)", RunTimeout);
+        output.WriteLine(rebalanced.Value);
+
+        void Drain(Node node, int nodePort, int move, string owner, string phase)
+        {
+            var (code, said) = Moce(["node", "drain", $"127.0.0.1:{nodePort}", "--seeds", $"127.0.0.1:{c.Ports[0]}"]);
+            Assert.True(code == 0, said);                                        // accepted: the earlier move is not "under way"
+            Assert.Matches(@"drained \S+: experts \[[^\]]+\] moved, restored from commit \d+", said);
+            Assert.Matches($@"Chaos at step \d+: {owner} fail-in-move \(throws in the {phase} of planned move {move}\)", c.C1.Output);
+            Assert.True(node.WaitForExit(LeaveTimeout) == 0, node.Tail);
+            Assert.Contains("Left the cluster (drained)", node.Output);
+            output.WriteLine(Regex.Match(said, @"drained .*").Value);
+        }
+        Drain(c.X1, c.Ports[2], 2, "trainer", "placement");
+        Drain(x3, port, 3, "router", "restore");
+        Assert.Equal(3, Regex.Matches(c.C1.Output, @"Recovered from (router|trainer)'s failure").Count);
+        Finish(c, killed: c.X1);
+        foreach (var line in c.C1.Output.Split('\n').Where(l => Regex.IsMatch(l, "Committed|moved|moving|Draining|joined|Chaos|Resumed|Recovered|failed")))
+            output.WriteLine(line.TrimEnd());
+        AssertEqualsOneProcess(c.Run, "a failure in each phase of three moves");
+    }
+
     /// <summary><see cref="Start"/> with a chaos schedule for the coordinators, written once the ports are drawn.</summary>
     private Cluster StartWithSchedule(string file, Func<int[], string> schedule)
     {

@@ -29,6 +29,10 @@ public sealed record Committed(long Step) : IStepMessage;
 public sealed record RestoreCheckpoint(long Step, CheckpointRef Ref, int Generation = 0) : IStepMessage;
 public sealed record Restored(long Step, string Owner) : IStepMessage;
 
+/// <summary>Command (a chaos schedule's fail-in-move): throw now, as a failing owner does; its supervisor restarts it and
+/// the run recovers. Sent by the supervisor when a planned move reaches the phase the schedule names.</summary>
+public sealed record Crash(long Step, string Reason) : IStepMessage;
+
 /// <summary>Command: step s failed elsewhere; zero the gradients and drop the step's autograd state.</summary>
 public sealed record AbortStep(long Step) : IStepMessage;
 public sealed record StepAborted(long Step, string Owner) : IStepMessage;

@@ -24,8 +24,18 @@ public sealed record RunFinished(long Step, IReadOnlyList<RecoveryRecord> Recove
 
 // ---- persisted events (journal) -------------------------------------------------------------------------------
 
-/// <summary>Event: a consistent checkpoint after step s, with every owner's file. Only this makes a checkpoint count.</summary>
-public sealed record CheckpointCommitted(long Step, IReadOnlyList<CheckpointRef> Manifest) : IStepMessage;
+/// <summary>Event: a consistent checkpoint after step s, with every owner's file. Only this makes a checkpoint count.
+/// Window: the tokens each expert got in the steps before it (at most checkpoint-every of them, since the last add), so
+/// that an add after a resume splits the experts it would have split without the stop; null in a journal written
+/// before this field existed (body version 1).</summary>
+public sealed record CheckpointCommitted(long Step, IReadOnlyList<CheckpointRef> Manifest, IReadOnlyList<RoutedTokens>? Window = null) : IStepMessage;
+
+/// <summary>The tokens routed to each expert (all MoE blocks together) in step s. Equal by value.</summary>
+public sealed record RoutedTokens(long Step, IReadOnlyList<long> Tokens)
+{
+    public bool Equals(RoutedTokens? other) => other is not null && Step == other.Step && Tokens.SequenceEqual(other.Tokens);
+    public override int GetHashCode() => HashCode.Combine(Step, Tokens.Count);
+}
 
 /// <summary>Event: an injected fault fired (a chaos schedule): at Step, on Owner, what Kind (fail, straggler, drop,
 /// duplicate, delay, corrupt-checkpoint, journal-refuses, fail-creation) and what it did.</summary>

@@ -20,8 +20,8 @@ namespace MoCE.Actors.Wire;
 public sealed class WireSerializer : SerializerWithStringManifest
 {
     public const int Id = 4711;
-    /// <summary>Body format version written by this build.</summary>
-    public const byte BodyVersion = 1;
+    /// <summary>Body format version written by this build. 2: a commit carries its token window.</summary>
+    public const byte BodyVersion = 2;
 
     private delegate object ReadBody(ref WireReader r, byte version);
     private readonly Dictionary<Type, (string manifest, Action<WireWriter, object> write)> writers = [];
@@ -44,6 +44,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
         Add<Checkpoint>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new Checkpoint(r.I64()));
         Add<CheckpointWritten>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new CheckpointWritten(r.I64(), Ref(ref r)));
         Add<Committed>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new Committed(r.I64()));
+        Add<Crash>((w, m) => { w.I64(m.Step); w.Str(m.Reason); }, (ref WireReader r, byte _) => new Crash(r.I64(), r.Str()));
         Add<RestoreCheckpoint>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); w.I32(m.Generation); }, (ref WireReader r, byte _) => new RestoreCheckpoint(r.I64(), Ref(ref r), r.I32()));
         Add<Restored>((w, m) => { w.I64(m.Step); w.Str(m.Owner); }, (ref WireReader r, byte _) => new Restored(r.I64(), r.Str()));
         Add<AbortStep>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new AbortStep(r.I64()));
@@ -141,13 +142,13 @@ public sealed class WireSerializer : SerializerWithStringManifest
         Add<ExpertLost>((w, m) => { w.I64(m.Step); w.I32(m.Expert); }, (ref WireReader r, byte _) => new ExpertLost(r.I64(), r.I32()));
 
         // journal events and snapshots
-        Add<CheckpointCommitted>(Commit, (ref WireReader r, byte _) => Commit(ref r));
+        Add<CheckpointCommitted>(Commit, (ref WireReader r, byte v) => Commit(ref r, v));
         Add<ExpertsSlow>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.I32(m.Block); IntList(w, m.Experts); w.F64(m.WaitedMs); },
             (ref WireReader r, byte _) => new ExpertsSlow(r.I64(), r.I32(), r.I32(), IntList(ref r), r.F64()));
         Add<ChaosFired>((w, m) => { w.I64(m.Step); w.Str(m.Owner); w.Str(m.Kind); w.Str(m.Detail); },
             (ref WireReader r, byte _) => new ChaosFired(r.I64(), r.Str(), r.Str(), r.Str()));
         Add<ExpertsAdded>((w, m) => { w.I64(m.Step); w.I32(m.From); IntList(w, m.Sources); w.Str(m.Node); Commit(w, m.Commit); },
-            (ref WireReader r, byte _) => new ExpertsAdded(r.I64(), r.I32(), IntList(ref r), r.Str(), Commit(ref r)));
+            (ref WireReader r, byte v) => new ExpertsAdded(r.I64(), r.I32(), IntList(ref r), r.Str(), Commit(ref r, v)));
         Add<RecoveryRecord>(Recovery, (ref WireReader r, byte _) => Recovery(ref r));
         Add<ExpertActor.ExpertSnapshot>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new ExpertActor.ExpertSnapshot(r.I64(), Ref(ref r)));
     }
@@ -225,13 +226,32 @@ public sealed class WireSerializer : SerializerWithStringManifest
         w.I64(m.Step);
         w.U32((uint)m.Manifest.Count);
         foreach (var p in m.Manifest) Ref(w, p);
+        w.U8(m.Window is null ? (byte)0 : (byte)1);
+        if (m.Window is null) return;
+        w.U32((uint)m.Window.Count);
+        foreach (var t in m.Window)
+        {
+            w.I64(t.Step);
+            w.U32((uint)t.Tokens.Count);
+            foreach (var n in t.Tokens) w.I64(n);
+        }
     }
-    private static CheckpointCommitted Commit(ref WireReader r)
+
+    private static CheckpointCommitted Commit(ref WireReader r, byte version)
     {
         long step = r.I64();
         var parts = new CheckpointRef[r.Count(20)];
         for (int i = 0; i < parts.Length; i++) parts[i] = Ref(ref r);
-        return new CheckpointCommitted(step, parts);
+        if (version < 2 || r.U8() == 0) return new CheckpointCommitted(step, parts);
+        var window = new RoutedTokens[r.Count(12)];
+        for (int i = 0; i < window.Length; i++)
+        {
+            long s = r.I64();
+            var tokens = new long[r.Count(8)];
+            for (int e = 0; e < tokens.Length; e++) tokens[e] = r.I64();
+            window[i] = new RoutedTokens(s, tokens);
+        }
+        return new CheckpointCommitted(step, parts, window);
     }
 
     private static void IntList(WireWriter w, IReadOnlyList<int> list)
