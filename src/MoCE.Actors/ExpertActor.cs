@@ -79,9 +79,9 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         Recover<SnapshotOffer>(o => lastSnapshot = (ExpertSnapshot)o.Snapshot);
         Command<ExpertForward>(HandleForward);
         Command<ExpertBackward>(HandleBackward);
-        Command<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
-        Command<Apply>(HandleApply);
-        Command<Checkpoint>(HandleCheckpoint);
+        Command<GetSquaredGradNorm>(m => { if (Current(m, m.Generation)) Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())); });
+        Command<Apply>(m => { if (Current(m, m.Generation)) HandleApply(m); });
+        Command<Checkpoint>(m => { if (Current(m, m.Generation)) HandleCheckpoint(m); });
         Command<RestoreCheckpoint>(HandleRestore);
         Command<MalformedFrame>(m => { var e = m.Failure(Sender); Sender.Tell(new Status.Failure(new InvalidDataException(e.Message))); throw e; });   // the step fails now
         Command<Committed>(m => { if (written?.Step == m.Step) Snapshot(written); });
@@ -155,6 +155,15 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             Sender.Tell(new ExpertInputGrad(m.Step, m.Generation, m.Block, expert, input.grad!.detach().MoveToOuterDisposeScope()));
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
+    }
+
+    /// <summary>False (and logged) for a message of an attempt older than the newest this expert has seen: a sender of an
+    /// abandoned attempt, or of a supervisor that has since started again, is not answered.</summary>
+    private bool Current(IStepMessage m, int generation)
+    {
+        if (generation >= attempt.generation) return true;
+        log.Warning("{0} ignores {1} of step {2}: generation {3} is older than {4}", Name, m.GetType().Name, m.Step, generation, attempt.generation);
+        return false;
     }
 
     /// <summary>False for a message of an older attempt or a duplicate of this attempt's.</summary>

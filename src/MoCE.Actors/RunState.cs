@@ -79,7 +79,9 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
     public IReadOnlySet<int> Down => outages.Keys.ToHashSet();
     /// <summary>Out of a cut: an expert restoring (expert-local). A straggler sitting out is alive and writes its part.</summary>
     public bool OutOfCut(int expert) => outages.TryGetValue(expert, out var o) && o.Kind == OutageKind.Failed;
-    public int Advance() => ++Generation;
+    /// <summary>This supervisor is the <paramref name="number"/>-th start of the run: its generations begin above every
+    /// earlier start's (2^20 per start; the 2048th start of one run overflows, and says so).</summary>
+    public void Incarnated(int number) => Generation = checked(number * (1 << 20));
 
     public void Started(long end) => End = end;
 

@@ -81,6 +81,14 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Recover<RecoveryRecord>(journal.Apply);
         Recover<ExpertsAdded>(journal.Apply);
         Recover<ChaosFired>(journal.Apply);
+        Recover<Incarnation>(journal.Apply);
+        // the first thing a supervisor does is journal its start: its generations begin above every earlier one's
+        Recover<RecoveryCompleted>(_ => Persist(new Incarnation(0, journal.Incarnations + 1), e =>
+        {
+            journal.Apply(e);
+            run.Incarnated(e.Number);
+            log.Info("Supervisor start {0} of this run: generations from {1}", e.Number, run.Generation);
+        }));
         Always();                                                    // placing
     }
 
@@ -404,7 +412,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         bool Out((string id, IActorRef _) o) => SupervisorState.ExpertIndex(o.id) is { } e && run.OutOfCut(e);
         var absent = owners.Where(Out).Select(o => journal.LastCommit!.Manifest.Single(r => r.Owner == o.id)).ToArray();
         if (run.Move is { Started: false } mv) FailInMove(mv, MovePhase.Cut);
-        OwnerCalls.Checkpoint(owners.Where(o => !Out(o)), s, setup.Store, setup.AskTimeout)
+        OwnerCalls.Checkpoint(owners.Where(o => !Out(o)), s, g, setup.Store, setup.AskTimeout)
             .PipeTo(Self, success: r => new CutDone(s, g, [.. r, .. absent]), failure: e => new OperationFailed(g, e.GetBaseException()));
     }
 

@@ -13,6 +13,9 @@ public sealed class SupervisorState(int configuredExperts)
     private readonly List<ExpertsAdded> added = [];
     private readonly List<ChaosFired> chaos = [];
 
+    /// <summary>How many times a supervisor of this run started (the last <see cref="Incarnation"/>).</summary>
+    public int Incarnations { get; private set; }
+
     /// <summary>Injected faults that fired (a chaos schedule), oldest first.</summary>
     public IReadOnlyList<ChaosFired> Chaos => chaos;
 
@@ -38,6 +41,7 @@ public sealed class SupervisorState(int configuredExperts)
             case CheckpointCommitted c: commits.Add(c); break;
             case RecoveryRecord r: recoveries.Add(r); break;
             case ChaosFired c: chaos.Add(c); break;
+            case Incarnation i: Incarnations = i.Number; break;
             case ExpertsAdded a:
                 if (a.From != Experts) throw new InvalidDataException($"the add at step {a.Step} starts at expert {a.From}, but the run has {Experts}");
                 added.Add(a);

@@ -166,13 +166,13 @@ public sealed class TrainerActor : ReceiveActor
 
         // clip by the global norm: every owner reports its share of Σ‖g‖²
         var others = experts.Where((_, e) => !m.Down.Contains(e)).Append(router).ToList();   // a recovering expert sits out
-        var asked = Task.Run(() => Task.WhenAll(others.Select(a => Request<SquaredGradNormResponse>(a, new GetSquaredGradNorm(s)))));
+        var asked = Task.Run(() => Task.WhenAll(others.Select(a => Request<SquaredGradNormResponse>(a, new GetSquaredGradNorm(s, m.Generation)))));
         double own = owner.SquaredGradNorm();                                         // while the others compute theirs
         var norms = Wait(() => asked);
         double norm = Math.Sqrt(own + norms.Sum(n => n.Value));
         double lr = LrSchedule.At(s, setup.Train);
         double clip = AdamW.ClipScale(norm, setup.Train.ClipGrad);
-        var applied = Task.Run(() => Task.WhenAll(others.Select(a => Request<StepApplied>(a, new Apply(s, lr, clip)))));
+        var applied = Task.Run(() => Task.WhenAll(others.Select(a => Request<StepApplied>(a, new Apply(s, lr, clip, m.Generation)))));
         owner.Apply(lr, clip);                                                       // overlaps the others' updates
         // not Wait: once the trainer has applied, the step cannot be retried without it, so an owner lost now (the
         // supervisor cancels) fails the trainer itself, and the run rolls back globally

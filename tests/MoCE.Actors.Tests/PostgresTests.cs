@@ -47,14 +47,15 @@ public class PostgresTests(MoceFixture fx) : IClassFixture<MoceFixture>
 
         Assert.Single(chaos.Fired);
         Assert.False(File.Exists(Path.Combine(run.RunDir, "journal.db")));         // the journal is not the embedded one
-        // the injected fault is journaled as it fires, before the recovery from it
-        Assert.Equal(["CheckpointCommitted", "CheckpointCommitted", "ChaosFired", "RecoveryRecord", "CheckpointCommitted"], Events($"{run.RunId}-supervisor"));
-        Assert.Equal(["CheckpointCommitted", "CheckpointCommitted"], Events($"{other.RunId}-supervisor"));
+        // the supervisor's start comes first; the injected fault is journaled as it fires, before the recovery from it
+        Assert.Equal(["Incarnation", "CheckpointCommitted", "CheckpointCommitted", "ChaosFired", "RecoveryRecord", "CheckpointCommitted"], Events($"{run.RunId}-supervisor"));
+        Assert.Equal(["Incarnation", "CheckpointCommitted", "CheckpointCommitted"], Events($"{other.RunId}-supervisor"));
 
         // a new engine (a restarted process) on the same run recovers its commits from PostgreSQL and resumes at 20
         var resumed = new ActorRun(fx, Moe, train) { Akka = Postgres, RunDir = run.RunDir, RunId = run.RunId };
         Assert.Equal(30, resumed.Run(until: 30, checkpointEvery: 10).Step);
         Assert.Equal(20, resumed.Losses.Keys.First());
+        Assert.Equal(2, Events($"{run.RunId}-supervisor").Count(e => e == "Incarnation"));   // its second start: generations above the first's
         var reference = resumed.Reference(out var losses);
         Assert.True(ActorRun.MaxAbsDiff(reference, resumed.CommittedWeights(30)) <= 1e-5);
         Assert.Equal(losses[25], resumed.Losses[25], 5);

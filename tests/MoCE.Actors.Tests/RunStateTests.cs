@@ -253,4 +253,18 @@ public class RunStateTests
         fresh.Restored(5);                                                       // a commit of body version 1: the window stays
         Assert.Empty(fresh.Window);
     }
+
+    /// <summary>A supervisor that starts again begins its generations above every one of the earlier start's.</summary>
+    [Fact]
+    public void Generations_of_a_later_supervisor_start_exceed_every_earlier_one()
+    {
+        var first = New(RecoveryPolicy.ExpertLocal);
+        first.Incarnated(1);
+        for (int i = 0; i < 1000; i++) first.Decide(new Fault(["expert-0"], FaultKind.Slow, "slow", 0), training: true);   // generations grow
+        var second = New();
+        second.Incarnated(2);
+        Assert.True(second.Generation > first.Generation, $"{second.Generation} ≤ {first.Generation}");
+        Assert.Equal(2 << 20, second.Generation);
+        Assert.Throws<OverflowException>(() => New().Incarnated(2048));
+    }
 }

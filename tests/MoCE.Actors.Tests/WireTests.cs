@@ -98,8 +98,8 @@ public sealed class WireTests : IDisposable
         var rec = new RecoveryRecord(23, "expert-1", "global-rollback", "chaos: ünïcode", 20, 3, 812.5, 7, 2);
         return
         [
-            new GetSquaredGradNorm(5), new SquaredGradNormResponse(5, "router", 0.125), new Apply(5, 1e-4, 0.5), new StepApplied(5, "expert-0"),
-            new Checkpoint(40), new CheckpointWritten(40, r), new Committed(40), new Crash(40, "chaos"), new RestoreCheckpoint(40, r, 3), new Restored(40, "trainer"),
+            new GetSquaredGradNorm(5, 3), new SquaredGradNormResponse(5, "router", 0.125), new Apply(5, 1e-4, 0.5, 3), new StepApplied(5, "expert-0"),
+            new Checkpoint(40, 1 << 20), new CheckpointWritten(40, r), new Committed(40), new Crash(40, "chaos"), new RestoreCheckpoint(40, r, 3), new Restored(40, "trainer"),
             new AbortStep(6), new StepAborted(6, "expert-3"),
             new ExpertForward(7, 2, 1, T(5, 4, 8)), new ExpertOutput(7, 2, 1, 3, T(5, 4, 8)),
             new ExpertBackward(7, 2, 1, T(5, 4, 8)), new ExpertInputGrad(7, 2, 1, 3, T(5, 4, 8)),
@@ -111,7 +111,7 @@ public sealed class WireTests : IDisposable
             new StepCompleted(10, new StepStats(10, 0.5, 1e-4, 2.5, 16), [new ExpertStat(1, 0, 64, 0.25, 0.7), new ExpertStat(1, 1, 0, 0, 0.7)], 3),
             new StepFailed(10, 4, "another owner failed"), new ExpertRecovered(20, 2), new GetRunStatus(0), new RunStatusResponse(30, 20, [rec]),
             new RunFinished(30, [rec, rec with { Owner = "router" }]), new SupervisorActor.Start(100), new SupervisorActor.StopAndCommit(),
-            new CheckpointCommitted(40, [r, r with { Owner = "trainer" }], [new RoutedTokens(38, [5, 0, 11]), new RoutedTokens(39, [0, 16, 0])]), rec, new ExpertActor.ExpertSnapshot(40, r),
+            new CheckpointCommitted(40, [r, r with { Owner = "trainer" }], [new RoutedTokens(38, [5, 0, 11]), new RoutedTokens(39, [0, 16, 0])]), rec, new Incarnation(0, 3), new ExpertActor.ExpertSnapshot(40, r),
             new GetHostInfo(3), new HostInfo(3, "akka.tcp://moce@127.0.0.1:4051", ["cpu", "cuda:1"], ["run-1/2"]), new HostExpert(3, 2, spec, true),
             new ExpertHosted(3, 2, actor, "akka.tcp://moce@127.0.0.1:4051", "cuda:1"), new OwnerFailure(-1, "expert-2", "chaos", true),
             new UseExperts(4, [actor, actor]), new ExpertLost(4, 1), new GetExperts(-1), new StopExpert(5, "run-1", 2),

@@ -8,18 +8,22 @@ namespace MoCE.Actors.Messages;
 /// <summary>A message about one training step.</summary>
 public interface IStepMessage { long Step { get; } }
 
+// Generation: the attempt (of the step, or of the cut) the message belongs to. Generations grow within a supervisor
+// and across its starts (Incarnation), so an expert, which outlives a supervisor on its host, ignores a message of an
+// attempt older than the newest it has seen: one held back across a rollback or a supervisor's restart.
+
 /// <summary>Query: this owner's Σ‖g‖² for step s, its share of the global gradient norm.</summary>
-public sealed record GetSquaredGradNorm(long Step) : IStepMessage;
+public sealed record GetSquaredGradNorm(long Step, int Generation = 0) : IStepMessage;
 public sealed record SquaredGradNormResponse(long Step, string Owner, double Value) : IStepMessage;
 
 /// <summary>Command: scale the gradients by the global clip coefficient, take one AdamW step with lr, zero the
 /// gradients and free the step's autograd state. Step s is complete when every owner has acknowledged.</summary>
-public sealed record Apply(long Step, double Lr, double ClipScale) : IStepMessage;
+public sealed record Apply(long Step, double Lr, double ClipScale, int Generation = 0) : IStepMessage;
 public sealed record StepApplied(long Step, string Owner) : IStepMessage;
 
 /// <summary>Command: write weights and optimizer state for the cut after step s (s steps done) to the checkpoint
 /// store. The reply carries the content-addressed file. Written is not committed: the cut may still fail.</summary>
-public sealed record Checkpoint(long Step) : IStepMessage;
+public sealed record Checkpoint(long Step, int Generation = 0) : IStepMessage;
 public sealed record CheckpointWritten(long Step, CheckpointRef Ref) : IStepMessage;
 /// <summary>Notice from the supervisor: the cut after step s is journaled. An expert makes its part of it its own
 /// snapshot, what it comes back to on its own under expert-local; a part of a cut that never committed never is.</summary>

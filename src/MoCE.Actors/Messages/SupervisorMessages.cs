@@ -37,6 +37,11 @@ public sealed record RoutedTokens(long Step, IReadOnlyList<long> Tokens)
     public override int GetHashCode() => HashCode.Combine(Step, Tokens.Count);
 }
 
+/// <summary>Event: the supervisor started, its Number-th start over this run's journal (persisted before it does
+/// anything else). Its generations begin at Number × 2^20, above those of every earlier start, so an owner that
+/// outlives a supervisor (an expert on its host) tells a message of the earlier one from a current one.</summary>
+public sealed record Incarnation(long Step, int Number) : IStepMessage;
+
 /// <summary>Event: an injected fault fired (a chaos schedule): at Step, on Owner, what Kind (fail, straggler, drop,
 /// duplicate, delay, corrupt-checkpoint, journal-refuses, fail-creation) and what it did.</summary>
 public sealed record ChaosFired(long Step, string Owner, string Kind, string Detail) : IStepMessage;

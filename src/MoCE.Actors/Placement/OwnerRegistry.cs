@@ -41,8 +41,8 @@ public static class OwnerCalls
 {
     /// <summary>The owners write their parts of the cut after step s; a part counts only once its file reads back with its
     /// hash, so a commit never names a bad file.</summary>
-    public static Task<CheckpointRef[]> Checkpoint(IEnumerable<(string id, IActorRef actor)> owners, long step, ICheckpointStore store, TimeSpan timeout) =>
-        Task.WhenAll(owners.Select(o => o.actor.Ask<CheckpointWritten>(new Checkpoint(step), timeout))).ContinueWith(t =>
+    public static Task<CheckpointRef[]> Checkpoint(IEnumerable<(string id, IActorRef actor)> owners, long step, int generation, ICheckpointStore store, TimeSpan timeout) =>
+        Task.WhenAll(owners.Select(o => o.actor.Ask<CheckpointWritten>(new Checkpoint(step, generation), timeout))).ContinueWith(t =>
         {
             var written = t.GetAwaiter().GetResult();
             foreach (var w in written) store.Verify(w.Ref);

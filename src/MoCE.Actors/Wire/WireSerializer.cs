@@ -20,7 +20,8 @@ namespace MoCE.Actors.Wire;
 public sealed class WireSerializer : SerializerWithStringManifest
 {
     public const int Id = 4711;
-    /// <summary>Body format version written by this build. 2: a commit carries its token window.</summary>
+    /// <summary>Body format version written by this build. 2: a commit carries its token window; Apply, Checkpoint and
+    /// GetSquaredGradNorm carry their generation.</summary>
     public const byte BodyVersion = 2;
 
     private delegate object ReadBody(ref WireReader r, byte version);
@@ -36,12 +37,13 @@ public sealed class WireSerializer : SerializerWithStringManifest
     {
         this.encoding = encoding;
         // owner protocol (every owner: trainer, router, experts)
-        Add<GetSquaredGradNorm>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new GetSquaredGradNorm(r.I64()));
+        Add<GetSquaredGradNorm>((w, m) => { w.I64(m.Step); w.I32(m.Generation); }, (ref WireReader r, byte v) => new GetSquaredGradNorm(r.I64(), v >= 2 ? r.I32() : 0));
         Add<SquaredGradNormResponse>((w, m) => { w.I64(m.Step); w.Str(m.Owner); w.F64(m.Value); },
             (ref WireReader r, byte _) => new SquaredGradNormResponse(r.I64(), r.Str(), r.F64()));
-        Add<Apply>((w, m) => { w.I64(m.Step); w.F64(m.Lr); w.F64(m.ClipScale); }, (ref WireReader r, byte _) => new Apply(r.I64(), r.F64(), r.F64()));
+        Add<Apply>((w, m) => { w.I64(m.Step); w.F64(m.Lr); w.F64(m.ClipScale); w.I32(m.Generation); },
+            (ref WireReader r, byte v) => new Apply(r.I64(), r.F64(), r.F64(), v >= 2 ? r.I32() : 0));
         Add<StepApplied>((w, m) => { w.I64(m.Step); w.Str(m.Owner); }, (ref WireReader r, byte _) => new StepApplied(r.I64(), r.Str()));
-        Add<Checkpoint>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new Checkpoint(r.I64()));
+        Add<Checkpoint>((w, m) => { w.I64(m.Step); w.I32(m.Generation); }, (ref WireReader r, byte v) => new Checkpoint(r.I64(), v >= 2 ? r.I32() : 0));
         Add<CheckpointWritten>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new CheckpointWritten(r.I64(), Ref(ref r)));
         Add<Committed>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new Committed(r.I64()));
         Add<Crash>((w, m) => { w.I64(m.Step); w.Str(m.Reason); }, (ref WireReader r, byte _) => new Crash(r.I64(), r.Str()));
@@ -150,6 +152,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
         Add<ExpertsAdded>((w, m) => { w.I64(m.Step); w.I32(m.From); IntList(w, m.Sources); w.Str(m.Node); Commit(w, m.Commit); },
             (ref WireReader r, byte v) => new ExpertsAdded(r.I64(), r.I32(), IntList(ref r), r.Str(), Commit(ref r, v)));
         Add<RecoveryRecord>(Recovery, (ref WireReader r, byte _) => Recovery(ref r));
+        Add<Incarnation>((w, m) => { w.I64(m.Step); w.I32(m.Number); }, (ref WireReader r, byte _) => new Incarnation(r.I64(), r.I32()));
         Add<ExpertActor.ExpertSnapshot>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new ExpertActor.ExpertSnapshot(r.I64(), Ref(ref r)));
     }
 
@@ -212,7 +215,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
     /// <summary>The manifests of journal events and snapshots: one that does not parse must fail the recovery, never
     /// be skipped.</summary>
     private static readonly HashSet<string> JournalEvents =
-        [nameof(CheckpointCommitted), nameof(ChaosFired), nameof(ExpertsAdded), nameof(RecoveryRecord), nameof(ExpertActor.ExpertSnapshot)];
+        [nameof(CheckpointCommitted), nameof(ChaosFired), nameof(ExpertsAdded), nameof(RecoveryRecord), nameof(Incarnation), nameof(ExpertActor.ExpertSnapshot)];
 
     /// <summary>Writes a message's tensor and, the message having left this process, disposes it.</summary>
     private void Tensor(WireWriter w, torch.Tensor t)
