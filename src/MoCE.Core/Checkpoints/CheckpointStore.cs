@@ -63,13 +63,23 @@ public sealed class CheckpointStore : ICheckpointStore
     }
 
     /// <summary>Loads a file after checking its sha256; throws <see cref="CheckpointCorruptException"/> naming
-    /// the file if it is missing, altered or unreadable. The file is read once: the bytes hashed are the bytes parsed.</summary>
+    /// the file if it is missing, altered or unreadable. The file is read once, as a stream: the bytes hashed are the
+    /// bytes parsed, and no copy of the file is held.</summary>
     public CheckpointContent Load(CheckpointRef r)
     {
         var path = PathOf(r);
-        var bytes = ReadVerified(r, path);
-        try { return CheckpointFile.Read(bytes, path); }
+        CheckpointContent content;
+        string actual;
+        try
+        {
+            using var f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+            content = CheckpointFile.Read(f, path, out actual);
+        }
+        catch (FileNotFoundException) { throw new CheckpointCorruptException(path, "file is missing"); }
         catch (InvalidDataException e) { throw new CheckpointCorruptException(path, e.Message); }
+        if (actual == r.Sha256) return content;
+        content.Dispose();
+        throw Mismatch(r, path, actual);
     }
 
     /// <summary>Checks a file's sha256, streaming it (no copy of the file in memory).</summary>
@@ -82,19 +92,13 @@ public sealed class CheckpointStore : ICheckpointStore
         Check(r, path, actual);
     }
 
-    private static byte[] ReadVerified(CheckpointRef r, string path)
-    {
-        byte[] bytes;
-        try { bytes = File.ReadAllBytes(path); }
-        catch (FileNotFoundException) { throw new CheckpointCorruptException(path, "file is missing"); }
-        Check(r, path, Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes)));
-        return bytes;
-    }
-
     private static void Check(CheckpointRef r, string path, string actual)
     {
-        if (actual != r.Sha256) throw new CheckpointCorruptException(path, $"sha256 mismatch: expected {r.Sha256}, file has {actual}");
+        if (actual != r.Sha256) throw Mismatch(r, path, actual);
     }
+
+    private static CheckpointCorruptException Mismatch(CheckpointRef r, string path, string actual) =>
+        new(path, $"sha256 mismatch: expected {r.Sha256}, file has {actual}");
 
     /// <summary>Deletes checkpoint files not in <paramref name="keep"/>, and temporaries left by writers that died.
     /// A temporary still being written (by this process or another node) is locked and stays.</summary>
