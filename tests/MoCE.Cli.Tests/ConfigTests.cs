@@ -24,6 +24,25 @@ public class ConfigTests
         Assert.Equal(1.5e-4 * 128 / 256, c.Pretrain.PeakLr, 12);
     }
 
+    /// <summary>An empty list is a list: <c>search = []</c> (the way moce.conf documents a dataset of one's own) was refused
+    /// as "&lt;&lt;unknown value&gt;&gt;", through -o and in a file alike.</summary>
+    [Fact]
+    public void An_empty_list_is_an_empty_list()
+    {
+        var c = Load("moce.datasets.mnist.search=[]");
+        Assert.Empty(c.Data.Datasets["mnist"].Search);
+        var file = Path.Combine(Path.GetTempPath(), $"moce-empty-{Guid.NewGuid():N}.conf");
+        File.WriteAllText(file, "moce.datasets.mnist { path = \"\", search = [], fetch = \"\" }\n");   // moce.conf's one-line form
+        try
+        {
+            var d = ConfigLoader.Load(new ConfigLoader.Sources(Files: [file])).Data.Datasets["mnist"];
+            Assert.Empty(d.Search);
+            Assert.Equal("", d.Fetch);
+        }
+        finally { File.Delete(file); }
+        Assert.Equal("[]", HoconTree.Render(Akka.Configuration.ConfigurationFactory.ParseString("a = []").GetValue("a")));
+    }
+
     [Fact]
     public void Every_default_is_bound_and_every_bound_key_has_a_default()
     {

@@ -31,6 +31,7 @@ public sealed class HoconTree(Config config)
     public IReadOnlyList<int> IntList(string key)
     {
         var v = Leaf(key);
+        if (IsEmptyList(v)) return [];
         if (!v.IsArray()) throw new ConfigException(key, $"expected a list of integers like [1, 3], got '{v}'");
         return v.GetArray().Select((e, i) => int.TryParse(e.GetString(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var x)
             ? x : throw new ConfigException(key, $"element {i} '{e.GetString()}' is not an integer")).ToList();
@@ -39,9 +40,14 @@ public sealed class HoconTree(Config config)
     public IReadOnlyList<string> StringList(string key)
     {
         var v = Leaf(key);
+        if (IsEmptyList(v)) return [];
         if (!v.IsArray()) throw new ConfigException(key, $"expected a list like [a, b], got '{v}'");
         return v.GetArray().Select(e => e.GetString()).ToList();
     }
+
+    /// <summary>HOCON's <c>[]</c>: Akka's parser gives a value holding one empty array, which it calls neither an array
+    /// nor a string ("&lt;&lt;unknown value&gt;&gt;").</summary>
+    private static bool IsEmptyList(HoconValue v) => v.Values is [{ } only] && only.IsArray() && only.GetArray().Count == 0;
 
     private T Parse<T>(string key, string what, Func<string, T?> parse) where T : struct
     {
@@ -79,6 +85,7 @@ public sealed class HoconTree(Config config)
     /// <summary>Renders a leaf as HOCON source: numbers and booleans bare, strings quoted, lists bracketed.</summary>
     public static string Render(HoconValue v)
     {
+        if (IsEmptyList(v)) return "[]";
         if (v.IsArray()) return "[" + string.Join(", ", v.GetArray().Select(Render)) + "]";
         var s = v.GetString();
         bool bare = s is "true" or "false" || double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out _);
