@@ -10,8 +10,10 @@ namespace MoCE.Actors.Tests;
 /// new one, never the one that is stopping.</summary>
 public class ExpertHostTests(MoceFixture fx) : IClassFixture<MoceFixture>
 {
-    [Fact]
-    public async Task A_stopped_expert_asked_for_again_is_a_new_instance_and_answers()
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
+
+    /// <summary>An expert host in an actor system of its own, and the spec of this fixture's experts.</summary>
+    private async Task WithHost(Func<IActorRef, ExpertSpec, ActorContextSetup, Task> test)
     {
         var run = new ActorRun(fx, MoceFixture.Moe with { Layers = [0, 1] }, Tiny.Train(steps: 5));
         var setup = run.Setup();
@@ -22,18 +24,7 @@ public class ExpertHostTests(MoceFixture fx) : IClassFixture<MoceFixture>
         using var system = ActorSystem.Create("host", ActorEngine.Config(run.RunDir));
         try
         {
-            var host = system.ActorOf(ExpertHostActor.Props(new NodeResources(["cpu"], 1, ChaosPlan.None, threads)), ExpertHostActor.Name);
-            var timeout = TimeSpan.FromSeconds(30);
-            var first = await host.Ask<ExpertHosted>(new HostExpert(0, 1, spec, false), timeout);
-            var again = await host.Ask<ExpertHosted>(new HostExpert(0, 1, spec, false), timeout);
-            Assert.Equal(first.Ref, again.Ref);                                  // failover: the running expert is handed back
-
-            host.Tell(new StopExpert(1, spec.RunId, 1));
-            var moved = await host.Ask<ExpertHosted>(new HostExpert(1, 1, spec, false), timeout);
-            Assert.NotEqual(first.Ref, moved.Ref);                               // not the instance that is stopping
-            var norm = await moved.Ref.Ask<SquaredGradNormResponse>(new GetSquaredGradNorm(1), timeout);
-            Assert.Equal("expert-1", norm.Owner);
-            Assert.Equal(0.0, norm.Value);                                       // fresh: no gradients yet
+            await test(system.ActorOf(ExpertHostActor.Props(new NodeResources(["cpu"], 1, ChaosPlan.None, threads)), ExpertHostActor.Name), spec, setup);
         }
         finally
         {
@@ -41,41 +32,39 @@ public class ExpertHostTests(MoceFixture fx) : IClassFixture<MoceFixture>
             threads.JoinAll(TimeSpan.FromSeconds(30));
         }
     }
+
+    [Fact]
+    public Task A_stopped_expert_asked_for_again_is_a_new_instance_and_answers() => WithHost(async (host, spec, _) =>
+    {
+        var first = await host.Ask<ExpertHosted>(new HostExpert(0, 1, spec, false), Timeout);
+        var again = await host.Ask<ExpertHosted>(new HostExpert(0, 1, spec, false), Timeout);
+        Assert.Equal(first.Ref, again.Ref);                                  // failover: the running expert is handed back
+
+        host.Tell(new StopExpert(1, spec.RunId, 1));
+        var moved = await host.Ask<ExpertHosted>(new HostExpert(1, 1, spec, false), Timeout);
+        Assert.NotEqual(first.Ref, moved.Ref);                               // not the instance that is stopping
+        var norm = await moved.Ref.Ask<SquaredGradNormResponse>(new GetSquaredGradNorm(1), Timeout);
+        Assert.Equal("expert-1", norm.Owner);
+        Assert.Equal(0.0, norm.Value);                                       // fresh: no gradients yet
+    });
 
     /// <summary>Fencing: an expert outlives its supervisor, so a message of an older attempt (a rollback's, or one from
     /// a supervisor that has since started again, whose generations are all lower) must not act on it. After a restore
     /// under generation G, an Apply of G − 1 is ignored: the next cut counts one optimizer step, not two.</summary>
     [Fact]
-    public async Task An_expert_ignores_an_apply_or_a_cut_of_an_older_generation()
+    public Task An_expert_ignores_an_apply_or_a_cut_of_an_older_generation() => WithHost(async (host, spec, setup) =>
     {
-        var run = new ActorRun(fx, MoceFixture.Moe with { Layers = [0, 1] }, Tiny.Train(steps: 5));
-        var setup = run.Setup();
-        var initial = setup.Store.Save("initial", 0, new Dictionary<string, string> { ["kind"] = "initial-experts" },
-            setup.Initial.Where(kv => kv.Key.Contains(".mlp.experts.", StringComparison.Ordinal)).Select(kv => (kv.Key, kv.Value)));
-        var spec = new ExpertSpec(setup.RunId, setup.Model, setup.Moe, setup.Train, setup.Store.Location, initial, RecoveryPolicy.GlobalRollback);
-        var threads = new EngineThreads();
-        using var system = ActorSystem.Create("fenced", ActorEngine.Config(run.RunDir));
-        try
-        {
-            var host = system.ActorOf(ExpertHostActor.Props(new NodeResources(["cpu"], 1, ChaosPlan.None, threads)), ExpertHostActor.Name);
-            var timeout = TimeSpan.FromSeconds(30);
-            var expert = (await host.Ask<ExpertHosted>(new HostExpert(0, 0, spec, false), timeout)).Ref;
-            const int G = 2 << 20;                                               // the second start of a supervisor
-            var part = (await expert.Ask<CheckpointWritten>(new Checkpoint(1, G), timeout)).Ref;
-            await expert.Ask<Restored>(new RestoreCheckpoint(1, part, G), timeout);
-            long Steps(CheckpointRef r) { using var c = MoCE.Core.Checkpoints.CheckpointFile.Read(Path.Combine(setup.Store.Location, r.File)); return long.Parse(c["optimizer_steps"]); }
-            long before = Steps(part);
+        var expert = (await host.Ask<ExpertHosted>(new HostExpert(0, 0, spec, false), Timeout)).Ref;
+        const int G = 2 << 20;                                               // the second start of a supervisor
+        var part = (await expert.Ask<CheckpointWritten>(new Checkpoint(1, G), Timeout)).Ref;
+        await expert.Ask<Restored>(new RestoreCheckpoint(1, part, G), Timeout);
+        long Steps(CheckpointRef r) { using var c = CheckpointFile.Read(Path.Combine(setup.Store.Location, r.File)); return long.Parse(c["optimizer_steps"]); }
+        long before = Steps(part);
 
-            expert.Tell(new Apply(1, 1e-3, 1.0, G - 1));                          // held back from the first supervisor
-            await Assert.ThrowsAsync<AskTimeoutException>(() => expert.Ask<CheckpointWritten>(new Checkpoint(2, G - 1), TimeSpan.FromSeconds(2)));
-            await expert.Ask<StepApplied>(new Apply(1, 1e-3, 1.0, G), timeout);  // the current attempt's
-            var after = (await expert.Ask<CheckpointWritten>(new Checkpoint(2, G), timeout)).Ref;
-            Assert.Equal(before + 1, Steps(after));
-        }
-        finally
-        {
-            await system.Terminate().WaitAsync(TimeSpan.FromSeconds(30));
-            threads.JoinAll(TimeSpan.FromSeconds(30));
-        }
-    }
+        expert.Tell(new Apply(1, 1e-3, 1.0, G - 1));                          // held back from the first supervisor
+        await Assert.ThrowsAsync<AskTimeoutException>(() => expert.Ask<CheckpointWritten>(new Checkpoint(2, G - 1), TimeSpan.FromSeconds(2)));
+        await expert.Ask<StepApplied>(new Apply(1, 1e-3, 1.0, G), Timeout);  // the current attempt's
+        var after = (await expert.Ask<CheckpointWritten>(new Checkpoint(2, G), Timeout)).Ref;
+        Assert.Equal(before + 1, Steps(after));
+    });
 }

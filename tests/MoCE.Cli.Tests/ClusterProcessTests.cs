@@ -396,9 +396,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
     public void A_chaos_schedule_on_the_coordinators_kills_an_expert_node_fails_the_router_and_the_run_equals_an_uninterrupted_one()
     {
         // the expert node's port must be known before the schedule: the cluster's ports are drawn first, then the file written
-        var schedule = Path.Combine(Path.GetTempPath(), "moce-tests", $"chaos-{Guid.NewGuid():N}.conf");
-        Directory.CreateDirectory(Path.GetDirectoryName(schedule)!);
-        using var c = StartWithSchedule(schedule, ports =>
+        using var c = StartWithSchedule(ports =>
             "chaos { events = [\n" +
             $"  {{ kind = kill-node, node = \"127.0.0.1:{ports[2]}\", step = 40 }}\n" +
             "  { kind = fail, owner = router, step = 70 }\n" +
@@ -421,9 +419,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
     [Fact]
     public void A_failure_in_the_cut_placement_or_restore_of_a_move_completes_it_and_the_run_equals_an_uninterrupted_one()
     {
-        var schedule = Path.Combine(Path.GetTempPath(), "moce-tests", $"chaos-{Guid.NewGuid():N}.conf");
-        Directory.CreateDirectory(Path.GetDirectoryName(schedule)!);
-        using var c = StartWithSchedule(schedule, _ =>
+        using var c = StartWithSchedule(_ =>
             "chaos { events = [\n" +
             "  { kind = fail-in-move, move = 1, phase = cut, owner = router }\n" +
             "  { kind = fail-in-move, move = 2, phase = placement, owner = trainer }\n" +
@@ -458,8 +454,10 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
     }
 
     /// <summary><see cref="Start"/> with a chaos schedule for the coordinators, written once the ports are drawn.</summary>
-    private Cluster StartWithSchedule(string file, Func<int[], string> schedule)
+    private Cluster StartWithSchedule(Func<int[], string> schedule)
     {
+        var file = Path.Combine(Path.GetTempPath(), "moce-tests", $"chaos-{Guid.NewGuid():N}.conf");
+        Directory.CreateDirectory(Path.GetDirectoryName(file)!);
         pendingSchedule = (file, schedule);
         try { return Start(null, null, ["--chaos", file]); }
         finally { pendingSchedule = null; }

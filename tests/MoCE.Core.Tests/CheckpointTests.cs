@@ -197,6 +197,23 @@ public class CheckpointTests
         Assert.Contains("truncated", e.Message);
     }
 
+    /// <summary>A header that announces more bytes than the file holds (16 GiB here) is an error before the tensor is
+    /// allocated, not an allocation of 16 GiB.</summary>
+    [Fact]
+    public void A_tensor_announced_larger_than_the_file_is_refused_before_it_is_allocated()
+    {
+        var path = Path.Combine(Tiny.TempDir(), "x.ckpt");
+        using (var f = File.Create(path))
+            CheckpointFile.Write(f, new Dictionary<string, string> { ["step"] = "1" }, [("w", ones(4, 4))]);
+        var bytes = File.ReadAllBytes(path);
+        // magic 8, version 4, meta 4 + 12 ({"step":"1"}), count 4, name 4 + 1, dtype 4, ndim 4: the shape starts at 45
+        BitConverter.TryWriteBytes(bytes.AsSpan(45, 8), 1L << 30);               // 2^30 × 4 floats
+        BitConverter.TryWriteBytes(bytes.AsSpan(61, 8), 16L << 30);              // and the length that shape needs
+        File.WriteAllBytes(path, bytes);
+        var e = Assert.Throws<InvalidDataException>(() => CheckpointFile.Read(path));
+        Assert.Contains("17179869184 bytes announced", e.Message);
+    }
+
     [Fact]
     public void Only_the_last_K_commits_are_kept_on_disk()
     {

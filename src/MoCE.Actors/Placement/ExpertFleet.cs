@@ -71,7 +71,7 @@ public sealed class ExpertFleet(string runId, OwnerRegistry registry, IActorCont
 
     /// <summary>A node left: the experts being placed there are withdrawn (true when there were any, to place again).
     /// Placed ones come back through their Terminated.</summary>
-    public bool NodeRemoved(string node) => Placement.RemoveNode(node).Where(Placement.Withdraw).ToList().Count > 0;
+    public bool NodeRemoved(string node) => Placement.RemoveNode(node).Count(Placement.Withdraw) > 0;   // withdraws every one
 
     /// <summary>Expert actor <paramref name="t"/> stopped: it and, when its node went, every expert there have no home
     /// any more. Returns them, ascending.</summary>

@@ -121,7 +121,8 @@ public static class CheckpointFile
                 var len = r.I64();
                 if (shape.Any(d => d < 0) || !Enum.IsDefined(dtype)) throw r.Bad($"tensor '{name}': shape [{string.Join(", ", shape)}] of {dtype}");
                 long need;
-                using (var probe = empty([0], dtype)) need = checked(shape.Aggregate(1L, (a, d) => a * d) * probe.ElementSize);
+                try { using var probe = empty([0], dtype); need = checked(shape.Aggregate(1L, (a, d) => a * d) * probe.ElementSize); }
+                catch (OverflowException) { throw r.Bad($"tensor '{name}': shape [{string.Join(", ", shape)}] overflows"); }
                 if (need != len) throw r.Bad($"tensor '{name}' holds {len} bytes, its shape needs {need}");
                 r.Room(len);
                 var t = empty(shape, dtype);
@@ -129,11 +130,6 @@ public static class CheckpointFile
                 InChunks(t, r.Fill);
             }
             if (!r.AtEnd()) throw r.Bad("trailing bytes after the last tensor");
-        }
-        catch (OverflowException)
-        {
-            foreach (var t in tensors.Values) t.Dispose();
-            throw r.Bad("a tensor's shape overflows");
         }
         catch
         {
