@@ -66,6 +66,9 @@ public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int P
     }
 }
 
+/// <summary>A node's actor system, joining its cluster; on a coordinator, the proxy of the run's supervisor.</summary>
+public sealed record NodeStarted(ActorSystem System, IActorRef? Supervisor);
+
 /// <summary>Everything a coordinator node needs to run the run when the singleton lands on it.</summary>
 public sealed record CoordinatorRun(ActorContextSetup Setup, SupervisorHooks Hooks, long Until, long CheckpointEvery, int Keep);
 
@@ -146,8 +149,12 @@ public static class ClusterNode
 
     /// <summary>Joins the cluster, hosts experts if the node has that role, and as a coordinator runs the supervisor when
     /// the singleton lands here; returns the run's end (null for an experts-only node, stopped by <paramref name="ct"/>).
-    /// The process leaves the cluster gracefully on the way out.</summary>
-    public static RunFinished? Run(NodeOptions o, Config config, CoordinatorRun? run, Serilog.ILogger log, CancellationToken ct)
+    /// The process leaves the cluster gracefully on the way out. <paramref name="chaos"/>: the fault plan of the experts this
+    /// node hosts (the coordinators' owners take theirs from the run's setup). <paramref name="started"/> gets the node's
+    /// actor system once it is joining and, on a coordinator, the proxy of the run's supervisor, for a caller that
+    /// watches the cluster or sends the run commands (<see cref="DrainNode"/>, say).</summary>
+    public static RunFinished? Run(NodeOptions o, Config config, CoordinatorRun? run, Serilog.ILogger log, CancellationToken ct,
+                                   ChaosPlan? chaos = null, Action<NodeStarted>? started = null)
     {
         o.Validated();
         if (o.Coordinator && run is null) throw new ArgumentException("a coordinator node needs its run", nameof(run));
@@ -161,7 +168,7 @@ public static class ClusterNode
         {
             _ = ClusterClientReceptionist.Get(system);                           // every node answers cluster clients
             if (o.Experts)
-                system.ActorOf(ExpertHostActor.Props(new NodeResources(o.Devices, o.OwnerThreads, ChaosPlan.None, threads)), ExpertHostActor.Name);
+                system.ActorOf(ExpertHostActor.Props(new NodeResources(o.Devices, o.OwnerThreads, chaos ?? ChaosPlan.None, threads)), ExpertHostActor.Name);
             var cluster = Cluster.Get(system);
             cluster.JoinSeedNodes(o.SeedAddresses);     // after the host exists: the supervisor asks it when we are Up
             log.Information("Node {Address} with roles [{Roles}] joining [{Seeds}]{Devices}; remoting over {Transport}", cluster.SelfAddress, string.Join(", ", o.Roles),
@@ -170,6 +177,7 @@ public static class ClusterNode
             var removed = system.WhenTerminated;                                 // downed: run-coordinated-shutdown-when-down
             if (run is null)
             {
+                started?.Invoke(new NodeStarted(system, null));
                 Task.WaitAny([removed, Task.Delay(Timeout.Infinite, ct).ContinueWith(_ => { }, TaskScheduler.Default)]);
                 if (removed.IsCompleted && !ct.IsCancellationRequested)
                 {
@@ -192,6 +200,7 @@ public static class ClusterNode
             ClusterClientReceptionist.Get(system).RegisterService(supervisor);
             var done = new TaskCompletionSource<RunFinished>(TaskCreationOptions.RunContinuationsAsynchronously);
             system.ActorOf(RunClientActor.Props(supervisor, run.Until, TimeSpan.FromSeconds(2), done), "run-client");
+            started?.Invoke(new NodeStarted(system, supervisor));
             using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit(), ActorRefs.NoSender));
             if (Task.WaitAny(done.Task, removed) == 1) throw new InvalidOperationException("this node was removed from the cluster before the run finished");
             return done.Task.GetAwaiter().GetResult();

@@ -100,18 +100,9 @@ public sealed class ExpertHostActor : ReceiveActor
     private static string ChildName(string runId, int expert) =>
         runId.Length == 0 ? OwnerRegistry.ExpertId(expert) : $"{runId}-{OwnerRegistry.ExpertId(expert)}";
 
-    protected override SupervisorStrategy SupervisorStrategy() => new ReportingStrategy(this);
-
-    /// <summary>Restarts a failed expert (a fresh instance on the same thread and device) and reports the failure to
-    /// its supervisor; one that cannot be created is stopped, reported as such.</summary>
-    private sealed class ReportingStrategy(ExpertHostActor host)
-        : OneForOneStrategy(-1, -1, e => e is ActorInitializationException ? Directive.Stop : Directive.Restart)
+    /// <summary>A failed expert is restarted, one that cannot be created is stopped; either way its supervisor hears of it.</summary>
+    protected override SupervisorStrategy SupervisorStrategy() => new ReportingStrategy((child, cause, restart) =>
     {
-        public override void ProcessFailure(IActorContext context, bool restart, IActorRef child, Exception cause, ChildRestartStats stats, IReadOnlyCollection<ChildRestartStats> children)
-        {
-            if (host.hosted.TryGetValue(child, out var h))
-                h.Supervisor.Tell(new OwnerFailure(-1, h.Owner, cause.GetBaseException().Message, restart));
-            base.ProcessFailure(context, restart, child, cause, stats, children);
-        }
-    }
+        if (hosted.TryGetValue(child, out var h)) h.Supervisor.Tell(new OwnerFailure(-1, h.Owner, cause.GetBaseException().Message, restart));
+    });
 }

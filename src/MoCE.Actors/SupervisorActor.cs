@@ -212,18 +212,12 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
 
     /// <summary>A failed child is restarted and its failure goes to the policies; one that cannot be created is stopped,
     /// and its Terminated ends the run. Experts' hosts report theirs (<see cref="OwnerFailure"/>).</summary>
-    protected override SupervisorStrategy SupervisorStrategy() => new NamingStrategy(this);
-
-    private sealed class NamingStrategy(SupervisorActor sup) : OneForOneStrategy(-1, -1, e => e is ActorInitializationException ? Directive.Stop : Directive.Restart)
+    protected override SupervisorStrategy SupervisorStrategy() => new ReportingStrategy((child, cause, restart) =>
     {
-        public override void ProcessFailure(IActorContext context, bool restart, IActorRef child, Exception cause, ChildRestartStats stats, IReadOnlyCollection<ChildRestartStats> children)
-        {
-            var id = sup.registry.IdOf(child) ?? child.Path.Name;
-            if (restart) sup.Self.Tell(new OwnerFailed(id, cause.Message));
-            else sup.stopCauses[id] = cause.GetBaseException().Message;             // runs on the supervisor's own thread
-            base.ProcessFailure(context, restart, child, cause, stats, children);
-        }
-    }
+        var id = registry.IdOf(child) ?? child.Path.Name;
+        if (restart) Self.Tell(new OwnerFailed(id, cause.Message));
+        else stopCauses[id] = cause.GetBaseException().Message;
+    });
 
     private void AskHost(Address node) => Context.ActorSelection(new RootActorPath(node) / "user" / ExpertHostActor.Name).Tell(new GetHostInfo(run.Step));
 
@@ -528,6 +522,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         {
             log.Warning("{0}: experts [{1}] moved, restored from commit {2}{3}", mv.What, string.Join(",", mv.Experts), step, mv.LeavingNode is null ? "" : "; the node is asked to leave");
             mv.Requester?.Tell(new NodeDrained(step, mv.LeavingNode ?? "", mv.Experts, ""));
+            hooks.OnMove?.Invoke(mv, step);
             if (mv.LeavingNode is not null && InCluster) Cluster.Get(Context.System).Leave(Address.Parse(mv.LeavingNode));
         }
         if (o.Resume)

@@ -48,12 +48,26 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
                            Action<Akka.Actor.IActorRef>? started = null)
     {
         var setup = Setup(chaos, policy, backoff);
-        return ActorEngine.Run(setup, RunDir, until, checkpointEvery, keep: 3, new SupervisorHooks(OnStep: m =>
-        {
-            lock (Losses) { Losses[m.Step] = m.Stats.Loss; AllLosses.Add((m.Step, m.Stats.Loss)); Routing[m.Step] = m.Routing; }
-            afterStep?.Invoke(m.Step);
-        }, OnResume: s => { lock (Resumes) Resumes.Add(s); }), ct, Akka, Timeout, started);
+        return ActorEngine.Run(setup, RunDir, until, checkpointEvery, keep: 3, Hooks(afterStep), ct, Akka, Timeout, started);
     }
+
+    /// <summary>The run as one coordinator node of a cluster (<see cref="ClusterNode.Run"/>) with spread placement: its
+    /// experts live on the expert nodes of <paramref name="node"/>'s seeds. <paramref name="config"/>: the node's actor
+    /// system configuration, with the shared journal. <paramref name="moved"/> hears of every completed planned move.</summary>
+    public RunFinished RunCoordinator(NodeOptions node, Akka.Configuration.Config config, long until, long checkpointEvery, ChaosPlan chaos,
+                                      Action<long>? afterStep, CancellationToken ct, Action<NodeStarted>? started, Action<PlannedMove, long>? moved)
+    {
+        var setup = Setup(chaos) with { SpreadOnJoin = true };
+        var run = new CoordinatorRun(setup, Hooks(afterStep) with { OnMove = moved }, until, checkpointEvery, Keep: 3);
+        return ClusterNode.Run(node, config, run, Serilog.Log.Logger, ct, started: started)!;
+    }
+
+    /// <summary>Records every step's loss and routing, and every resume.</summary>
+    private SupervisorHooks Hooks(Action<long>? afterStep) => new(OnStep: m =>
+    {
+        lock (Losses) { Losses[m.Step] = m.Stats.Loss; AllLosses.Add((m.Step, m.Stats.Loss)); Routing[m.Step] = m.Routing; }
+        afterStep?.Invoke(m.Step);
+    }, OnResume: s => { lock (Resumes) Resumes.Add(s); });
 
     /// <summary>Every run in a test is bounded: a recovery that never ends fails the test instead of hanging CI.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromMinutes(5);
