@@ -7,8 +7,8 @@ namespace MoCE.Cli;
 
 /// <summary>A run directory holds everything of one run: config.conf (the resolved config it was started with),
 /// logs/, and one folder per phase (pretrain/: checkpoints, metrics.csv, summary.json). Running a command again
-/// on the same directory resumes it; the architecture then comes from the run, and a conflicting flag is an
-/// error that names the key.</summary>
+/// on the same directory resumes it; a key that shapes a phase that has begun then comes from the run, and a
+/// conflicting flag is an error that names the key.</summary>
 public sealed class RunDirectory
 {
     public string Root { get; }
@@ -44,7 +44,11 @@ public sealed class RunDirectory
     /// made before run ids existed.</summary>
     public string ActorRunId(string phase) => Id.Length == 0 ? phase : $"{Id}-{phase}";
 
-    /// <summary>Records the config of a new run, or checks a resumed run's config against it.</summary>
+    /// <summary>A phase has started once its folder holds anything (a checkpoint, metrics, a log).</summary>
+    public bool Started(string phase) => Directory.Exists(Path.Combine(Root, phase)) && Directory.EnumerateFileSystemEntries(Path.Combine(Root, phase)).Any();
+
+    /// <summary>Records the config of a new run, or checks a resumed run's config against it: a key may change until a
+    /// phase it shapes has started (<see cref="MoceConfig.PhasesShapedBy"/>), and is frozen from then on.</summary>
     public bool AdoptConfig(Config resolved, ILogger log)
     {
         if (!File.Exists(ConfigPath))
@@ -55,10 +59,12 @@ public sealed class RunDirectory
         var recorded = ConfigLoader.ParseFile(ConfigPath);
         foreach (var (key, was, now) in ConfigLoader.Diff(recorded, resolved))
         {
-            if (!MoceConfig.MayChangeOnResume(key))
-                throw new ConfigException(key, $"this run ({Root}) was started with {was ?? "(unset)"}, now {now ?? "(unset)"}; " +
-                                                "use the run's value or start a new run with --run");
-            log.Warning("Resuming with {Key} changed from {Was} to {Now}", key, was, now);
+            var phases = MoceConfig.PhasesShapedBy(key, recorded);
+            if (phases?.FirstOrDefault(Started) is { } started)
+                throw new ConfigException(key, $"this run ({Root}) was started with {was ?? "(unset)"}, now {now ?? "(unset)"}, and its {started} phase, " +
+                                                "which this key shapes, has begun; use the run's value or start a new run with --run");
+            log.Warning("Resuming with {Key} changed from {Was} to {Now}{Why}", key, was ?? "(unset)", now ?? "(unset)",
+                phases is null ? "" : $" (no phase it shapes has begun: {string.Join(", ", phases)})");
         }
         Write(resolved);
         return true;

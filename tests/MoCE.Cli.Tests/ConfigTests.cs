@@ -205,9 +205,39 @@ public class ConfigTests
         Assert.False(run.AdoptConfig(ConfigLoader.Merge(new ConfigLoader.Sources("quickstart")), log));
         // mutable keys may change on resume
         Assert.True(run.AdoptConfig(ConfigLoader.Merge(new ConfigLoader.Sources("quickstart", null, ["threads=1"])), log));
+        File.WriteAllText(Path.Combine(run.Phase("pretrain"), "metrics.csv"), "step,loss\n");      // pre-training has begun
         var e = Fails(() => run.AdoptConfig(ConfigLoader.Merge(new ConfigLoader.Sources("quickstart", null, ["model.dim=64"])), log));
         Assert.Equal("moce.model.dim", e.Key);
-        Assert.Contains("was started with 128, now 64", e.Message);
+        Assert.Contains("was started with 128, now 64, and its pretrain phase", e.Message);
+    }
+
+    /// <summary>A key is frozen once a phase it shapes has begun, not at the run's first command: after pretrain and
+    /// cluster the MoE phase's keys may change; once it has begun they may not; a dataset that pre-training does not
+    /// read, and a task on it, may be added to a trained run.</summary>
+    [Fact]
+    public void A_key_is_frozen_only_once_a_phase_it_shapes_has_begun()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N"));
+        var log = new LoggerConfiguration().CreateLogger();
+        var run = new RunDirectory(dir);
+        bool Adopt(params string[] o) => run.AdoptConfig(ConfigLoader.Merge(new ConfigLoader.Sources("quickstart", null, o)), log);
+        Assert.False(Adopt());
+        Assert.True(Adopt("model.dim=64"));                                              // nothing has begun: the model may change
+        _ = run.Phase("pretrain");                                                       // an empty folder is not a phase that began
+        Assert.True(Adopt("model.dim=128"));
+        foreach (var phase in new[] { "pretrain", "cluster" }) File.WriteAllText(Path.Combine(run.Phase(phase), "summary.json"), "{}");
+        Assert.Equal("moce.model.dim", Fails(() => Adopt("model.dim=64")).Key);
+        Assert.Equal("moce.cluster.k", Fails(() => Adopt("cluster.k=8")).Key);
+        Assert.True(Adopt("train.steps=200", "moe.experts=8"));                          // the MoE phase has not begun
+        string[] mine = ["datasets.mine.path=/data/mine", "datasets.mine.classes=[a, b]", "datasets.mine.mean=0.5", "datasets.mine.std=0.25",
+                         "tasks.mine-ab.dataset=mine", "tasks.mine-ab.classes=[0, 1]", "train.steps=200", "moe.experts=8"];
+        Assert.True(Adopt(mine));                                                        // pre-training does not read it
+        File.WriteAllText(Path.Combine(run.Phase(MoceConfig.TrainPhases[0]), "metrics.csv"), "step,loss\n");
+        var e = Fails(() => Adopt([.. mine[..^1], "moe.experts=6"]));
+        Assert.Equal("moce.moe.experts", e.Key);
+        Assert.Contains($"its {MoceConfig.TrainPhases[0]} phase", e.Message);
+        Assert.True(Adopt([.. mine, "datasets.mine.std=0.3"]));                          // still no phase reads it
+        Assert.Equal("moce.datasets.fashion-mnist.mean", Fails(() => Adopt([.. mine, "datasets.fashion-mnist.mean=0.5"])).Key);   // pre-trained on
     }
 
     [Fact]

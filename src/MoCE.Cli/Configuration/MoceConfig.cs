@@ -59,6 +59,25 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         || (key.StartsWith("moce.datasets.", StringComparison.Ordinal) && (key.EndsWith(".path", StringComparison.Ordinal) || key.EndsWith(".search", StringComparison.Ordinal)))
         || key.StartsWith("moce.node.", StringComparison.Ordinal) || key.StartsWith("moce.metrics.", StringComparison.Ordinal);   // where the owners run, not what they compute
 
+    /// <summary>The folders of a run's training phases, one per method.</summary>
+    public static readonly IReadOnlyList<string> TrainPhases = [.. Enum.GetValues<MoeMethod>().Select(m => "train-" + MethodName(m))];
+
+    /// <summary>The phases of a run (its folders) whose result a changed key would alter: the key is frozen once one of
+    /// them has started, and may change before (train.steps after pretrain and cluster, say). Null: it alters no phase's
+    /// result (<see cref="MayChangeOnResume"/>, or a dataset that pre-training does not read, which only tasks use) and
+    /// may always change. <paramref name="recorded"/>: the run's configuration, whose mix says what was pre-trained on.</summary>
+    public static IReadOnlyList<string>? PhasesShapedBy(string key, Config recorded)
+    {
+        if (MayChangeOnResume(key)) return null;
+        bool In(params string[] sections) => sections.Any(x => key.StartsWith($"moce.{x}.", StringComparison.Ordinal));
+        if (In("moe", "train", "actors", "wire")) return TrainPhases;
+        if (In("cluster")) return ["cluster", .. TrainPhases];
+        if (In("datasets") && key.Split('.') is [_, _, var name, ..]
+            && !HoconTree.Leaves(recorded, "moce.data.mix").Any(l => l.path == $"moce.data.mix.{name}" && recorded.GetDouble(l.path) > 0))
+            return null;
+        return ["pretrain", "cluster", .. TrainPhases];          // the model, the data, the seed: what every phase reads
+    }
+
     /// <summary>Tasks, datasets and the mix are open: moce.tasks.NAME.{dataset,classes,shots},
     /// moce.datasets.NAME.{path,search,fetch,sample,mean,std,classes} and moce.data.mix.NAME are known keys.</summary>
     public static bool IsOpenKey(string key)
