@@ -46,7 +46,7 @@ public sealed class ChaosPlan
     }
 
     /// <summary>True when nothing at all is planned (the fast path of every check).</summary>
-    public bool IsEmpty => remaining.IsEmpty && moveFaults.IsEmpty && probable.IsEmpty && stragglers.IsEmpty && messages.IsEmpty && corruptions.IsEmpty
+    public bool IsEmpty => remaining.IsEmpty && poisons.IsEmpty && moveFaults.IsEmpty && probable.IsEmpty && stragglers.IsEmpty && messages.IsEmpty && corruptions.IsEmpty
                            && uncreatable.IsEmpty && recoveryDelays.IsEmpty && journalRefusals.IsEmpty && nodeKills.IsEmpty;
 
     /// <summary>The owner throws the first <paramref name="times"/> times it reaches step s (a replay reaches it again).</summary>
@@ -137,6 +137,25 @@ public sealed class ChaosPlan
         if (messages.IsEmpty || !messages.TryRemove((expert, step, message), out var f)) return null;
         Report(step, expert, f.fault.ToString().ToLowerInvariant(), $"{message} message between the router and {expert}" + (f.fault == MessageFault.Delay ? $" held {f.ms:G3} ms" : ""));
         return (f.fault, TimeSpan.FromMilliseconds(f.ms));
+    }
+
+    private readonly ConcurrentDictionary<(string owner, long step), bool> poisons = new();
+
+    /// <summary>Silent corruption: after its backward at step s, the expert's gradients become NaN, once (a replay of s
+    /// is clean). Nothing throws; the trainer finds the global norm not finite and fails the step.</summary>
+    public ChaosPlan PoisonGradient(string owner, long step)
+    {
+        poisons[(owner, step)] = true;
+        return this;
+    }
+
+    /// <summary>True (once, reported) when the owner's gradients of this step are to become NaN.</summary>
+    public bool PoisonsGradient(string owner, long step)
+    {
+        if (poisons.IsEmpty || !poisons.TryRemove((owner, step), out _)) return false;
+        fired.Enqueue((owner, step));
+        Report(step, owner, "nan-gradient", "its gradients became NaN after its backward");
+        return true;
     }
 
     private readonly ConcurrentDictionary<string, long> corruptions = new();

@@ -13,6 +13,7 @@ namespace MoCE.Actors;
 ///   events = [
 ///     { kind = fail, owner = expert-2, step = 40, phase = backward }   # phase: forward | backward | apply | checkpoint
 ///     { kind = fail, owner = router, probability = 0.01 }              # each step, drawn from (seed, owner, step)
+///     { kind = nan-gradient, owner = expert-3, step = 45 }             # its gradients become NaN: the step fails
 ///     { kind = straggler, owner = expert-1, from = 50, to = 90, factor = 5 }   # and/or ms = 20
 ///     { kind = drop, owner = expert-0, step = 70, message = forward }  # drop | duplicate | delay (with ms = 200);
 ///                                                                     # message: forward | output | backward | input-grad
@@ -24,7 +25,7 @@ namespace MoCE.Actors;
 ///   ]
 /// }
 /// </code>
-/// Owners: trainer, router, teacher, expert-N (fail); expert-N (straggler and message faults). In a cluster the schedule
+/// Owners: trainer, router, teacher, expert-N (fail); expert-N (nan-gradient, straggler and message faults). In a cluster the schedule
 /// runs on the coordinators (`moce node --chaos FILE`): faults of the trainer, router and teacher, message faults (at the
 /// router), corrupt checkpoints of the trainer and router, journal refusals and node kills fire there; an expert on
 /// another node runs no schedule.</summary>
@@ -79,6 +80,9 @@ public static class ChaosSchedule
                     if (fields.ContainsKey("probability")) plan.FailWithProbability(owner, Num("probability", 0), seed, phase);
                     else plan.FailAt(owner, Long("step"), (int)Num("times", 1), phase);
                     break;
+                case "nan-gradient":
+                    plan.PoisonGradient(Expert("owner"), Long("step"));
+                    break;
                 case "straggler":
                     plan.Straggle(Expert("owner"), Long("from"), Long("to"), Math.Max(1, Num("factor", 1)), Num("ms", 0));
                     break;
@@ -113,7 +117,7 @@ public static class ChaosSchedule
                     plan.RefuseJournal(Long("step"), TimeSpan.FromMilliseconds(Num("ms", 1000)));
                     break;
                 default:
-                    throw new ConfigException($"{at}.kind", $"expected fail, straggler, drop, duplicate, delay, corrupt-checkpoint, journal-refuses, kill-node or fail-in-move, got '{kind}'");
+                    throw new ConfigException($"{at}.kind", $"expected fail, nan-gradient, straggler, drop, duplicate, delay, corrupt-checkpoint, journal-refuses, kill-node or fail-in-move, got '{kind}'");
             }
             foreach (var k in fields.Keys.Where(k => !used.Contains(k)))
                 throw new ConfigException($"{at}.{k}", $"unknown key for kind = {kind}");

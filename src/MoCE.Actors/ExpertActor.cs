@@ -151,6 +151,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             output.backward([m.GradOutput]);                                         // accumulates the parameter grads
             m.GradOutput.Dispose();
             setup.Chaos.Check(Name, m.Step, ChaosPhase.Backward);
+            if (setup.Chaos.PoisonsGradient(Name, m.Step)) using (no_grad()) foreach (var p in owner.Parameters.Values) p.grad?.fill_(double.NaN);
             Straggle(m.Step, clock);
             Sender.Tell(new ExpertInputGrad(m.Step, m.Generation, m.Block, expert, input.grad!.detach().MoveToOuterDisposeScope()));
         }

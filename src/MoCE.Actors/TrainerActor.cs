@@ -171,7 +171,8 @@ public sealed class TrainerActor : ReceiveActor
         var norms = Wait(() => asked);
         double norm = Math.Sqrt(own + norms.Sum(n => n.Value));
         double lr = LrSchedule.At(s, setup.Train);
-        double clip = AdamW.ClipScale(norm, setup.Train.ClipGrad);
+        var nonFinite = norms.Where(n => !double.IsFinite(n.Value)).Select(n => n.Owner).Prepend(double.IsFinite(own) ? null : Name).OfType<string>();
+        double clip = AdamW.ClipScale(s, norm, setup.Train.ClipGrad, string.Join(", ", nonFinite.Select(o => $"{o}'s share")));   // throws: the step fails, and is replayed
         var applied = Task.Run(() => Task.WhenAll(others.Select(a => Request<StepApplied>(a, new Apply(s, lr, clip, m.Generation)))));
         owner.Apply(lr, clip);                                                       // overlaps the others' updates
         // not Wait: once the trainer has applied, the step cannot be retried without it, so an owner lost now (the

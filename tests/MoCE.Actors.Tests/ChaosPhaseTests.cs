@@ -32,4 +32,25 @@ public class ChaosPhaseTests(MoceFixture fx) : IClassFixture<MoceFixture>
         Assert.Contains(phase.ToString().ToLowerInvariant(), string.Join(" ", done.Recoveries.Select(r => r.Error)));
         Assert.Equal(0.0, ActorRun.MaxAbsDiff(expected, run.CommittedWeights(40)));
     }
+
+    /// <summary>Silent corruption: an expert's gradients become NaN after its backward. Applied, they would make every
+    /// weight NaN and every later commit useless; instead the trainer finds the global norm not finite, names the
+    /// owner whose share it was, and fails the step before anything is applied, and the rollback's replay is clean.</summary>
+    [Fact]
+    public void An_expert_whose_gradients_become_NaN_fails_the_step_before_it_is_applied_and_the_replay_is_exact()
+    {
+        var train = Tiny.Train(steps: 30);
+        var clean = new ActorRun(fx, Moe, train);
+        Assert.Equal(30, clean.Run(until: 30, checkpointEvery: 10).Step);
+
+        var run = new ActorRun(fx, Moe, train);
+        var chaos = new ChaosPlan().PoisonGradient("expert-1", 13);
+        var done = run.Run(until: 30, checkpointEvery: 10, chaos);
+        Assert.Equal([("expert-1", 13L)], chaos.Fired);
+        var r = Assert.Single(done.Recoveries);
+        Assert.Equal(("trainer", "global-rollback", 10L), (r.Owner, r.Policy, r.RestoredStep));
+        Assert.Contains("step 13: the gradient norm is NaN (expert-1's share)", r.Error);
+        Assert.All(run.AllLosses, l => Assert.True(double.IsFinite(l.loss), $"step {l.step}'s loss is {l.loss}"));
+        Assert.Equal(0.0, ActorRun.MaxAbsDiff(clean.CommittedWeights(30), run.CommittedWeights(30)));
+    }
 }

@@ -5,7 +5,7 @@ namespace MoCE.Actors.Tests;
 
 /// <summary>A chaos schedule with a fault of every kind, from HOCON, through the real paths: an expert failing in each
 /// phase, the router failing, a straggler, a dropped, a duplicated and a delayed message, a checkpoint file with a
-/// flipped byte, and a journal that refuses writes. Under global-rollback the run ends bit-equal to the run without
+/// flipped byte, an expert's gradients turned NaN, and a journal that refuses writes. Under global-rollback the run ends bit-equal to the run without
 /// faults; the same schedule and seed give the same events and weights again.</summary>
 public class ChaosScheduleTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHelper output) : IClassFixture<MoceFixture>
 {
@@ -31,6 +31,7 @@ public class ChaosScheduleTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHe
             { kind = duplicate, owner = expert-1, step = {{Busy(baseline, 1, 34)}}, message = backward }
             { kind = delay, owner = expert-2, step = {{Busy(baseline, 2, 36)}}, message = output, ms = 300 }
             { kind = corrupt-checkpoint, owner = router, step = 40 }
+            { kind = nan-gradient, owner = expert-2, step = {{Busy(baseline, 2, 44)}} }
             { kind = journal-refuses, step = 50, ms = 1500 }
             { kind = fail, owner = trainer, probability = 0.05 }
           ]
@@ -60,19 +61,20 @@ public class ChaosScheduleTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHe
         var (run, r) = RunWith(schedule);
         Assert.Equal(Steps, r.Done.Step);
         var kinds = r.Events.Select(e => e.Kind).ToList();
-        foreach (var k in new[] { "straggler", "drop", "duplicate", "delay", "corrupt-checkpoint", "journal-refuses" })
+        foreach (var k in new[] { "straggler", "drop", "duplicate", "delay", "corrupt-checkpoint", "nan-gradient", "journal-refuses" })
             Assert.Contains(k, kinds);
         Assert.Equal(["apply", "backward", "checkpoint", "forward"], r.Events.Where(e => e.Kind == "fail" && e.Owner.StartsWith("expert-"))
             .Select(e => e.Detail.Split(' ')[2]).Distinct().Order());
         Assert.Contains(r.Events, e => e.Kind == "fail" && e.Owner == "router");
         // each failure was recovered by a restore: the four phases, the router, the dropped output (found by the ask
-        // timeout) and the corrupt part (found before the commit)
+        // timeout), the corrupt part (found before the commit) and the NaN gradients (found before they were applied)
         var recoveries = r.Done.Recoveries;
         foreach (var e in r.Events) output.WriteLine($"chaos: step {e.Step} {e.Owner} {e.Kind}: {e.Detail}");
         foreach (var x in recoveries) output.WriteLine($"recovery: step {x.Step} {x.Owner}: {x.Error} → commit {x.RestoredStep}, {x.StepsReplayed} replayed, {x.DetectionToRecoveredMs:F0} ms");
         // one restore per fault that breaks a step, and none for the straggler, the duplicate or the delay: a
         // duplicated backward is ignored by the expert (without that, autograd refuses the second pass and the step fails)
-        Assert.Equal(r.Events.Count(e => e.Kind == "fail") + 2, recoveries.Count);
+        Assert.Equal(r.Events.Count(e => e.Kind == "fail") + 3, recoveries.Count);
+        Assert.Contains(recoveries, x => x.Error.Contains("the gradient norm is NaN (expert-2's share)", StringComparison.Ordinal));
         Assert.All(recoveries, x => Assert.Equal("global-rollback", x.Policy));
         Assert.Contains(recoveries, x => x.Error.Contains("sha256 mismatch", StringComparison.Ordinal));
         Assert.Contains(recoveries, x => x.Error.Contains("Timeout", StringComparison.OrdinalIgnoreCase) || x.Error.Contains("timed out", StringComparison.OrdinalIgnoreCase));

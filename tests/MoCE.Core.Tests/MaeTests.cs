@@ -149,12 +149,23 @@ public class MaeTests
             using var o = model.forward(imgs, noise);
             opt.ZeroGrad();
             o.Loss.backward();
-            opt.Step(LrSchedule.At(s, cfg), AdamW.ClipScale(Math.Sqrt(opt.SquaredGradNorm()), 1.0));
+            opt.Step(LrSchedule.At(s, cfg), AdamW.ClipScale(s, Math.Sqrt(opt.SquaredGradNorm()), 1.0));
             losses.Add(o.Loss.item<float>());
         }
         double first = losses.Take(5).Average(), last = losses.TakeLast(5).Average();
         Assert.True(last < 0.25 * first, $"loss {first:F4} → {last:F4}: expected to fall below 25%");
         Console.WriteLine($"overfit {first:F4} -> {last:F4}");
+    }
+
+    [Theory]
+    [InlineData(double.NaN)]
+    [InlineData(double.PositiveInfinity)]
+    public void A_gradient_norm_that_is_not_finite_is_refused_naming_the_step(double norm)
+    {
+        var e = Assert.Throws<NonFiniteStepException>(() => AdamW.ClipScale(7, norm, 1.0, "expert-2's share"));
+        Assert.Equal(7, e.Step);
+        Assert.Contains($"step 7: the gradient norm is {norm} (expert-2's share)", e.Message);
+        Assert.Equal(0.5, AdamW.ClipScale(7, 2.0 - 1e-6, 1.0), 12);
     }
 
     [Fact]

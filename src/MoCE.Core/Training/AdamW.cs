@@ -51,9 +51,13 @@ public sealed class AdamW : IDisposable
         return parts.Length == 0 ? 0.0 : stack(parts).sum().to_type(ScalarType.Float64).item<double>();
     }
 
-    /// <summary>Clip coefficient for a global norm, as torch's clip_grad_norm_: min(1, max / (norm + 1e-6)).</summary>
-    public static double ClipScale(double globalNorm, double maxNorm) =>
-        maxNorm <= 0 ? 1.0 : Math.Min(1.0, maxNorm / (globalNorm + 1e-6));
+    /// <summary>Clip coefficient for step <paramref name="step"/>'s global norm, as torch's clip_grad_norm_:
+    /// min(1, max / (norm + 1e-6)). A norm that is not finite is a <see cref="NonFiniteStepException"/>: applied, it would
+    /// make every weight NaN and every later commit useless (MAE's training loop stops on a non-finite loss likewise).
+    /// <paramref name="culprits"/> names where it came from (the owners whose share was not finite).</summary>
+    public static double ClipScale(long step, double globalNorm, double maxNorm, string culprits = "") =>
+        !double.IsFinite(globalNorm) ? throw new NonFiniteStepException(step, $"the gradient norm is {globalNorm}{(culprits.Length > 0 ? $" ({culprits})" : "")}")
+        : maxNorm <= 0 ? 1.0 : Math.Min(1.0, maxNorm / (globalNorm + 1e-6));
 
     /// <summary>One AdamW update with learning rate <paramref name="lr"/>, gradients multiplied by
     /// <paramref name="gradScale"/> (the clip coefficient) first.</summary>
@@ -111,6 +115,13 @@ public sealed class AdamW : IDisposable
         foreach (var s in slots) { s.ExpAvg.Dispose(); s.ExpAvgSq.Dispose(); }
         slots.Clear();
     }
+}
+
+/// <summary>A step whose loss or gradient is not finite (NaN or infinite): nothing of it is applied. The reference
+/// trainers stop; the actor engine treats it as the trainer's failure, so the step is replayed from the last commit.</summary>
+public sealed class NonFiniteStepException(long step, string what) : Exception($"step {step}: {what}; nothing of the step was applied")
+{
+    public long Step { get; } = step;
 }
 
 /// <summary>Per-step learning rate: linear warmup from 0, then half-cycle cosine to min-lr, as MAE's

@@ -68,7 +68,7 @@ public sealed class DenseTrainer : ITrainer, IDisposable
         output.Loss.backward();
         double norm = Math.Sqrt(Optimizer.SquaredGradNorm());
         double lr = LrSchedule.At(step, cfg);
-        Optimizer.Step(lr, AdamW.ClipScale(norm, cfg.ClipGrad));
+        Optimizer.Step(lr, AdamW.ClipScale(step, norm, cfg.ClipGrad));
         double loss = output.Loss.item<float>();
         NextStep = step + 1;
         return new StepStats(step, loss, lr, norm, cfg.BatchSize);

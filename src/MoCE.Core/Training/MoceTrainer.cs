@@ -169,7 +169,7 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
         loss.backward();
         double norm = Math.Sqrt(Optimizer.SquaredGradNorm());
         double lr = LrSchedule.At(step, cfg);
-        Optimizer.Step(lr, AdamW.ClipScale(norm, cfg.ClipGrad));
+        Optimizer.Step(lr, AdamW.ClipScale(step, norm, cfg.ClipGrad));
         LastRouting = Routing(o);
         NextStep = step + 1;
         return new StepStats(step, o.Loss.item<float>(), lr, norm, cfg.BatchSize);
