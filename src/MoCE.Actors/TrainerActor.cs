@@ -171,15 +171,17 @@ public sealed class TrainerActor : ReceiveActor
         var norms = Wait(() => asked);
         double norm = Math.Sqrt(own + norms.Sum(n => n.Value));
         double lr = LrSchedule.At(s, setup.Train);
-        var nonFinite = norms.Where(n => !double.IsFinite(n.Value)).Select(n => n.Owner).Prepend(double.IsFinite(own) ? null : Name).OfType<string>();
-        double clip = AdamW.ClipScale(s, norm, setup.Train.ClipGrad, string.Join(", ", nonFinite.Select(o => $"{o}'s share")));   // throws: the step fails, and is replayed
+        float mae = o.Loss.item<float>();
+        var nonFinite = norms.Where(n => !double.IsFinite(n.Value)).Select(n => $"{n.Owner}'s share").Prepend(double.IsFinite(own) ? null : $"{Name}'s share")
+            .Prepend(float.IsFinite(mae) ? null : $"the loss was {mae}").OfType<string>();
+        double clip = AdamW.ClipScale(s, norm, setup.Train.ClipGrad, string.Join(", ", nonFinite));   // throws: the step fails, and is replayed
         var applied = Task.Run(() => Task.WhenAll(others.Select(a => Request<StepApplied>(a, new Apply(s, lr, clip, m.Generation)))));
         owner.Apply(lr, clip);                                                       // overlaps the others' updates
         // not Wait: once the trainer has applied, the step cannot be retried without it, so an owner lost now (the
         // supervisor cancels) fails the trainer itself, and the run rolls back globally
         applied.WaitAsync(stepToken).GetAwaiter().GetResult();
 
-        var stats = new StepStats(s, o.Loss.item<float>(), lr, norm, setup.Train.BatchSize);
+        var stats = new StepStats(s, mae, lr, norm, setup.Train.BatchSize);
         Sender.Tell(new StepCompleted(s, stats, ExpertStat.From(routes, o.PerImage, experts.Count), rerouted));
         o.Dispose();
     }
