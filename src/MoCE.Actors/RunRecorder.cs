@@ -9,8 +9,8 @@ using MoCE.Core.Training;
 namespace MoCE.Actors;
 
 /// <summary>What a coordinator writes about a run, wherever the supervisor runs (moce train, moce node, tests): the
-/// same metrics.csv and experts.csv as the reference engine, commits.json (the journal's commits, for the later
-/// phases), recoveries.json, and a progress line every log-every steps. A replayed step (after a rollback) is not
+/// same metrics.csv and experts.csv as the reference engine, commits.json (the commits the journal keeps, mirrored
+/// before any older file is deleted, for the later phases), recoveries.json, and a progress line every log-every steps. A replayed step (after a rollback) is not
 /// written twice, and rows past the step this process starts from are dropped first: after a resume or a coordinator
 /// failover the files continue from the last commit.</summary>
 public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore store, string label, Serilog.ILogger log, MoeConfig? moe = null) : IDisposable
@@ -32,7 +32,8 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
     private readonly List<ChaosFired> chaos = File.Exists(Path.Combine(dir, "chaos.json"))
         ? JsonSerializer.Deserialize<List<ChaosFired>>(File.ReadAllText(Path.Combine(dir, "chaos.json"))) ?? [] : [];
 
-    public SupervisorHooks Hooks => new(OnStep, BeforeCommit: _ => { metrics?.Flush(); experts?.Flush(); }, OnCommit: OnCommit, OnRecovery: OnRecovery, OnChaos: OnChaos);
+    public SupervisorHooks Hooks => new(OnStep, BeforeCommit: _ => { metrics?.Flush(); experts?.Flush(); }, OnCommit: OnCommit, OnRecovery: OnRecovery, OnChaos: OnChaos,
+        OnKept: kept => commits.Mirror(kept.Select(c => new CheckpointCommit(c.Step, c.Manifest, DateTime.UtcNow))));
 
     /// <summary>An injected fault fired: chaos.json (what `moce status` and `moce report` read), as it happens.</summary>
     private void OnChaos(ChaosFired c)
@@ -108,7 +109,6 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
 
     private void OnCommit(CheckpointCommitted c)
     {
-        commits.Commit(new CheckpointCommit(c.Step, c.Manifest, DateTime.UtcNow), train.KeepCheckpoints, deleteFiles: false);
         RecordRouting(c);
         NodeMetrics.CommittedStep.Set(c.Step);
         NodeMetrics.CommitLag.Set(Math.Max(0, lastRow + 1 - c.Step));

@@ -87,6 +87,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         {
             journal.Apply(e);
             run.Incarnated(e.Number);
+            if (journal.LastCommit is not null) hooks.OnKept?.Invoke(journal.Kept(keep));   // a process killed before it recorded its last commit
             log.Info("Supervisor start {0} of this run: generations from {1}", e.Number, run.Generation);
         }));
         Always();                                                    // placing
@@ -425,6 +426,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         void Journal() => Persist(new CheckpointCommitted(m.Step, m.Refs, run.Window), e =>
         {
             journal.Apply(e);
+            hooks.OnKept?.Invoke(journal.Kept(keep));                                // recorded before any file goes
             if (journal.Commits.Count > keep) setup.Store.DeleteAllExcept(journal.KeptParts(keep).Append(initial));   // never a kept commit's file
             log.Info("Committed checkpoint {0} ({1} owners)", e.Step, e.Manifest.Count);
             foreach (var x in Enumerable.Range(0, E)) registry[OwnerRegistry.ExpertId(x)]?.Tell(new Committed(e.Step));
@@ -470,6 +472,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Persist(new ExpertsAdded(run.Step, E, m.Sources, a.Node, m.Commit), e =>
         {
             journal.Apply(e);
+            hooks.OnKept?.Invoke(journal.Kept(keep));
             run.AddJournaled(e.Sources);
             hooks.OnCommit?.Invoke(e.Commit);
             log.Info("Committed checkpoint {0} with {1} experts ({2} owners)", e.Step, E, e.Commit.Manifest.Count);

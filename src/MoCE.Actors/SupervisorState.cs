@@ -81,7 +81,10 @@ public sealed class SupervisorState(int configuredExperts)
     public string Stopping(string why, bool commitsUsable) => $"{why}. Stopping; " + (!commitsUsable ? "see the warnings above for each commit's bad file"
         : LastCommit is not { } last ? "nothing was committed yet" : $"the last commit ({last.Step}) is intact: fix the cause and run again to resume from it") + ".";
 
+    /// <summary>The last <paramref name="keep"/> commits: the ones whose files the store keeps.</summary>
+    public IReadOnlyList<CheckpointCommitted> Kept(int keep) => [.. commits.TakeLast(keep)];
+
     /// <summary>The files the last <paramref name="keep"/> commits name: what the store must keep.</summary>
-    public IEnumerable<CheckpointRef> KeptParts(int keep) => commits.TakeLast(keep).SelectMany(c => c.Manifest)
+    public IEnumerable<CheckpointRef> KeptParts(int keep) => Kept(keep).SelectMany(c => c.Manifest)
         .Concat(Enumerable.Range(configuredExperts, Experts - configuredExperts).Select(e => BirthOf(e)!));   // what added experts start from
 }

@@ -34,6 +34,37 @@ public class RobustnessTests(MoceFixture fx) : IClassFixture<MoceFixture>
         Assert.True(ActorRun.MaxAbsDiff(run.Reference(out _), run.CommittedWeights(30)) <= 1e-5);
     }
 
+    /// <summary>A process killed after the journal took commit s but before commits.json recorded it: commits.json (what
+    /// later phases, `moce status` and `moce export` read) must still name only files the store keeps. It mirrors the
+    /// commits the journal keeps when the journal is recovered, and before any older file is deleted. Before, it
+    /// appended commits on its own: one missed commit, and later it named a commit whose files the journal's
+    /// retention had deleted (seen: a SIGKILL process test, "trainer-00000120-….ckpt: file is missing").</summary>
+    [Fact]
+    public void Commits_json_names_only_kept_files_after_a_process_died_before_recording_its_last_commit()
+    {
+        var train = Tiny.Train(steps: 30) with { KeepCheckpoints = 2 };
+        var run = new ActorRun(fx, Moe, train);
+        var store = new Core.Checkpoints.CheckpointStore(Path.Combine(run.RunDir, "checkpoints"));
+        long Go(long until)
+        {
+            using var recorder = new RunRecorder(run.RunDir, train, store, "moce", Log.Logger, Moe);
+            return ActorEngine.Run(run.Setup(), run.RunDir, until, checkpointEvery: 10, keep: 2, recorder.Hooks, timeout: run.Timeout).Step;
+        }
+        long[] Listed() => [.. new Core.Checkpoints.CommitLog(store).Commits.Select(c => c.Step)];
+        void Forget() { var log = new Core.Checkpoints.CommitLog(store); log.Mirror(log.Commits.Take(1)); }   // as if killed before recording the last
+
+        Assert.Equal(20, Go(20));
+        Assert.Equal([10, 20], Listed());
+        Forget();
+        Assert.Equal([10], Listed());
+        Assert.Equal(20, Go(20));                                                  // a process that resumes and has nothing to do
+        Assert.Equal([10, 20], Listed());                                          // mirrored from the recovered journal
+        Forget();
+        Assert.Equal(30, Go(30));
+        Assert.Equal([20, 30], Listed());
+        foreach (var c in new Core.Checkpoints.CommitLog(store).Commits) foreach (var p in c.Parts) store.Verify(p);
+    }
+
     [Fact]
     public void A_corrupt_newest_commit_is_reported_by_name_and_the_run_falls_back_to_the_previous_one()
     {

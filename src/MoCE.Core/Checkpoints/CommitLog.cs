@@ -7,7 +7,7 @@ public sealed record CheckpointCommit(long Step, IReadOnlyList<CheckpointRef> Pa
 
 /// <summary>The reference trainer's commit log: <c>commits.json</c> in the store, rewritten atomically after all
 /// parts of a checkpoint are on disk (the marker written last, as in torchtitan). The actor runtime keeps the
-/// same records in its journal instead.</summary>
+/// same records in its journal, and mirrors the ones it keeps here (<see cref="Mirror"/>) for the later phases.</summary>
 public sealed class CommitLog
 {
     private readonly CheckpointStore store;
@@ -26,22 +26,36 @@ public sealed class CommitLog
 
     public IReadOnlyList<CheckpointCommit> Commits => commits;
 
-    /// <summary>Records a commit, then keeps only the newest <paramref name="keep"/> and (unless another component
-    /// owns retention, as the actor supervisor does) deletes the other files.</summary>
-    public void Commit(CheckpointCommit commit, int keep, bool deleteFiles = true)
+    /// <summary>Records a commit, then keeps only the newest <paramref name="keep"/> and deletes the other files.</summary>
+    public void Commit(CheckpointCommit commit, int keep)
     {
         commits.RemoveAll(c => c.Step == commit.Step);
         commits.Add(commit);
         commits.Sort((a, b) => a.Step.CompareTo(b.Step));
         if (commits.Count > keep) commits.RemoveRange(0, commits.Count - keep);
-        // a temporary in the store's own ".tmp-" namespace, so that pruning removes one a crash left behind
-        DurableFile.Write(Path.Combine(store.Directory, $".tmp-commits-{Guid.NewGuid():N}"), f =>
-        {
-            JsonSerializer.Serialize(f, commits, new JsonSerializerOptions { WriteIndented = true });
-            return 0;
-        }, _ => path);
-        if (deleteFiles) store.DeleteAllExcept(commits.SelectMany(c => c.Parts));
+        Write();
+        store.DeleteAllExcept(commits.SelectMany(c => c.Parts));
     }
+
+    /// <summary>Becomes exactly <paramref name="kept"/>, the commits that the component owning retention keeps (the actor
+    /// supervisor's journal), before that component deletes any other file: so the log never names a deleted file,
+    /// wherever a process is killed. A commit already listed keeps its time.</summary>
+    public void Mirror(IEnumerable<CheckpointCommit> kept)
+    {
+        var known = commits.ToDictionary(c => (c.Step, string.Join(",", c.Parts.Select(p => p.Sha256))), c => c.CommittedUtc);
+        var next = kept.Select(c => known.TryGetValue((c.Step, string.Join(",", c.Parts.Select(p => p.Sha256))), out var t) ? c with { CommittedUtc = t } : c).ToList();
+        commits.Clear();
+        commits.AddRange(next);
+        Write();
+    }
+
+    /// <summary>commits.json, atomically: a temporary in the store's own ".tmp-" namespace (so that pruning removes one a
+    /// crash left behind), flushed, renamed.</summary>
+    private void Write() => DurableFile.Write(Path.Combine(store.Directory, $".tmp-commits-{Guid.NewGuid():N}"), f =>
+    {
+        JsonSerializer.Serialize(f, commits, new JsonSerializerOptions { WriteIndented = true });
+        return 0;
+    }, _ => path);
 
     /// <summary>The newest commit whose files all verify. A commit that fails verification is reported through
     /// <paramref name="onCorrupt"/> and skipped, falling back to the previous one.</summary>
