@@ -161,7 +161,8 @@ public class ClusterRestoreTests(SparseBaseline fx, ITestOutputHelper output) : 
                 foreach (var r in done.Recoveries.Where(r => r.Policy == "global-rollback" && r.Step >= at)) restorePoints.Add((r.RestoredStep, $"rollback after {r.Owner}"));
                 lock (moves) foreach (var m in moves.Where(m => m.step >= at)) restorePoints.Add((m.step, m.what));
                 processes.Add(run);
-                lock (log) log.Add($"coordinator {process} from {at}: stop at {stopAt?.ToString() ?? "-"}, fired [{string.Join(",", chaos.Fired)}], moves [{string.Join(", ", moves.Select(m => $"{m.what} [{string.Join(",", m.experts)}] at {m.step}"))}], ended at {done.Step}");
+                lock (log) log.Add($"coordinator {process} from {at}: stop at {stopAt?.ToString() ?? "-"}, fired [{string.Join(",", chaos.Fired)}], moves [{string.Join(", ", moves.Select(m => $"{m.what} [{string.Join(",", m.experts)}] at {m.step}"))}], " +
+                                  $"recoveries [{string.Join("; ", done.Recoveries.Where(r => r.Step >= at).Select(r => $"{r.Owner} at {r.Step}: {r.Error}"))}], ended at {done.Step}");
                 foreach (var (step, loss) in run.AllLosses)
                     Assert.True(loss == baseline.Losses[step],
                         $"seed {seed}: step {step}'s loss {loss:R} differs from the uninterrupted run's {baseline.Losses[step]:R} ({Story()})");
