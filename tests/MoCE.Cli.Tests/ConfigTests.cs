@@ -43,6 +43,19 @@ public class ConfigTests
         Assert.Equal("[]", HoconTree.Render(Akka.Configuration.ConfigurationFactory.ParseString("a = []").GetValue("a")));
     }
 
+    /// <summary>A dataset of one's own needs where it is (path), its normalisation and its classes; search, fetch and
+    /// sample default to nothing. Without any location the error names the path key.</summary>
+    [Fact]
+    public void A_dataset_of_ones_own_needs_no_search_fetch_or_sample()
+    {
+        string[] mine = ["moce.datasets.mine.mean=0.5", "moce.datasets.mine.std=0.25", "moce.datasets.mine.classes=[a, b]"];
+        var d = Load([.. mine, "moce.datasets.mine.path=/data/mine"]).Data.Datasets["mine"];
+        Assert.Equal(("/data/mine", "", ""), (d.Path, d.Fetch, d.Sample));
+        Assert.Empty(d.Search);
+        Assert.Equal("moce.datasets.mine.path", Fails(() => Load(mine)).Key);
+        Assert.Equal("moce.datasets.mine.std", Fails(() => Load("moce.datasets.mine.path=/data/mine", "moce.datasets.mine.mean=0.5", "moce.datasets.mine.classes=[a, b]")).Key);
+    }
+
     [Fact]
     public void Every_default_is_bound_and_every_bound_key_has_a_default()
     {

