@@ -43,17 +43,21 @@ public class ConfigTests
         Assert.Equal("[]", HoconTree.Render(Akka.Configuration.ConfigurationFactory.ParseString("a = []").GetValue("a")));
     }
 
-    /// <summary>A dataset of one's own needs where it is (path), its normalisation and its classes; search, fetch and
-    /// sample default to nothing. Without any location the error names the path key.</summary>
+    /// <summary>A dataset of one's own needs only where it is (path): search, fetch and sample default to nothing, the
+    /// normalisation to what its training images measure, the class names to their labels. Without any location the
+    /// error names the path key; what is given is still checked.</summary>
     [Fact]
-    public void A_dataset_of_ones_own_needs_no_search_fetch_or_sample()
+    public void A_dataset_of_ones_own_needs_only_its_path()
     {
-        string[] mine = ["moce.datasets.mine.mean=0.5", "moce.datasets.mine.std=0.25", "moce.datasets.mine.classes=[a, b]"];
-        var d = Load([.. mine, "moce.datasets.mine.path=/data/mine"]).Data.Datasets["mine"];
+        var d = Load("moce.datasets.mine.path=/data/mine").Data.Datasets["mine"];
         Assert.Equal(("/data/mine", "", ""), (d.Path, d.Fetch, d.Sample));
         Assert.Empty(d.Search);
-        Assert.Equal("moce.datasets.mine.path", Fails(() => Load(mine)).Key);
-        Assert.Equal("moce.datasets.mine.std", Fails(() => Load("moce.datasets.mine.path=/data/mine", "moce.datasets.mine.mean=0.5", "moce.datasets.mine.classes=[a, b]")).Key);
+        Assert.False(d.Norm.IsSet);
+        Assert.Empty(d.Classes);
+        Assert.Equal("moce.datasets.mine.path", Fails(() => Load("moce.datasets.mine.mean=0.5")).Key);
+        Assert.Equal("moce.datasets.mine.std", Fails(() => Load("moce.datasets.mine.path=/data/mine", "moce.datasets.mine.std=0")).Key);
+        Assert.Equal("moce.datasets.mine.classes", Fails(() => Load("moce.datasets.mine.path=/data/mine", "moce.datasets.mine.classes=[a]")).Key);
+        Assert.Equal(3, Load("moce.datasets.mine.path=/data/mine", "moce.tasks.t.dataset=mine", "moce.tasks.t.classes=[3, 12]").Tasks["t"].Classes[0]);   // checked at load
     }
 
     [Fact]

@@ -121,4 +121,34 @@ public class CentroidGateTests
         for (int c = 0; c < 12; c++) Assert.Equal(groups[c], choice[c]);                     // each cluster on its group's expert
         Assert.True(g.max(1).values.min().item<float>() > 0.99f, "at τ = 0.05 the gate starts confident");
     }
+
+    /// <summary>A dataset whose configuration gives no normalisation and no class names gets them from its training
+    /// split: the mean and population std of its pixels in [0, 1] (computed here independently, in doubles over the raw
+    /// bytes), and "0".."K−1"; the test split uses the training split's. What is configured is kept.</summary>
+    [Fact]
+    public void A_dataset_without_normalisation_or_class_names_gets_them_from_its_training_images()
+    {
+        var dir = Tiny.TempDir();
+        foreach (var f in Directory.GetFiles(Datasets.SampleDir("mnist-sample"), "*-ubyte.gz")) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        var bytes = IdxArray.Read(Path.Combine(dir, "train-images-idx3-ubyte.gz"), 3).Data;
+        double mean = bytes.Average(b => b / 255.0), std = Math.Sqrt(bytes.Average(b => (b / 255.0 - mean) * (b / 255.0 - mean)));
+        var bare = new DatasetSpec("mine", dir, [], "", "", Normalization.Measured, []);
+
+        var full = Datasets.Complete(bare, dir);
+        Assert.Equal(mean, full.Norm.Mean, 9);
+        Assert.Equal(std, full.Norm.Std, 9);
+        Assert.Equal(Enumerable.Range(0, 10).Select(i => i.ToString()), full.Classes);
+        var half = Datasets.Complete(bare with { Norm = new Normalization(0.5, double.NaN), Classes = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"] }, dir);
+        Assert.Equal(0.5, half.Norm.Mean);
+        Assert.Equal(std, half.Norm.Std, 9);
+        Assert.Equal("j", half.Classes[9]);
+
+        using var test = Datasets.Load(bare, dir, Split.Test);                      // normalised with the training split's statistics
+        using var expected = Datasets.Load(bare with { Norm = full.Norm, Classes = full.Classes }, dir, Split.Test);
+        using var a = test.Batch([0, 1, 2]);
+        using var b = expected.Batch([0, 1, 2]);
+        Assert.Equal(0f, (a - b).abs().max().item<float>());
+        Assert.Equal(full.Classes, test.ClassNames);
+        Assert.True(Math.Abs(mean - 0.1307) < 0.02, $"the sample's mean {mean} is MNIST's");      // a sanity check of the independent sum
+    }
 }

@@ -111,7 +111,7 @@ public static class CustomizeCommand
         store.DeleteAllExcept([saved]);
 
         using var denseRef = new MaskedAutoencoder(s.Config.Model);
-        var classNames = s.Data.Spec(task.Dataset).Classes;
+        var classNames = s.Data.Resolved(task.Dataset).Classes;
         var report = new Report(task.Name, task.Classes, ti.Train.Count, h, choices, Customizer.ParameterCount(moce), Customizer.ParameterCount(extracted),
             Customizer.ParameterCount(denseRef), ti.Test.Count, relL2, cosine, moceSha, s.Config.FoldGateWeight);
         File.WriteAllText(Path.Combine(dir, "report.json"), JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));

