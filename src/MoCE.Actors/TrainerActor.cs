@@ -172,9 +172,9 @@ public sealed class TrainerActor : ReceiveActor
         double norm = Math.Sqrt(own + norms.Sum(n => n.Value));
         double lr = LrSchedule.At(s, setup.Train);
         float mae = o.Loss.item<float>();
-        var nonFinite = norms.Where(n => !double.IsFinite(n.Value)).Select(n => $"{n.Owner}'s share").Prepend(double.IsFinite(own) ? null : $"{Name}'s share")
-            .Prepend(float.IsFinite(mae) ? null : $"the loss was {mae}").OfType<string>();
-        double clip = AdamW.ClipScale(s, norm, setup.Train.ClipGrad, string.Join(", ", nonFinite));   // throws: the step fails, and is replayed
+        string culprits = double.IsFinite(norm) ? "" : string.Join(", ", norms.Where(n => !double.IsFinite(n.Value)).Select(n => $"{n.Owner}'s share")
+            .Prepend(double.IsFinite(own) ? null : $"{Name}'s share").Prepend(float.IsFinite(mae) ? null : $"the loss was {mae}").OfType<string>());
+        double clip = AdamW.ClipScale(s, norm, setup.Train.ClipGrad, culprits);         // not finite: throws, the step fails and is replayed
         var applied = Task.Run(() => Task.WhenAll(others.Select(a => Request<StepApplied>(a, new Apply(s, lr, clip, m.Generation)))));
         owner.Apply(lr, clip);                                                       // overlaps the others' updates
         // not Wait: once the trainer has applied, the step cannot be retried without it, so an owner lost now (the

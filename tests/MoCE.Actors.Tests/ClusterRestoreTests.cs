@@ -105,7 +105,8 @@ public class ClusterRestoreTests(SparseBaseline fx, ITestOutputHelper output) : 
         var moves = new List<(string what, IReadOnlyList<int> experts, long step)>();
         var adds = new List<ExpertsAddedReply>();
         var processes = new List<ActorRun>();
-        NodeDrained? drainDone = null;
+        Task<NodeDrained>? drain = null;                                   // the newest ask; asked again after a refusal
+        NodeDrained? Drained() => drain is { IsCompletedSuccessfully: true, Result: { Error: "" } done } ? done : null;
         try
         {
             long at = 0;
@@ -118,7 +119,6 @@ public class ClusterRestoreTests(SparseBaseline fx, ITestOutputHelper output) : 
                 ActorSystem? system = null;
                 IActorRef? supervisor = null;
                 Task<ExpertsAddedReply>? add = null;
-                Task<NodeDrained>? drain = null;
                 var live = new[] { x1, x2, x3 }.Where(x => x is not null && !x.Run.IsCompleted).Select(x => x!.HostPort).ToList();
                 var o = new NodeOptions([NodeRoles.Coordinator], "127.0.0.1", ClusterNode.FreeLoopbackPort(), live, ["cpu"], MinExpertNodes: 2, OwnerThreads: 1);
                 void AfterStep(long s)
@@ -136,11 +136,10 @@ public class ClusterRestoreTests(SparseBaseline fx, ITestOutputHelper output) : 
                     // the drain follows the rebalance (a drain planned first would leave node 3 nothing to rebalance)
                     bool rebalanced;
                     lock (moves) rebalanced = moves.Any(m => m.what.StartsWith("rebalance", StringComparison.Ordinal));
-                    if (s >= schedule.DrainAt && rebalanced && drainDone is null && (drain is null || drain.IsCompleted))
+                    if (s >= schedule.DrainAt && rebalanced && Drained() is null && (drain is null || drain.IsCompleted))
                     {
                         if (drain is { IsCompletedSuccessfully: true, Result: { Error: not "" } refused }) lock (log) log.Add($"drain refused after step {s}: {refused.Error}");
                         drain = supervisor!.Ask<NodeDrained>(new DrainNode(s, drained.Address), Bound);
-                        drain.ContinueWith(t => { if (t.IsCompletedSuccessfully && t.Result.Error == "") drainDone = t.Result; }, TaskScheduler.Default);
                     }
                 }
                 void Started(NodeStarted n)
@@ -178,8 +177,9 @@ public class ClusterRestoreTests(SparseBaseline fx, ITestOutputHelper output) : 
             Assert.Equal(fx.AddedFrom, added.Sources);
             // node 3 received experts at a commit (a rebalance), then the drained node's experts moved and it left
             Assert.Contains(moves, m => m.what.StartsWith("rebalance onto " + x3!.Address, StringComparison.Ordinal) && m.experts.Count > 0);
-            Assert.True(drainDone is { Error: "" } && drainDone.Moved.Count > 0, $"seed {seed}: node {schedule.Drained} was never drained ({Story()})");
-            Assert.Contains(moves, m => m.what == $"drain of {drained.Address}" && m.experts.SequenceEqual(drainDone!.Moved));
+            var drainDone = Drained();
+            Assert.True(drainDone is { Moved.Count: > 0 }, $"seed {seed}: node {schedule.Drained} was never drained ({Story()})");
+            Assert.Contains(moves, m => m.what == $"drain of {drained.Address}" && m.experts.SequenceEqual(drainDone.Moved));
             Assert.Null(await Within(drained.Run, () => $"seed {seed}: the drained node did not leave the cluster"));
             Assert.Equal(0.0, ActorRun.MaxAbsDiff(fx.Final, new ActorRun(fx, SparseBaseline.Sparse, SparseBaseline.Train) { RunDir = dir, RunId = id }.CommittedWeights(SparseBaseline.Steps)));
 

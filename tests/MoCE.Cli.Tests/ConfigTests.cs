@@ -57,7 +57,10 @@ public class ConfigTests
         Assert.Equal("moce.datasets.mine.path", Fails(() => Load("moce.datasets.mine.mean=0.5")).Key);
         Assert.Equal("moce.datasets.mine.std", Fails(() => Load("moce.datasets.mine.path=/data/mine", "moce.datasets.mine.std=0")).Key);
         Assert.Equal("moce.datasets.mine.classes", Fails(() => Load("moce.datasets.mine.path=/data/mine", "moce.datasets.mine.classes=[a]")).Key);
-        Assert.Equal(3, Load("moce.datasets.mine.path=/data/mine", "moce.tasks.t.dataset=mine", "moce.tasks.t.classes=[3, 12]").Tasks["t"].Classes[0]);   // checked at load
+        var task = Load("moce.datasets.mine.path=/data/mine", "moce.tasks.t.dataset=mine", "moce.tasks.t.classes=[3, 12]").Tasks["t"];   // checked at load:
+        var e = Fails(() => task.CheckClasses([.. Enumerable.Range(0, 10).Select(i => i.ToString())]));             // against the labels' names
+        Assert.Equal(("moce.tasks.t.classes", true), (e.Key, e.Message.Contains("class 12 is not a class of dataset 'mine' (0..9")));
+        task.CheckClasses([.. Enumerable.Range(0, 13).Select(i => i.ToString())]);
     }
 
     [Fact]

@@ -33,9 +33,7 @@ public sealed class TaskData : IDisposable
         {
             var task = s.Config.Tasks.TryGetValue(name, out var t) ? t
                 : throw new ConfigException("moce.eval.tasks", $"no task '{name}' under moce.tasks (defined: {string.Join(", ", s.Config.Tasks.Keys)})");
-            var names = s.Data.Resolved(task.Dataset).Classes;
-            if (task.Classes.FirstOrDefault(c => c >= names.Count, -1) is var missing and >= 0)
-                throw new ConfigException($"{task.Key}.classes", $"class {missing} is not a class of dataset '{task.Dataset}' (0..{names.Count - 1}: {string.Join(", ", names)})");
+            task.CheckClasses(s.Data.Resolved(task.Dataset).Classes);
             var (tr, trY) = TaskSelection.Select(Set(task.Dataset, Split.Train), task, task.Shots > 0 ? int.MaxValue : s.Config.Eval.TrainImages, s.Config.Seed, task.Shots);
             var (te, teY) = TaskSelection.Select(Set(task.Dataset, Split.Test), task, s.Config.Eval.TestImages, s.Config.Seed, 0);
             if (task.Shots > 0 && tr.Count < task.Shots * task.Classes.Count)

@@ -123,14 +123,13 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             MaskRatio = t.Double("moce.model.mask-ratio"),
             NormPixLoss = t.Bool("moce.model.norm-pix-loss"),
         }.Validate();
-        // where a dataset is: path, or search (candidates), fetch (how to make it) and sample (the committed fallback);
-        // each defaults to nothing, so a dataset of one's own needs its path, not the other three
-        string Where(string n, string k) => merged.HasPath($"moce.datasets.{n}.{k}") ? t.String($"moce.datasets.{n}.{k}") : "";
-        double Stat(string n, string k) => merged.HasPath($"moce.datasets.{n}.{k}") ? t.Double($"moce.datasets.{n}.{k}") : double.NaN;
-        var datasets = Names(merged, "moce.datasets").Select(n => new MoCE.Core.Data.DatasetSpec(n, Where(n, "path"),
-            merged.HasPath($"moce.datasets.{n}.search") ? t.StringList($"moce.datasets.{n}.search") : [], Where(n, "fetch"), Where(n, "sample"),
-            new MoCE.Core.Data.Normalization(Stat(n, "mean"), Stat(n, "std")),                   // unset: measured from its training images
-            merged.HasPath($"moce.datasets.{n}.classes") ? t.StringList($"moce.datasets.{n}.classes") : [])).ToDictionary(d => d.Name);   // unset: named by label
+        // a dataset needs only where it is (path, or search, fetch, sample); each key it leaves out is empty, and then
+        // its normalisation is measured from its training images and its classes are named by label
+        T Or<T>(string n, string k, Func<string, T> read, T empty) => merged.HasPath($"moce.datasets.{n}.{k}") ? read($"moce.datasets.{n}.{k}") : empty;
+        var datasets = Names(merged, "moce.datasets").Select(n => new MoCE.Core.Data.DatasetSpec(n, Or(n, "path", t.String, ""),
+            Or(n, "search", t.StringList, []), Or(n, "fetch", t.String, ""), Or(n, "sample", t.String, ""),
+            new MoCE.Core.Data.Normalization(Or(n, "mean", t.Double, double.NaN), Or(n, "std", t.Double, double.NaN)),
+            Or(n, "classes", t.StringList, []))).ToDictionary(d => d.Name);
         var data = new DataConfig
         {
             Datasets = datasets,

@@ -42,8 +42,7 @@ public sealed class CommitLog
     /// wherever a process is killed. A commit already listed keeps its time.</summary>
     public void Mirror(IEnumerable<CheckpointCommit> kept)
     {
-        var known = commits.ToDictionary(c => (c.Step, string.Join(",", c.Parts.Select(p => p.Sha256))), c => c.CommittedUtc);
-        var next = kept.Select(c => known.TryGetValue((c.Step, string.Join(",", c.Parts.Select(p => p.Sha256))), out var t) ? c with { CommittedUtc = t } : c).ToList();
+        var next = kept.Select(c => commits.FirstOrDefault(o => o.Step == c.Step && o.Parts.SequenceEqual(c.Parts)) ?? c).ToList();
         commits.Clear();
         commits.AddRange(next);
         Write();

@@ -33,12 +33,18 @@ public sealed record TaskConfig(string Name, IReadOnlyList<int> Classes, string 
         if (!data.Datasets.TryGetValue(Dataset, out var ds))
             throw new ConfigException($"{Key}.dataset", $"no dataset '{Dataset}' under moce.datasets (defined: {string.Join(", ", data.Datasets.Keys)})");
         if (Classes.Count < 2) throw new ConfigException($"{Key}.classes", "a task needs at least two classes");
-        foreach (var c in Classes)
-            if (c < 0 || (ds.Classes.Count > 0 && c >= ds.Classes.Count))                  // no names: checked against the labels at load
-                throw new ConfigException($"{Key}.classes", $"class {c} is not a class of dataset '{Dataset}' (0..{ds.Classes.Count - 1}: {string.Join(", ", ds.Classes)})");
+        if (Classes.Any(c => c < 0)) throw new ConfigException($"{Key}.classes", "a class is a label ≥ 0");
+        if (ds.Classes.Count > 0) CheckClasses(ds.Classes);                                    // no names: checked against the labels at load
         if (Classes.Distinct().Count() != Classes.Count) throw new ConfigException($"{Key}.classes", "lists a class twice");
         if (Shots < 0) throw new ConfigException($"{Key}.shots", "must be ≥ 0 (0: every training image, up to moce.eval.train-images)");
         return this;
+    }
+
+    /// <summary>Every class of the task is one of the dataset's (<paramref name="names"/>, by label).</summary>
+    public void CheckClasses(IReadOnlyList<string> names)
+    {
+        foreach (var c in Classes.Where(c => c >= names.Count))
+            throw new ConfigException($"{Key}.classes", $"class {c} is not a class of dataset '{Dataset}' (0..{names.Count - 1}: {string.Join(", ", names)})");
     }
 }
 

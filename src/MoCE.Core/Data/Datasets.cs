@@ -83,7 +83,7 @@ public static class Datasets
             using var train = ImageDataset.FromIdx(Find(dir, "train-images-idx3-ubyte"), Find(dir, "train-labels-idx1-ubyte"), Normalization.FashionMnist, null, spec.Name);
             return (train.PixelStatistics(), train.ClassNames);
         });
-        if (classes.Count < 2) throw new DataFormatException(Find(dir, "train-labels-idx1-ubyte"), $"dataset '{spec.Name}' has fewer than two classes in its labels ({spec.Key}.classes)");
+        if (spec.Classes.Count == 0 && classes.Count < 2) throw new DataFormatException(Find(dir, "train-labels-idx1-ubyte"), $"dataset '{spec.Name}' has fewer than two classes in its labels ({spec.Key}.classes)");
         return spec with { Norm = spec.Norm.Or(norm), Classes = spec.Classes.Count > 0 ? spec.Classes : classes };
     }
 

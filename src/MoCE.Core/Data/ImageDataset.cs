@@ -63,9 +63,10 @@ public sealed class ImageDataset : IDisposable
     /// normalisation a source gets when its configuration gives none.</summary>
     public Normalization PixelStatistics()
     {
-        using var scope = NewDisposeScope();
-        var x = images.to_type(ScalarType.Float64).div_(255.0);
-        return new Normalization(x.mean().item<double>(), x.std(unbiased: false).item<double>());
+        var counts = new long[256];                                   // a histogram of the bytes: no float copy of the images
+        foreach (var b in images.bytes) counts[b]++;
+        double n = counts.Sum(), mean = Enumerable.Range(0, 256).Sum(v => counts[v] * (v / 255.0)) / n;
+        return new Normalization(mean, Math.Sqrt(Enumerable.Range(0, 256).Sum(v => counts[v] * Math.Pow(v / 255.0 - mean, 2)) / n));
     }
 
     /// <summary>Reads an IDX image file and its label file; counts must agree.</summary>
