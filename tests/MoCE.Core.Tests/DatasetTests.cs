@@ -135,12 +135,12 @@ public class CentroidGateTests
         var bare = new DatasetSpec("mine", dir, [], "", "", Normalization.Measured, []);
 
         var full = Datasets.Complete(bare, dir);
-        Assert.Equal(mean, full.Norm.Mean, 9);
-        Assert.Equal(std, full.Norm.Std, 9);
+        Assert.Equal(mean, full.Norm.Mean.Single(), 9);
+        Assert.Equal(std, full.Norm.Std.Single(), 9);
         Assert.Equal(Enumerable.Range(0, 10).Select(i => i.ToString()), full.Classes);
         var half = Datasets.Complete(bare with { Norm = new Normalization(0.5, double.NaN), Classes = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"] }, dir);
-        Assert.Equal(0.5, half.Norm.Mean);
-        Assert.Equal(std, half.Norm.Std, 9);
+        Assert.Equal(0.5, half.Norm.Mean.Single());
+        Assert.Equal(std, half.Norm.Std.Single(), 9);
         Assert.Equal("j", half.Classes[9]);
 
         using var test = Datasets.Load(bare, dir, Split.Test);                      // normalised with the training split's statistics

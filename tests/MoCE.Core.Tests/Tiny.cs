@@ -32,7 +32,7 @@ public static class Tiny
 
     /// <summary>The first 1000 sample images (fresh tensor each call, so tests may dispose it).</summary>
     public static ImageDataset TrainSample() =>
-        new(Train1k.Value.pixels, 1000, 1, 28, 28, Train1k.Value.labels, "sample[0..1000)");
+        ImageDataset.FromPixels(Train1k.Value.pixels, 1000, 1, 28, 28, Train1k.Value.labels, "sample[0..1000)");
 
     /// <summary>Same shape and identical elements.</summary>
     public static bool Same(TorchSharp.torch.Tensor a, TorchSharp.torch.Tensor b) =>

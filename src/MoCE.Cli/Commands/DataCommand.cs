@@ -24,4 +24,16 @@ public static class DataCommand
         Log.Information("Pre-training mix: {Source}: {Count} images", mix.Source, mix.Count);
         return 0;
     }
+
+    /// <summary><c>moce shard --from DIR --out DIR</c>: an image folder as WebDataset tar shards.</summary>
+    public static int Shard(CliArgs cli)
+    {
+        cli.RejectFlagsExcept("from", "out", "name", "per-shard");
+        string Required(string flag) => cli.Flags.TryGetValue(flag, out var v) && v.Length > 0 ? v : throw new Core.Config.ConfigException("--" + flag, "is required");
+        var from = Required("from");
+        var name = cli.Flags.TryGetValue("name", out var n) ? n : Path.GetFileName(Path.GetFullPath(from).TrimEnd('/'));
+        var written = ImageFiles.WriteShards(from, Required("out"), name, cli.FlagInt("per-shard", 1000));
+        Log.Information("Wrote {Count} shards of {From} to {Out}: {Files}", written.Count, from, cli.Flags["out"], string.Join(", ", written.Select(Path.GetFileName)));
+        return 0;
+    }
 }

@@ -18,7 +18,7 @@ public sealed class DataSources(MoceConfig config)
 
     /// <summary>The dataset's spec with what its configuration leaves out measured from its files (normalisation,
     /// class names): what exports and reports state.</summary>
-    public DatasetSpec Resolved(string name) => Datasets.Complete(Spec(name), Locate(name).Directory);
+    public DatasetSpec Resolved(string name) => Datasets.Complete(Spec(name), Locate(name).Directory, config.Model.InChans);
 
     public Datasets.Location Locate(string name)
     {
@@ -31,10 +31,11 @@ public sealed class DataSources(MoceConfig config)
         return located[name] = loc;
     }
 
-    /// <summary>A split of a dataset, with its size checked against moce.model.</summary>
+    /// <summary>A split of a dataset, with its size checked against moce.model (IDX), or converted and resampled to it
+    /// (folders, shards), decoded by moce.data.workers threads.</summary>
     public ImageDataset Load(string name, Split split)
     {
-        var d = Datasets.Load(Spec(name), Locate(name).Directory, split, config.Model.ImageSize);
+        var d = Datasets.Load(Spec(name), Locate(name).Directory, split, config.Model.ImageSize, config.Model.InChans).WithLoading(null, config.Data.WorkerThreads);
         if (d.Channels != config.Model.InChans)
         {
             var problem = $"dataset '{name}' has {d.Channels} channel(s) but moce.model.in-chans is {config.Model.InChans}";
@@ -46,7 +47,7 @@ public sealed class DataSources(MoceConfig config)
 
     /// <summary>The pre-training set, sources in the order of their names: each source of moce.data.mix with weight w gives ⌊w⌋ passes over its training
     /// images in file order, then round(frac(w)·N) more in a seeded order. A single source of weight 1 is its
-    /// training set as it is.</summary>
+    /// training set as it is. Its training batches are augmented as moce.data.augment says.</summary>
     public ImageDataset PretrainSet()
     {
         var parts = new List<(ImageDataset, int[])>();
@@ -57,7 +58,7 @@ public sealed class DataSources(MoceConfig config)
                 var d = Load(name, Split.Train);
                 parts.Add((d, MixIndices(d.Count, w, config.Seed, parts.Count)));
             }
-            var mix = ImageDataset.Mix(parts);
+            var mix = ImageDataset.Mix(parts).WithLoading(config.Data.Augment, config.Data.WorkerThreads);
             if (parts.Count > 1) Log.Information("Pre-training mix: {Mix} = {Count} images", mix.Source, mix.Count);
             return mix;
         }

@@ -17,7 +17,7 @@ namespace MoCE.Cli.Commands;
 public static class ExportCommand
 {
     public sealed record ExportConfig(string Architecture, int ImgSize, int PatchSize, int InChans, int EmbedDim, int Depth, int NumHeads, double MlpRatio,
-        bool QkvBias, bool ClassToken, string GlobalPool, double NormEps, string Timm, string Dataset, double Mean, double Std,
+        bool QkvBias, bool ClassToken, string GlobalPool, double NormEps, string Timm, string Dataset, IReadOnlyList<double> Mean, IReadOnlyList<double> Std,
         string Model, string? Task, string Run, string Sha256, int CheckImages);
 
     public static int Run(CliArgs cli)
@@ -65,7 +65,7 @@ public static class ExportCommand
         var spec = s.Data.Resolved(dataset);
         var timm = FormattableString.Invariant($"timm.models.vision_transformer.VisionTransformer(img_size={m.ImageSize}, patch_size={m.PatchSize}, in_chans={m.InChans}, embed_dim={m.Dim}, depth={m.Depth}, num_heads={m.Heads}, mlp_ratio={m.MlpRatio}, qkv_bias=True, class_token=True, global_pool='avg', fc_norm=False, num_classes=0, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6))");
         var cfg = new ExportConfig("vit", m.ImageSize, m.PatchSize, m.InChans, m.Dim, m.Depth, m.Heads, m.MlpRatio, true, true, "avg", 1e-6, timm,
-            dataset, spec.Norm.Mean, spec.Norm.Std, modelName, taskName, s.Run.Root, Core.Data.Datasets.Sha256(path), checkImages);
+            dataset, spec.Norm.For(m.InChans, spec.Key).Mean, spec.Norm.For(m.InChans, spec.Key).Std, modelName, taskName, s.Run.Root, Core.Data.Datasets.Sha256(path), checkImages);
 
         if (checkImages > 0)
         {

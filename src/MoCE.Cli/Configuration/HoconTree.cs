@@ -37,6 +37,27 @@ public sealed class HoconTree(Config config)
             ? x : throw new ConfigException(key, $"element {i} '{e.GetString()}' is not an integer")).ToList();
     }
 
+    /// <summary>A number, or a non-empty list of numbers (one per channel, say).</summary>
+    public IReadOnlyList<double> Doubles(string key)
+    {
+        var v = Leaf(key);
+        if (!v.IsArray()) return [Double(key)];
+        var res = v.GetArray().Select((e, i) => double.TryParse(e.GetString(), NumberStyles.Float, CultureInfo.InvariantCulture, out var x) && double.IsFinite(x)
+            ? x : throw new ConfigException(key, $"element {i} '{e.GetString()}' is not a number")).ToList();
+        return res.Count > 0 ? res : throw new ConfigException(key, "expected a number or a list of numbers, got []");
+    }
+
+    /// <summary>One of an enum's names, in kebab case (bad-images = skip).</summary>
+    public T Enum<T>(string key) where T : struct, System.Enum
+    {
+        var s = String(key);
+        foreach (var e in System.Enum.GetValues<T>())
+            if (Kebab(e.ToString()) == s) return e;
+        throw new ConfigException(key, $"expected {string.Join(", ", System.Enum.GetValues<T>().Select(e => Kebab(e.ToString())))}, got '{s}'");
+    }
+
+    public static string Kebab(string pascal) => string.Concat(pascal.Select((c, i) => char.IsUpper(c) ? (i > 0 ? "-" : "") + char.ToLowerInvariant(c) : c.ToString()));
+
     public IReadOnlyList<string> StringList(string key)
     {
         var v = Leaf(key);

@@ -45,7 +45,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     /// <summary>Keys a resumed run may change; all others must equal the run's recorded config.</summary>
     public static readonly IReadOnlySet<string> ResumeMutable = new HashSet<string>
     {
-        "moce.device", "moce.threads", "moce.data.fallback-to-sample",
+        "moce.device", "moce.threads", "moce.data.fallback-to-sample", "moce.data.workers",
         "moce.pretrain.log-every", "moce.pretrain.collect-every", "moce.pretrain.steps", "moce.pretrain.checkpoint-every", "moce.pretrain.keep-checkpoints",
         "moce.moe.method", "moce.train.log-every", "moce.train.collect-every", "moce.train.checkpoint-every", "moce.train.keep-checkpoints",
         "moce.cluster.feature-batch", "moce.actors.engine", "moce.actors.policy", "moce.actors.ask-timeout", "moce.actors.owner-threads",
@@ -79,14 +79,14 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     }
 
     /// <summary>Tasks, datasets and the mix are open: moce.tasks.NAME.{dataset,classes,shots},
-    /// moce.datasets.NAME.{path,search,fetch,sample,mean,std,classes} and moce.data.mix.NAME are known keys.</summary>
+    /// moce.datasets.NAME.{path,search,fetch,sample,mean,std,classes,format,bad-images} and moce.data.mix.NAME are known keys.</summary>
     public static bool IsOpenKey(string key)
     {
         var p = key.Split('.');
         return p.Length == 4 && p[0] == "moce" && (p[1], p[3]) switch
         {
             ("tasks", "dataset" or "classes" or "shots") => true,
-            ("datasets", "path" or "search" or "fetch" or "sample" or "mean" or "std" or "classes") => true,
+            ("datasets", "path" or "search" or "fetch" or "sample" or "mean" or "std" or "classes" or "format" or "bad-images") => true,
             _ => false,
         } || (p.Length == 4 && p[0] == "moce" && p[1] == "data" && p[2] == "mix");
     }
@@ -128,13 +128,18 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         T Or<T>(string n, string k, Func<string, T> read, T empty) => merged.HasPath($"moce.datasets.{n}.{k}") ? read($"moce.datasets.{n}.{k}") : empty;
         var datasets = Names(merged, "moce.datasets").Select(n => new MoCE.Core.Data.DatasetSpec(n, Or(n, "path", t.String, ""),
             Or(n, "search", t.StringList, []), Or(n, "fetch", t.String, ""), Or(n, "sample", t.String, ""),
-            new MoCE.Core.Data.Normalization(Or(n, "mean", t.Double, double.NaN), Or(n, "std", t.Double, double.NaN)),
-            Or(n, "classes", t.StringList, []))).ToDictionary(d => d.Name);
+            new MoCE.Core.Data.Normalization(Or(n, "mean", t.Doubles, [double.NaN]), Or(n, "std", t.Doubles, [double.NaN])),
+            Or(n, "classes", t.StringList, []), Or(n, "format", t.Enum<MoCE.Core.Data.DatasetFormat>, MoCE.Core.Data.DatasetFormat.Idx),
+            Or(n, "bad-images", t.Enum<MoCE.Core.Data.BadImages>, MoCE.Core.Data.BadImages.Skip))).ToDictionary(d => d.Name);
+        var augment = t.Doubles("moce.data.augment-scale") is [var lo, var hi] ? new MoCE.Core.Data.Augmentation(lo, hi, t.Bool("moce.data.augment-flip"))
+            : throw new ConfigException("moce.data.augment-scale", "expected [min, max]");
         var data = new DataConfig
         {
             Datasets = datasets,
             Mix = Names(merged, "moce.data.mix").ToDictionary(n => n, n => t.Double($"moce.data.mix.{n}")),
             FallbackToSample = t.Bool("moce.data.fallback-to-sample"),
+            Augment = augment.Validate() is var a && t.Bool("moce.data.augment") ? a : null,
+            Workers = t.Int("moce.data.workers") is var w && w >= 0 ? w : throw new ConfigException("moce.data.workers", "must be ≥ 0 (0: one per core)"),
         }.Validate();
         long seed = t.Long("moce.seed");
         long trainSeed = t.Long("moce.train.seed") is var ts && ts >= -1 ? (ts == -1 ? seed : ts) : throw new ConfigException("moce.train.seed", "must be ≥ 0, or -1 for moce.seed");

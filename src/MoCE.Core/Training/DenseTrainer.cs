@@ -46,7 +46,8 @@ public sealed class DenseTrainer : ITrainer, IDisposable
     /// <summary>The images and mask noise of step <paramref name="step"/>: identical on every replay.</summary>
     public (Tensor imgs, Tensor noise) Inputs(long step)
     {
-        var imgs = data.Batch(Sampler.Batch(step)).to(device);
+        var imgs = data.TrainBatch(Sampler.Batch(step), step, cfg.Seed).to(device);
+        data.Prefetch(Sampler.Batch(step + 1), step + 1, cfg.Seed);                            // decoded while this step computes
         using var gen = Seeds.Generator(cfg.Seed, Seeds.Stream.Mask, step);
         return (imgs, Model.MaskNoise(cfg.BatchSize, gen, device));
     }

@@ -131,7 +131,8 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
                                                                         long[] clusterIds, MaskedAutoencoder model, long seed, Device device)
     {
         var batch = sampler.Batch(step);
-        var imgs = data.Batch(batch).to(device);
+        var imgs = data.TrainBatch(batch, step, seed).to(device);
+        data.Prefetch(sampler.Batch(step + 1), step + 1, seed);      // decoded while this step computes
         using var maskGen = Seeds.Generator(seed, Seeds.Stream.Mask, step);
         var noise = model.MaskNoise(batch.Length, maskGen, device);
         var ids = new long[batch.Length];

@@ -7,7 +7,7 @@ namespace MoCE.Core.Training;
 /// inputs, and no RNG state has to be carried across a resume beyond the seed itself.</summary>
 public static class Seeds
 {
-    public enum Stream : ulong { Init = 1, Epoch = 2, Mask = 3, Gate = 4, KMeans = 5, Upcycle = 6, Probe = 7, Chaos = 8 }
+    public enum Stream : ulong { Init = 1, Epoch = 2, Mask = 3, Gate = 4, KMeans = 5, Upcycle = 6, Probe = 7, Chaos = 8, Augment = 9 }
 
     public static ulong Derive(long seed, Stream stream, long index)
     {
