@@ -146,6 +146,8 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
             [.. Common(), Opt("--warmup", $"untimed steps (default {warmup})"), Opt("--steps", $"timed steps (default {steps})"), Opt("--rounds", $"rounds (default {rounds})")];
         root.Subcommands.Add(Cmd("bench", "time the reference trainers and the actor engine on the bench configuration (hocon/bench.conf)", Bench(40, 160, 8)));
         root.Subcommands.Add(Cmd("bench-cluster", "the actor engine in one process against three, and the bytes on the wire per step (needs $MOCE_POSTGRES)", Bench(20, 80, 2)));
+        root.Subcommands.Add(Cmd("bench-data", "images/s the loader decodes and augments (moce.data.workers) against images/s the dense trainer consumes, on the configured data and model",
+            [.. Common(), Opt("--warmup", "untimed batches (default 2)"), Opt("--steps", "timed batches (default 10)")]));
         root.Subcommands.Add(Cmd("bench-recovery", "time from an expert's failure to the next commit under each policy; throughput under a 5× straggler with and without the timeout",
             [.. Common(), Opt("--steps", "steps per run (default 80)")]));
         root.Subcommands.Add(Cmd("config", "print the resolved configuration and exit", Common()));

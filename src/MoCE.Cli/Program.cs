@@ -56,6 +56,7 @@ try
         "chaos" => ChaosCommand.Run(cli, cts.Token),
         "bench-recovery" => RecoveryBenchCommand.Run(cli),
         "bench" => BenchCommand.Run(cli),
+        "bench-data" => DataBenchCommand.Run(cli),
         "bench-cluster" => ClusterBenchCommand.Run(cli),
         _ => throw new ConfigException(cli.Command, "unknown command; see moce --help"),
     });

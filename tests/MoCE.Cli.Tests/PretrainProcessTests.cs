@@ -70,7 +70,8 @@ public class PretrainProcessTests
     {
         var (code, output) = Moce("pretrain", "--run", Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N")), "-o", "datasets.fashion-mnist.path=/nonexistent/dir");
         Assert.Equal(2, code);
-        Assert.Contains("/nonexistent/dir: no fashion-mnist train files", output);
+        Assert.Contains("/nonexistent/dir: no fashion-mnist training split in this directory", output);
+        Assert.Contains("train-images-idx3-ubyte", output);
         (code, output) = Moce("frobnicate");
         Assert.Equal(2, code);
         Assert.Contains("Unrecognized command or argument 'frobnicate'", output);

@@ -9,6 +9,10 @@ public sealed record TrainConfig
     public long Steps { get; init; } = 1000;
     /// <summary>Images per step.</summary>
     public int BatchSize { get; init; } = 128;
+    /// <summary>Micro-batches per step (gradient accumulation): each step's batch of <see cref="BatchSize"/> images goes
+    /// through the model in this many equal parts whose gradients add up, so a step equals one large batch within float
+    /// rounding, in the memory of one part.</summary>
+    public int AccumSteps { get; init; } = 1;
     /// <summary>Base learning rate; the applied peak lr is BaseLr·BatchSize/256, as in MAE.</summary>
     public double BaseLr { get; init; } = 1.5e-4;
     /// <summary>Floor of the cosine schedule.</summary>
@@ -41,6 +45,7 @@ public sealed record TrainConfig
     {
         Require(Steps > 0, "steps", "must be positive");
         Require(BatchSize > 0, "batch-size", "must be positive");
+        Require(AccumSteps >= 1 && BatchSize % AccumSteps == 0, "accum-steps", $"must be ≥ 1 and divide batch-size ({BatchSize})");
         Require(BaseLr > 0, "base-lr", "must be positive");
         Require(MinLr >= 0 && MinLr <= PeakLr, "min-lr", "must be in [0, base-lr·batch/256]");
         Require(WarmupSteps >= 0, "warmup-steps", "must be non-negative");

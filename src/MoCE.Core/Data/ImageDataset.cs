@@ -218,6 +218,10 @@ public sealed class ImageDataset : IDisposable
         return Normalize(px ?? Pixels(ix, Augment is null ? null : (step, seed)), indices);
     }
 
+    /// <summary>The bytes [B, C, H, W] of the training batch of <paramref name="step"/>, before normalisation: what the
+    /// loader's workers make (measured by <see cref="Training.LoaderBench"/>).</summary>
+    public byte[] TrainPixels(ReadOnlySpan<int> indices, long step, long seed) => Pixels(indices.ToArray(), Augment is null ? null : (step, seed));
+
     private readonly Dictionary<(long step, long seed), (int[] indices, Task<byte[]> pixels)> ahead = [];
     private const int MaxAhead = 2;
 

@@ -64,13 +64,21 @@ public sealed class DenseTrainer : ITrainer, IDisposable
         long step = NextStep;
         using var scope = NewDisposeScope();
         var (imgs, noise) = Inputs(step);
-        using var output = Model.forward(imgs, noise);
         Optimizer.ZeroGrad();
-        output.Loss.backward();
+        int k = cfg.AccumSteps;
+        long micro = imgs.shape[0] / k;
+        double loss = 0;
+        for (int i = 0; i < k; i++)                                             // gradients add up over the micro-batches
+        {
+            using var inner = NewDisposeScope();
+            using var output = k == 1 ? Model.forward(imgs, noise) : Model.forward(imgs.narrow(0, i * micro, micro), noise.narrow(0, i * micro, micro));
+            (k == 1 ? output.Loss : output.Loss / k).backward();                 // every image masks as many patches: the mean of the parts' means
+            loss += output.Loss.item<float>();
+        }
+        loss /= k;
         double norm = Math.Sqrt(Optimizer.SquaredGradNorm());
         double lr = LrSchedule.At(step, cfg);
         Optimizer.Step(lr, AdamW.ClipScale(step, norm, cfg.ClipGrad));
-        double loss = output.Loss.item<float>();
         NextStep = step + 1;
         return new StepStats(step, loss, lr, norm, cfg.BatchSize);
     }

@@ -1,0 +1,119 @@
+using System.Diagnostics;
+using System.Text.Json;
+using MoCE.Core.Checkpoints;
+using static MoCE.Cli.Tests.PretrainProcessTests;
+
+namespace MoCE.Cli.Tests;
+
+/// <summary>The real `moce` binary on the committed RGB sample (preset shapes: an image folder of JPEG/PNG, augmented).</summary>
+public class ImagePipelineProcessTests
+{
+    private static readonly string[] Shapes =
+    [
+        "--preset", "shapes", "-o", "pretrain.steps=40", "-o", "pretrain.checkpoint-every=20", "-o", "pretrain.log-every=1",
+        "-o", "train.steps=24", "-o", "train.checkpoint-every=8", "-o", "train.log-every=1", "-o", "data.workers=2", "-o", "eval.probe-epochs=5",
+    ];
+
+    private static string NewRun() => Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N"));
+
+    [Fact]
+    public void The_pipeline_runs_on_a_folder_of_rgb_images_with_augmentation()
+    {
+        var run = NewRun();
+        var (code, output) = Moce(["pipeline", "--run", run, .. Shapes]);
+        Assert.True(code == 0, output);
+        Assert.Contains("Dataset shapes Train: 240 images", output);
+        var cluster = JsonDocument.Parse(File.ReadAllText(Path.Combine(run, "cluster", "report.json"))).RootElement;
+        Assert.Equal(240, cluster.GetProperty("images").GetInt32());
+        Assert.Equal(25, File.ReadAllLines(Path.Combine(run, "train-moce", "metrics.csv")).Length);
+        var results = File.ReadAllLines(Path.Combine(run, "eval", "results.csv"));
+        Assert.Equal(1 + 2 * 4, results.Length);                      // 2 tasks × 4 models
+        Assert.True(File.Exists(Path.Combine(run, "customize", "smooth", "report.json")));
+        var losses = File.ReadAllLines(Path.Combine(run, "pretrain", "metrics.csv")).Skip(1).Select(l => double.Parse(l.Split(',')[1], System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        Assert.True(losses[^5..].Average() < 0.7 * losses[..5].Average(), $"pre-training on the RGB sample did not learn: {losses[..5].Average():F3} → {losses[^5..].Average():F3}");
+    }
+
+    /// <summary>Starts `moce ARGS` and sends it SIGINT (Ctrl-C) once its log shows step <paramref name="target"/> done.</summary>
+    private static (int code, string output) Interrupted(string[] args, string pattern, int target)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "moce.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        using var reached = new ManualResetEventSlim();
+        var log = new System.Text.StringBuilder();
+        p.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            lock (log) log.AppendLine(e.Data);
+            var m = System.Text.RegularExpressions.Regex.Match(e.Data, pattern);
+            if (!m.Success || int.Parse(m.Groups[1].Value) < target || reached.IsSet) return;
+            reached.Set();
+            using var kill = Process.Start("kill", ["-INT", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+            kill.WaitForExit();
+        };
+        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.AppendLine(e.Data); };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        bool exited = p.WaitForExit(ProcessTimeout);
+        if (!exited) p.Kill(entireProcessTree: true);
+        p.WaitForExit();
+        Assert.True(exited, $"moce {args[0]} did not exit within {ProcessTimeout.TotalMinutes:F0} min of Ctrl-C:\n{log}");
+        Assert.True(reached.IsSet, $"step {target} was not reached:\n{log}");
+        return (p.ExitCode, log.ToString());
+    }
+
+    private static Dictionary<string, float[]> Weights(string run, string phase, long step)
+    {
+        var store = new CheckpointStore(Path.Combine(run, phase, "checkpoints"));
+        var commits = new CommitLog(store).Commits;
+        Assert.Equal(step, commits[^1].Step);
+        var w = new Dictionary<string, float[]>();
+        foreach (var part in commits[^1].Parts)
+        {
+            using var c = store.Load(part);
+            foreach (var (n, t) in TrainerCheckpoint.ModelWeights(c)) w[n] = t.data<float>().ToArray();
+        }
+        return w;
+    }
+
+    private static string[] Losses(string run, string phase) =>
+        File.ReadAllLines(Path.Combine(run, phase, "metrics.csv")).Select(l => string.Join(',', l.Split(',')[..2])).ToArray();
+
+    [Fact]
+    public void Ctrl_c_then_resume_with_augmentation_and_workers_equals_an_uninterrupted_run_bit_for_bit()
+    {
+        var a = NewRun();
+        var b = a + "-uninterrupted";
+        foreach (var phase in new[] { "pretrain", "cluster", "train" })
+        {
+            string[] args = [phase, "--run", b, .. Shapes, .. phase == "train" ? new[] { "--engine", "actors" } : []];
+            var (code, output) = Moce(args);
+            Assert.True(code == 0, output);
+        }
+
+        var rng = new Random(19);                                       // the interrupt points, drawn from a seed
+        int pretrainAt = rng.Next(3, 35), trainAt = rng.Next(2, 20);
+        var (c1, o1) = Interrupted(["pretrain", "--run", a, .. Shapes], @"\] step (\d+)/40", pretrainAt);
+        Assert.Contains("Ctrl-C", o1);
+        var (code2, o2) = Moce(["pretrain", "--run", a, .. Shapes]);
+        Assert.True(code2 == 0, o2);
+        Assert.Contains("Resumed from committed checkpoint", o2);
+        (code2, o2) = Moce(["cluster", "--run", a, .. Shapes]);
+        Assert.True(code2 == 0, o2);
+        var (c3, o3) = Interrupted(["train", "--run", a, "--engine", "actors", .. Shapes], @"\[actors\] step (\d+)/24", trainAt);
+        Assert.Contains("Ctrl-C", o3);
+        (code2, o2) = Moce(["train", "--run", a, "--engine", "actors", .. Shapes]);
+        Assert.True(code2 == 0, o2);
+
+        foreach (var (phase, steps) in new[] { ("pretrain", 40L), ("train-moce", 24L) })
+        {
+            Assert.Equal(Losses(b, phase), Losses(a, phase));          // every step once, with the same loss
+            var expected = Weights(b, phase, steps);
+            var got = Weights(a, phase, steps);
+            Assert.Equal(expected.Keys.Order(), got.Keys.Order());
+            double max = expected.Max(kv => kv.Value.Zip(got[kv.Key], (x, y) => Math.Abs(x - y)).Max());
+            Assert.True(max == 0, $"{phase}: max |Δw| = {max} after Ctrl-C at step {(phase == "pretrain" ? pretrainAt : trainAt)} (exit {(phase == "pretrain" ? c1 : c3)}) and a resume");
+        }
+    }
+}
