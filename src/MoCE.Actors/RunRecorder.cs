@@ -9,7 +9,7 @@ using MoCE.Core.Training;
 namespace MoCE.Actors;
 
 /// <summary>What a coordinator writes about a run, wherever the supervisor runs (moce train, moce node, tests): the
-/// same metrics.csv and experts.csv as the reference engine, commits.json (the commits the journal keeps, mirrored
+/// same metrics.csv, experts.csv and TensorBoard events as the reference engine (<see cref="StepLog"/>), commits.json (the commits the journal keeps, mirrored
 /// before any older file is deleted, for the later phases), recoveries.json, and a progress line every log-every steps. A replayed step (after a rollback) is not
 /// written twice, and rows past the step this process starts from are dropped first: after a resume or a coordinator
 /// failover the files continue from the last commit.</summary>
@@ -20,7 +20,7 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
     /// <summary>routing.json: the gate at the first commit this run recorded and at the latest.</summary>
     public sealed record RoutingRecord(RoutingSnapshot? Start, RoutingSnapshot? End);
 
-    private CsvLog? metrics, experts;
+    private StepLog? steps;
     private long lastRow = -1;
     private readonly Stopwatch window = Stopwatch.StartNew(), clock = Stopwatch.StartNew(), sinceLast = Stopwatch.StartNew();
     private double windowLoss;
@@ -32,7 +32,7 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
     private readonly List<ChaosFired> chaos = File.Exists(Path.Combine(dir, "chaos.json"))
         ? JsonSerializer.Deserialize<List<ChaosFired>>(File.ReadAllText(Path.Combine(dir, "chaos.json"))) ?? [] : [];
 
-    public SupervisorHooks Hooks => new(OnStep, BeforeCommit: _ => { metrics?.Flush(); experts?.Flush(); }, OnCommit: OnCommit, OnRecovery: OnRecovery, OnChaos: OnChaos,
+    public SupervisorHooks Hooks => new(OnStep, BeforeCommit: _ => steps?.Flush(), OnCommit: OnCommit, OnRecovery: OnRecovery, OnChaos: OnChaos,
         OnKept: kept => commits.Mirror(kept.Select(c => new CheckpointCommit(c.Step, c.Manifest, DateTime.UtcNow))));
 
     /// <summary>An injected fault fired: chaos.json (what `moce status` and `moce report` read), as it happens.</summary>
@@ -72,11 +72,7 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
     private void OnStep(StepCompleted m)
     {
         if (m.Step <= lastRow) return;                          // a replayed step after a rollback: already written
-        if (metrics is null)                                   // the first step of this process: rows ≥ it are stale
-        {
-            metrics = new CsvLog(Path.Combine(dir, "metrics.csv"), "step,loss,lr,grad_norm,images,images_per_s,wall_s", m.Step);
-            experts = new CsvLog(Path.Combine(dir, "experts.csv"), "step,block,expert,tokens,loss_share,gate_entropy", m.Step);
-        }
+        steps ??= new StepLog(dir, m.Step, withExperts: true);    // the first step of this process: rows ≥ it are stale
         lastRow = m.Step;
         windowLoss += m.Stats.Loss; windowSteps++;
         var seconds = sinceLast.Elapsed.TotalSeconds;
@@ -93,13 +89,8 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
             NodeMetrics.GateEntropy.WithLabels(e.Block.ToString(CultureInfo.InvariantCulture)).Set(e.GateEntropy);
         }
         double ips = windowSteps * train.BatchSize / Math.Max(1e-9, window.Elapsed.TotalSeconds);
-        var st = m.Stats;
-        metrics.Append(st.Step, string.Create(CultureInfo.InvariantCulture,
-            $"{st.Step},{st.Loss:R},{st.Lr:R},{st.GradNorm:R},{st.Images},{ips:F1},{clock.Elapsed.TotalSeconds:F3}"));
-        foreach (var e in m.Routing)
-            experts!.Append(st.Step, string.Create(CultureInfo.InvariantCulture,
-                $"{st.Step},{e.Block},{e.Expert},{e.Tokens},{e.LossShare:G6},{e.GateEntropy:G6}"));
-        long done = st.Step + 1;
+        steps.Step(m.Stats, ips, clock.Elapsed.TotalSeconds, m.Routing);
+        long done = m.Step + 1;
         if (done % train.LogEvery != 0 && done != train.Steps) return;
         var eta = TimeSpan.FromSeconds((train.Steps - done) * window.Elapsed.TotalSeconds / windowSteps);
         log.Information("{Method} [actors] step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}{Routing}",
@@ -117,13 +108,13 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
     private void OnRecovery(RecoveryRecord r)
     {
         recoveries.Add(r);
+        steps?.Recovery(r.Step, r.Policy, r.StepsReplayed);
         NodeMetrics.Recoveries.WithLabels(r.Policy).Inc();
         WriteJson("recoveries.json", recoveries);
     }
 
     public void Dispose()
     {
-        metrics?.Dispose();
-        experts?.Dispose();
+        steps?.Dispose();
     }
 }

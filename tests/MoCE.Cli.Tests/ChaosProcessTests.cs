@@ -60,8 +60,13 @@ public class ChaosProcessTests
         Assert.Contains("\"Policy\": \"straggler-timeout\"", File.ReadAllText(Path.Combine(compare, "straggler-timeout", "train-moce", "recoveries.json")));
         Assert.Contains("\"Policy\": \"expert-local\"", File.ReadAllText(Path.Combine(compare, "expert-local", "train-moce", "recoveries.json")));
 
-        // moce report on the global-rollback run: every fault in the table, with its recovery; the plots
+        // the recoveries are on TensorBoard too, and the loss series holds every step once after the replays
         var rollback = Path.Combine(compare, "global-rollback");
+        var board = MoCE.Tests.Shared.TensorBoardEvents.Read(Path.Combine(rollback, "train-moce", "tensorboard"));
+        Assert.Contains(board, p => p.Tag == "recovery/global-rollback" && p.Step == 12 && p.Value > 0);
+        Assert.Equal(Losses(rollback).Length - 1, board.Where(p => p.Tag == "loss").Select(p => p.Step).Distinct().Count());
+
+        // moce report on the global-rollback run: every fault in the table, with its recovery; the plots
         (code, output) = Moce(["report", rollback, "--baseline", Path.Combine(compare, "baseline")]);
         Assert.True(code == 0, output);
         var report = Path.Combine(rollback, "train-moce", "report");

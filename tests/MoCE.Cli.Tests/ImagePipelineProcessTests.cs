@@ -26,6 +26,13 @@ public class ImagePipelineProcessTests
         var cluster = JsonDocument.Parse(File.ReadAllText(Path.Combine(run, "cluster", "report.json"))).RootElement;
         Assert.Equal(240, cluster.GetProperty("images").GetInt32());
         Assert.Equal(25, File.ReadAllLines(Path.Combine(run, "train-moce", "metrics.csv")).Length);
+        // TensorBoard beside metrics.csv, in every phase: the actor engine's with the experts' tokens and gate entropy
+        var board = MoCE.Tests.Shared.TensorBoardEvents.Read(Path.Combine(run, "train-moce", "tensorboard"));
+        Assert.Equal(Enumerable.Range(0, 24).Select(i => (long)i), board.Where(p => p.Tag == "loss").Select(p => p.Step));
+        foreach (var tag in new[] { "experts/block1/tokens/expert0", "experts/block3/tokens/expert2", "experts/block1/gate_entropy" })
+            Assert.Equal(24, board.Count(p => p.Tag == tag));
+        Assert.All(board.Where(p => p.Tag == "experts/block1/gate_entropy"), p => Assert.InRange(p.Value, 0f, (float)Math.Log(3) + 1e-4f));
+        Assert.Equal(40, MoCE.Tests.Shared.TensorBoardEvents.Read(Path.Combine(run, "pretrain", "tensorboard")).Count(p => p.Tag == "loss"));
         var results = File.ReadAllLines(Path.Combine(run, "eval", "results.csv"));
         Assert.Equal(1 + 2 * 4, results.Length);                      // 2 tasks × 4 models
         Assert.True(File.Exists(Path.Combine(run, "customize", "smooth", "report.json")));

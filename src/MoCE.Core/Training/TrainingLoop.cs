@@ -58,10 +58,7 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
     {
         long end = Math.Min(cfg.Steps, stopAt ?? cfg.Steps);
         long start = Resume();
-        using var metrics = new CsvLog(Path.Combine(runDir, "metrics.csv"), "step,loss,lr,grad_norm,images,images_per_s,wall_s", truncateFrom: start);
-        using var experts = trainer is IRoutingMetrics
-            ? new CsvLog(Path.Combine(runDir, "experts.csv"), "step,block,expert,tokens,loss_share,gate_entropy", truncateFrom: start)
-            : null;
+        using var steps = new StepLog(runDir, start, trainer is IRoutingMetrics);
         var commits = new CommitLog(Store);
         var clock = Stopwatch.StartNew();
         var window = Stopwatch.StartNew();
@@ -76,8 +73,7 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
             if (ct.IsCancellationRequested)
             {
                 log.Warning("Interrupted at step {Step}; committing a checkpoint before exit", trainer.NextStep);
-                metrics.Flush();
-                experts?.Flush();
+                steps.Flush();
                 Commit(commits);
                 ct.ThrowIfCancellationRequested();
             }
@@ -85,12 +81,7 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
             if (!double.IsFinite(s.Loss)) throw new InvalidOperationException($"loss is {s.Loss} at step {s.Step}; stopping (last commit is intact)");
             windowImages += s.Images; windowLoss += s.Loss; windowSteps++;
             double ips = windowImages / Math.Max(1e-9, window.Elapsed.TotalSeconds);
-            metrics.Append(s.Step, string.Create(CultureInfo.InvariantCulture,
-                $"{s.Step},{s.Loss:R},{s.Lr:R},{s.GradNorm:R},{s.Images},{ips:F1},{clock.Elapsed.TotalSeconds:F3}"));
-            if (experts is not null)
-                foreach (var e in ((IRoutingMetrics)trainer).LastRouting)
-                    experts.Append(s.Step, string.Create(CultureInfo.InvariantCulture,
-                        $"{s.Step},{e.Block},{e.Expert},{e.Tokens},{e.LossShare:G6},{e.GateEntropy:G6}"));
+            steps.Step(s, ips, clock.Elapsed.TotalSeconds, (trainer as IRoutingMetrics)?.LastRouting);
 
             if (trainer.NextStep % cfg.LogEvery == 0 || trainer.NextStep == cfg.Steps)
             {
@@ -100,8 +91,7 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
             }
             if (trainer.NextStep % cfg.CheckpointEvery == 0 || trainer.NextStep == end)
             {
-                metrics.Flush();
-                experts?.Flush();
+                steps.Flush();
                 Commit(commits);
             }
         }
@@ -141,4 +131,61 @@ public sealed class CsvLog : IDisposable
     public void Flush() => w.Flush();
 
     public void Dispose() => w.Dispose();
+}
+
+/// <summary>A phase's record of its steps, the same in every engine: metrics.csv, experts.csv for a model with experts
+/// (<see cref="CsvLog"/>: from the step this process starts at, every step once), and the same series as TensorBoard
+/// event files in PHASE/tensorboard (TorchSharp's SummaryWriter, one file per process): loss, lr, grad_norm and
+/// images_per_s; per MoE block each expert's tokens and the gate entropy; and each recovery, as recovery/POLICY = the steps
+/// it replayed, at its step. A resumed or rolled-back phase writes its steps again from the restored one, which
+/// TensorBoard shows in place of the old ones (it drops a series' points past a step that comes again).</summary>
+public sealed class StepLog : IDisposable
+{
+    private readonly CsvLog metrics;
+    private readonly CsvLog? experts;
+    private readonly TorchSharp.Modules.SummaryWriter board;
+
+    public const string BoardDir = "tensorboard";
+
+    public StepLog(string dir, long startStep, bool withExperts)
+    {
+        metrics = new CsvLog(Path.Combine(dir, "metrics.csv"), "step,loss,lr,grad_norm,images,images_per_s,wall_s", startStep);
+        experts = withExperts ? new CsvLog(Path.Combine(dir, "experts.csv"), "step,block,expert,tokens,loss_share,gate_entropy", startStep) : null;
+        board = TorchSharp.torch.utils.tensorboard.SummaryWriter(Path.Combine(dir, BoardDir), createRunName: false);
+    }
+
+    public void Step(StepStats s, double imagesPerSecond, double wallSeconds, IReadOnlyList<ExpertStat>? routing = null)
+    {
+        metrics.Append(s.Step, string.Create(CultureInfo.InvariantCulture,
+            $"{s.Step},{s.Loss:R},{s.Lr:R},{s.GradNorm:R},{s.Images},{imagesPerSecond:F1},{wallSeconds:F3}"));
+        int step = checked((int)s.Step);
+        board.add_scalar("loss", (float)s.Loss, step);
+        board.add_scalar("lr", (float)s.Lr, step);
+        board.add_scalar("grad_norm", (float)s.GradNorm, step);
+        board.add_scalar("images_per_s", (float)imagesPerSecond, step);
+        if (routing is null || experts is null) return;
+        foreach (var e in routing)
+        {
+            experts.Append(s.Step, string.Create(CultureInfo.InvariantCulture, $"{s.Step},{e.Block},{e.Expert},{e.Tokens},{e.LossShare:G6},{e.GateEntropy:G6}"));
+            board.add_scalar(string.Create(CultureInfo.InvariantCulture, $"experts/block{e.Block}/tokens/expert{e.Expert}"), e.Tokens, step);
+        }
+        foreach (var b in routing.GroupBy(e => e.Block))
+            board.add_scalar(string.Create(CultureInfo.InvariantCulture, $"experts/block{b.Key}/gate_entropy"), (float)b.First().GateEntropy, step);
+    }
+
+    /// <summary>A recovery at <paramref name="step"/> under <paramref name="policy"/> that replayed <paramref name="replayed"/> steps.</summary>
+    public void Recovery(long step, string policy, long replayed) => board.add_scalar($"recovery/{policy}", replayed, checked((int)step));
+
+    /// <summary>Called at every commit: a row of a committed step must never be lost to a crash.</summary>
+    public void Flush()
+    {
+        metrics.Flush();
+        experts?.Flush();
+    }
+
+    public void Dispose()
+    {
+        metrics.Dispose();
+        experts?.Dispose();
+    }
 }
