@@ -1,4 +1,5 @@
 using MoCE.Actors.Wire;
+using MoCE.Core.Training;
 using Prometheus;
 
 namespace MoCE.Actors;
@@ -8,6 +9,36 @@ namespace MoCE.Actors;
 /// the wire. Counters never go back: a replayed step after a rollback is not counted twice.</summary>
 public static class NodeMetrics
 {
+    /// <summary>The run's progress metrics, told by the recorder of the actor engine and by the reference engines' loop
+    /// (moce pretrain, moce train --engine local): the same series whichever engine trains.</summary>
+    public static readonly IStepObserver Progress = new ProgressObserver();
+
+    private sealed class ProgressObserver : IStepObserver
+    {
+        private long lastDone;
+
+        public void Stepped(StepStats s, IReadOnlyList<ExpertStat> routing, double seconds)
+        {
+            Steps.Inc();
+            Step.Set(lastDone = s.Step + 1);
+            StepSeconds.Observe(seconds);
+            ImagesPerSecond.Set(s.Images / Math.Max(1e-9, seconds));
+            Loss.Set(s.Loss);
+            CommitLag.Set(s.Step + 1 - CommittedStep.Value);
+            foreach (var e in routing)
+            {
+                RoutedTokens.WithLabels(e.Block.ToString(System.Globalization.CultureInfo.InvariantCulture), $"expert-{e.Expert}").Inc(e.Tokens);
+                GateEntropy.WithLabels(e.Block.ToString(System.Globalization.CultureInfo.InvariantCulture)).Set(e.GateEntropy);
+            }
+        }
+
+        public void Committed(long step)
+        {
+            CommittedStep.Set(step);
+            CommitLag.Set(Math.Max(0, lastDone - step));
+        }
+    }
+
     public static readonly Counter Steps = Metrics.CreateCounter("moce_steps_total", "Training steps completed on this coordinator (a replay after a rollback is not counted again).");
     public static readonly Gauge Step = Metrics.CreateGauge("moce_step", "Steps done: the last completed step + 1.");
     public static readonly Histogram StepSeconds = Metrics.CreateHistogram("moce_step_seconds", "Wall time per completed step.",

@@ -77,17 +77,7 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
         windowLoss += m.Stats.Loss; windowSteps++;
         var seconds = sinceLast.Elapsed.TotalSeconds;
         sinceLast.Restart();
-        NodeMetrics.Steps.Inc();
-        NodeMetrics.Step.Set(m.Step + 1);
-        NodeMetrics.StepSeconds.Observe(seconds);
-        NodeMetrics.ImagesPerSecond.Set(m.Stats.Images / Math.Max(1e-9, seconds));
-        NodeMetrics.Loss.Set(m.Stats.Loss);
-        NodeMetrics.CommitLag.Set(m.Step + 1 - NodeMetrics.CommittedStep.Value);
-        foreach (var e in m.Routing)
-        {
-            NodeMetrics.RoutedTokens.WithLabels(e.Block.ToString(CultureInfo.InvariantCulture), $"expert-{e.Expert}").Inc(e.Tokens);
-            NodeMetrics.GateEntropy.WithLabels(e.Block.ToString(CultureInfo.InvariantCulture)).Set(e.GateEntropy);
-        }
+        NodeMetrics.Progress.Stepped(m.Stats, m.Routing, seconds);
         double ips = windowSteps * train.BatchSize / Math.Max(1e-9, window.Elapsed.TotalSeconds);
         steps.Step(m.Stats, ips, clock.Elapsed.TotalSeconds, m.Routing);
         long done = m.Step + 1;
@@ -101,8 +91,7 @@ public sealed class RunRecorder(string dir, TrainConfig train, CheckpointStore s
     private void OnCommit(CheckpointCommitted c)
     {
         RecordRouting(c);
-        NodeMetrics.CommittedStep.Set(c.Step);
-        NodeMetrics.CommitLag.Set(Math.Max(0, lastRow + 1 - c.Step));
+        NodeMetrics.Progress.Committed(c.Step);
     }
 
     private void OnRecovery(RecoveryRecord r)

@@ -41,7 +41,7 @@ public class ImagePipelineProcessTests
     }
 
     /// <summary>Starts `moce ARGS` and sends it SIGINT (Ctrl-C) once its log shows step <paramref name="target"/> done.</summary>
-    private static (int code, string output) Interrupted(string[] args, string pattern, int target)
+    private static (int code, string output) Interrupted(string[] args, string pattern, int target, Action? atTarget = null)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "moce.dll"));
@@ -55,6 +55,7 @@ public class ImagePipelineProcessTests
             lock (log) log.AppendLine(e.Data);
             var m = System.Text.RegularExpressions.Regex.Match(e.Data, pattern);
             if (!m.Success || int.Parse(m.Groups[1].Value) < target || reached.IsSet) return;
+            atTarget?.Invoke();
             reached.Set();
             using var kill = Process.Start("kill", ["-INT", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
             kill.WaitForExit();
@@ -68,6 +69,22 @@ public class ImagePipelineProcessTests
         Assert.True(exited, $"moce {args[0]} did not exit within {ProcessTimeout.TotalMinutes:F0} min of Ctrl-C:\n{log}");
         Assert.True(reached.IsSet, $"step {target} was not reached:\n{log}");
         return (p.ExitCode, log.ToString());
+    }
+
+    private static int FreePort()
+    {
+        using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        return ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    /// <summary>One scrape of a Prometheus endpoint: every moce_ sample line, "name{labels}" → value.</summary>
+    private static Dictionary<string, double> Scrape(int port)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+        return http.GetStringAsync($"http://127.0.0.1:{port}/metrics").GetAwaiter().GetResult().Split('\n')
+            .Where(l => l.StartsWith("moce_", StringComparison.Ordinal))
+            .Select(l => l.Split(' ')).ToDictionary(p => p[0], p => double.Parse(p[1], System.Globalization.CultureInfo.InvariantCulture));
     }
 
     private static Dictionary<string, float[]> Weights(string run, string phase, long step)
@@ -101,8 +118,13 @@ public class ImagePipelineProcessTests
 
         var rng = new Random(19);                                       // the interrupt points, drawn from a seed
         int pretrainAt = rng.Next(3, 35), trainAt = rng.Next(2, 20);
-        var (c1, o1) = Interrupted(["pretrain", "--run", a, .. Shapes], @"\] step (\d+)/40", pretrainAt);
+        int port = FreePort();                                           // and pre-training serves the Prometheus metrics
+        Dictionary<string, double>? scraped = null;
+        var (c1, o1) = Interrupted(["pretrain", "--run", a, .. Shapes, "-o", $"metrics.port={port}"], @"\] step (\d+)/40", pretrainAt, () => scraped = Scrape(port));
         Assert.Contains("Ctrl-C", o1);
+        Assert.NotNull(scraped);
+        Assert.True(scraped["moce_steps_total"] >= pretrainAt, $"moce_steps_total {scraped["moce_steps_total"]} at step {pretrainAt}");
+        Assert.True(scraped["moce_loss"] > 0 && scraped.ContainsKey("moce_committed_step") && scraped.ContainsKey("moce_images_per_second"), string.Join(", ", scraped.Keys));
         var (code2, o2) = Moce(["pretrain", "--run", a, .. Shapes]);
         Assert.True(code2 == 0, o2);
         Assert.Contains("Resumed from committed checkpoint", o2);

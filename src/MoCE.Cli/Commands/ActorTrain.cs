@@ -35,8 +35,7 @@ public static class ActorTrain
             StragglerSitOut = s.Config.StragglerSitOut,
             Chaos = chaos ?? ChaosPlan.None,
         };
-        using var metrics = node is null ? NodeMetrics.Serve(s.Config.MetricsHost, s.Config.MetricsPort) : null;   // a node serves them itself
-        if (metrics is not null) Log.Information("Prometheus metrics on http://{Host}:{Port}/metrics", s.Config.MetricsHost, s.Config.MetricsPort);
+        using var metrics = node is null ? s.ServeMetrics() : null;             // a node serves them itself
         using var recorder = new RunRecorder(dir, train, store, MoceConfig.MethodName(moe.Method), Log.Logger, moe);
         var finished = node is null
             ? ActorEngine.Run(setup, dir, train.Steps, train.CheckpointEvery, train.KeepCheckpoints, recorder.Hooks, ct, akka: s.Config.Hocon)

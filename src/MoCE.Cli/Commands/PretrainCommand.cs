@@ -23,7 +23,8 @@ public static class PretrainCommand
         Log.Information("Pre-training a dense MAE on {Count} images: {Steps} steps of {Batch}, peak lr {Lr:G3}",
             data.Count, s.Config.Pretrain.Steps, s.Config.Pretrain.BatchSize, s.Config.Pretrain.PeakLr);
         using var trainer = new DenseTrainer(s.Config.Model, s.Config.Pretrain, data, s.Device);
-        var loop = new TrainingLoop(trainer, s.Config.Pretrain, dir, Log.Logger);
+        using var metrics = s.ServeMetrics();
+        var loop = new TrainingLoop(trainer, s.Config.Pretrain, dir, Log.Logger) { Observer = MoCE.Actors.NodeMetrics.Progress };
         loop.Run(p => Log.Information("step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}",
             p.Step, p.TotalSteps, p.Loss, p.ImagesPerSecond, p.Eta), ct);
 

@@ -17,6 +17,14 @@ public sealed class Session
     public required RunDirectory Upstream { get; init; }
     public bool Resumed { get; init; }
 
+    /// <summary>Serves the Prometheus metrics (moce.metrics) while a phase trains, whichever engine; null when off.</summary>
+    public IDisposable? ServeMetrics()
+    {
+        var server = MoCE.Actors.NodeMetrics.Serve(Config.MetricsHost, Config.MetricsPort);
+        if (server is not null) Log.Information("Prometheus metrics on http://{Host}:{Port}/metrics", Config.MetricsHost, Config.MetricsPort);
+        return server;
+    }
+
     /// <summary><paramref name="logName"/>: the log file under the run's logs/ (moce.log; each node of a cluster its own).</summary>
     public static Session Open(CliArgs cli, string logName = "moce.log")
     {

@@ -58,7 +58,8 @@ public static class TrainCommand
         {
             if (engine == "actors") Log.Information("dense has no experts to distribute; the reference engine trains it");
             using var trainer = new MoceTrainer(s.Config.Model, moe, train, data, clustering, dense, sha, s.Device);
-            var loop = new TrainingLoop(trainer, train, dir, Log.Logger);
+            using var metrics = s.ServeMetrics();
+            var loop = new TrainingLoop(trainer, train, dir, Log.Logger) { Observer = MoCE.Actors.NodeMetrics.Progress };
             loop.Run(p => Log.Information("{Method} step {Step}/{Total} loss {Loss:F4} {Ips:F0} img/s ETA {Eta:hh\\:mm\\:ss}{Routing}",
                 MoceConfig.MethodName(method), p.Step, p.TotalSteps, p.Loss, p.ImagesPerSecond, p.Eta, ExpertStat.Summary(trainer.LastRouting)), ct);
         }

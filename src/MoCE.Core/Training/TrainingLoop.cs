@@ -33,6 +33,9 @@ public sealed record Progress(long Step, long TotalSteps, double Loss, double Im
 /// reports progress.</summary>
 public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDir, ILogger log)
 {
+    /// <summary>Told of each step and commit, as the actor engine's recorder tells it (Prometheus metrics); null: nobody.</summary>
+    public IStepObserver? Observer { get; init; }
+
     public CheckpointStore Store { get; } = new(Path.Combine(runDir, "checkpoints"));
 
     /// <summary>Restores the newest commit whose files verify (falling back past corrupt ones); returns the step
@@ -62,6 +65,7 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
         var commits = new CommitLog(Store);
         var clock = Stopwatch.StartNew();
         var window = Stopwatch.StartNew();
+        var stepClock = Stopwatch.StartNew();
         long windowImages = 0;
         double windowLoss = 0;
         int windowSteps = 0;
@@ -81,7 +85,10 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
             if (!double.IsFinite(s.Loss)) throw new InvalidOperationException($"loss is {s.Loss} at step {s.Step}; stopping (last commit is intact)");
             windowImages += s.Images; windowLoss += s.Loss; windowSteps++;
             double ips = windowImages / Math.Max(1e-9, window.Elapsed.TotalSeconds);
-            steps.Step(s, ips, clock.Elapsed.TotalSeconds, (trainer as IRoutingMetrics)?.LastRouting);
+            var routing = (trainer as IRoutingMetrics)?.LastRouting;
+            steps.Step(s, ips, clock.Elapsed.TotalSeconds, routing);
+            Observer?.Stepped(s, routing ?? [], stepClock.Elapsed.TotalSeconds);
+            stepClock.Restart();
 
             if (trainer.NextStep % cfg.LogEvery == 0 || trainer.NextStep == cfg.Steps)
             {
@@ -102,8 +109,16 @@ public sealed class TrainingLoop(ITrainer trainer, TrainConfig cfg, string runDi
         var t = Stopwatch.StartNew();
         var parts = trainer.SaveCheckpoint(Store);
         commits.Commit(new CheckpointCommit(trainer.NextStep, parts, DateTime.UtcNow), cfg.KeepCheckpoints);
+        Observer?.Committed(trainer.NextStep);
         log.Information("Committed checkpoint {Step} ({Parts} parts, {Ms} ms)", trainer.NextStep, parts.Count, t.ElapsedMilliseconds);
     }
+}
+
+/// <summary>Follows a phase's progress: each step once (a replay after a rollback is not told again) and each commit.</summary>
+public interface IStepObserver
+{
+    void Stepped(StepStats stats, IReadOnlyList<ExpertStat> routing, double seconds);
+    void Committed(long step);
 }
 
 /// <summary>A per-step CSV (metrics.csv, experts.csv). On resume, rows at or after the resumed step (written by a
