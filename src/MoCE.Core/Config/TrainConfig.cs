@@ -1,5 +1,14 @@
 namespace MoCE.Core.Config;
 
+/// <summary>What a step computes in (pretrain.precision).</summary>
+public enum Precision
+{
+    /// <summary>Everything in float32.</summary>
+    Fp32,
+    /// <summary>bfloat16 compute with float32 master weights: see <see cref="Training.DenseTrainer"/>.</summary>
+    Bf16,
+}
+
 /// <summary>Optimization and run settings of one training phase (dense pre-training, MoCE training).</summary>
 public sealed record TrainConfig
 {
@@ -13,6 +22,8 @@ public sealed record TrainConfig
     /// through the model in this many equal parts whose gradients add up, so a step equals one large batch within float
     /// rounding, in the memory of one part.</summary>
     public int AccumSteps { get; init; } = 1;
+    /// <summary>fp32, or bf16 compute on a bfloat16 copy of the float32 master weights.</summary>
+    public Precision Precision { get; init; } = Precision.Fp32;
     /// <summary>Base learning rate; the applied peak lr is BaseLr·BatchSize/256, as in MAE.</summary>
     public double BaseLr { get; init; } = 1.5e-4;
     /// <summary>Floor of the cosine schedule.</summary>

@@ -11,7 +11,13 @@ using static TorchSharp.torch;
 namespace MoCE.Core.Training;
 
 /// <summary>The single-process reference trainer for dense MAE pre-training. Step s is a pure function of
-/// (seed, s) and the state after step s−1: batch s of the seeded sampler, mask noise from (seed, "mask", s).</summary>
+/// (seed, s) and the state after step s−1: batch s of the seeded sampler, mask noise from (seed, "mask", s).
+/// With <see cref="Precision.Bf16"/> (TorchSharp 0.107 has no autocast), exactly this is cast: before each step every
+/// float32 master weight is copied into a bfloat16 copy of the model; the images enter its encoder as bfloat16, so every
+/// layer (patch embedding, attention and its softmax, MLPs, LayerNorms, the decoder) computes in bfloat16; the prediction
+/// is cast to float32 and the loss, with its normalised-pixel target from the float32 images, is float32; the backward
+/// runs through the bfloat16 copy; its gradients are cast to float32 onto the master weights, where the clip and AdamW
+/// work in float32. The mask noise and the masking indices are the fp32 run's. Checkpoints hold the master weights only.</summary>
 public sealed class DenseTrainer : ITrainer, IDisposable
 {
     public const string Owner = "trainer";
@@ -22,6 +28,8 @@ public sealed class DenseTrainer : ITrainer, IDisposable
     private readonly Device device;
 
     public MaskedAutoencoder Model { get; }
+    /// <summary>The bfloat16 copy the steps compute on (bf16 precision), null in fp32.</summary>
+    private readonly MaskedAutoencoder? compute;
     public AdamW Optimizer { get; }
     public EpochSampler Sampler { get; }
     public long NextStep { get; private set; }
@@ -41,6 +49,20 @@ public sealed class DenseTrainer : ITrainer, IDisposable
         Model.train();
         Optimizer = new AdamW(Model.named_parameters(), cfg);
         Sampler = new EpochSampler(data.Count, cfg.BatchSize, cfg.Seed);
+        if (cfg.Precision == Precision.Bf16)
+        {
+            compute = new MaskedAutoencoder(modelCfg);
+            compute.to(this.device).to(ScalarType.BFloat16);
+            compute.train();
+        }
+    }
+
+    /// <summary>A micro-batch's loss: on the model itself, or on the bfloat16 copy (see the class).</summary>
+    private Tensor MicroLoss(Tensor imgs, Tensor noise)
+    {
+        if (compute is null) return Model.forward(imgs, noise).Loss;
+        var (latent, mask, idsRestore) = compute.ForwardEncoder(imgs.to_type(ScalarType.BFloat16), noise);
+        return compute.ForwardLoss(imgs, compute.ForwardDecoder(latent, idsRestore).to_type(ScalarType.Float32), mask);
     }
 
     /// <summary>The images and mask noise of step <paramref name="step"/>: identical on every replay.</summary>
@@ -68,14 +90,26 @@ public sealed class DenseTrainer : ITrainer, IDisposable
         int k = cfg.AccumSteps;
         long micro = imgs.shape[0] / k;
         double loss = 0;
+        if (compute is not null)
+            using (no_grad())
+            {
+                var master = Model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+                foreach (var (name, p) in compute.named_parameters()) { p.copy_(master[name]); p.grad = null; }
+            }
         for (int i = 0; i < k; i++)                                             // gradients add up over the micro-batches
         {
             using var inner = NewDisposeScope();
-            using var output = k == 1 ? Model.forward(imgs, noise) : Model.forward(imgs.narrow(0, i * micro, micro), noise.narrow(0, i * micro, micro));
-            (k == 1 ? output.Loss : output.Loss / k).backward();                 // every image masks as many patches: the mean of the parts' means
-            loss += output.Loss.item<float>();
+            var part = k == 1 ? MicroLoss(imgs, noise) : MicroLoss(imgs.narrow(0, i * micro, micro), noise.narrow(0, i * micro, micro));
+            (k == 1 ? part : part / k).backward();                               // every image masks as many patches: the mean of the parts' means
+            loss += part.item<float>();
         }
         loss /= k;
+        if (compute is not null)
+        {
+            var grads = compute.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad);
+            foreach (var (name, p) in Model.named_parameters())
+                if (grads[name] is { } g) p.grad = g.to_type(ScalarType.Float32);
+        }
         double norm = Math.Sqrt(Optimizer.SquaredGradNorm());
         double lr = LrSchedule.At(step, cfg);
         Optimizer.Step(lr, AdamW.ClipScale(step, norm, cfg.ClipGrad));
@@ -107,6 +141,7 @@ public sealed class DenseTrainer : ITrainer, IDisposable
     public void Dispose()
     {
         Optimizer.Dispose();
+        compute?.Dispose();
         Model.Dispose();
     }
 }
