@@ -120,6 +120,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 
     private void HandleForward(ExpertForward m)
     {
+        m = m with { Input = m.Input.On(setup.Device) };
         try
         {
             if (!Fresh(m.Step, m.Generation, m.Block, backward: false)) { m.Input.Dispose(); return; }
@@ -142,6 +143,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 
     private void HandleBackward(ExpertBackward m)
     {
+        m = m with { GradOutput = m.GradOutput.On(setup.Device) };
         try
         {
             if (!Fresh(m.Step, m.Generation, m.Block, backward: true)) { m.GradOutput.Dispose(); return; }

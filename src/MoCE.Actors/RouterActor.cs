@@ -59,9 +59,9 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
         owner.LoadInitial(setup.Initial);
 
         Receive<Route>(HandleRoute);
-        Receive<ExpertOutput>(m => { if (Arrived(m.Expert, m.Step, "output", m, m.Output)) HandleExpertOutput(m); });
+        Receive<ExpertOutput>(m => { m = m with { Output = m.Output.On(setup.Device) }; if (Arrived(m.Expert, m.Step, "output", m, m.Output)) HandleExpertOutput(m); });
         Receive<RouteBackward>(HandleBackward);
-        Receive<ExpertInputGrad>(m => { if (Arrived(m.Expert, m.Step, "input-grad", m, m.GradInput)) HandleExpertInputGrad(m); });
+        Receive<ExpertInputGrad>(m => { m = m with { GradInput = m.GradInput.On(setup.Device) }; if (Arrived(m.Expert, m.Step, "input-grad", m, m.GradInput)) HandleExpertInputGrad(m); });
         Receive<Status.Failure>(f => FailAll(f.Cause));
         Receive<MalformedFrame>(m => { var e = m.Failure(Sender); FailAll(e); throw e; });   // the step fails now; the router is recovered
         Receive<Deadline>(HandleDeadline);
@@ -112,6 +112,7 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
 
     private void HandleRoute(Route m)
     {
+        m = m with { Hidden = m.Hidden.On(setup.Device), ClusterIds = m.ClusterIds.On(setup.Device) };
         try
         {
             setup.Chaos.Check(Name, m.Step);
@@ -232,6 +233,7 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
 
     private void HandleBackward(RouteBackward m)
     {
+        m = m with { GradOutput = m.GradOutput.On(setup.Device) };
         try
         {
             var p = pending[m.Block];

@@ -139,6 +139,7 @@ public sealed class TrainerActor : ReceiveActor
             (o, boundaries) = model.ForwardRemote(imgs, noise, (block, h) =>
             {
                 var r = Ask<Routed>(router, new Route(s, m.Generation, block, h.DetachFromDisposeScope(), gate.ClusterIds.alias().DetachFromDisposeScope(), m.Down));
+                r = r with { Output = r.Output.On(setup.Device), Probs = r.Probs.On(setup.Device), Choice = r.Choice.On(setup.Device) };
                 rerouted += r.ReroutedRows;
                 scope.Attach(r.Output); scope.Attach(r.Probs); scope.Attach(r.Choice);
                 routes.Add(new RouteStats(block, r.Probs, r.Choice, r.Choice, r.Probs, r.TokensPerRow));
@@ -148,7 +149,7 @@ public sealed class TrainerActor : ReceiveActor
             if (target is not null)
             {
                 if (!target.IsCompleted) setup.Threads.RunNormally("moce-teacher");   // a prefetch we now wait for must not starve
-                var t = Wait(() => target).Latent;
+                var t = Wait(() => target).Latent.On(setup.Device);
                 scope.Attach(t);
                 target = null;
                 loss = loss + setup.Moe.LambdaDistill * MoceTrainer.Distill(o.Latent, t);
@@ -160,6 +161,7 @@ public sealed class TrainerActor : ReceiveActor
         MaskedAutoencoder.BackwardRemote(loss, boundaries, (block, dy) =>
         {
             var back = Ask<RoutedBackward>(router, new RouteBackward(s, m.Generation, block, dy.detach().DetachFromDisposeScope()));
+            back = back with { GradHidden = back.GradHidden.On(setup.Device) };
             scope.Attach(back.GradHidden);
             return back.GradHidden;
         });

@@ -15,7 +15,8 @@ public enum WireEncoding : byte { Raw = 0, Bf16 = 1 }
 /// The dtype codes are this format's own (not TorchSharp's enum values), so they never move. The reader checks
 /// every field before it allocates: a rank over 8, a negative dimension, a shape whose size overflows, a payload
 /// length that differs from what the shape needs or from what the frame holds, and a checksum mismatch are each a
-/// <see cref="WireFormatException"/>. Tensors are read onto the CPU; the receiver moves them to its device.</summary>
+/// <see cref="WireFormatException"/>. A device tensor is written through a reused CPU staging buffer; tensors are read
+/// onto the CPU, and each receiver places them on its own device (<see cref="DevicePlacement"/>).</summary>
 public static class TensorFrame
 {
     private static ReadOnlySpan<byte> Magic => "MOCT"u8;
@@ -41,9 +42,9 @@ public static class TensorFrame
     {
         using var scope = NewDisposeScope();
         if (encoding == WireEncoding.Bf16 && t.dtype != ScalarType.Float32) encoding = WireEncoding.Raw;
-        var c = t.detach().cpu();
-        if (encoding == WireEncoding.Bf16) c = c.to_type(ScalarType.BFloat16);
-        c = c.contiguous();
+        var c = t.detach();
+        if (encoding == WireEncoding.Bf16) c = c.to_type(ScalarType.BFloat16);  // on its device: half the bytes to copy
+        c = c.device_type == DeviceType.CPU ? c.contiguous() : Staged(c);
         var code = Types.FirstOrDefault(x => x.type == t.dtype).code;
         if (code == 0) throw new NotSupportedException($"dtype {t.dtype} has no wire code");
         if (c.dim() > MaxRank) throw new NotSupportedException($"rank {c.dim()} is over the wire's {MaxRank}");
@@ -60,6 +61,26 @@ public static class TensorFrame
         var payload = length == 0 ? [] : c.bytes;
         w.U32(Crc32.HashToUInt32(payload));
         payload.CopyTo(w.Reserve((int)length));
+    }
+
+    [ThreadStatic] private static Dictionary<ScalarType, Tensor>? staging;
+
+    /// <summary>A device tensor copied into this serialising thread's CPU staging buffer for its dtype (pinned where CUDA
+    /// is, so the copy is a DMA): one buffer per thread and dtype, grown to the largest tensor it has carried, instead of
+    /// a new CPU tensor per message. The view is valid until the thread stages the next tensor of that dtype.</summary>
+    private static Tensor Staged(Tensor t)
+    {
+        staging ??= [];
+        long n = t.NumberOfElements;
+        if (!staging.TryGetValue(t.dtype, out var buffer) || buffer.NumberOfElements < n)
+        {
+            buffer?.Dispose();
+            using var fresh = empty([Math.Max(n, 1 << 18)], t.dtype);
+            staging[t.dtype] = buffer = (cuda.is_available() ? fresh.pin_memory() : fresh.alias()).DetachFromDisposeScope();
+        }
+        var view = buffer.narrow(0, 0, n).view(t.shape);
+        view.copy_(t);
+        return view;
     }
 
     /// <summary>Reads one frame into a new CPU tensor, owned by the caller.</summary>
