@@ -103,6 +103,7 @@ public class TransferProcessTests
         var said = await stdout + await stderr;
         Assert.True(p.ExitCode == 0, $"PyTorch's features differ from moce's, or the load failed:\n{said}");
         Assert.Contains("tensors loaded strictly", said);
+        Assert.Contains("tensors, equal to encoder.pt", said);
         var diff = double.Parse(System.Text.RegularExpressions.Regex.Match(said, @"max \|feature diff\| = (\S+)").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
         Assert.InRange(diff, 0, 1e-5);
     }

@@ -18,7 +18,7 @@ public static class ExportCommand
 {
     public sealed record ExportConfig(string Architecture, int ImgSize, int PatchSize, int InChans, int EmbedDim, int Depth, int NumHeads, double MlpRatio,
         bool QkvBias, bool ClassToken, string GlobalPool, double NormEps, string Timm, string Dataset, IReadOnlyList<double> Mean, IReadOnlyList<double> Std,
-        string Model, string? Task, string Run, string Sha256, int CheckImages);
+        string Model, string? Task, string Run, string Sha256, int CheckImages, string SafetensorsSha256 = "");
 
     public static int Run(CliArgs cli)
     {
@@ -59,13 +59,15 @@ public static class ExportCommand
         var path = Path.Combine(outDir, "encoder.pt");
         var decoder = model.state_dict().Keys.Where(k => k.StartsWith("decoder_", StringComparison.Ordinal) || k == "mask_token").ToList();
         model.save_py(path, skip: decoder);
+        var safetensors = Path.Combine(outDir, "encoder.safetensors");                 // the same tensors, for any safetensors reader
+        MoCE.Core.Checkpoints.WeightFiles.SaveSafetensors(safetensors, model.state_dict().Where(kv => !decoder.Contains(kv.Key)).ToDictionary());
 
         var m = s.Config.Model;
         var dataset = ti?.Task.Dataset ?? s.Config.Data.Mix.Where(kv => kv.Value > 0).Select(kv => kv.Key).Order(StringComparer.Ordinal).First();
         var spec = s.Data.Resolved(dataset);
         var timm = FormattableString.Invariant($"timm.models.vision_transformer.VisionTransformer(img_size={m.ImageSize}, patch_size={m.PatchSize}, in_chans={m.InChans}, embed_dim={m.Dim}, depth={m.Depth}, num_heads={m.Heads}, mlp_ratio={m.MlpRatio}, qkv_bias=True, class_token=True, global_pool='avg', fc_norm=False, num_classes=0, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6))");
         var cfg = new ExportConfig("vit", m.ImageSize, m.PatchSize, m.InChans, m.Dim, m.Depth, m.Heads, m.MlpRatio, true, true, "avg", 1e-6, timm,
-            dataset, spec.Norm.For(m.InChans, spec.Key).Mean, spec.Norm.For(m.InChans, spec.Key).Std, modelName, taskName, s.Run.Root, Core.Data.Datasets.Sha256(path), checkImages);
+            dataset, spec.Norm.For(m.InChans, spec.Key).Mean, spec.Norm.For(m.InChans, spec.Key).Std, modelName, taskName, s.Run.Root, Core.Data.Datasets.Sha256(path), checkImages, Core.Data.Datasets.Sha256(safetensors));
 
         if (checkImages > 0)
         {

@@ -248,6 +248,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         BatchSize = t.Int($"{s}.batch-size"),
         AccumSteps = s == "moce.pretrain" ? t.Int($"{s}.accum-steps") : 1,       // MoE phases do not accumulate (yet)
         Precision = s == "moce.pretrain" ? t.Enum<Precision>($"{s}.precision") : Precision.Fp32,   // nor compute in bf16
+        InitFrom = s == "moce.pretrain" ? t.String($"{s}.init-from") : "",           // MoE phases start from pre-training
         BaseLr = t.Double($"{s}.base-lr"),
         MinLr = t.Double($"{s}.min-lr"),
         WarmupSteps = t.Long($"{s}.warmup-steps"),

@@ -22,6 +22,9 @@ public sealed record TrainConfig
     /// through the model in this many equal parts whose gradients add up, so a step equals one large batch within float
     /// rounding, in the memory of one part.</summary>
     public int AccumSteps { get; init; } = 1;
+    /// <summary>A .safetensors or PyTorch .pt/.pth file of weights to start from instead of the seeded initialisation,
+    /// by name (timm's ViT names, as `moce export` writes them; an encoder alone is fine); "": none.</summary>
+    public string InitFrom { get; init; } = "";
     /// <summary>fp32, or bf16 compute on a bfloat16 copy of the float32 master weights.</summary>
     public Precision Precision { get; init; } = Precision.Fp32;
     /// <summary>Base learning rate; the applied peak lr is BaseLr·BatchSize/256, as in MAE.</summary>

@@ -45,6 +45,7 @@ public sealed class DenseTrainer : ITrainer, IDisposable
                 $"the model expects {modelCfg.InChans}×{modelCfg.ImageSize}×{modelCfg.ImageSize} images, the data ({data.Source}) has {data.Channels}×{data.Height}×{data.Width}");
         Model = new MaskedAutoencoder(modelCfg);
         using (var gen = Seeds.Generator(cfg.Seed, Seeds.Stream.Init, 0)) Model.InitializeWeights(gen);
+        if (cfg.InitFrom.Length > 0) WeightFiles.Import(Model, cfg.InitFrom, "moce.pretrain.init-from");
         Model.to(this.device);
         Model.train();
         Optimizer = new AdamW(Model.named_parameters(), cfg);

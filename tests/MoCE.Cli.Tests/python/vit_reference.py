@@ -79,6 +79,22 @@ class VisionTransformer(nn.Module):
         return self.norm(x)[:, 1:].mean(dim=1)
 
 
+def read_safetensors(path):
+    """The safetensors format read with the standard library and torch alone: u64 header length, a JSON header of
+    name -> dtype, shape, data_offsets, then the raw little-endian data."""
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    dtypes = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = info["data_offsets"]
+        out[name] = torch.frombuffer(bytearray(raw[8 + n + b:8 + n + e]), dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
 def main():
     d = sys.argv[1]
     tol = float(sys.argv[2]) if len(sys.argv) > 2 else 1e-5
@@ -86,6 +102,11 @@ def main():
     model = VisionTransformer(c).eval()
     state = torch.load(f"{d}/encoder.pt", map_location="cpu")
     model.load_state_dict(state, strict=True)  # every name must match, none may be missing or extra
+    st = read_safetensors(f"{d}/encoder.safetensors")
+    same = sorted(st) == sorted(state) and all(torch.equal(st[k], state[k]) for k in state)
+    print(f"encoder.safetensors: {len(st)} tensors, {'equal to' if same else 'DIFFERENT from'} encoder.pt")
+    if not same:
+        sys.exit(1)
     n = c["check_images"]
     imgs = torch.from_numpy(np.fromfile(f"{d}/check-images.f32", dtype="<f4").reshape(n, c["in_chans"], c["img_size"], c["img_size"]).copy())
     want = torch.from_numpy(np.fromfile(f"{d}/check-features.f32", dtype="<f4").reshape(n, c["embed_dim"]).copy())
