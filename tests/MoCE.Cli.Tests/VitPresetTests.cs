@@ -1,6 +1,7 @@
 using MoCE.Cli.Commands;
 using MoCE.Cli.Configuration;
 using MoCE.Core.Checkpoints;
+using MoCE.Core.Data;
 using MoCE.Core.Training;
 using static TorchSharp.torch;
 
@@ -28,7 +29,7 @@ public class VitPresetTests
     public void One_vit_base_16_step_at_224_runs_on_the_cpu_and_its_checkpoint_round_trips()
     {
         var cfg = ConfigLoader.Load(new ConfigLoader.Sources("vit-base", Overrides: ["pretrain.batch-size=8", "pretrain.accum-steps=2", "threads=0"]));
-        using var data = new DataSources(cfg).PretrainSet();                   // the RGB sample, resampled and augmented to 224
+        using var data = new DataSources(cfg.Data, cfg.Model, cfg.Seed).PretrainSet();                   // the RGB sample, resampled and augmented to 224
         var store = new CheckpointStore(Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N")));
         try
         {

@@ -31,7 +31,7 @@ public static class BenchCommand
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset ?? "bench", cli.Files, cli.Overrides));
         var (cfg, _) = ConfigLoader.Resolve(merged);
         var device = new Device(cfg.Device);
-        using var full = new DataSources(cfg).PretrainSet();
+        using var full = new DataSources(cfg.Data, cfg.Model, cfg.Seed).PretrainSet();
         // every phase computes on a thread of its own that exits afterwards (see ComputeThread): this thread, which
         // hosts the actor engine, never holds an OpenMP pool, as in `moce train`
         using var data = ComputeThread.Run("bench-data", cfg.Threads, () => full.Take(Math.Min(BenchImages, full.Count)));

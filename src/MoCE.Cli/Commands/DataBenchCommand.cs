@@ -1,4 +1,5 @@
 using MoCE.Cli.Configuration;
+using MoCE.Core.Data;
 using MoCE.Core.Runtime;
 using MoCE.Core.Training;
 using Serilog;
@@ -15,7 +16,7 @@ public static class DataBenchCommand
         cli.RejectFlagsExcept("warmup", "steps");
         int warmup = cli.FlagInt("warmup", 2), steps = cli.FlagInt("steps", 10);
         var cfg = ConfigLoader.Load(new ConfigLoader.Sources(cli.Preset, cli.Files, cli.Overrides));
-        using var data = new DataSources(cfg).PretrainSet();
+        using var data = new DataSources(cfg.Data, cfg.Model, cfg.Seed).PretrainSet();
         var m = cfg.Model;
         Log.Information("bench-data: {Source}, {Count} images; model {C}×{Img}² patch {P} dim {D} depth {Depth}; batch {B} ({Accum} parts); augment {Aug}; {W} workers; {T} torch threads on {Device}",
             data.Source, data.Count, m.InChans, m.ImageSize, m.PatchSize, m.Dim, m.Depth, cfg.Pretrain.BatchSize, cfg.Pretrain.AccumSteps, data.Augment is not null, data.Workers, cfg.Threads, cfg.Device);

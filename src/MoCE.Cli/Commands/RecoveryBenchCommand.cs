@@ -29,7 +29,7 @@ public static class RecoveryBenchCommand
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset ?? "bench", cli.Files, cli.Overrides));
         var (cfg, _) = ConfigLoader.Resolve(merged);
         var device = new torch.Device(cfg.Device);
-        using var full = new DataSources(cfg).PretrainSet();
+        using var full = new DataSources(cfg.Data, cfg.Model, cfg.Seed).PretrainSet();
         using var data = ComputeThread.Run("bench-data", cfg.Threads, () => full.Take(Math.Min(BenchCommand.BenchImages, full.Count)));
         var root = Path.Combine(Path.GetTempPath(), $"moce-bench-recovery-{Guid.NewGuid():N}");
         var store = new CheckpointStore(Path.Combine(root, "dense"));

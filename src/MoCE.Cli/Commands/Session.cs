@@ -45,6 +45,6 @@ public sealed class Session
         var upstream = config.FromRun.Length == 0 ? run : new RunDirectory(config.FromRun);
         if (config.FromRun.Length > 0) Log.Information("Pre-training and clustering from run {Run}", upstream.Root);
         Log.Information("torch {Threads} threads on {Device}", torch.get_num_threads(), device);
-        return new Session { Config = config, Run = run, Device = device, Data = new DataSources(config), Upstream = upstream, Resumed = resumed };
+        return new Session { Config = config, Run = run, Device = device, Data = new DataSources(config.Data, config.Model, config.Seed), Upstream = upstream, Resumed = resumed };
     }
 }

