@@ -45,6 +45,7 @@ try
         "train" => TrainCommand.Run(cli, cts.Token),
         "customize" => CustomizeCommand.Run(cli),
         "eval" => EvalCommand.Run(cli),
+        "finetune" => FineTuneCommand.Run(cli),
         "data" => DataCommand.Run(cli),
         "shard" => DataCommand.Shard(cli),
         "export" => ExportCommand.Run(cli),

@@ -48,7 +48,9 @@ public sealed class RunDirectory
     public bool Started(string phase) => Directory.Exists(Path.Combine(Root, phase)) && Directory.EnumerateFileSystemEntries(Path.Combine(Root, phase)).Any();
 
     /// <summary>Records the config of a new run, or checks a resumed run's config against it: a key may change until a
-    /// phase it shapes has started (<see cref="MoceConfig.PhasesShapedBy"/>), and is frozen from then on.</summary>
+    /// phase it shapes has started (<see cref="MoceConfig.PhasesShapedBy"/>), and is frozen from then on. A key the
+    /// recorded config lacks (the run was made by a version without it) is accepted at its default, which is by rule
+    /// the behaviour before the key existed.</summary>
     public bool AdoptConfig(Config resolved, ILogger log)
     {
         if (!File.Exists(ConfigPath))
@@ -57,8 +59,15 @@ public sealed class RunDirectory
             return false;
         }
         var recorded = ConfigLoader.ParseFile(ConfigPath);
+        var defaults = ConfigLoader.Defaults();
         foreach (var (key, was, now) in ConfigLoader.Diff(recorded, resolved))
         {
+            // a key this run's version did not have, at its default: every new key defaults to the old behaviour
+            if (was is null && defaults.HasPath(key) && HoconTree.Render(defaults.GetValue(key)) == now)
+            {
+                log.Information("{Key} = {Now}: newer than this run's configuration, at its default", key, now);
+                continue;
+            }
             var phases = MoceConfig.PhasesShapedBy(key, recorded);
             if (phases?.FirstOrDefault(Started) is { } started)
                 throw new ConfigException(key, $"this run ({Root}) was started with {was ?? "(unset)"}, now {now ?? "(unset)"}, and its {started} phase, " +

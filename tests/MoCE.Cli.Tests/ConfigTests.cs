@@ -258,6 +258,14 @@ public class ConfigTests
         Assert.Contains($"its {MoceConfig.TrainPhases[0]} phase", e.Message);
         Assert.True(Adopt([.. mine, "datasets.mine.std=0.3"]));                          // still no phase reads it
         Assert.Equal("moce.datasets.fashion-mnist.mean", Fails(() => Adopt([.. mine, "datasets.fashion-mnist.mean=0.5"])).Key);   // pre-trained on
+
+        // a run made by a version without a key resumes with that key at its default, and not at another value
+        var lines = File.ReadAllLines(run.ConfigPath);
+        File.WriteAllLines(run.ConfigPath, lines.Where(l => !l.StartsWith("moce.pretrain.accum-steps", StringComparison.Ordinal)));
+        Assert.NotEqual(lines.Length, File.ReadAllLines(run.ConfigPath).Length);
+        Assert.True(Adopt(mine));
+        File.WriteAllLines(run.ConfigPath, lines.Where(l => !l.StartsWith("moce.pretrain.accum-steps", StringComparison.Ordinal)));
+        Assert.Equal("moce.pretrain.accum-steps", Fails(() => Adopt([.. mine, "pretrain.accum-steps=2", "pretrain.batch-size=128"])).Key);
     }
 
     [Fact]

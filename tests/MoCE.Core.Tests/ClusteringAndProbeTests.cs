@@ -58,10 +58,34 @@ public class ClusteringAndProbeTests
         var test = arange(1, 600, 2);
         long[] Pick(long[] v, Tensor idx) => idx.data<long>().Select(i => v[i]).ToArray();
         var (xtr, xte, ytr, yte) = (x.index_select(0, train), x.index_select(0, test), Pick(y, train), Pick(y, test));
-        Assert.True(Probes.LinearProbe(xtr, ytr, xte, yte, 3, epochs: 20, lr: 0.05, weightDecay: 0, batch: 64, seed: 0) > 0.97);
+        Assert.True(Probes.LinearProbe(xtr, ytr, xte, yte, 3, epochs: 20, lr: 0.05, weightDecay: 0, batch: 64, seed: 0).Accuracy > 0.97);
         Assert.True(Probes.Knn(xtr, ytr, xte, yte, 3, k: 10, temperature: 0.07) > 0.97);
         var rng = new Random(0);
         var noise = ytr.Select(_ => (long)rng.Next(3)).ToArray();
         Assert.True(Probes.Knn(xtr, noise, xte, yte, 3, k: 10, temperature: 0.07) < 0.6);
+    }
+
+    [Fact]
+    public void The_linear_probe_stops_when_converged_near_what_much_longer_training_reaches()
+    {
+        // features of a briefly pre-trained MAE on the committed Fashion-MNIST sample, 1000 train / 500 test images
+        using var data = Tiny.TrainSample();
+        using var trainer = new Training.DenseTrainer(Tiny.Model, Tiny.Train(steps: 30), data);
+        for (int i = 0; i < 30; i++) trainer.TrainStep();
+        using var feats = Features.Extract(trainer.Model, data, Enumerable.Range(0, 1000).ToList());
+        var labels = data.Labels.Select(l => (long)l).ToArray();
+        var (xtr, xte) = (feats.narrow(0, 0, 700), feats.narrow(0, 700, 300));
+        var (ytr, yte) = (labels[..700], labels[700..1000]);
+
+        var probe = Probes.LinearProbe(xtr, ytr, xte, yte, 10, epochs: 300, lr: 1e-2, weightDecay: 0, batch: 256, seed: 0, tol: 1e-3);
+        Assert.True(probe.Converged, $"not converged in {probe.Epochs} epochs (loss {probe.TrainLoss})");
+        Assert.InRange(probe.Epochs, 3, 299);                                 // it stopped early, by the criterion
+        var longer = Probes.LinearProbe(xtr, ytr, xte, yte, 10, epochs: 300, lr: 1e-2, weightDecay: 0, batch: 256, seed: 0, tol: 1e-6);
+        Assert.True(longer.Epochs > probe.Epochs, $"a stricter tolerance trained {longer.Epochs} epochs, no more than {probe.Epochs}");
+        // what it left on the table: the converged training loss is within 10% of where far longer training gets
+        Assert.True(probe.TrainLoss <= 1.10 * longer.TrainLoss, $"converged loss {probe.TrainLoss:F4} vs {longer.TrainLoss:F4} after {longer.Epochs} epochs");
+        Assert.InRange(probe.Accuracy, 0.4, 1.0);
+        var tooShort = Probes.LinearProbe(xtr, ytr, xte, yte, 10, epochs: 2, lr: 1e-2, weightDecay: 0, batch: 256, seed: 0);
+        Assert.False(tooShort.Converged);                                     // and a probe cut short says so
     }
 }

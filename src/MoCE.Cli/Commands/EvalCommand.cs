@@ -19,7 +19,12 @@ namespace MoCE.Cli.Commands;
 /// eval/results.md and eval/results.csv.</summary>
 public static class EvalCommand
 {
-    public sealed record Row(string Task, string Model, int TrainImages, int TestImages, double LinearProbe, double Knn, long Parameters, string Key = "");
+    public sealed record Row(string Task, string Model, int TrainImages, int TestImages, double LinearProbe, double Knn, long Parameters, string Key = "")
+    {
+        /// <summary>The epochs the linear probe trained, and whether it met moce.eval.probe-tol.</summary>
+        public int ProbeEpochs { get; init; }
+        public bool ProbeConverged { get; init; } = true;
+    }
 
     public static readonly IReadOnlyDictionary<string, string> Display = new Dictionary<string, string>
     {
@@ -77,9 +82,12 @@ public static class EvalCommand
                 using var ftr = data.Features(key, load, ds, Core.Data.Split.Train, ti.Train, gate?.Invoke(Core.Data.Split.Train));
                 using var fte = data.Features(key, load, ds, Core.Data.Split.Test, ti.Test, gate?.Invoke(Core.Data.Split.Test));
                 int classes = ti.Task.Classes.Count;
-                double lin = Probes.LinearProbe(ftr, ti.TrainY, fte, ti.TestY, classes, ev.ProbeEpochs, ev.ProbeLr, ev.ProbeWeightDecay, ev.ProbeBatch, s.Config.Seed);
-                double knn = Probes.Knn(ftr, ti.TrainY, fte, ti.TestY, classes, ev.KnnK, ev.KnnTemperature);
-                var row = new Row(taskName, Display[name], ti.Train.Count, ti.Test.Count, lin, knn, models.Parameters(name, ti), key);
+                var probe = Probes.LinearProbe(ftr, ti.TrainY, fte, ti.TestY, classes, ev.ProbeEpochs, ev.ProbeLr, ev.ProbeWeightDecay, ev.ProbeBatch, s.Config.Seed, ev.ProbeTol);
+                double lin = probe.Accuracy;
+                if (!probe.Converged)
+                    Log.Warning("eval {Task} {Model}: the linear probe did not converge in {Epochs} epochs (moce.eval.probe-epochs; training loss {Loss:F4})", taskName, Display[name], probe.Epochs, probe.TrainLoss);
+                double knn = Probes.Knn(ftr, ti.TrainY, fte, ti.TestY, classes, ev.KnnK, ev.KnnTemperature, centre: ev.KnnCentre);
+                var row = new Row(taskName, Display[name], ti.Train.Count, ti.Test.Count, lin, knn, models.Parameters(name, ti), key) { ProbeEpochs = probe.Epochs, ProbeConverged = probe.Converged };
                 rows.Add(row);
                 cache[rowKey] = row;
                 File.WriteAllText(cachePath, JsonSerializer.Serialize(cache));
@@ -178,6 +186,11 @@ public static class EvalCommand
         md.AppendLine();
         md.AppendLine("Accuracy in %, frozen features (mean of the encoder's patch tokens, no masking). " +
                       string.Join("; ", tasks.Select(t => { var r = rows.First(x => x.Task == t); var tc = s.Config.Tasks[t]; return $"{t} ({tc.Dataset}): {r.TrainImages} train / {r.TestImages} test images"; })) + ".");
+        var ev = s.Config.Eval;
+        var unconverged = rows.Where(r => !r.ProbeConverged).ToList();
+        md.AppendLine();
+        md.AppendLine(string.Create(inv, $"Linear probes run until two epochs in a row improve the training loss by less than {ev.ProbeTol:G3} (relative), {ev.ProbeEpochs} epochs at most; k-NN on {(ev.KnnCentre ? "centred" : "uncentred")} features. ") +
+                      (unconverged.Count == 0 ? "Every probe converged." : $"Not converged: {string.Join(", ", unconverged.Select(r => $"{r.Task} {r.Model}"))}."));
         return md.ToString();
     }
 

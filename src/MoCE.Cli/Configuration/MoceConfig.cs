@@ -32,6 +32,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     /// <summary>moce node: this process's roles, address, seeds and devices (one node of a cluster run).</summary>
     public required MoCE.Actors.NodeOptions Node { get; init; }
     public required EvalConfig Eval { get; init; }
+    public required MoCE.Core.Evaluation.FineTuneConfig FineTune { get; init; }
     public required IReadOnlyDictionary<string, TaskConfig> Tasks { get; init; }
     /// <summary>moce.train.from-run: the run whose pretrain and cluster phases this run trains from ("": this run).</summary>
     public required string FromRun { get; init; }
@@ -54,7 +55,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
 
     /// <summary>Evaluation and task settings never change what was trained, so a resumed run may change them.</summary>
     public static bool MayChangeOnResume(string key) =>
-        ResumeMutable.Contains(key) || key.StartsWith("moce.eval.", StringComparison.Ordinal) || key.StartsWith("moce.tasks.", StringComparison.Ordinal)
+        ResumeMutable.Contains(key) || key.StartsWith("moce.eval.", StringComparison.Ordinal) || key.StartsWith("moce.finetune.", StringComparison.Ordinal) || key.StartsWith("moce.tasks.", StringComparison.Ordinal)
         || key.StartsWith("moce.customize.", StringComparison.Ordinal) || key.StartsWith("moce.pipeline.", StringComparison.Ordinal)
         || (key.StartsWith("moce.datasets.", StringComparison.Ordinal) && (key.EndsWith(".path", StringComparison.Ordinal) || key.EndsWith(".search", StringComparison.Ordinal)))
         || key.StartsWith("moce.node.", StringComparison.Ordinal) || key.StartsWith("moce.metrics.", StringComparison.Ordinal);   // where the owners run, not what they compute
@@ -208,6 +209,16 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             Node = new MoCE.Actors.NodeOptions(t.StringList("moce.node.roles"), t.String("moce.node.host"), t.Int("moce.node.port"),
                 t.StringList("moce.node.seed-nodes"), t.StringList("moce.node.devices"), t.Int("moce.node.min-expert-nodes"), t.Int("moce.actors.owner-threads"),
                 t.String("moce.node.tls-certificate")),
+            FineTune = new MoCE.Core.Evaluation.FineTuneConfig
+            {
+                Epochs = t.Int("moce.finetune.epochs"),
+                BatchSize = t.Int("moce.finetune.batch-size"),
+                BaseLr = t.Double("moce.finetune.base-lr"),
+                LayerDecay = t.Double("moce.finetune.layer-decay"),
+                WeightDecay = t.Double("moce.finetune.weight-decay"),
+                WarmupEpochs = t.Int("moce.finetune.warmup-epochs"),
+                LabelSmoothing = t.Double("moce.finetune.label-smoothing"),
+            }.Validate(),
             Eval = new EvalConfig
             {
                 Tasks = t.StringList("moce.eval.tasks"),
@@ -220,6 +231,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 ProbeLr = t.Double("moce.eval.probe-lr"),
                 ProbeWeightDecay = t.Double("moce.eval.probe-weight-decay"),
                 ProbeBatch = t.Int("moce.eval.probe-batch"),
+                ProbeTol = t.Double("moce.eval.probe-tol"),
+                KnnCentre = t.Bool("moce.eval.knn-centre"),
             }.Validate(tasks),
         };
         if (cfg.Moe.GateFromCentroids && cfg.Moe.GateDim != model.Dim)

@@ -64,8 +64,12 @@ public sealed record EvalConfig
     public int KnnK { get; init; } = 20;
     /// <summary>Temperature of the k-NN vote weights exp(sim / T).</summary>
     public double KnnTemperature { get; init; } = 0.07;
-    /// <summary>Linear-probe epochs.</summary>
-    public int ProbeEpochs { get; init; } = 30;
+    /// <summary>Linear-probe epochs at most (the probe stops when it has converged; see <see cref="Evaluation.Probes.LinearProbe"/>).</summary>
+    public int ProbeEpochs { get; init; } = 100;
+    /// <summary>Linear-probe convergence: two epochs in a row that improve the training loss by less than this, relative.</summary>
+    public double ProbeTol { get; init; } = 1e-3;
+    /// <summary>k-NN on features centred on the training features' mean.</summary>
+    public bool KnnCentre { get; init; } = true;
     /// <summary>Linear-probe peak learning rate (cosine decay).</summary>
     public double ProbeLr { get; init; } = 1e-2;
     /// <summary>Linear-probe weight decay.</summary>
@@ -86,6 +90,7 @@ public sealed record EvalConfig
         if (ProbeEpochs < 1) throw new ConfigException("moce.eval.probe-epochs", "must be positive");
         if (ProbeLr <= 0) throw new ConfigException("moce.eval.probe-lr", "must be positive");
         if (ProbeBatch < 1) throw new ConfigException("moce.eval.probe-batch", "must be positive");
+        if (ProbeTol is <= 0 or >= 1) throw new ConfigException("moce.eval.probe-tol", "must be in (0, 1)");
         return this;
     }
 }
