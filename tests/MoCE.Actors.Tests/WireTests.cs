@@ -92,9 +92,9 @@ public sealed class WireTests : IDisposable
         var actor = system.ActorOf(Props.Empty, $"sample-{Guid.NewGuid():N}");
         var spec = new ExpertSpec("run-1", new MoCE.Core.Config.MaeConfig { Dim = 32 }, new MoCE.Core.Config.MoeConfig { Experts = 3, Layers = [0, 2] },
                                   new MoCE.Core.Config.TrainConfig { Seed = 7, BaseLr = 1e-3 }, "/shared/run/checkpoints", r0(), RecoveryPolicy.ExpertLocal);
-        static CheckpointRef r0() => new("initial", 0, "initial-00000000-0123456789abcdef.ckpt", new string('b', 64));
+        static CheckpointRef r0() => new("initial", 0, "initial-00000000-bbbbbbbbbbbbbbbb.ckpt", new string('b', 64));
         Tensor T(params long[] shape) => randn(shape, generator: g);
-        var r = new CheckpointRef("expert-2", 40, "expert-2-00000040-0123456789abcdef.ckpt", new string('a', 64));
+        var r = new CheckpointRef("expert-2", 40, "expert-2-00000040-aaaaaaaaaaaaaaaa.ckpt", new string('a', 64));   // the name the store gives it
         var rec = new RecoveryRecord(23, "expert-1", "global-rollback", "chaos: ünïcode", 20, 3, 812.5, 7, 2);
         return
         [
@@ -199,7 +199,8 @@ public sealed class WireTests : IDisposable
         var rng = new Random(20261129);
         var valid = Samples(new Generator(4)).Select(m => (manifest: Serializer.Manifest(m), bytes: Serializer.ToBinary(CopyTensors(m)))).ToList();
         var manifests = valid.Select(v => v.manifest).Append("NoSuchMessage").ToArray();
-        int decoded = 0, rejected = 0;
+        int decoded = 0, rejected = 0, inside = 0, refused = 0;
+        var store = new CheckpointStore(MoCE.Core.Tests.Tiny.TempDir());
         for (int i = 0; i < 10_000; i++)
         {
             var (manifest, original) = valid[rng.Next(valid.Count)];
@@ -238,6 +239,17 @@ public sealed class WireTests : IDisposable
                 if (m is MalformedFrame) { rejected++; continue; }            // a message's bad frame, for its receiver
                 decoded++;
                 foreach (var p in m.GetType().GetProperties().Where(p => p.PropertyType == typeof(Tensor))) ((Tensor?)p.GetValue(m))?.Dispose();
+                // a decoded checkpoint reference names a file inside the store, or the store refuses it
+                var refs = m switch
+                {
+                    RestoreCheckpoint rc => [rc.Ref], CheckpointWritten cw => [cw.Ref], ExpertActor.ExpertSnapshot es => [es.Ref],
+                    CheckpointCommitted cc => cc.Manifest, _ => (IEnumerable<CheckpointRef>)[],
+                };
+                foreach (var cr in refs)
+                {
+                    try { Assert.Equal(store.Location, Path.GetDirectoryName(Path.GetFullPath(store.PathOf(cr)))); inside++; }
+                    catch (CheckpointCorruptException) { refused++; }
+                }
             }
             catch (SerializationException) { rejected++; }                    // a journal event's, or an unknown manifest
             // anything else (IndexOutOfRange, OutOfMemory, Overflow, a torch error) fails the test
@@ -246,6 +258,7 @@ public sealed class WireTests : IDisposable
         // most are rejected; the share depends on the samples (a flipped bit inside a string or a number still decodes):
         // 7,984 with the samples of body version 2, so a decoder that let a kind of damage through would fall far below
         Assert.True(rejected > 7_500, $"only {rejected} of 10,000 mutated frames were rejected");
+        Assert.True(inside > 0 && refused > 0, $"checkpoint references: {inside} inside the store, {refused} refused");
     }
 
     /// <summary>A message whose frame breaks after some of its tensors were decoded arrives as a MalformedFrame (its

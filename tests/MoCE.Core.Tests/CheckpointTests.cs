@@ -234,4 +234,28 @@ public class CheckpointTests
     {
         public void Emit(Serilog.Events.LogEvent e) { lock (messages) messages.Add(e.RenderMessage()); }
     }
+
+    /// <summary>A reference can arrive over the wire: its file must be the name the store gives its owner, step and
+    /// sha256, so "../" or an absolute path never leaves the store.</summary>
+    [Fact]
+    public void A_crafted_checkpoint_reference_is_refused_before_any_path_is_built()
+    {
+        var store = new CheckpointStore(Tiny.TempDir());
+        using var w = TorchSharp.torch.ones(3);
+        var r = store.Save("expert-1", 7, new Dictionary<string, string>(), [("w", w)]);
+        using (store.Load(r)) { }                                              // the real reference loads
+        var outside = Path.Combine(Path.GetDirectoryName(store.Location)!, "victim.ckpt");
+        File.Copy(store.PathOf(r), outside, overwrite: true);                 // a valid file just outside the store
+        foreach (var bad in new[]
+        {
+            r with { File = "../victim.ckpt" }, r with { File = outside }, r with { File = "sub/" + r.File },
+            r with { Owner = "../x" }, r with { Sha256 = r.Sha256.ToUpperInvariant() }, r with { Step = -1 },
+            r with { File = r.File.Replace("expert-1", "expert-2", StringComparison.Ordinal) },
+        })
+        {
+            var e = Assert.Throws<CheckpointCorruptException>(() => store.Load(bad));
+            Assert.Contains("refused", e.Message);
+            Assert.Throws<CheckpointCorruptException>(() => store.Verify(bad));
+        }
+    }
 }

@@ -47,14 +47,24 @@ public sealed class CheckpointStore : ICheckpointStore
         System.IO.Directory.CreateDirectory(directory);
     }
 
-    public string PathOf(CheckpointRef r) => System.IO.Path.Combine(Directory, r.File);
+    /// <summary>The file of a reference, which may have come over the wire: its name must be the one this store gives
+    /// that owner, step and sha256 (a plain name inside the store), else it is refused before any path is built.</summary>
+    public string PathOf(CheckpointRef r)
+    {
+        bool plain = ValidOwner(r.Owner) && r.Step >= 0 && r.Sha256.Length == 64 && r.Sha256.All(char.IsAsciiHexDigitLower)
+                     && r.File == NameOf(r.Owner, r.Step, r.Sha256);
+        return plain ? System.IO.Path.Combine(Directory, r.File)
+            : throw new CheckpointCorruptException(r.File, $"refused: not the name this store gives {r.Owner}'s part of step {r.Step} (a crafted or corrupt reference)");
+    }
+
+    private static bool ValidOwner(string owner) => owner.Length is > 0 and <= 128 && owner.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_');
 
     private static string NameOf(string owner, long step, string sha) => $"{owner}-{step:D8}-{sha[..16]}.ckpt";
 
     public CheckpointRef Save(string owner, long step, IReadOnlyDictionary<string, string> meta,
                               IEnumerable<(string name, TorchSharp.torch.Tensor tensor)> tensors)
     {
-        if (owner.Length == 0 || owner.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_')))
+        if (!ValidOwner(owner))
             throw new ArgumentException($"checkpoint owner '{owner}' must be letters, digits, '-' or '_'");
         var tmp = System.IO.Path.Combine(Directory, $".tmp-{owner}-{step}-{Guid.NewGuid():N}");
         var (_, sha) = DurableFile.Write(tmp, f => CheckpointFile.Write(f, meta, tensors), h => System.IO.Path.Combine(Directory, NameOf(owner, step, h)));
