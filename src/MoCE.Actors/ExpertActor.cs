@@ -120,10 +120,10 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 
     private void HandleForward(ExpertForward m)
     {
-        m = m with { Input = m.Input.On(setup.Device) };
         try
         {
-            if (!Fresh(m.Step, m.Generation, m.Block, backward: false)) { m.Input.Dispose(); return; }
+            if (!Fresh(m.Step, m.Generation, m.Block, backward: false)) { m.Input.Dispose(); return; }   // a stale or duplicate message's tensor is not touched
+            m = m with { Input = m.Input.On(setup.Device) };
             setup.Chaos.Check(Name, m.Step);
             var clock = System.Diagnostics.Stopwatch.StartNew();
             using var scope = NewDisposeScope();
@@ -143,10 +143,10 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 
     private void HandleBackward(ExpertBackward m)
     {
-        m = m with { GradOutput = m.GradOutput.On(setup.Device) };
         try
         {
             if (!Fresh(m.Step, m.Generation, m.Block, backward: true)) { m.GradOutput.Dispose(); return; }
+            m = m with { GradOutput = m.GradOutput.On(setup.Device) };
             var clock = System.Diagnostics.Stopwatch.StartNew();
             using var scope = NewDisposeScope();
             var (input, output) = inFlight[m.Block];

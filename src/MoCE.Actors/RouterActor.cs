@@ -193,12 +193,14 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
     /// <summary>A message held back by a delay fault, sent when its timer fires.</summary>
     private sealed record Delayed(IActorRef To, object Message, IActorRef Sender);
 
+    /// <summary>A duplicate for a message fault: its tensor a clone owned by the receiver, outside any dispose scope of
+    /// the sender's handler (which would dispose it, maybe before the receiver has looked at it).</summary>
     private static IStepMessage Copy(IStepMessage m) => m switch
     {
-        ExpertForward f => f with { Input = f.Input.clone() },
-        ExpertBackward b => b with { GradOutput = b.GradOutput.clone() },
-        ExpertOutput o => o with { Output = o.Output.clone() },
-        ExpertInputGrad g => g with { GradInput = g.GradInput.clone() },
+        ExpertForward f => f with { Input = f.Input.clone().DetachFromDisposeScope() },
+        ExpertBackward b => b with { GradOutput = b.GradOutput.clone().DetachFromDisposeScope() },
+        ExpertOutput o => o with { Output = o.Output.clone().DetachFromDisposeScope() },
+        ExpertInputGrad g => g with { GradInput = g.GradInput.clone().DetachFromDisposeScope() },
         _ => m,
     };
 
