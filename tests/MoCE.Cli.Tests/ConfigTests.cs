@@ -269,6 +269,22 @@ public class ConfigTests
     }
 
     [Fact]
+    public void Secrets_are_refused_on_the_command_line_where_the_process_list_shows_them()
+    {
+        foreach (var o in new[] { "akka.persistence.journal.sql.connection-string=Host=db;Password=hunter2", "akka.remote.dot-netty.tcp.ssl.certificate.password=hunter2" })
+        {
+            var e = Fails(() => ConfigLoader.Merge(new ConfigLoader.Sources(Overrides: [o])));
+            Assert.Equal(o[..o.IndexOf('=')], e.Key);
+            Assert.Contains("$MOCE_POSTGRES", e.Message);
+            Assert.DoesNotContain("hunter2", e.Message);                              // the refusal does not repeat it
+        }
+        var file = Path.Combine(Path.GetTempPath(), "moce-tests", Guid.NewGuid().ToString("N") + ".conf");   // a file is fine
+        Directory.CreateDirectory(Path.GetDirectoryName(file)!);
+        File.WriteAllText(file, "akka.persistence.journal.sql.connection-string = \"Host=db;Password=hunter2\"");
+        Assert.Equal("Host=db;Password=hunter2", ConfigLoader.Merge(new ConfigLoader.Sources(Files: [file])).GetString("akka.persistence.journal.sql.connection-string"));
+    }
+
+    [Fact]
     public void Command_line_errors_name_the_argument()
     {
         Assert.Equal("--run", Fails(() => CliArgs.Parse(["pretrain", "--run"])).Key);

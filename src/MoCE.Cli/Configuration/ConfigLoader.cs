@@ -79,6 +79,10 @@ public static class ConfigLoader
 
     /// <summary>Parses <c>key=value</c>. A key without a <c>moce.</c> or <c>akka.</c> prefix gets <c>moce.</c>.
     /// Values that are not lists or objects are quoted, so paths and URLs survive HOCON's comment syntax.</summary>
+    /// <summary>Keys whose values are secrets (passwords, connection strings): never taken from argv.</summary>
+    public static bool IsSecret(string key) =>
+        key.EndsWith("connection-string", StringComparison.OrdinalIgnoreCase) || key.Contains("password", StringComparison.OrdinalIgnoreCase);
+
     public static Config ParseOverride(string kv)
     {
         int eq = kv.IndexOf('=');
@@ -86,6 +90,9 @@ public static class ConfigLoader
         var key = kv[..eq].Trim();
         var value = kv[(eq + 1)..].Trim();
         if (!key.StartsWith("moce.", StringComparison.Ordinal) && !key.StartsWith("akka.", StringComparison.Ordinal)) key = "moce." + key;
+        if (IsSecret(key))
+            throw new ConfigException(key, "a secret on the command line shows in the process list: give the journal's connection string in " +
+                                           "$MOCE_POSTGRES, a certificate's password in $MOCE_TLS_PASSWORD, or the key in a --config file only you can read");
         var literal = value.StartsWith('[') || value.StartsWith('{') ? value : System.Text.Json.JsonSerializer.Serialize(value);
         try { return ConfigurationFactory.ParseString($"{key} = {literal}"); }
         catch (Exception e) { throw new ConfigException(key, $"cannot parse override value '{value}': {e.Message}"); }
