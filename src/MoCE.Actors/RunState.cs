@@ -105,10 +105,14 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
         return true;
     }
 
+    /// <summary>The most experts one add may bring: a count from the wire is checked before anything is sized by it.</summary>
+    public const int MaxAddAtOnce = 64;
+
     /// <summary>moce experts add: the reason it cannot work, or null (then the step boundary it names, or the next, adds).</summary>
     public string? AddExperts(AddExperts m, IActorRef? requester, bool started, bool finished, IReadOnlyCollection<string> hosts)
     {
         string? why = m.Count < 1 ? $"--count must be at least 1, got {m.Count}"
+            : m.Count > MaxAddAtOnce ? $"--count must be at most {MaxAddAtOnce} at once, got {m.Count}"
             : Move is not null ? $"{Move.What} is under way" : Add is not null ? "another add of experts is under way"
             : finished ? $"the run has finished (step {Step})"
             : m.AtStep >= 0 && m.AtStep < Step ? $"step {m.AtStep} has passed (the run is at step {Step})"

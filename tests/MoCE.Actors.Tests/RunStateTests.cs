@@ -159,6 +159,7 @@ public class RunStateTests
         Assert.Equal("drain of node-a is under way", run.AddExperts(new AddExperts(0, 1, "", -1), null, true, false, Hosts));
         var fresh = New();
         Assert.Equal("--count must be at least 1, got 0", fresh.AddExperts(new AddExperts(0, 0, "", -1), null, true, false, Hosts));
+        Assert.Equal("--count must be at most 64 at once, got 2147483647", fresh.AddExperts(new AddExperts(0, int.MaxValue, "", -1), null, true, false, Hosts));
         Assert.Equal("step 20 is not before the run's end (20)", fresh.AddExperts(new AddExperts(0, 1, "", 20), null, true, false, Hosts));
         Assert.StartsWith("node-c is not an expert node", fresh.AddExperts(new AddExperts(0, 1, "node-c", -1), null, true, false, Hosts));
         Assert.False(fresh.Rebalance("node-b", [1], training: false));
