@@ -74,6 +74,9 @@ public static class BenchCommand
             // the actor engine on the same MoCE configuration, from the same seed, threads and batch, in rounds
             // alternating with a reference MoCE trainer
             var (actorRounds, refRounds, actorCpu, refCpu, actorGc, refGc) = ActorVersusReference(cfg, data, clustering, ckpt, device, warmup, steps, rounds);
+            // the teacher's prefetch overlaps the trainer: with distillation off nothing hides the runtime's own overhead
+            var noDistill = cfg with { Moe = cfg.Moe with { LambdaDistill = 0 } };
+            var (actorNd, refNd, _, _, _, _) = cfg.Moe.LambdaDistill > 0 ? ActorVersusReference(noDistill, data, clustering, ckpt, device, warmup, steps, rounds) : (actorRounds, refRounds, 0, 0, 0, 0);
             var (cutMs, stepMs, cuts) = CheckpointOverhead(cfg, data, clustering, ckpt, device, every: 50, totalSteps: 100);
             double matmul = (matmulBefore + ComputeThread.Run("bench-matmul", threads, MatmulMs)) / 2;
             double actorMs = actorRounds.Average(), refMs = refRounds.Average();
@@ -91,9 +94,10 @@ public static class BenchCommand
             Console.WriteLine($"GC pause per step (collect-every = {cfg.Train.CollectEvery}): actor {actorGc:F2} ms, reference {refGc:F2} ms");
             Console.WriteLine($"median of the per-round ratios: {(perRound[(perRound.Length - 1) / 2] + perRound[perRound.Length / 2]) / 2:F3}");
             Console.WriteLine($"ratio actor-step / reference-step: {actorMs / refMs:F3}");
+            Console.WriteLine($"ratio actor-step / reference-step with distillation off: {actorNd.Average() / refNd.Average():F3} ({actorNd.Average():F2} / {refNd.Average():F2} ms)");
             Console.WriteLine($"actor checkpoint (consistent cut + journal commit): {cutMs:F1} ms over {cuts} commits; one per 50 steps of {stepMs:F1} ms = {cutMs / (cutMs + 50 * stepMs):P2} of wall time");
             Console.WriteLine($"ratio dense-step / matmul: {denseMs / matmul:F2}");
-            Console.WriteLine($"({steps} timed steps each after {warmup} warm-up steps; dense and MoCE reference interleaved in rounds of {Round}, actor engine and reference in {rounds} rounds)");
+            Console.WriteLine($"({steps} timed steps each after {warmup} warm-up steps; dense and MoCE reference interleaved in rounds of {Round}, actor engine and reference in {rounds} rounds in ABBA order)");
         }
         finally { Directory.Delete(store.Directory, recursive: true); }
         return 0;
@@ -145,13 +149,30 @@ public static class BenchCommand
         var actor = new double[rounds];
         var refMs = new double[rounds];
         TimeSpan actorCpu = default, refCpu = default, actorGc = default, refGc = default;
+        long done = warmup;
+        void ActorRound(int r)
+        {
+            var sw = new Stopwatch();
+            TimeSpan cpu = default, gc = default;
+            long first = done + Untimed - 1, last = first + perRound;
+            Actors.ActorEngine.Run(setup, dir, last + 1, long.MaxValue, 2, new Actors.SupervisorHooks(OnStep: m =>
+            {
+                if (m.Step == first) { sw.Start(); (cpu, gc) = (ProcessCpu(), GC.GetTotalPauseDuration()); }   // after the round's untimed steps
+                if (m.Step == last) { sw.Stop(); actorCpu += ProcessCpu() - cpu; actorGc += GC.GetTotalPauseDuration() - gc; }
+            }));
+            actor[r] = sw.Elapsed.TotalMilliseconds / perRound;
+            done = last + 1;
+        }
         try
         {
             ComputeThread.Run("bench-reference", cfg.Threads, () => { for (int i = 0; i < warmup; i++) reference.TrainStep(); });
             Actors.ActorEngine.Run(setup, dir, warmup, long.MaxValue, 2, new Actors.SupervisorHooks());
-            long done = warmup;
             for (int r = 0; r < rounds; r++)
             {
+                // ABBA: the reference first in rounds 0 and 3 of every four, the actor engine first in rounds 1 and 2, so
+                // that neither side always runs on the machine the other has just warmed (or heated)
+                bool actorFirst = r % 4 is 1 or 2;
+                if (actorFirst) ActorRound(r);
                 refMs[r] = ComputeThread.Run("bench-reference", cfg.Threads, () =>
                 {
                     for (int i = 0; i < Untimed; i++) reference.TrainStep();
@@ -162,16 +183,7 @@ public static class BenchCommand
                     refGc += GC.GetTotalPauseDuration() - gc;
                     return t.Elapsed.TotalMilliseconds / perRound;
                 });
-                var sw = new Stopwatch();
-                TimeSpan cpu = default, gc = default;
-                long first = done + Untimed - 1, last = first + perRound;
-                Actors.ActorEngine.Run(setup, dir, last + 1, long.MaxValue, 2, new Actors.SupervisorHooks(OnStep: m =>
-                {
-                    if (m.Step == first) { sw.Start(); (cpu, gc) = (ProcessCpu(), GC.GetTotalPauseDuration()); }   // after the round's untimed steps
-                    if (m.Step == last) { sw.Stop(); actorCpu += ProcessCpu() - cpu; actorGc += GC.GetTotalPauseDuration() - gc; }
-                }));
-                actor[r] = sw.Elapsed.TotalMilliseconds / perRound;
-                done = last + 1;
+                if (!actorFirst) ActorRound(r);
             }
         }
         finally { Directory.Delete(dir, recursive: true); }
