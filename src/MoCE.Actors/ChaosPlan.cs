@@ -171,7 +171,7 @@ public sealed class ChaosPlan
     public void AfterCheckpoint(string owner, long step, MoCE.Core.Checkpoints.ICheckpointStore store, MoCE.Core.Checkpoints.CheckpointRef part)
     {
         if (corruptions.IsEmpty || !corruptions.TryGetValue(owner, out var at) || step < at || !corruptions.TryRemove(owner, out _)) return;
-        var path = new MoCE.Core.Checkpoints.CheckpointStore(store.Location).PathOf(part);   // the checked name, as every load
+        var path = Path.Combine(store.Location, MoCE.Core.Checkpoints.CheckpointStore.CheckedName(part));   // the checked name, as every load
         using (var f = new FileStream(path, FileMode.Open, FileAccess.ReadWrite))
         {
             f.Position = f.Length / 2;

@@ -49,11 +49,14 @@ public sealed class CheckpointStore : ICheckpointStore
 
     /// <summary>The file of a reference, which may have come over the wire: its name must be the one this store gives
     /// that owner, step and sha256 (a plain name inside the store), else it is refused before any path is built.</summary>
-    public string PathOf(CheckpointRef r)
+    public string PathOf(CheckpointRef r) => System.IO.Path.Combine(Directory, CheckedName(r));
+
+    /// <summary>The reference's file name, when it is the one a store gives that owner, step and sha256.</summary>
+    public static string CheckedName(CheckpointRef r)
     {
         bool plain = ValidOwner(r.Owner) && r.Step >= 0 && r.Sha256.Length == 64 && r.Sha256.All(char.IsAsciiHexDigitLower)
                      && r.File == NameOf(r.Owner, r.Step, r.Sha256);
-        return plain ? System.IO.Path.Combine(Directory, r.File)
+        return plain ? r.File
             : throw new CheckpointCorruptException(r.File, $"refused: not the name this store gives {r.Owner}'s part of step {r.Step} (a crafted or corrupt reference)");
     }
 

@@ -121,8 +121,7 @@ public static class Datasets
                 var img = ImageCodec.Decode(ImageFiles.Read(listing.Images[i]), listing.Images[i].Name);
                 var px = new byte[channels * img.Width * img.Height];
                 img.ToPlanar(px, channels);
-                int n = img.Width * img.Height;
-                for (int c = 0; c < channels; c++) foreach (var v in px.AsSpan(c * n, n)) local[c, v]++;
+                ImageDataset.Tally(local, px, img.Width * img.Height);
                 ok[i] = true;
             }
             catch (DataFormatException e) { errors[i] = e.Message; }

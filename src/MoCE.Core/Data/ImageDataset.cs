@@ -105,11 +105,16 @@ public sealed class ImageDataset : IDisposable
         for (int i = 0; i < Count; i++)
         {
             var src = sources[DomainOf(i)];
-            if (src.TryPlanar(local[i], Channels, Height, Width, buf)) Tally(buf, Height * Width);
-            else { var img = src.Rgba(local[i]); var b = new byte[Channels * img.Width * img.Height]; img.ToPlanar(b, Channels); Tally(b, img.Width * img.Height); }
+            if (src.TryPlanar(local[i], Channels, Height, Width, buf)) Tally(counts, buf, Height * Width);
+            else { var img = src.Rgba(local[i]); var b = new byte[Channels * img.Width * img.Height]; img.ToPlanar(b, Channels); Tally(counts, b, img.Width * img.Height); }
         }
-        void Tally(byte[] planar, int n) { for (int c = 0; c < Channels; c++) foreach (var v in planar.AsSpan(c * n, n)) counts[c, v]++; }
         return Histogram(counts);
+    }
+
+    /// <summary>Counts the bytes of a planar image of <paramref name="n"/> pixels per channel into <paramref name="counts"/>[c, v].</summary>
+    public static void Tally(long[,] counts, ReadOnlySpan<byte> planar, int n)
+    {
+        for (int c = 0; c < counts.GetLength(0); c++) foreach (var v in planar.Slice(c * n, n)) counts[c, v]++;
     }
 
     /// <summary>Per channel, the mean and std of values v/255 counted in <paramref name="counts"/>[c, v].</summary>
@@ -203,38 +208,33 @@ public sealed class ImageDataset : IDisposable
     public Tensor Batch(ReadOnlySpan<int> indices) => Normalize(Pixels(indices.ToArray(), null), indices);
 
     /// <summary>The training batch of <paramref name="step"/>: <see cref="Batch"/>, augmented when <see cref="Augment"/> is
-    /// set, image i's crop and flip drawn from (<paramref name="seed"/>, step, i). Taken from <see cref="Prefetch"/> when it
-    /// prepared this batch.</summary>
-    public Tensor TrainBatch(ReadOnlySpan<int> indices, long step, long seed)
-    {
-        var ix = indices.ToArray();
-        var key = (step, seed);
-        byte[]? px = null;
-        lock (ahead)
-            if (ahead.Remove(key, out var t))
-            {
-                if (t.indices.AsSpan().SequenceEqual(ix)) px = t.pixels.Result;
-            }
-        return Normalize(px ?? Pixels(ix, Augment is null ? null : (step, seed)), indices);
-    }
+    /// set, image i's crop and flip drawn from (<paramref name="seed"/>, step, i). Decoded once however many ask for it
+    /// (the trainer and the teacher build the same batch), and ahead of the step when <see cref="Prefetch"/> asked.</summary>
+    public Tensor TrainBatch(ReadOnlySpan<int> indices, long step, long seed) => Normalize(Decoded(indices, step, seed).Result, indices);
 
     /// <summary>The bytes [B, C, H, W] of the training batch of <paramref name="step"/>, before normalisation: what the
     /// loader's workers make (measured by <see cref="Training.LoaderBench"/>).</summary>
     public byte[] TrainPixels(ReadOnlySpan<int> indices, long step, long seed) => Pixels(indices.ToArray(), Augment is null ? null : (step, seed));
 
-    private readonly Dictionary<(long step, long seed), (int[] indices, Task<byte[]> pixels)> ahead = [];
-    private const int MaxAhead = 2;
-
     /// <summary>Starts decoding (and augmenting) the training batch of <paramref name="step"/> on the thread pool, for
-    /// <see cref="TrainBatch"/> to take. At most two batches are held ahead, the older ones dropped.</summary>
-    public void Prefetch(ReadOnlySpan<int> indices, long step, long seed)
+    /// <see cref="TrainBatch"/> to take.</summary>
+    public void Prefetch(ReadOnlySpan<int> indices, long step, long seed) => Decoded(indices, step, seed);
+
+    private readonly Dictionary<(long step, long seed), (int[] indices, Task<byte[]> pixels)> decoded = [];
+    /// <summary>Batches kept: the current step's (for its second reader) and the next one, decoded ahead.</summary>
+    private const int Kept = 3;
+
+    private Task<byte[]> Decoded(ReadOnlySpan<int> indices, long step, long seed)
     {
         var ix = indices.ToArray();
-        lock (ahead)
+        lock (decoded)
         {
-            if (ahead.ContainsKey((step, seed))) return;
-            while (ahead.Count >= MaxAhead) ahead.Remove(ahead.Keys.Min());
-            ahead[(step, seed)] = (ix, Task.Run(() => Pixels(ix, Augment is null ? null : (step, seed))));
+            if (decoded.TryGetValue((step, seed), out var d) && d.indices.AsSpan().SequenceEqual(ix)) return d.pixels;
+            decoded.Remove((step, seed));
+            while (decoded.Count >= Kept) decoded.Remove(decoded.Keys.Min());
+            var task = Task.Run(() => Pixels(ix, Augment is null ? null : (step, seed)));
+            decoded[(step, seed)] = (ix, task);
+            return task;
         }
     }
 
@@ -283,9 +283,9 @@ public sealed class ImageDataset : IDisposable
         return res;
     }
 
-    /// <summary>Drops batches decoded ahead. The images themselves are managed arrays or files read per use.</summary>
+    /// <summary>Drops the batches it keeps. The images themselves are managed arrays or files read per use.</summary>
     public void Dispose()
     {
-        lock (ahead) ahead.Clear();
+        lock (decoded) decoded.Clear();
     }
 }

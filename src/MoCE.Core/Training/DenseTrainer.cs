@@ -30,6 +30,8 @@ public sealed class DenseTrainer : ITrainer, IDisposable
     public MaskedAutoencoder Model { get; }
     /// <summary>The bfloat16 copy the steps compute on (bf16 precision), null in fp32.</summary>
     private readonly MaskedAutoencoder? compute;
+    /// <summary>Each master weight with its bfloat16 copy, paired by name once.</summary>
+    private readonly (TorchSharp.Modules.Parameter master, TorchSharp.Modules.Parameter copy)[] pairs = [];
     public AdamW Optimizer { get; }
     public EpochSampler Sampler { get; }
     public long NextStep { get; private set; }
@@ -55,6 +57,8 @@ public sealed class DenseTrainer : ITrainer, IDisposable
             compute = new MaskedAutoencoder(modelCfg);
             compute.to(this.device).to(ScalarType.BFloat16);
             compute.train();
+            var copies = compute.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+            pairs = [.. Model.named_parameters().Select(p => (p.parameter, copies[p.name]))];
         }
     }
 
@@ -93,10 +97,7 @@ public sealed class DenseTrainer : ITrainer, IDisposable
         double loss = 0;
         if (compute is not null)
             using (no_grad())
-            {
-                var master = Model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-                foreach (var (name, p) in compute.named_parameters()) { p.copy_(master[name]); p.grad = null; }
-            }
+                foreach (var (master, copy) in pairs) { copy.copy_(master); copy.grad = null; }
         for (int i = 0; i < k; i++)                                             // gradients add up over the micro-batches
         {
             using var inner = NewDisposeScope();
@@ -106,11 +107,7 @@ public sealed class DenseTrainer : ITrainer, IDisposable
         }
         loss /= k;
         if (compute is not null)
-        {
-            var grads = compute.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad);
-            foreach (var (name, p) in Model.named_parameters())
-                if (grads[name] is { } g) p.grad = g.to_type(ScalarType.Float32);
-        }
+            foreach (var (master, copy) in pairs) if (copy.grad is { } g) master.grad = g.to_type(ScalarType.Float32);
         double norm = Math.Sqrt(Optimizer.SquaredGradNorm());
         double lr = LrSchedule.At(step, cfg);
         Optimizer.Step(lr, AdamW.ClipScale(step, norm, cfg.ClipGrad));
