@@ -128,8 +128,12 @@ public static class ClusterNode
     /// <summary>The path tools send to through a cluster client to reach the run's supervisor.</summary>
     public const string SupervisorService = "/user/" + RunManager + "-proxy";
 
-    /// <summary>Asks the cluster at <paramref name="o"/>'s seeds, as a cluster client (this process does not join).</summary>
-    public static T Ask<T>(NodeOptions o, Config config, object query, TimeSpan timeout)
+    /// <summary>Asks the cluster at <paramref name="o"/>'s seeds, as a cluster client (this process does not join).
+    /// Throws <see cref="ClusterUnreachableException"/> when no node of the cluster has been in contact for
+    /// <c>akka.cluster.client.reconnect-timeout</c> (hocon/akka.conf): at the start (nothing runs at the seeds) or
+    /// on the way (the run ended and its nodes left before the answer), instead of waiting out <paramref name="timeout"/>.
+    /// <paramref name="ct"/> stops the wait (what was asked may still be done).</summary>
+    public static T Ask<T>(NodeOptions o, Config config, object query, TimeSpan timeout, CancellationToken ct = default)
     {
         var clientConfig = ConfigurationFactory.ParseString($"""
             akka.actor.provider = remote
@@ -141,8 +145,14 @@ public static class ClusterNode
         try
         {
             var contacts = o.SeedAddresses.Select(a => ActorPath.Parse($"{a}/system/receptionist")).ToImmutableHashSet();
-            var client = system.ActorOf(ClusterClient.Props(ClusterClientSettings.Create(system).WithInitialContacts(contacts)), "client");
-            return client.Ask<T>(new ClusterClient.Send(SupervisorService, query), timeout).GetAwaiter().GetResult();
+            var settings = ClusterClientSettings.Create(system).WithInitialContacts(contacts);
+            var client = system.ActorOf(ClusterClient.Props(settings), "client");
+            var lost = client.WatchAsync();                                       // the client stops itself after the reconnect timeout
+            var answer = client.Ask<T>(new ClusterClient.Send(SupervisorService, query), timeout, ct);   // Ctrl-C: stop waiting
+            if (Task.WhenAny(answer, lost).GetAwaiter().GetResult() == lost && !answer.IsCompleted)
+                throw new ClusterUnreachableException($"no node of the cluster at [{string.Join(", ", o.Seeds)}] was in contact for " +
+                    $"{settings.ReconnectTimeout?.TotalSeconds:G3} s before an answer came: no run is there, or it ended and its nodes left");
+            return answer.GetAwaiter().GetResult();
         }
         finally { system.Terminate().Wait(TimeSpan.FromSeconds(10)); }
     }
@@ -213,3 +223,6 @@ public static class ClusterNode
         }
     }
 }
+
+/// <summary>A cluster client lost, or never had, contact with any node of the cluster before its answer came.</summary>
+public sealed class ClusterUnreachableException(string message) : Exception(message);

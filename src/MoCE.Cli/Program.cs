@@ -51,7 +51,7 @@ try
         "export" => ExportCommand.Run(cli),
         "pipeline" => PipelineCommand.Run(cli, cts.Token),
         "node" => NodeCommand.Run(cli, cts.Token),
-        "experts" => ExpertsCommand.Run(cli),
+        "experts" => ExpertsCommand.Run(cli, cts.Token),
         "status" => StatusCommand.Run(cli),
         "report" => ReportCommand.Run(cli),
         "chaos" => ChaosCommand.Run(cli, cts.Token),
@@ -67,12 +67,19 @@ catch (Exception e) when (e is ConfigException or DataFormatException or Checkpo
     Log.Error("{Error}", e.Message);
     return 2;
 }
-catch (MoCE.Actors.RunFailedException e)
+catch (Exception e) when (e is MoCE.Actors.RunFailedException or MoCE.Actors.ClusterUnreachableException)
 {
     // the run cannot go on (failures kept coming, an owner cannot be created, no commit verifies): the message names
-    // the owner, the step and the cause, and says the last commit is intact; a stack trace would add nothing
+    // the owner, the step and the cause, and says the last commit is intact; or a cluster client lost the cluster.
+    // A stack trace would add nothing
     Log.Error("{Error}", e.Message);
     return 1;
+}
+catch (OperationCanceledException) when (cli.Command is "experts" or "node" && cli.Positionals.Count > 0)
+{
+    // a tool (moce experts add, moce node drain) stopped waiting; the run goes on with what it accepted
+    Log.Warning("Stopped waiting for the run's answer (Ctrl-C); what was asked goes on if the run accepted it: moce experts list shows the experts");
+    return 130;
 }
 catch (OperationCanceledException)
 {

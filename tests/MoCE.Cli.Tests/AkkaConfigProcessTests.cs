@@ -52,4 +52,14 @@ public class AkkaConfigProcessTests
         cmd.Parameters.AddWithValue("p", $"{runId}-moce-%-supervisor");
         Assert.Equal(3L, (long)cmd.ExecuteScalar()!);                            // commits 0, 10 and 20
     }
+
+    [Fact]
+    public void A_tool_with_no_cluster_at_its_seeds_fails_after_the_reconnect_timeout_saying_so()
+    {
+        int nobody = MoCE.Actors.ClusterNode.FreeLoopbackPort();
+        var (code, output) = Moce(["node", "drain", "127.0.0.1:4553", "--seeds", $"127.0.0.1:{nobody}", "-o", "akka.cluster.client.reconnect-timeout=3s"]);
+        Assert.True(code == 1, output);                                          // not the drain's 5-minute ask timeout
+        Assert.Contains($"no node of the cluster at [127.0.0.1:{nobody}] was in contact for 3 s before an answer came", output);
+        Assert.DoesNotContain("AskTimeoutException", output);
+    }
 }

@@ -12,18 +12,18 @@ namespace MoCE.Cli.Commands;
 /// split the busiest experts into N more at a step boundary (the add commits; it survives a restart).</summary>
 public static class ExpertsCommand
 {
-    public static int Run(CliArgs cli)
+    public static int Run(CliArgs cli, CancellationToken ct)
     {
         Serilog.Log.Logger = Logging.StandardError();                      // stdout is the answer
         return cli.Positionals switch
         {
             ["list"] => List(cli),
-            ["add"] => Add(cli),
+            ["add"] => Add(cli, ct),
             _ => throw new ConfigException("experts", $"expected a subcommand, list or add: moce experts list|add --seeds HOST:PORT (got '{string.Join(" ", cli.Positionals)}')"),
         };
     }
 
-    private static int Add(CliArgs cli)
+    private static int Add(CliArgs cli, CancellationToken ct)
     {
         cli.RejectFlagsExcept("seeds", "count", "node", "at-step", "tls-certificate", "host");
         int count = cli.FlagInt("count", 1);
@@ -35,15 +35,16 @@ public static class ExpertsCommand
         if (node.Length > 0 && !node.Contains("://", StringComparison.Ordinal))                  // HOST:PORT, as for drain
             node = NodeOptions.SeedAddress(node, !string.IsNullOrEmpty(config.Node.TlsCertificate)).ToString();
         // the answer comes once the experts train: after the commit, the split, their placement and the restore
-        var reply = Ask<ExpertsAddedReply>(config, new AddExperts(-1, count, node, atStep), TimeSpan.FromMinutes(10));
+        var reply = Ask<ExpertsAddedReply>(config, new AddExperts(-1, count, node, atStep), TimeSpan.FromMinutes(10), ct);
         if (reply.Error.Length > 0) throw new ConfigException("experts add", reply.Error);
         Console.WriteLine($"added experts [{string.Join(", ", reply.Added)}] at step {reply.Step}, split from [{string.Join(", ", reply.Sources)}]");
         return 0;
     }
 
-    private static T Ask<T>(MoceConfig config, object query, TimeSpan timeout)
+    /// <summary>One question to the run's supervisor through the seeds; no answer in time is an error naming the seeds.</summary>
+    internal static T Ask<T>(MoceConfig config, object query, TimeSpan timeout, CancellationToken ct = default)
     {
-        try { return ClusterNode.Ask<T>(config.Node, ActorEngine.AkkaConfig(config.Hocon), query, timeout); }
+        try { return ClusterNode.Ask<T>(config.Node, ActorEngine.AkkaConfig(config.Hocon), query, timeout, ct); }
         catch (Akka.Actor.AskTimeoutException)
         {
             throw new ConfigException("--seeds", $"no run's supervisor answered through [{string.Join(", ", config.Node.Seeds)}] within {timeout.TotalSeconds:F0} s: is a coordinator running there?");

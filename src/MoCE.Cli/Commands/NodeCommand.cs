@@ -17,7 +17,7 @@ public static class NodeCommand
 
     public static int Run(CliArgs cli, CancellationToken ct)
     {
-        if (cli.Positionals is ["drain", var address]) return Drain(cli, address);
+        if (cli.Positionals is ["drain", var address]) return Drain(cli, address, ct);
         if (cli.Positionals.Count > 0) throw new ConfigException("node", $"unexpected '{string.Join(" ", cli.Positionals)}'; the only subcommand is drain HOST:PORT");
         cli.RejectFlagsExcept(Flags);
         var chaos = cli.Flags.TryGetValue("chaos", out var file) ? ChaosSchedule.Load(file) : null;   // a coordinator's faults (README)
@@ -42,15 +42,14 @@ public static class NodeCommand
     }
 
     /// <summary>moce node drain HOST:PORT: asks the supervisor, as a cluster client, to move that node's experts away.</summary>
-    private static int Drain(CliArgs cli, string address)
+    private static int Drain(CliArgs cli, string address, CancellationToken ct)
     {
         cli.RejectFlagsExcept("seeds", "tls-certificate", "host");
         Serilog.Log.Logger = Logging.StandardError();
         var config = ExpertsCommand.ClientConfig(cli);
         var node = address.Contains("://", StringComparison.Ordinal) ? address
             : NodeOptions.SeedAddress(address, !string.IsNullOrEmpty(config.Node.TlsCertificate)).ToString();
-        var done = ClusterNode.Ask<MoCE.Actors.Messages.NodeDrained>(config.Node, ActorEngine.AkkaConfig(config.Hocon),
-            new MoCE.Actors.Messages.DrainNode(-1, node), TimeSpan.FromMinutes(5));
+        var done = ExpertsCommand.Ask<MoCE.Actors.Messages.NodeDrained>(config, new MoCE.Actors.Messages.DrainNode(-1, node), TimeSpan.FromMinutes(5), ct);
         if (done.Error.Length > 0) throw new ConfigException("node drain", done.Error);
         Console.WriteLine($"drained {done.Node}: experts [{string.Join(", ", done.Moved.Select(e => $"expert-{e}"))}] moved, restored from commit {done.Step}; the node is leaving the cluster");
         return 0;
