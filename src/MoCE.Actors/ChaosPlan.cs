@@ -101,7 +101,7 @@ public sealed class ChaosPlan
     private readonly ConcurrentDictionary<string, (long from, long to, double factor, double ms)> stragglers = new();
     private readonly ConcurrentDictionary<string, bool> stragglingReported = new();
 
-    /// <summary>Expert <paramref name="owner"/> is a straggler for steps [from, to]: each forward and backward takes
+    /// <summary>Expert <paramref name="owner"/> (or the router) is a straggler for steps [from, to]: each forward and backward takes
     /// <paramref name="factor"/> times its compute time, plus <paramref name="ms"/> milliseconds.</summary>
     public ChaosPlan Straggle(string owner, long from, long to, double factor = 1, double ms = 0)
     {

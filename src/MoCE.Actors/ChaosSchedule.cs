@@ -84,7 +84,10 @@ public static class ChaosSchedule
                     plan.PoisonGradient(Expert("owner"), Long("step"));
                     break;
                 case "straggler":
-                    plan.Straggle(Expert("owner"), Long("from"), Long("to"), Math.Max(1, Num("factor", 1)), Num("ms", 0));
+                    var slow = Str("owner");
+                    if (slow != "router" && SupervisorState.ExpertIndex(slow) is null)
+                        throw new ConfigException($"{at}.owner", $"expected router or expert-N, got '{slow}'");
+                    plan.Straggle(slow, Long("from"), Long("to"), Math.Max(1, Num("factor", 1)), Num("ms", 0));
                     break;
                 case "drop" or "duplicate" or "delay":
                     var message = Str("message");

@@ -112,6 +112,7 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
 
     private void HandleRoute(Route m)
     {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         m = m with { Hidden = m.Hidden.On(setup.Device), ClusterIds = m.ClusterIds.On(setup.Device) };
         try
         {
@@ -137,6 +138,7 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
                 Probs = probs.MoveToOuterDisposeScope(), Choice = choice.MoveToOuterDisposeScope(), Aux = aux.MoveToOuterDisposeScope(), Rerouted = rerouted,
             };
             pending[m.Block] = p;
+            Straggle(m.Step, clock);
             foreach (var e in p.Plan)
                 Send(e.Expert, "forward", new ExpertForward(m.Step, m.Generation, m.Block, p.Rows.index_select(0, e.Rows).detach().MoveToOuterDisposeScope()));
             m.Hidden.Dispose();
@@ -145,6 +147,14 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
             StartDeadline(m.Step, m.Generation, m.Block, backward: false);
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
+    }
+
+    /// <summary>A straggling router (chaos schedule) really takes longer: its thread (pinned, not a shared one) waits out
+    /// the extra time before it sends the block's rows, or their gradients, to the experts.</summary>
+    private void Straggle(long step, System.Diagnostics.Stopwatch clock)
+    {
+        var extra = setup.Chaos.StragglerDelay(Name, step, clock.Elapsed);
+        if (extra > TimeSpan.Zero) Thread.Sleep(extra);
     }
 
     /// <summary>expert-local: rows whose top-1 expert is down go to their best available expert, same weight.</summary>
@@ -235,11 +245,13 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
 
     private void HandleBackward(RouteBackward m)
     {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         m = m with { GradOutput = m.GradOutput.On(setup.Device) };
         try
         {
             var p = pending[m.Block];
             p.ReplyTo = Sender;
+            Straggle(m.Step, clock);
             double lambda = moe.Method == MoeMethod.TokenMoe ? moe.LambdaBalance : moe.LambdaRoute;
             using (var scope = NewDisposeScope())
             {

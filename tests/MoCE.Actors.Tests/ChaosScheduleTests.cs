@@ -27,6 +27,7 @@ public class ChaosScheduleTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHe
             { kind = fail, owner = expert-0, step = 20, phase = checkpoint }
             { kind = fail, owner = router, step = 24 }
             { kind = straggler, owner = expert-1, from = 26, to = 28, factor = 3, ms = 5 }
+            { kind = straggler, owner = router, from = 45, to = 46, ms = 20 }
             { kind = drop, owner = expert-0, step = {{Busy(baseline, 0, 31)}}, message = output }
             { kind = duplicate, owner = expert-1, step = {{Busy(baseline, 1, 34)}}, message = backward }
             { kind = delay, owner = expert-2, step = {{Busy(baseline, 2, 36)}}, message = output, ms = 300 }
@@ -66,6 +67,7 @@ public class ChaosScheduleTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHe
         Assert.Equal(["apply", "backward", "checkpoint", "forward"], r.Events.Where(e => e.Kind == "fail" && e.Owner.StartsWith("expert-"))
             .Select(e => e.Detail.Split(' ')[2]).Distinct().Order());
         Assert.Contains(r.Events, e => e.Kind == "fail" && e.Owner == "router");
+        Assert.Contains(r.Events, e => e.Kind == "straggler" && e.Owner == "router");
         // each failure was recovered by a restore: the four phases, the router, the dropped output (found by the ask
         // timeout), the corrupt part (found before the commit) and the NaN gradients (found before they were applied)
         var recoveries = r.Done.Recoveries;

@@ -292,7 +292,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
     [Fact]
     public void A_node_joining_and_a_node_drained_move_experts_at_a_commit_and_the_run_equals_an_uninterrupted_one()
     {
-        using var c = Start();
+        using var c = StartPaced();
         // a fresh node joins the training run as early as possible (the run is short): under placement = spread,
         // an expert moves to it at a commit
         c.C1.WaitFor(@"\[actors\] step 10/150", RunTimeout);
@@ -331,7 +331,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
     public void Experts_added_on_a_node_that_joined_train_there_and_survive_a_restart_of_the_whole_cluster()
     {
         string[] fill = ["-o", "actors.placement=fill"];                           // the newcomer gets only new experts
-        using var c = Start(null, fill);
+        using var c = StartPaced(fill);
         c.C1.WaitFor(@"\[actors\] step 10/150", RunTimeout);
         int port = MoCE.Actors.ClusterNode.FreeLoopbackPort(), metrics = MoCE.Actors.ClusterNode.FreeLoopbackPort();
         using var x3 = new Node("expert node 3", ["--roles", "experts", "--port", port.ToString(), "--metrics-port", metrics.ToString(), "--seeds", $"127.0.0.1:{c.Ports[0]}",
@@ -415,7 +415,8 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
     /// fail in its cut: the rollback replays to the boundary, which commits again and moves. Move 2, the drain of expert
     /// node 1, has the trainer fail while its experts are placed on the other nodes; move 3, the drain of the node that
     /// joined, has the router fail in the restore. In both the rollback's restore completes the move. Each move
-    /// completes, each later drain is accepted, each drained node leaves, and the run equals the uninterrupted one.</summary>
+    /// completes, each later drain is accepted, each drained node leaves, and the run equals the uninterrupted one. The
+    /// run is paced (<see cref="Pace"/>): a drain that came after its end met no run (it once did, on a busy machine).</summary>
     [Fact]
     public void A_failure_in_the_cut_placement_or_restore_of_a_move_completes_it_and_the_run_equals_an_uninterrupted_one()
     {
@@ -423,7 +424,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
             "chaos { events = [\n" +
             "  { kind = fail-in-move, move = 1, phase = cut, owner = router }\n" +
             "  { kind = fail-in-move, move = 2, phase = placement, owner = trainer }\n" +
-            "  { kind = fail-in-move, move = 3, phase = restore, owner = router }\n" +
+            "  { kind = fail-in-move, move = 3, phase = restore, owner = router }\n" + Pace +
             "] }\n");
         c.C1.WaitFor(@"\[actors\] step 10/150", RunTimeout);
         int port = MoCE.Actors.ClusterNode.FreeLoopbackPort();
@@ -440,7 +441,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         {
             var (code, said) = Moce(["node", "drain", $"127.0.0.1:{nodePort}", "--seeds", $"127.0.0.1:{c.Ports[0]}"]);
             Assert.True(code == 0, said + "\n--- coordinator 1:\n" + string.Join("\n", c.C1.Output.Split('\n')
-                .Where(l => Regex.IsMatch(l, "Committed|moved|moving|Draining|joined|Chaos|Recovered|failed|Restoring|runs on|Member|step \\d+/150")).TakeLast(60)));   // accepted: the earlier move is not "under way"
+                .Where(l => Regex.IsMatch(l, "Committed|moved|moving|Draining|joined|Chaos|Recovered|failed|Restoring|runs on|Member|straggl|step \\d+/150")).TakeLast(60)));   // accepted: the earlier move is not "under way"
             Assert.Matches(@"drained \S+: experts \[[^\]]+\] moved, restored from commit \d+", said);
             Assert.Matches($@"Chaos at step \d+: {owner} fail-in-move \(throws in the {phase} of planned move {move}\)", c.C1.Output);
             output.WriteLine(Regex.Match(said, @"drained .*").Value);
@@ -453,19 +454,29 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
             Assert.Contains("Left the cluster (drained)", node.Output);
         }
         Assert.Equal(3, Regex.Matches(c.C1.Output, @"Recovered from (router|trainer)'s failure").Count);
+        Assert.Matches(@"Chaos at step \d+: router straggler", c.C1.Output);       // the pacing was real
         Finish(c, killed: c.X1);
         foreach (var line in c.C1.Output.Split('\n').Where(l => Regex.IsMatch(l, "Committed|moved|moving|Draining|joined|Chaos|Resumed|Recovered|failed")))
             output.WriteLine(line.TrimEnd());
         AssertEqualsOneProcess(c.Run, "a failure in each phase of three moves");
     }
 
+    /// <summary>A chaos event that paces the run: the router takes 75 ms longer for each block's forward and backward, so
+    /// 150 steps last at least 45 s however fast the machine. A test that starts a node or runs a tool while the run
+    /// trains needs the run to outlast that, which at full speed (15 to 45 steps/s) 150 steps do not. Timing only: the
+    /// run still equals the one-process run bit for bit.</summary>
+    private const string Pace = "  { kind = straggler, owner = router, from = 0, to = 1000000, ms = 75 }\n";
+
+    /// <summary><see cref="Start"/> with the run paced (<see cref="Pace"/>).</summary>
+    private Cluster StartPaced(string[]? extra = null) => StartWithSchedule(_ => "chaos { events = [\n" + Pace + "] }\n", extra);
+
     /// <summary><see cref="Start"/> with a chaos schedule for the coordinators, written once the ports are drawn.</summary>
-    private Cluster StartWithSchedule(Func<int[], string> schedule)
+    private Cluster StartWithSchedule(Func<int[], string> schedule, string[]? extra = null)
     {
         var file = Path.Combine(Path.GetTempPath(), "moce-tests", $"chaos-{Guid.NewGuid():N}.conf");
         Directory.CreateDirectory(Path.GetDirectoryName(file)!);
         pendingSchedule = (file, schedule);
-        try { return Start(null, null, ["--chaos", file]); }
+        try { return Start(null, extra, ["--chaos", file]); }
         finally { pendingSchedule = null; }
     }
 
