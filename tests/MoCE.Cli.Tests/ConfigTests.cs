@@ -24,6 +24,30 @@ public class ConfigTests
         Assert.Equal(1.5e-4 * 128 / 256, c.Pretrain.PeakLr, 12);
     }
 
+    [Fact]
+    public void Fold_gate_weight_is_routed_by_default_and_keeps_its_old_true_and_false()
+    {
+        Assert.Equal(MoCE.Core.Customization.GateFold.Routed, Load().FoldGateWeight);
+        Assert.Equal(MoCE.Core.Customization.GateFold.Expected, Load("customize.fold-gate-weight=expected").FoldGateWeight);
+        Assert.Equal(MoCE.Core.Customization.GateFold.Expected, Load("customize.fold-gate-weight=true").FoldGateWeight);
+        Assert.Equal(MoCE.Core.Customization.GateFold.Off, Load("customize.fold-gate-weight=false").FoldGateWeight);
+        var e = Fails(() => Load("customize.fold-gate-weight=sometimes"));
+        Assert.Contains("moce.customize.fold-gate-weight", e.Message);
+        Assert.Contains("expected routed, expected, off, got 'sometimes'", e.Message);
+    }
+
+    /// <summary>Each seed of a study draws its own few-shot sets and probe initialisation (the evaluation seed follows
+    /// moce.train.seed), and one seed always the same.</summary>
+    [Fact]
+    public void The_evaluation_seed_follows_the_moe_phase_seed()
+    {
+        var seeds = new[] { 0, 1, 2 }.Select(k => Load($"train.seed={k}").EvalSeed).ToList();
+        Assert.Equal(3, seeds.Distinct().Count());
+        Assert.Equal(seeds[1], Load("train.seed=1").EvalSeed);
+        Assert.NotEqual(seeds[1], Load("train.seed=1", "seed=5").EvalSeed);     // and moce.seed
+        Assert.All(seeds, x => Assert.True(x >= 0));
+    }
+
     /// <summary>An empty list is a list: <c>search = []</c> (the way moce.conf documents a dataset of one's own) was refused
     /// as "&lt;&lt;unknown value&gt;&gt;", through -o and in a file alike.</summary>
     [Fact]

@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using System.Diagnostics;
 using System.Text.Json;
 using static MoCE.Cli.Tests.PretrainProcessTests;
@@ -25,7 +26,8 @@ public class TransferProcessTests
     public void The_study_measures_every_part_and_a_rerun_does_no_work_twice()
     {
         var run = NewRun();
-        var (code, output) = Moce(["pipeline", "--run", run, .. Study, "-o", "pipeline.seeds=[0, 1]", "-o", "pipeline.transfer-baselines=true"]);
+        string[] finetune = ["-o", "pipeline.finetune=true", "-o", "finetune.epochs=2", "-o", "finetune.warmup-epochs=1"];
+        var (code, output) = Moce(["pipeline", "--run", run, .. Study, "-o", "pipeline.seeds=[0, 1]", "-o", "pipeline.transfer-baselines=true", .. finetune]);
         Assert.True(code == 0, output);
 
         // the mix: 3000 Fashion-MNIST + 2000 MNIST sample images, clustered together
@@ -49,8 +51,23 @@ public class TransferProcessTests
         var report = File.ReadAllText(Path.Combine(run, "study", "report.md"));
         Assert.Contains("| mix (fashion-mnist + mnist) |", report);
         Assert.Contains("| mnist alone |", report);
+        // the equal-epoch baselines: 20 steps × 3000/5000 of the mix for the clothes, × 2000/5000 for the digits
+        Assert.Equal(13, File.ReadAllLines(Path.Combine(run, "alone-fashion-mnist-epochs", "pretrain", "metrics.csv")).Length);
+        Assert.Equal(9, File.ReadAllLines(Path.Combine(run, "alone-mnist-epochs", "pretrain", "metrics.csv")).Length);
+        Assert.Contains("| mnist alone, the mix's epochs |", report);
+        Assert.Contains("| Δ at equal epochs (mix − own domain alone, the mix's epochs): interference |", report);
+        Assert.Contains("| at most repairable by experts: max(0, −Δ at equal epochs) |", report);
+        // each seed drew its own task images: the pretrained dense features (for the cluster ids) were extracted for two sets
+        var sets = Directory.GetFiles(Path.Combine(run, "eval", "features"), "*.bin").Select(Path.GetFileNameWithoutExtension)
+            .GroupBy(f => f![..f!.LastIndexOf('-')]).ToList();
+        Assert.Contains(sets, g => g.Count() == 2);
         Assert.Contains("| *MoCE-customized − dense MAE* |", report);
         Assert.Contains(" ± ", report);
+        // fine-tuning, each seed: the dense MAE and MoCE-customized on both tasks, and their paired difference
+        Assert.Contains("## Fine-tuning (2 seeds: mean ± std)", report);
+        Assert.Equal(2, Regex.Matches(report, @"\| \*MoCE-customized − dense MAE\* \|").Count);     // fine-tuning and frozen features
+        foreach (var r in new[] { run, Path.Combine(run, "seed-1") })
+            Assert.Equal(4, File.ReadAllLines(Path.Combine(r, "eval", "finetune.csv")).Length - 1);
         Assert.Contains("block 1 gate mass", report);
         Assert.Contains("| token-moe | 1 |", report);
         Assert.Contains("cluster → expert", report);
@@ -61,9 +78,10 @@ public class TransferProcessTests
             Assert.InRange(sp.GetProperty("NmiSource").GetDouble(), 0.0, 1.0);
 
         // a rerun trains nothing, customizes nothing and extracts no features: everything is found done
-        (code, output) = Moce(["pipeline", "--run", run, .. Study, "-o", "pipeline.seeds=[0, 1]", "-o", "pipeline.transfer-baselines=true"]);
+        (code, output) = Moce(["pipeline", "--run", run, .. Study, "-o", "pipeline.seeds=[0, 1]", "-o", "pipeline.transfer-baselines=true", .. finetune]);
         Assert.True(code == 0, output);
         Assert.DoesNotContain("Customized ", output);
+        Assert.DoesNotContain(" steps (last epoch's loss", output);                      // no fine-tuning redone
         Assert.DoesNotContain(" images in ", output);                                   // "features KEY on D/S: N images in T s"
         Assert.Contains("(done before; same weights and settings)", output);
 

@@ -98,6 +98,18 @@ public class DatasetTests
         Assert.Equal(idx, TaskSelection.Select(data, task, int.MaxValue, 3, task.Shots).indices);
         Assert.NotEqual(idx, TaskSelection.Select(data, task, int.MaxValue, 4, task.Shots).indices);
     }
+
+    /// <summary>The equal-epoch baseline: the study's mix (60,000 clothes + 8,000 digits) makes 800·128/68,000 = 1.51 passes;
+    /// the digits alone make as many in 94 steps, which show 12,032 digits, the 800·128·8/68 ≈ 12,047 the mix showed.</summary>
+    [Fact]
+    public void A_source_alone_at_the_mix_epochs_trains_its_share_of_the_steps()
+    {
+        Assert.Equal(94, DataSources.EqualEpochSteps(800, 8000, 68000));
+        Assert.Equal(706, DataSources.EqualEpochSteps(800, 60000, 68000));
+        Assert.Equal(800, DataSources.EqualEpochSteps(800, 5000, 5000));
+        Assert.Equal(1, DataSources.EqualEpochSteps(10, 1, 1000));               // never zero steps
+        Assert.Throws<ArgumentException>(() => DataSources.EqualEpochSteps(800, 9000, 8000));
+    }
 }
 
 /// <summary>moce.moe.gate-init = centroids: clusters whose centroids group together start on one expert.</summary>

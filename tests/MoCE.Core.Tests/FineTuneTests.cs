@@ -12,7 +12,7 @@ public class FineTuneTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHelper 
         using var t = fx.Trainer(MoceFixture.Moe with { Layers = [0, 1] }, Tiny.Train(steps: 5));
         for (int i = 0; i < 5; i++) t.TrainStep();
         var h = Customizer.Histogram(fx.Clustering.TrainIds.Take(700), MoceFixture.Clusters);
-        using var customized = t.Model.ExtractDense(Customizer.AsRoute(Customizer.Choose(t.Model, h, foldGateWeight: false)));
+        using var customized = t.Model.ExtractDense(Customizer.AsRoute(Customizer.Choose(t.Model, h, GateFold.Off)));
         int[] train = [.. Enumerable.Range(0, 700)], test = [.. Enumerable.Range(700, 300)];
         var labels = fx.Data.Labels.Select(l => (long)l).ToArray();
         long[] ytr = [.. train.Select(i => labels[i])], yte = [.. test.Select(i => labels[i])];

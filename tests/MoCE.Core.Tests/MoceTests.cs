@@ -117,9 +117,10 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
     }
 
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public void Extracted_encoder_equals_the_full_model_routed_to_the_chosen_experts(bool fold)
+    [InlineData(GateFold.Routed)]
+    [InlineData(GateFold.Expected)]
+    [InlineData(GateFold.Off)]
+    public void Extracted_encoder_equals_the_full_model_routed_to_the_chosen_experts(GateFold fold)
     {
         using var t = fx.Trainer(MoceFixture.Moe with { Layers = [0, 1] }, Tiny.Train(steps: 3));
         for (int i = 0; i < 3; i++) t.TrainStep();
@@ -129,7 +130,8 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         foreach (var c in choices)
         {
             Assert.Equal(Array.IndexOf(c.Scores, c.Scores.Max()), c.Expert);
-            Assert.Equal(fold ? c.Scores[c.Expert] : 1.0, c.Weight);
+            if (fold == GateFold.Expected) Assert.Equal(c.Scores[c.Expert], c.Weight);
+            if (fold == GateFold.Off) Assert.Equal(1.0, c.Weight);
         }
         var route = Customizer.AsRoute(choices);
         using var extracted = t.Model.ExtractDense(route);
@@ -143,6 +145,34 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
             gate: b => new GateInput(tensor(t.ClusterIdsOf(b)), Forced: new ForcedRoute(route)));
         using var ext = Features.Extract(extracted, fx.Data, idx);
         Assert.True(ext.allclose(full, rtol: 0, atol: 1e-5), $"max |Δ| = {(ext - full).abs().max().item<float>()}");
+    }
+
+    /// <summary>fold-gate-weight = routed: the weight of the task's images that the gate sends to e*, the mean of g(c)_e* over
+    /// their clusters weighted by h, not the gate mass over every cluster of the task (expected), which counts the clusters
+    /// that go elsewhere at their (small) weight for e*.</summary>
+    [Fact]
+    public void The_routed_fold_is_the_gate_weight_of_the_clusters_routed_to_the_chosen_expert()
+    {
+        using var t = fx.Trainer(MoceFixture.Moe with { Layers = [0, 1] }, Tiny.Train(steps: 3));
+        for (int i = 0; i < 3; i++) t.TrainStep();
+        var h = Customizer.Histogram([0, 0, 1, 2, 3, 3, 3], MoceFixture.Clusters);        // every cluster: some go elsewhere
+        var routed = Customizer.Choose(t.Model, h, GateFold.Routed);
+        var expected = Customizer.Choose(t.Model, h, GateFold.Expected);
+        bool spans = false;
+        foreach (var c in routed)
+        {
+            using var g = t.Model.MoeLayers[c.Block].ClusterGate();
+            var rows = Enumerable.Range(0, MoceFixture.Clusters).Select(k => g[k].to_type(ScalarType.Float64).data<double>().ToArray()).ToList();
+            var to = Enumerable.Range(0, rows.Count).Where(k => h[k] > 0 && Array.IndexOf(rows[k], rows[k].Max()) == c.Expert).ToList();
+            Assert.NotEmpty(to);                                                  // e* is the top expert of one of the task's clusters here
+            double want = to.Sum(k => h[k] * rows[k][c.Expert]) / to.Sum(k => h[k]);
+            Assert.Equal(want, c.Weight, 12);
+            var e = expected.Single(x => x.Block == c.Block);
+            Assert.Equal(c.Expert, e.Expert);                                    // the same choice; only the weight differs
+            spans |= to.Count < h.Count(x => x > 0);
+            if (to.Count < h.Count(x => x > 0)) Assert.NotEqual(e.Weight, c.Weight);
+        }
+        Assert.True(spans, "no layer's task clusters span experts: the test would not tell routed from expected");
     }
 
     [Fact]

@@ -6,6 +6,7 @@ using MoCE.Core.Config;
 using MoCE.Core.Customization;
 using MoCE.Core.Data;
 using MoCE.Core.Evaluation;
+using MoCE.Cli.Configuration;
 using MoCE.Core.Model;
 using Serilog;
 using TorchSharp;
@@ -19,7 +20,7 @@ public static class CustomizeCommand
 {
     public sealed record Report(string Task, IReadOnlyList<int> Classes, int TaskImages, double[] Histogram, IReadOnlyList<ExpertChoice> Experts,
                                 long FullParameters, long ExtractedParameters, long DenseParameters, int ComparedImages,
-                                double MeanRelativeL2, double MeanCosine, string MoceSha256, bool FoldGateWeight);
+                                double MeanRelativeL2, double MeanCosine, string MoceSha256, string FoldGateWeight);
 
     public static int Run(CliArgs cli)
     {
@@ -54,7 +55,7 @@ public static class CustomizeCommand
     }
 
     private static string Identity(Session s, TaskConfig task) =>
-        $"{Artifacts.TrainedSha(s, MoeMethod.Moce)}|{JsonSerializer.Serialize(task)}|fold={s.Config.FoldGateWeight}|train={s.Config.Eval.TrainImages}|test={s.Config.Eval.TestImages}";
+        $"{Artifacts.TrainedSha(s, MoeMethod.Moce)}|{JsonSerializer.Serialize(task)}|fold={HoconTree.Kebab(s.Config.FoldGateWeight.ToString())}|train={s.Config.Eval.TrainImages}|test={s.Config.Eval.TestImages}";
 
     private static IReadOnlyDictionary<string, string> ReadMeta(Session s, string task, string manifest)
     {
@@ -113,7 +114,7 @@ public static class CustomizeCommand
         using var denseRef = new MaskedAutoencoder(s.Config.Model);
         var classNames = s.Data.Resolved(task.Dataset).Classes;
         var report = new Report(task.Name, task.Classes, ti.Train.Count, h, choices, Customizer.ParameterCount(moce), Customizer.ParameterCount(extracted),
-            Customizer.ParameterCount(denseRef), ti.Test.Count, relL2, cosine, moceSha, s.Config.FoldGateWeight);
+            Customizer.ParameterCount(denseRef), ti.Test.Count, relL2, cosine, moceSha, HoconTree.Kebab(s.Config.FoldGateWeight.ToString()));
         File.WriteAllText(Path.Combine(dir, "report.json"), JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
         File.WriteAllText(Path.Combine(dir, "report.md"), Markdown(report, task.Dataset, classNames));
         Log.Information("Customized {Task}: experts {Experts}; {Full:N0} → {Extracted:N0} parameters (dense MAE {Dense:N0}); features vs full model: rel. L2 {L2:F4}, cosine {Cos:F4}",

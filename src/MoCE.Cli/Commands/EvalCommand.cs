@@ -45,8 +45,8 @@ public static class EvalCommand
 
     private static List<string> Split(string v) => v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
 
-    /// <summary>The evaluation settings a row depends on (not which tasks and models are selected).</summary>
-    public static string Settings(EvalConfig ev) => JsonSerializer.Serialize(ev with { Tasks = [], Models = [] });
+    /// <summary>The evaluation settings a row depends on (not which tasks and models are selected), and the seed of its draws.</summary>
+    public static string Settings(EvalConfig ev, long evalSeed) => JsonSerializer.Serialize(ev with { Tasks = [], Models = [] }) + $"|seed={evalSeed}";
 
     /// <summary>A short stable hash of a model's identity (checkpoint hashes).</summary>
     public static string Short(string identity) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(identity)))[..16];
@@ -61,7 +61,7 @@ public static class EvalCommand
         using var models = new ModelSet(s, data);
         var cachePath = Path.Combine(dir, "rows.json");
         var cache = File.Exists(cachePath) ? JsonSerializer.Deserialize<Dictionary<string, Row>>(File.ReadAllText(cachePath)) ?? [] : [];
-        var settings = Settings(ev);
+        var settings = Settings(ev, s.Config.EvalSeed);
 
         var rows = new List<Row>();
         foreach (var taskName in taskNames)
@@ -82,7 +82,7 @@ public static class EvalCommand
                 using var ftr = data.Features(key, load, ds, Core.Data.Split.Train, ti.Train, gate?.Invoke(Core.Data.Split.Train));
                 using var fte = data.Features(key, load, ds, Core.Data.Split.Test, ti.Test, gate?.Invoke(Core.Data.Split.Test));
                 int classes = ti.Task.Classes.Count;
-                var probe = Probes.LinearProbe(ftr, ti.TrainY, fte, ti.TestY, classes, ev.ProbeEpochs, ev.ProbeLr, ev.ProbeWeightDecay, ev.ProbeBatch, s.Config.Seed, ev.ProbeTol);
+                var probe = Probes.LinearProbe(ftr, ti.TrainY, fte, ti.TestY, classes, ev.ProbeEpochs, ev.ProbeLr, ev.ProbeWeightDecay, ev.ProbeBatch, s.Config.EvalSeed, ev.ProbeTol);
                 double lin = probe.Accuracy;
                 if (!probe.Converged)
                     Log.Warning("eval {Task} {Model}: the linear probe did not converge in {Epochs} epochs (moce.eval.probe-epochs; training loss {Loss:F4})", taskName, Display[name], probe.Epochs, probe.TrainLoss);

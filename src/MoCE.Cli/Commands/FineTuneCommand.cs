@@ -48,7 +48,7 @@ public static class FineTuneCommand
             foreach (var name in modelNames)
             {
                 var (key, load, _) = models.Get(name, ti);
-                var rowKey = $"{JsonSerializer.Serialize(ti.Task)}|{key}|{settings}|{s.Config.Seed}";
+                var rowKey = $"{JsonSerializer.Serialize(ti.Task)}|{key}|{settings}|{s.Config.EvalSeed}";
                 if (cache.TryGetValue(rowKey, out var done))
                 {
                     rows.Add(done);
@@ -62,7 +62,7 @@ public static class FineTuneCommand
                 var ds = ti.Task.Dataset;
                 var r = Core.Runtime.ComputeThread.Run("finetune", s.Config.Threads, () => FineTune.Run(encoder,
                     data.Set(ds, Core.Data.Split.Train), ti.Train, ti.TrainY, data.Set(ds, Core.Data.Split.Test), ti.Test, ti.TestY,
-                    ti.Task.Classes.Count, ft, s.Config.Seed, s.Device));
+                    ti.Task.Classes.Count, ft, s.Config.EvalSeed, s.Device));
                 var row = new Row(taskName, EvalCommand.Display[name], ti.Train.Count, ti.Test.Count, r.Accuracy, r.TrainLoss, key);
                 rows.Add(row);
                 cache[rowKey] = row;

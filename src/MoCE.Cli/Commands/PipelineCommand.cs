@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using MoCE.Core.Config;
+using MoCE.Core.Data;
 using MoCE.Core.Runtime;
 using Serilog;
 
@@ -9,7 +10,8 @@ namespace MoCE.Cli.Commands;
 
 /// <summary><c>moce pipeline</c>: the whole method on one run: pretrain → cluster → for each seed of the MoE phase,
 /// train (moce.pipeline.methods) → customize and eval; with moce.pipeline.transfer-baselines, a dense MAE is also
-/// pre-trained on each source of the mix alone (RUN/alone-NAME) and evaluated, for the negative-transfer table.
+/// pre-trained on each source of the mix alone, at the mix's steps (RUN/alone-NAME) and at its epochs
+/// (RUN/alone-NAME-epochs), and evaluated, for the negative-transfer table.
 /// Seeds other than the run's train in RUN/seed-N from this run's pre-training. With moce.train.from-run the
 /// pre-training, clustering and baselines are that run's, and only the MoE phase runs here. With several seeds or the
 /// baselines it ends with the study report (RUN/study/report.md). Every phase resumes or skips what is already done, so
@@ -42,12 +44,26 @@ public static class PipelineCommand
             var baselines = new Dictionary<string, Session>();
             if (sources.Count < 2) Log.Warning("moce.pipeline.transfer-baselines: the mix has one source, so there is no baseline to compare with");
             else
+            {
+                var counts = s.Data.MixCounts();
+                int mixImages = counts.Values.Sum();
+                var p = s.Config.Pretrain;
                 foreach (var src in sources)
                 {
-                    var b = Sub(cli, s, $"alone-{src}", [.. sources.Select(o => $"data.mix.{o}={(o == src ? 1 : 0)}")]);
+                    // one source alone: at the mix's steps (exposure and interference), and at the mix's epochs, which
+                    // is the source's exposure in the mix without the others (interference alone)
+                    string[] alone = [.. sources.Select(o => $"data.mix.{o}={(o == src ? 1 : 0)}")];
+                    var b = Sub(cli, s, $"alone-{src}", alone);
                     baselines[src] = b;
                     Phase($"pretrain-alone-{src}", () => PretrainCommand.Execute(b, ct));
+                    long steps = DataSources.EqualEpochSteps(p.Steps, counts[src], mixImages);
+                    long warmup = (long)Math.Round((double)p.WarmupSteps * steps / p.Steps, MidpointRounding.AwayFromZero);
+                    var e = Sub(cli, s, $"alone-{src}-epochs", [.. alone, $"pretrain.steps={steps}", $"pretrain.warmup-steps={warmup}"]);
+                    baselines[$"{src}-epochs"] = e;
+                    Log.Information("{Source} alone at the mix's epochs: {Steps} steps ({Images} of the mix's {Mix} images), warmup {Warmup}", src, steps, counts[src], mixImages, warmup);
+                    Phase($"pretrain-alone-{src}-epochs", () => PretrainCommand.Execute(e, ct));
                 }
+            }
             foreach (var (src, b) in baselines)
                 Phase($"eval-alone-{src}", () => EvalCommand.Execute(b, ["pretrained"], tasks));
             Phase("eval-pretrained", () => EvalCommand.Execute(s, ["pretrained"], tasks));
@@ -64,6 +80,8 @@ public static class PipelineCommand
                 Phase(Artifacts.TrainPhase(m) + tag, () => TrainCommand.Execute(r, m, r.Config.Engine, ct));
             var models = s.Config.Eval.Models.Where(x => Available(x, s.Config.PipelineMethods)).ToList();
             Phase("eval" + tag, () => EvalCommand.Execute(r, models, tasks));
+            if (s.Config.PipelineFineTune)
+                Phase("finetune" + tag, () => FineTuneCommand.Execute(r, FineTuneCommand.Encoders.Where(models.Contains).ToList(), tasks));
         }
         bool study = seedRuns.Count > 1 || s.Config.TransferBaselines;
         if (study) Phase("study", () => StudyReport.Write(s, seedRuns, s.Config.TransferBaselines ? sources : []));

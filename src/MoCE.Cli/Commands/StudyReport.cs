@@ -62,29 +62,83 @@ public static class StudyReport
             foreach (var src in baselineSources)
                 rows.Add(($"{src} alone", PretrainedRows(s, Path.Combine(s.Upstream.Root, $"alone-{src}"), tasks)
                     ?? throw new RunMismatchException($"no evaluation of the dense MAE pre-trained on {src} alone in {s.Upstream.Root}/alone-{src}: run the pipeline with moce.pipeline.transfer-baselines = true there")));
+            var missing = new List<string>();
+            foreach (var src in baselineSources)                                   // a run made before them has none
+                if (PretrainedRows(s, Path.Combine(s.Upstream.Root, $"alone-{src}-epochs"), tasks) is { } r) rows.Add(($"{src} alone, the mix's epochs", r));
+                else missing.Add(src);
             md.AppendLine("## Negative transfer: the dense MAE pre-trained on the mix against each source alone");
             md.AppendLine();
-            md.AppendLine($"Same steps, batch and schedule; one pre-training seed. Linear probe / 20-NN accuracy in %; Δ = mix − the alone model of the task's own dataset.");
+            md.AppendLine("One pre-training seed; batch and schedule shape as the mix's. *Alone* trains as many steps as the mix, so it sees its " +
+                          "own data more often (exposure) and no other data (interference). *Alone, the mix's epochs* trains as many passes over " +
+                          "its data as the mix makes over the mix (steps × its share of the mix's images): exactly the images of its source " +
+                          "the mix showed, without the others. The gap to it is interference alone, the part experts can repair; the rest of " +
+                          "the equal-step gap is exposure, which no router recovers at equal compute. Linear probe / 20-NN accuracy in %.");
+            if (missing.Count > 0) md.AppendLine($"(This run has no equal-epoch baseline for {string.Join(", ", missing)}: it was made before they existed.)");
             md.AppendLine();
             md.AppendLine("| pre-trained on | " + string.Join(" | ", tasks.Select(t => $"{t} linear | {t} k-NN")) + " |");
             md.AppendLine("|---|" + string.Concat(tasks.Select(_ => "---:|---:|")));
             foreach (var (name, rs) in rows)
                 md.AppendLine($"| {name} | " + string.Join(" | ", tasks.Select(t => rs.Single(r => r.Task == t)).Select(r => string.Create(inv, $"{100 * r.LinearProbe:F2} | {100 * r.Knn:F2}"))) + " |");
-            md.Append("| Δ (mix − own domain alone) | ");
-            md.AppendLine(string.Join(" | ", tasks.Select(t =>
+            var gaps = new List<object>();
+            void Gap(string label, string suffix, bool repairable)
             {
-                var own = rows.FirstOrDefault(x => x.name == $"{s.Config.Tasks[t].Dataset} alone").rows?.Single(r => r.Task == t);
-                var m = rows[0].rows.Single(r => r.Task == t);
-                return own is null ? "– | –" : string.Create(inv, $"{100 * (m.LinearProbe - own.LinearProbe):+0.00;−0.00} | {100 * (m.Knn - own.Knn):+0.00;−0.00}");
-            })) + " |");
+                md.Append($"| {label} | ");
+                md.AppendLine(string.Join(" | ", tasks.Select(t =>
+                {
+                    var own = rows.FirstOrDefault(x => x.name == $"{s.Config.Tasks[t].Dataset} alone{suffix}").rows?.Single(r => r.Task == t);
+                    var m = rows[0].rows.Single(r => r.Task == t);
+                    if (own is null) return "– | –";
+                    double lin = m.LinearProbe - own.LinearProbe, knn = m.Knn - own.Knn;
+                    if (repairable) { lin = Math.Max(0, -lin); knn = Math.Max(0, -knn); }
+                    gaps.Add(new { task = t, gap = label, linear = lin, knn });
+                    return repairable ? string.Create(inv, $"{100 * lin:F2} | {100 * knn:F2}") : string.Create(inv, $"{100 * lin:+0.00;−0.00} | {100 * knn:+0.00;−0.00}");
+                })) + " |");
+            }
+            Gap("Δ at equal steps (mix − own domain alone): exposure + interference", "", false);
+            if (missing.Count < baselineSources.Count)
+            {
+                Gap("Δ at equal epochs (mix − own domain alone, the mix's epochs): interference", ", the mix's epochs", false);
+                Gap("at most repairable by experts: max(0, −Δ at equal epochs)", ", the mix's epochs", true);
+            }
             md.AppendLine();
+            json["negative_transfer_gaps"] = gaps;
             json["negative_transfer"] = rows.Select(x => new { pretrained_on = x.name, rows = x.rows });
         }
 
-        // 2. main table
+        // 2. main tables: fine-tuning (the paper's), then frozen features
         var models = s.Config.Eval.Models.Where(m => m != "pretrained").ToList();
+        if (s.Config.PipelineFineTune)
+        {
+            var encoders = FineTuneCommand.Encoders.Where(models.Contains).ToList();
+            var tuned = seedRuns.Select(r => FineTuneCommand.Execute(r, encoders, tasks)).ToList();   // done before: read from each seed's cache
+            var ft = s.Config.FineTune;
+            md.AppendLine($"## Fine-tuning ({seedRuns.Count} seed{(seedRuns.Count > 1 ? "s" : "")}: mean ± std)");
+            md.AppendLine();
+            md.AppendLine(string.Create(inv, $"Every weight trained, {ft.Epochs} epochs of {ft.BatchSize}, base lr {ft.BaseLr}, layer decay {ft.LayerDecay}, label smoothing {ft.LabelSmoothing}; test accuracy in %. The differences are paired: per seed, the model minus the dense MAE trained with that seed, on the same images from the same head initialisation."));
+            md.AppendLine();
+            md.AppendLine("| model | " + string.Join(" | ", tasks) + " |");
+            md.AppendLine("|---|" + string.Concat(tasks.Select(_ => "---:|")));
+            var tunedModels = tuned[0].Select(r => r.Model).Distinct().ToList();
+            var ftRows = new List<object>();
+            foreach (var model in tunedModels)
+            {
+                var cells = tasks.Select(t =>
+                {
+                    var acc = Stat.Of(tuned.Select(rs => rs.Single(r => r.Task == t && r.Model == model).Accuracy).ToList());
+                    ftRows.Add(new { model, task = t, accuracy = acc });
+                    return acc.Pct();
+                });
+                md.AppendLine($"| {model} | {string.Join(" | ", cells)} |");
+            }
+            if (tunedModels.Contains("dense MAE"))
+                foreach (var model in tunedModels.Where(n => n != "dense MAE"))
+                    md.AppendLine($"| *{model} − dense MAE* | " + string.Join(" | ", tasks.Select(t => Stat.Of(tuned.Select(rs =>
+                        rs.Single(r => r.Task == t && r.Model == model).Accuracy - rs.Single(r => r.Task == t && r.Model == "dense MAE").Accuracy).ToList()).Signed())) + " |");
+            md.AppendLine();
+            json["finetune"] = ftRows;
+        }
         var perSeed = seedRuns.Select(r => EvalCommand.Execute(r, models, tasks)).ToList();
-        md.AppendLine($"## Every model on every task ({seedRuns.Count} seed{(seedRuns.Count > 1 ? "s" : "")} of the MoE phase: mean ± std)");
+        md.AppendLine($"## Every model on every task, frozen features ({seedRuns.Count} seed{(seedRuns.Count > 1 ? "s" : "")} of the MoE phase: mean ± std)");
         md.AppendLine();
         md.AppendLine("| model | " + string.Join(" | ", tasks.Select(t => $"{t} linear | {t} k-NN")) + " |");
         md.AppendLine("|---|" + string.Concat(tasks.Select(_ => "---:|---:|")));
@@ -173,7 +227,7 @@ public static class StudyReport
         var path = Path.Combine(runRoot, "eval", "rows.json");
         if (!File.Exists(path)) return null;
         var cache = JsonSerializer.Deserialize<Dictionary<string, EvalCommand.Row>>(File.ReadAllText(path)) ?? [];
-        var settings = EvalCommand.Settings(s.Config.Eval);
+        var settings = EvalCommand.Settings(s.Config.Eval, s.Config.EvalSeed);
         var rows = new List<EvalCommand.Row>();
         foreach (var t in tasks)
         {

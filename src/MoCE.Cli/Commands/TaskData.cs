@@ -34,8 +34,8 @@ public sealed class TaskData : IDisposable
             var task = s.Config.Tasks.TryGetValue(name, out var t) ? t
                 : throw new ConfigException("moce.eval.tasks", $"no task '{name}' under moce.tasks (defined: {string.Join(", ", s.Config.Tasks.Keys)})");
             task.CheckClasses(s.Data.Resolved(task.Dataset).Classes);
-            var (tr, trY) = TaskSelection.Select(Set(task.Dataset, Split.Train), task, task.Shots > 0 ? int.MaxValue : s.Config.Eval.TrainImages, s.Config.Seed, task.Shots);
-            var (te, teY) = TaskSelection.Select(Set(task.Dataset, Split.Test), task, s.Config.Eval.TestImages, s.Config.Seed, 0);
+            var (tr, trY) = TaskSelection.Select(Set(task.Dataset, Split.Train), task, task.Shots > 0 ? int.MaxValue : s.Config.Eval.TrainImages, s.Config.EvalSeed, task.Shots);
+            var (te, teY) = TaskSelection.Select(Set(task.Dataset, Split.Test), task, s.Config.Eval.TestImages, s.Config.EvalSeed, 0);
             if (task.Shots > 0 && tr.Count < task.Shots * task.Classes.Count)
                 throw new ConfigException($"{task.Key}.shots", $"{task.Shots} per class asked, but dataset '{task.Dataset}' has only {tr.Count} training images of these classes in all");
             if (tr.Count == 0 || te.Count == 0) throw new ConfigException(task.Key, $"dataset '{task.Dataset}' has no images of classes [{string.Join(", ", task.Classes)}] in one of its splits");
@@ -63,10 +63,11 @@ public sealed class TaskData : IDisposable
     /// routes a batch (null for dense models).</summary>
     public Tensor Features(string key, Func<MaskedAutoencoder> model, string dataset, Split split, IReadOnlyList<int> indices, Func<int[], GateInput?>? gate = null)
     {
-        var id = $"{key}-{dataset}-{split}".Replace('/', '_').Replace('+', '_');
+        var all = union[(dataset, split)];
+        // the image set is part of the name: the runs of a study's seeds draw different sets and share this cache
+        var id = $"{key}-{dataset}-{split}-{ImagesTag(all)}".Replace('/', '_').Replace('+', '_');
         if (!memory.TryGetValue(id, out var f))
         {
-            var all = union[(dataset, split)];
             var file = Path.Combine(cacheDir, id + ".bin");
             var feats = TryRead(file, all);
             if (feats is null)
@@ -81,6 +82,13 @@ public sealed class TaskData : IDisposable
         }
         using var rows = tensor(indices.Select(i => (long)(f.row.TryGetValue(i, out var r) ? r : throw new ArgumentException($"image {i} of {dataset}/{split} is not among the tasks' images"))).ToArray());
         return f.feats.index_select(0, rows);
+    }
+
+    private static string ImagesTag(List<int> images)
+    {
+        var bytes = new byte[images.Count * sizeof(int)];
+        Buffer.BlockCopy(images.ToArray(), 0, bytes, 0, bytes.Length);
+        return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes))[..8];
     }
 
     /// <summary>Cluster ids of images: the nearest centroid of their pretrained dense MAE features.</summary>

@@ -9,7 +9,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public required ClusterConfig Cluster { get; init; }
     public required MoeConfig Moe { get; init; }
     public required TrainConfig Train { get; init; }
-    public required bool FoldGateWeight { get; init; }
+    public required MoCE.Core.Customization.GateFold FoldGateWeight { get; init; }
     /// <summary>Default engine of `moce train`: "actors" or "local".</summary>
     public required string Engine { get; init; }
     public required string RecoveryPolicy { get; init; }
@@ -39,9 +39,15 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     /// <summary>moce.pipeline: the MoE-phase seeds (-1: moce.seed), the negative-transfer baselines, the methods trained.</summary>
     public required IReadOnlyList<long> PipelineSeeds { get; init; }
     public required bool TransferBaselines { get; init; }
+    /// <summary>moce.pipeline.finetune: each seed also fine-tunes the dense encoders on each task.</summary>
+    public required bool PipelineFineTune { get; init; }
     public required IReadOnlyList<MoeMethod> PipelineMethods { get; init; }
-    /// <summary>moce.seed: the run's master seed (pre-training, clustering, evaluation); moce.train.seed may differ.</summary>
+    /// <summary>moce.seed: the run's master seed (pre-training, clustering; evaluation with moce.train.seed); moce.train.seed may differ.</summary>
     public long Seed => Pretrain.Seed;
+    /// <summary>The seed of the evaluation's draws (few-shot sets, the test subset, probe and fine-tuning initialisation):
+    /// moce.seed and moce.train.seed together. Each seed of a study draws its own sets, so its spread includes theirs,
+    /// and every model evaluated under one seed sees the same sets, so differences within a seed are paired.</summary>
+    public long EvalSeed => (long)(MoCE.Core.Training.Seeds.Derive(Seed, MoCE.Core.Training.Seeds.Stream.Probe, Train.Seed) >> 1);
 
     /// <summary>Keys a resumed run may change; all others must equal the run's recorded config.</summary>
     public static readonly IReadOnlySet<string> ResumeMutable = new HashSet<string>
@@ -182,8 +188,14 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             PipelineSeeds = t.StringList("moce.pipeline.seeds").Select(x => long.TryParse(x, out var v) && v >= -1 ? (v == -1 ? seed : v)
                 : throw new ConfigException("moce.pipeline.seeds", $"'{x}' is not a seed (≥ 0, or -1 for moce.seed)")).Distinct().ToList(),
             TransferBaselines = t.Bool("moce.pipeline.transfer-baselines"),
+            PipelineFineTune = t.Bool("moce.pipeline.finetune"),
             PipelineMethods = t.StringList("moce.pipeline.methods").Select(x => ParseMethod("moce.pipeline.methods", x)).Distinct().ToList(),
-            FoldGateWeight = t.Bool("moce.customize.fold-gate-weight"),
+            FoldGateWeight = t.String("moce.customize.fold-gate-weight") switch            // true and false: the values it had before
+            {
+                "true" => MoCE.Core.Customization.GateFold.Expected,
+                "false" => MoCE.Core.Customization.GateFold.Off,
+                _ => t.Enum<MoCE.Core.Customization.GateFold>("moce.customize.fold-gate-weight"),
+            },
             Engine = t.String("moce.actors.engine") is "actors" or "local" ? t.String("moce.actors.engine")
                 : throw new ConfigException("moce.actors.engine", $"expected actors or local, got '{t.String("moce.actors.engine")}'"),
             RecoveryPolicy = t.String("moce.actors.policy") is "global-rollback" or "expert-local" ? t.String("moce.actors.policy")

@@ -82,6 +82,25 @@ public sealed class DataSources(DataConfig data, MaeConfig model, long seed)
         return (pretrainCount = n).Value;
     }
 
+    /// <summary>Images each source of moce.data.mix contributes to the pre-training set, by name.</summary>
+    public IReadOnlyDictionary<string, int> MixCounts()
+    {
+        var counts = new SortedDictionary<string, int>(StringComparer.Ordinal);
+        foreach (var (name, w) in data.Mix.Where(kv => kv.Value > 0))
+        {
+            using var d = Load(name, Split.Train);
+            counts[name] = MixIndices(d.Count, w, seed, 0).Length;
+        }
+        return counts;
+    }
+
+    /// <summary>Steps at which a model pre-trained on one source alone makes as many passes over it as the mix makes
+    /// over the mix in <paramref name="steps"/>: steps · n_source / n_mix. The mix samples its images uniformly, so this is
+    /// also the source's exposure in the mix: that many of its images, without the others.</summary>
+    public static long EqualEpochSteps(long steps, int sourceImages, int mixImages) =>
+        sourceImages <= 0 || mixImages < sourceImages ? throw new ArgumentException($"a source of {sourceImages} images in a mix of {mixImages}")
+            : Math.Max(1, (long)Math.Round((double)steps * sourceImages / mixImages, MidpointRounding.AwayFromZero));
+
     public static int[] MixIndices(int n, double weight, long seed, int source)
     {
         int whole = (int)Math.Floor(weight), rest = (int)Math.Round((weight - whole) * n);
