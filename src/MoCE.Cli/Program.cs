@@ -50,6 +50,7 @@ try
         "shard" => DataCommand.Shard(cli),
         "export" => ExportCommand.Run(cli),
         "pipeline" => PipelineCommand.Run(cli, cts.Token),
+        "ablate" => AblateCommand.Run(cli, cts.Token),
         "node" => NodeCommand.Run(cli, cts.Token),
         "experts" => ExpertsCommand.Run(cli, cts.Token),
         "status" => StatusCommand.Run(cli),

@@ -91,6 +91,25 @@ public class TransferProcessTests
         Assert.Contains("from the cache", output);
         Assert.DoesNotContain(" images in ", output);
         Assert.Single(File.ReadAllLines(Path.Combine(run, "eval", "results.csv")).Skip(1));
+
+        // ablations in one command: the reference arm is the pipeline's own seeds (nothing retrained), an arm of the MoE
+        // phase trains from this run's pre-training, an arm that starts MoCE earlier pre-trains and clusters its own
+        string[] arms = ["-o", "ablate.seeds=[0, 1]", "-o", "ablate.arms.distill=[\"moe.lambda-distill=0.5\"]", "-o", "ablate.arms.early=[\"pretrain.steps=10\"]"];
+        (code, output) = Moce(["ablate", "--run", run, .. Study, "-o", "pipeline.seeds=[0, 1]", "-o", "pipeline.transfer-baselines=true", .. finetune, .. arms]);
+        Assert.True(code == 0, output);
+        Assert.Equal(4, Regex.Matches(output, @"Resumed from committed checkpoint 8\b").Count);   // the reference arm: 2 seeds × 2 methods found done
+        Assert.False(Directory.Exists(Path.Combine(run, "ablate", "reference")));
+        Assert.False(Directory.Exists(Path.Combine(run, "ablate", "distill", "pretrain")));
+        Assert.Equal(11, File.ReadAllLines(Path.Combine(run, "ablate", "early", "pretrain", "metrics.csv")).Length);
+        Assert.Equal(9, File.ReadAllLines(Path.Combine(run, "ablate", "distill", "seed-1", "train-moce", "metrics.csv")).Length);
+        var ablations = File.ReadAllText(Path.Combine(run, "ablate", "report.md"));
+        Assert.Matches(@"\| reference \| – \| [+−]\d", ablations);
+        Assert.Contains("| distill | `moe.lambda-distill=0.5` |", ablations);
+        Assert.Contains("| early | `pretrain.steps=10` |", ablations);
+        Assert.Contains("digits finetune | digits linear | digits knn", ablations);
+        var distilled = JsonDocument.Parse(File.ReadAllText(Path.Combine(run, "ablate", "ablate.json"))).RootElement.EnumerateArray()
+            .First(a => a.GetProperty("Arm").GetString() == "distill" && a.GetProperty("Measure").GetString() == "linear");
+        Assert.Equal(2, distilled.GetProperty("PerSeed").GetArrayLength());       // paired per seed
     }
 
     [Fact]

@@ -104,7 +104,7 @@ public static class PipelineCommand
 
     /// <summary>A run inside this one (RUN/NAME) with the same configuration plus <paramref name="overrides"/>; its log
     /// goes to its own file and to the console.</summary>
-    private static Session Sub(CliArgs cli, Session parent, string name, IReadOnlyList<string> overrides)
+    internal static Session Sub(CliArgs cli, Session parent, string name, IReadOnlyList<string> overrides)
     {
         var sub = Session.Open(cli with { Run = Path.Combine(parent.Run.Root, name), Overrides = [.. cli.Overrides, .. overrides] });
         Log.Logger = Logging.ConsoleAndFile(parent.Run.LogPath);                    // the pipeline's own log goes on

@@ -41,6 +41,9 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public required bool TransferBaselines { get; init; }
     /// <summary>moce.pipeline.finetune: each seed also fine-tunes the dense encoders on each task.</summary>
     public required bool PipelineFineTune { get; init; }
+    /// <summary>moce.ablate: the seeds of each arm, and the arms (name → overrides like -o, relative to the run's settings).</summary>
+    public required IReadOnlyList<long> AblationSeeds { get; init; }
+    public required IReadOnlyDictionary<string, IReadOnlyList<string>> AblationArms { get; init; }
     public required IReadOnlyList<MoeMethod> PipelineMethods { get; init; }
     /// <summary>moce.seed: the run's master seed (pre-training, clustering; evaluation with moce.train.seed); moce.train.seed may differ.</summary>
     public long Seed => Pretrain.Seed;
@@ -62,7 +65,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     /// <summary>Evaluation and task settings never change what was trained, so a resumed run may change them.</summary>
     public static bool MayChangeOnResume(string key) =>
         ResumeMutable.Contains(key) || key.StartsWith("moce.eval.", StringComparison.Ordinal) || key.StartsWith("moce.finetune.", StringComparison.Ordinal) || key.StartsWith("moce.tasks.", StringComparison.Ordinal)
-        || key.StartsWith("moce.customize.", StringComparison.Ordinal) || key.StartsWith("moce.pipeline.", StringComparison.Ordinal)
+        || key.StartsWith("moce.customize.", StringComparison.Ordinal) || key.StartsWith("moce.pipeline.", StringComparison.Ordinal) || key.StartsWith("moce.ablate.", StringComparison.Ordinal)
         || (key.StartsWith("moce.datasets.", StringComparison.Ordinal) && (key.EndsWith(".path", StringComparison.Ordinal) || key.EndsWith(".search", StringComparison.Ordinal)))
         || key.StartsWith("moce.node.", StringComparison.Ordinal) || key.StartsWith("moce.metrics.", StringComparison.Ordinal);   // where the owners run, not what they compute
 
@@ -86,7 +89,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     }
 
     /// <summary>Tasks, datasets and the mix are open: moce.tasks.NAME.{dataset,classes,shots},
-    /// moce.datasets.NAME.{path,search,fetch,sample,mean,std,classes,format,bad-images} and moce.data.mix.NAME are known keys.</summary>
+    /// moce.datasets.NAME.{path,search,fetch,sample,mean,std,classes,format,bad-images}, moce.data.mix.NAME and
+    /// moce.ablate.arms.NAME are known keys.</summary>
     public static bool IsOpenKey(string key)
     {
         var p = key.Split('.');
@@ -95,7 +99,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             ("tasks", "dataset" or "classes" or "shots") => true,
             ("datasets", "path" or "search" or "fetch" or "sample" or "mean" or "std" or "classes" or "format" or "bad-images") => true,
             _ => false,
-        } || (p.Length == 4 && p[0] == "moce" && p[1] == "data" && p[2] == "mix");
+        } || (p.Length == 4 && p[0] == "moce" && ((p[1] == "data" && p[2] == "mix") || (p[1] == "ablate" && p[2] == "arms")));
     }
 
     private static IEnumerable<string> Names(Config merged, string prefix) =>
@@ -189,6 +193,11 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 : throw new ConfigException("moce.pipeline.seeds", $"'{x}' is not a seed (≥ 0, or -1 for moce.seed)")).Distinct().ToList(),
             TransferBaselines = t.Bool("moce.pipeline.transfer-baselines"),
             PipelineFineTune = t.Bool("moce.pipeline.finetune"),
+            AblationSeeds = t.StringList("moce.ablate.seeds").Select(x => long.TryParse(x, out var v) && v >= 0 ? v
+                : throw new ConfigException("moce.ablate.seeds", $"'{x}' is not a seed (≥ 0)")).Distinct().ToList() is { Count: > 0 } aseeds ? aseeds
+                : throw new ConfigException("moce.ablate.seeds", "needs at least one seed"),
+            AblationArms = Names(merged, "moce.ablate.arms").ToDictionary(n => n, n => (IReadOnlyList<string>)t.StringList($"moce.ablate.arms.{n}").Select(o =>
+                o.Contains('=') && o.IndexOf('=') > 0 ? o : throw new ConfigException($"moce.ablate.arms.{n}", $"'{o}' is not an override KEY=VALUE (as -o takes)")).ToList()),
             PipelineMethods = t.StringList("moce.pipeline.methods").Select(x => ParseMethod("moce.pipeline.methods", x)).Distinct().ToList(),
             FoldGateWeight = t.String("moce.customize.fold-gate-weight") switch            // true and false: the values it had before
             {
