@@ -147,6 +147,21 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         Assert.True(ext.allclose(full, rtol: 0, atol: 1e-5), $"max |Δ| = {(ext - full).abs().max().item<float>()}");
     }
 
+    /// <summary>moe.distill-dense: the dense arm gets the same pull to the frozen teacher as the MoE arms, or none.</summary>
+    [Fact]
+    public void The_dense_arm_is_distilled_only_when_asked_and_then_trains_differently()
+    {
+        var dense = MoceFixture.Moe with { Method = MoeMethod.Dense };
+        using var plain = fx.Trainer(dense, Tiny.Train(steps: 3));
+        using var distilled = fx.Trainer(dense with { DistillDense = true }, Tiny.Train(steps: 3));
+        Assert.Null(plain.Teacher);
+        Assert.NotNull(distilled.Teacher);
+        for (int i = 0; i < 3; i++) { plain.TrainStep(); distilled.TrainStep(); }   // step 0: student = teacher, no pull yet
+        var a = plain.Model.state_dict();
+        var b = distilled.Model.state_dict();
+        Assert.Contains(a.Keys, k => !a[k].equal(b[k]).all().item<bool>());
+    }
+
     /// <summary>fold-gate-weight = routed: the weight of the task's images that the gate sends to e*, the mean of g(c)_e* over
     /// their clusters weighted by h, not the gate mass over every cluster of the task (expected), which counts the clusters
     /// that go elsewhere at their (small) weight for e*.</summary>

@@ -179,6 +179,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 UpcycleNoise = t.Double("moce.moe.upcycle-noise"),
                 LambdaRoute = t.Double("moce.moe.lambda-route"),
                 LambdaDistill = t.Double("moce.moe.lambda-distill"),
+                DistillDense = t.Bool("moce.moe.distill-dense"),
                 LambdaBalance = t.Double("moce.moe.lambda-balance"),
                 GateFromCentroids = t.String("moce.moe.gate-init") switch
                 {

@@ -34,6 +34,8 @@ public sealed record MoeConfig
     public double LambdaRoute { get; init; } = 0.1;
     /// <summary>λ_distill: weight of the feature distillation from the frozen dense teacher.</summary>
     public double LambdaDistill { get; init; } = 1.0;
+    /// <summary>The dense arm of the MoE phase is distilled too (λ_distill, same teacher): the same regulariser on every arm.</summary>
+    public bool DistillDense { get; init; }
     /// <summary>λ_balance: weight of the TokenMoE load-balancing loss E·Σ_e f_e·P_e.</summary>
     public double LambdaBalance { get; init; } = 0.01;
     /// <summary>MoCE gate at step 0: random, or from the k-means centroids (similar clusters on the same expert).</summary>

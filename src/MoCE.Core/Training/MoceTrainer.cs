@@ -88,7 +88,7 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
 
         Model = InitialModel(modelCfg, moe, clustering.K, TrainerCheckpoint.ModelWeights(dense), cfg.Seed, clustering.Centroids);
         Model.to(this.device).train();
-        if (moe.Method != MoeMethod.Dense && moe.LambdaDistill > 0)
+        if ((moe.Method != MoeMethod.Dense || moe.DistillDense) && moe.LambdaDistill > 0)
         {
             Teacher = new MaskedAutoencoder(modelCfg);
             TrainerCheckpoint.LoadModelWeights(Teacher, dense);
