@@ -55,6 +55,10 @@ public class DeployManifestTests
             roles[name] = args[args.IndexOf("--roles") + 1];
         }
         Assert.Equal(["coordinator", "coordinator", "experts", "experts"], roles.Values);
+        // the database password has no default: compose refuses to start without MOCE_PG_PASSWORD
+        var password = (string)Map(Map(services["postgres"])["environment"])["POSTGRES_PASSWORD"];
+        Assert.StartsWith("${MOCE_PG_PASSWORD:?", password);
+        Assert.Contains("Password=${MOCE_PG_PASSWORD:?", (string)Map(Map(services["coordinator-1"])["environment"])["MOCE_POSTGRES"]);
         var targets = Strings(Map(Assert.IsType<List<object>>(Map(Map(Assert.Single(Documents(Deploy("prometheus.yml"))))["scrape_configs"] is List<object> l ? l[0] : null)["static_configs"])[0])["targets"]);
         Assert.Equal(roles.Keys.Select(n => $"{n}:9100"), targets);                // Prometheus scrapes every node's metrics port
     }
@@ -64,8 +68,13 @@ public class DeployManifestTests
     {
         var docs = Documents(Deploy("k8s/moce.yaml")).Select(Map).ToList();
         var kinds = docs.Select(d => $"{d["kind"]}/{Map(d["metadata"])["name"]}").ToList();
-        Assert.Equal(["Job/moce-prepare", "PersistentVolumeClaim/moce-runs", "Secret/moce-postgres", "Service/moce-coordinator", "Service/moce-experts",
+        Assert.Equal(["Job/moce-prepare", "PersistentVolumeClaim/moce-runs", "Service/moce-coordinator", "Service/moce-experts",
                       "Service/moce-postgres", "StatefulSet/moce-coordinator", "StatefulSet/moce-experts", "StatefulSet/moce-postgres"], kinds.Order());
+        // no password ships: the Secret is created by the operator with a generated one (the file's header says how)
+        var text = File.ReadAllText(Deploy("k8s/moce.yaml"));
+        Assert.DoesNotContain("change-me", text);
+        Assert.DoesNotMatch(@"Password=[^$""]", text);
+        Assert.Contains("create secret generic moce-postgres", text);
         foreach (var name in new[] { "moce-coordinator", "moce-experts" })
         {
             var svc = docs.Single(d => (string)d["kind"] == "Service" && (string)Map(d["metadata"])["name"] == name);
