@@ -147,6 +147,19 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         Assert.True(ext.allclose(full, rtol: 0, atol: 1e-5), $"max |Δ| = {(ext - full).abs().max().item<float>()}");
     }
 
+    /// <summary>A checkpoint written before a setting existed records no value for it: it resumes when the setting is at its
+    /// default (the old behaviour), and not when it is set otherwise.</summary>
+    [Fact]
+    public void A_checkpoint_from_before_a_setting_existed_resumes_at_its_default_only()
+    {
+        var moe = MoceFixture.Moe;
+        var old = System.Text.Json.Nodes.JsonNode.Parse(System.Text.Json.JsonSerializer.Serialize(moe))!.AsObject();
+        Assert.True(old.Remove(nameof(MoeConfig.DistillDense)));                  // as written before moe.distill-dense
+        Assert.True(MoceTrainer.SameConfig(old.ToJsonString(), moe));
+        Assert.False(MoceTrainer.SameConfig(old.ToJsonString(), moe with { DistillDense = true }));
+        Assert.False(MoceTrainer.SameConfig(old.ToJsonString(), moe with { Layers = [0, 1] }));
+    }
+
     /// <summary>moe.distill-dense: the dense arm gets the same pull to the frozen teacher as the MoE arms, or none.</summary>
     [Fact]
     public void The_dense_arm_is_distilled_only_when_asked_and_then_trains_differently()

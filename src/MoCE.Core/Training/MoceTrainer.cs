@@ -203,11 +203,16 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
         return [TrainerCheckpoint.Save(store, Owner, NextStep, meta, Model, Optimizer)];
     }
 
+    /// <summary>The recorded config read back into its type, so a setting added since (absent from the record) takes its
+    /// default, which by rule is the behaviour before it existed; then compared as written.</summary>
+    public static bool SameConfig<T>(string recorded, T now) =>
+        JsonSerializer.Serialize(JsonSerializer.Deserialize<T>(recorded)) == JsonSerializer.Serialize(now);
+
     public void Restore(CheckpointCommit commit, CheckpointStore store)
     {
         var part = commit.Parts.Single(p => p.Owner == Owner);
         using var c = store.Load(part);
-        if (c["moe_config"] != JsonSerializer.Serialize(moe) || c["model_config"] != JsonSerializer.Serialize(modelCfg))
+        if (!SameConfig(c["moe_config"], moe) || !SameConfig(c["model_config"], modelCfg))
             throw new RunMismatchException($"checkpoint {part.File} was trained with a different model or MoE config ({c["moe_config"]})");
         if (c["dense_sha256"] != denseSha)
             throw new RunMismatchException($"checkpoint {part.File} started from dense checkpoint {c["dense_sha256"][..16]}…, this run from {denseSha[..16]}…");
