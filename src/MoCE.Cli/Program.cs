@@ -45,7 +45,7 @@ try
         "train" => TrainCommand.Run(cli, cts.Token),
         "customize" => CustomizeCommand.Run(cli),
         "eval" => EvalCommand.Run(cli),
-        "finetune" => FineTuneCommand.Run(cli),
+        "finetune" => FineTuneCommand.Run(cli, cts.Token),
         "data" => DataCommand.Run(cli),
         "shard" => DataCommand.Shard(cli),
         "export" => ExportCommand.Run(cli),

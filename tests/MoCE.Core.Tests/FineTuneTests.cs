@@ -31,6 +31,18 @@ public class FineTuneTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHelper 
         Assert.False(after.eq(fte).all().item<bool>(), "fine-tuning trains the encoder, not only the head");
     }
 
+    /// <summary>Ctrl-C stops a fine-tuning between steps (a study's fine-tunes take minutes each; it waited them out).</summary>
+    [Fact]
+    public void A_cancelled_fine_tuning_stops_between_steps()
+    {
+        using var dense = new MoCE.Core.Model.MaskedAutoencoder(Tiny.Model);
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        int[] train = [.. Enumerable.Range(0, 64)];
+        long[] y = [.. train.Select(i => (long)fx.Data.Labels[i])];
+        Assert.ThrowsAny<OperationCanceledException>(() => FineTune.Run(dense, fx.Data, train, y, fx.Data, train, y, 10, new FineTuneConfig { Epochs = 2, WarmupEpochs = 1 }, 0, ct: cts.Token));
+    }
+
     [Fact]
     public void Fine_tuning_refuses_a_model_with_experts_and_bad_settings_name_their_key()
     {

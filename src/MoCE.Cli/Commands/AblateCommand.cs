@@ -64,7 +64,7 @@ public static class AblateCommand
                 IReadOnlyList<EvalCommand.Row> eval = [];
                 Phase($"{tag}: eval", () => eval = EvalCommand.Execute(r, ["dense", "moce-customized"], tasks), s);
                 IReadOnlyList<FineTuneCommand.Row>? tuned = null;
-                if (s.Config.PipelineFineTune) Phase($"{tag}: finetune", () => tuned = FineTuneCommand.Execute(r, ["dense", "moce-customized"], tasks), s);
+                if (s.Config.PipelineFineTune) Phase($"{tag}: finetune", () => tuned = FineTuneCommand.Execute(r, ["dense", "moce-customized"], tasks, ct), s);
                 perSeed.Add((eval, tuned));
             }
             foreach (var t in tasks)

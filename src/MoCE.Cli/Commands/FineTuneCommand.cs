@@ -17,7 +17,7 @@ public static class FineTuneCommand
 
     public static readonly IReadOnlyList<string> Encoders = ["pretrained", "dense", "moce-customized"];
 
-    public static int Run(CliArgs cli)
+    public static int Run(CliArgs cli, CancellationToken ct)
     {
         cli.RejectFlagsExcept("models", "tasks");
         var s = Session.Open(cli);
@@ -28,11 +28,12 @@ public static class FineTuneCommand
         var tasks = cli.Flags.TryGetValue("tasks", out var t) ? Split(t) : [.. s.Config.Eval.Tasks];
         foreach (var x in tasks)
             if (!s.Config.Tasks.ContainsKey(x)) throw new ConfigException("--tasks", $"no task '{x}' (defined: {string.Join(", ", s.Config.Tasks.Keys)})");
-        Execute(s, models, tasks);
+        Execute(s, models, tasks, ct);
         return 0;
     }
 
-    public static IReadOnlyList<Row> Execute(Session s, IReadOnlyList<string> modelNames, IReadOnlyList<string> taskNames)
+    /// <summary><paramref name="ct"/> (Ctrl-C) stops it between steps; the rows done so far are kept.</summary>
+    public static IReadOnlyList<Row> Execute(Session s, IReadOnlyList<string> modelNames, IReadOnlyList<string> taskNames, CancellationToken ct = default)
     {
         var dir = s.Run.Phase("eval");
         var ft = s.Config.FineTune;
@@ -62,7 +63,7 @@ public static class FineTuneCommand
                 var ds = ti.Task.Dataset;
                 var r = Core.Runtime.ComputeThread.Run("finetune", s.Config.Threads, () => FineTune.Run(encoder,
                     data.Set(ds, Core.Data.Split.Train), ti.Train, ti.TrainY, data.Set(ds, Core.Data.Split.Test), ti.Test, ti.TestY,
-                    ti.Task.Classes.Count, ft, s.Config.EvalSeed, s.Device));
+                    ti.Task.Classes.Count, ft, s.Config.EvalSeed, s.Device, ct));
                 var row = new Row(taskName, EvalCommand.Display[name], ti.Train.Count, ti.Test.Count, r.Accuracy, r.TrainLoss, key);
                 rows.Add(row);
                 cache[rowKey] = row;

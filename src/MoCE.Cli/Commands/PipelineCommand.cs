@@ -81,7 +81,7 @@ public static class PipelineCommand
             var models = s.Config.Eval.Models.Where(x => Available(x, s.Config.PipelineMethods)).ToList();
             Phase("eval" + tag, () => EvalCommand.Execute(r, models, tasks));
             if (s.Config.PipelineFineTune)
-                Phase("finetune" + tag, () => FineTuneCommand.Execute(r, FineTuneCommand.Encoders.Where(models.Contains).ToList(), tasks));
+                Phase("finetune" + tag, () => FineTuneCommand.Execute(r, FineTuneCommand.Encoders.Where(models.Contains).ToList(), tasks, ct));
         }
         bool study = seedRuns.Count > 1 || s.Config.TransferBaselines;
         if (study) Phase("study", () => StudyReport.Write(s, seedRuns, s.Config.TransferBaselines ? sources : []));

@@ -42,9 +42,11 @@ public sealed record FineTuneResult(double Accuracy, double TrainLoss, long Step
 /// layer, every weight trained. Batches and the head's initialisation come from the seed, so a rerun gives the same number.</summary>
 public static class FineTune
 {
-    /// <summary>Trains <paramref name="encoder"/> in place on the training images and returns the accuracy on the test images.</summary>
+    /// <summary>Trains <paramref name="encoder"/> in place on the training images and returns the accuracy on the test images.
+    /// <paramref name="ct"/> stops it between steps.</summary>
     public static FineTuneResult Run(MaskedAutoencoder encoder, ImageDataset trainData, IReadOnlyList<int> trainIdx, long[] trainY,
-                                     ImageDataset testData, IReadOnlyList<int> testIdx, long[] testY, int classes, FineTuneConfig cfg, long seed, Device? device = null)
+                                     ImageDataset testData, IReadOnlyList<int> testIdx, long[] testY, int classes, FineTuneConfig cfg, long seed, Device? device = null,
+                                     CancellationToken ct = default)
     {
         if (encoder.MoeLayers.Count > 0) throw new ArgumentException("fine-tuning takes a dense encoder (customize a MoCE model first)");
         device ??= CPU;
@@ -85,6 +87,7 @@ public static class FineTune
                 double sum = 0;
                 for (int b = 0; b < per; b++, step++)
                 {
+                    ct.ThrowIfCancellationRequested();                             // Ctrl-C: nothing is kept, a rerun starts the row again
                     using var scope = NewDisposeScope();
                     var rows = perm.Skip(b * cfg.BatchSize).Take(cfg.BatchSize).ToArray();
                     var imgs = trainData.Batch(rows.Select(r => trainIdx[r]).ToArray()).to(device);
