@@ -214,7 +214,13 @@ public class ConfigTests
         Assert.Equal("mnist", q.Tasks["digits"].Dataset);
         Assert.True(q.Moe.GateFromCentroids);
         Assert.Equal(500, q.Pretrain.Steps);                                          // its own
-        Assert.Equal(800, t.Pretrain.Steps);
+        Assert.Equal(300, t.Pretrain.Steps);
+        Assert.Equal(800, t.Train.Steps);                                              // one protocol: 300 dense, then 800 for every arm
+        Assert.Equal(0.0, t.Moe.LambdaDistill);
+        Assert.Equal([0, 1, 2, 3], t.Moe.Layers);
+        Assert.Equal(0.0, q.Moe.LambdaDistill);                                        // inherited
+        Assert.True(t.PipelineFineTune);
+        Assert.False(q.PipelineFineTune);
         Assert.Equal([0L, 1L, 2L], t.PipelineSeeds);
         Assert.Equal([0L], q.PipelineSeeds);
         Assert.True(t.TransferBaselines);
