@@ -16,11 +16,14 @@ catch (ConfigException e) { Console.Error.WriteLine($"moce: {e.Message}"); retur
 
 Log.Logger = Logging.Console();
 using var cts = new CancellationTokenSource();
+// a tool (moce node drain, moce experts) only waits for the run's answer: stopping it commits nothing
+bool tool = cli.Command is "experts" || (cli.Command == "node" && cli.Positionals.Count > 0);
+string stopping = tool ? "stopping the wait for the run's answer" : "finishing the current step and committing a checkpoint";
 Console.CancelKeyPress += (_, e) =>
 {
     if (cts.IsCancellationRequested) return; // a second Ctrl-C kills the process
     e.Cancel = true;
-    Log.Warning("Ctrl-C: finishing the current step and committing a checkpoint (press again to abort)");
+    Log.Warning("Ctrl-C: {Stopping} (press again to abort)", stopping);
     cts.Cancel();
 };
 
@@ -29,7 +32,7 @@ using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Creat
 {
     ctx.Cancel = true;
     if (cts.IsCancellationRequested) return;
-    Log.Warning("SIGTERM: finishing the current step and committing a checkpoint");
+    Log.Warning("SIGTERM: {Stopping}", stopping);
     cts.Cancel();
 });
 
@@ -76,7 +79,7 @@ catch (Exception e) when (e is MoCE.Actors.RunFailedException or MoCE.Actors.Clu
     Log.Error("{Error}", e.Message);
     return 1;
 }
-catch (OperationCanceledException) when (cli.Command is "experts" or "node" && cli.Positionals.Count > 0)
+catch (OperationCanceledException) when (tool)
 {
     // a tool (moce experts add, moce node drain) stopped waiting; the run goes on with what it accepted
     Log.Warning("Stopped waiting for the run's answer (Ctrl-C); what was asked goes on if the run accepted it: moce experts list shows the experts");
