@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using MoCE.Cli.Configuration;
@@ -40,16 +39,16 @@ public static class AblateCommand
             throw new ConfigException("ablate", $"run {s.Run.Root} is not clustered yet: run moce pipeline (or pretrain and cluster) there first");
         var tasks = s.Config.Eval.Tasks;
         var results = new List<ArmResult>();
+        void Phase(string name, Action a) => PipelineCommand.RunPhase(s, name, a, ct);
         foreach (var (arm, overrides) in arms)
         {
-            ct.ThrowIfCancellationRequested();
             bool own = ShapesUpstream(s, overrides);
             Session? upstream = null;
             if (own)
             {
                 upstream = PipelineCommand.Sub(cli, s, Path.Combine("ablate", arm), [.. overrides]);
-                Phase($"{arm}: pretrain", () => PretrainCommand.Execute(upstream, ct), s);
-                Phase($"{arm}: cluster", () => ClusterCommand.Execute(upstream), s);
+                Phase($"{arm}: pretrain", () => PretrainCommand.Execute(upstream, ct));
+                Phase($"{arm}: cluster", () => ClusterCommand.Execute(upstream));
             }
             var perSeed = new List<(IReadOnlyList<EvalCommand.Row> eval, IReadOnlyList<FineTuneCommand.Row>? tuned)>();
             foreach (var seed in s.Config.AblationSeeds)
@@ -57,14 +56,14 @@ public static class AblateCommand
                 var from = upstream?.Run.Root ?? s.Run.Root;
                 // the reference arm is the pipeline's own seed runs (this run for its seed, RUN/seed-N): what they trained is reused
                 var r = arm != Reference ? PipelineCommand.Sub(cli, s, Path.Combine("ablate", arm, $"seed-{seed}"), [.. overrides, $"train.seed={seed}", $"train.from-run={from}"])
-                    : seed == s.Config.Train.Seed ? s : PipelineCommand.Sub(cli, s, $"seed-{seed}", [$"train.seed={seed}", $"train.from-run={s.Upstream.Root}"]);
+                    : PipelineCommand.SeedRun(cli, s, seed);
                 string tag = $"{arm} seed {seed}";
                 foreach (var m in new[] { MoeMethod.Moce, MoeMethod.Dense })
-                    Phase($"{tag}: {Artifacts.TrainPhase(m)}", () => TrainCommand.Execute(r, m, r.Config.Engine, ct), s);
+                    Phase($"{tag}: {Artifacts.TrainPhase(m)}", () => TrainCommand.Execute(r, m, r.Config.Engine, ct));
                 IReadOnlyList<EvalCommand.Row> eval = [];
-                Phase($"{tag}: eval", () => eval = EvalCommand.Execute(r, ["dense", "moce-customized"], tasks), s);
+                Phase($"{tag}: eval", () => eval = EvalCommand.Execute(r, ["dense", "moce-customized"], tasks));
                 IReadOnlyList<FineTuneCommand.Row>? tuned = null;
-                if (s.Config.PipelineFineTune) Phase($"{tag}: finetune", () => tuned = FineTuneCommand.Execute(r, ["dense", "moce-customized"], tasks, ct), s);
+                if (s.Config.PipelineFineTune) Phase($"{tag}: finetune", () => tuned = FineTuneCommand.Execute(r, ["dense", "moce-customized"], tasks, ct));
                 perSeed.Add((eval, tuned));
             }
             foreach (var t in tasks)
@@ -91,14 +90,6 @@ public static class AblateCommand
         static bool Bookkeeping(string k) => k is "moce.pretrain.log-every" or "moce.pretrain.collect-every" or "moce.pretrain.checkpoint-every" or "moce.pretrain.keep-checkpoints";
         return overrides.Select(o => "moce." + o[..o.IndexOf('=')].Trim()).Any(k => !Bookkeeping(k)
             && (k.StartsWith("moce.pretrain.", StringComparison.Ordinal) || MoceConfig.PhasesShapedBy(k, recorded) is { } p && (p.Contains("pretrain") || p.Contains("cluster"))));
-    }
-
-    private static void Phase(string name, Action a, Session s)
-    {
-        Log.Information("== {Phase} ==", name);
-        var sw = System.Diagnostics.Stopwatch.StartNew();
-        Core.Runtime.ComputeThread.Run(name, s.Config.Threads, a);
-        Log.Information("{Phase} took {Seconds:F0} s", name, sw.Elapsed.TotalSeconds);
     }
 
     private static void Write(Session s, IReadOnlyList<ArmResult> results, IReadOnlyDictionary<string, IReadOnlyList<string>> arms)

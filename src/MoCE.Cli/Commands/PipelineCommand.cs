@@ -24,15 +24,7 @@ public static class PipelineCommand
         var s = Session.Open(cli);
         var timings = new Dictionary<string, double>();
         var total = Stopwatch.StartNew();
-        void Phase(string name, Action a)
-        {
-            ct.ThrowIfCancellationRequested();
-            Log.Information("== {Phase} ==", name);
-            var sw = Stopwatch.StartNew();
-            ComputeThread.Run(name, s.Config.Threads, a);      // the phase's OpenMP pool ends with its thread
-            timings[name] = Math.Round(sw.Elapsed.TotalSeconds, 1);
-            Log.Information("{Phase} took {Seconds:F0} s", name, sw.Elapsed.TotalSeconds);
-        }
+        void Phase(string name, Action a) => timings[name] = Math.Round(RunPhase(s, name, a, ct), 1);
         var tasks = s.Config.Eval.Tasks;
         bool upstream = s.Config.FromRun.Length > 0;                                // pre-training, clustering and baselines are that run's
         if (upstream) Log.Information("Pre-training, clustering and the negative-transfer baselines come from run {Run}", s.Upstream.Root);
@@ -73,7 +65,7 @@ public static class PipelineCommand
         var seedRuns = new List<Session>();
         foreach (var seed in s.Config.PipelineSeeds)
         {
-            var r = seed == s.Config.Train.Seed ? s : Sub(cli, s, $"seed-{seed}", [$"train.seed={seed}", $"train.from-run={s.Upstream.Root}"]);
+            var r = SeedRun(cli, s, seed);
             seedRuns.Add(r);
             string tag = seedRuns.Count == 1 && s.Config.PipelineSeeds.Count == 1 ? "" : string.Create(CultureInfo.InvariantCulture, $" seed {seed}");
             foreach (var m in s.Config.PipelineMethods)
@@ -101,6 +93,22 @@ public static class PipelineCommand
         "token-moe" => methods.Contains(MoeMethod.TokenMoe),
         _ => methods.Contains(MoeMethod.Dense),
     };
+
+    /// <summary>One phase on its own compute thread (its OpenMP pool ends with it), logged with its time in seconds,
+    /// which it returns; Ctrl-C before it starts stops the pipeline.</summary>
+    internal static double RunPhase(Session s, string name, Action a, CancellationToken ct)
+    {
+        ct.ThrowIfCancellationRequested();
+        Log.Information("== {Phase} ==", name);
+        var sw = Stopwatch.StartNew();
+        ComputeThread.Run(name, s.Config.Threads, a);
+        Log.Information("{Phase} took {Seconds:F0} s", name, sw.Elapsed.TotalSeconds);
+        return sw.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>The run of one MoE-phase seed: this run for its own seed, else RUN/seed-N from this run's pre-training.</summary>
+    internal static Session SeedRun(CliArgs cli, Session s, long seed) =>
+        seed == s.Config.Train.Seed ? s : Sub(cli, s, $"seed-{seed}", [$"train.seed={seed}", $"train.from-run={s.Upstream.Root}"]);
 
     /// <summary>A run inside this one (RUN/NAME) with the same configuration plus <paramref name="overrides"/>; its log
     /// goes to its own file and to the console.</summary>

@@ -116,60 +116,18 @@ public static class StudyReport
             md.AppendLine();
             md.AppendLine(string.Create(inv, $"Every weight trained, {ft.Epochs} epochs of {ft.BatchSize}, base lr {ft.BaseLr}, layer decay {ft.LayerDecay}, label smoothing {ft.LabelSmoothing}; test accuracy in %. The differences are paired: per seed, the model minus the dense MAE trained with that seed, on the same images from the same head initialisation."));
             md.AppendLine();
-            md.AppendLine("| model | " + string.Join(" | ", tasks) + " |");
-            md.AppendLine("|---|" + string.Concat(tasks.Select(_ => "---:|")));
-            var tunedModels = tuned[0].Select(r => r.Model).Distinct().ToList();
-            var ftRows = new List<object>();
-            foreach (var model in tunedModels)
-            {
-                var cells = tasks.Select(t =>
-                {
-                    var acc = Stat.Of(tuned.Select(rs => rs.Single(r => r.Task == t && r.Model == model).Accuracy).ToList());
-                    ftRows.Add(new { model, task = t, accuracy = acc });
-                    return acc.Pct();
-                });
-                md.AppendLine($"| {model} | {string.Join(" | ", cells)} |");
-            }
-            if (tunedModels.Contains("dense MAE"))
-                foreach (var model in tunedModels.Where(n => n != "dense MAE"))
-                    md.AppendLine($"| *{model} − dense MAE* | " + string.Join(" | ", tasks.Select(t => Stat.Of(tuned.Select(rs =>
-                        rs.Single(r => r.Task == t && r.Model == model).Accuracy - rs.Single(r => r.Task == t && r.Model == "dense MAE").Accuracy).ToList()).Signed())) + " |");
+            var acc = PairedTable(md, tasks, [""], [.. tuned.Select(rs => (IReadOnlyList<(string, string, double[])>)[.. rs.Select(r => (r.Model, r.Task, new[] { r.Accuracy }))])]);
             md.AppendLine();
-            json["finetune"] = ftRows;
+            json["finetune"] = acc.Select(x => new { model = x.Key.model, task = x.Key.task, accuracy = x.Value[0] }).ToList();
         }
         var perSeed = seedRuns.Select(r => EvalCommand.Execute(r, models, tasks)).ToList();
         md.AppendLine($"## Every model on every task, frozen features ({seedRuns.Count} seed{(seedRuns.Count > 1 ? "s" : "")} of the MoE phase: mean ± std)");
         md.AppendLine();
-        md.AppendLine("| model | " + string.Join(" | ", tasks.Select(t => $"{t} linear | {t} k-NN")) + " |");
-        md.AppendLine("|---|" + string.Concat(tasks.Select(_ => "---:|---:|")));
-        var names = perSeed[0].Select(r => r.Model).Distinct().ToList();
-        var main = new List<object>();
-        foreach (var model in names)
-        {
-            var cells = new List<string>();
-            foreach (var t in tasks)
-            {
-                var lin = Stat.Of(perSeed.Select(rs => rs.Single(r => r.Task == t && r.Model == model).LinearProbe).ToList());
-                var knn = Stat.Of(perSeed.Select(rs => rs.Single(r => r.Task == t && r.Model == model).Knn).ToList());
-                cells.Add($"{lin.Pct()} | {knn.Pct()}");
-                main.Add(new { model, task = t, linear = lin, knn });
-            }
-            md.AppendLine($"| {model} | {string.Join(" | ", cells)} |");
-        }
-        if (names.Contains("dense MAE"))
-            foreach (var model in names.Where(n => n != "dense MAE"))
-            {
-                var cells = tasks.Select(t =>
-                {
-                    double D(IReadOnlyList<EvalCommand.Row> rs, Func<EvalCommand.Row, double> f) => f(rs.Single(r => r.Task == t && r.Model == model)) - f(rs.Single(r => r.Task == t && r.Model == "dense MAE"));
-                    return $"{Stat.Of(perSeed.Select(rs => D(rs, r => r.LinearProbe)).ToList()).Signed()} | {Stat.Of(perSeed.Select(rs => D(rs, r => r.Knn)).ToList()).Signed()}";
-                });
-                md.AppendLine($"| *{model} − dense MAE* | {string.Join(" | ", cells)} |");
-            }
+        var frozen = PairedTable(md, tasks, ["linear", "k-NN"], [.. perSeed.Select(rs => (IReadOnlyList<(string, string, double[])>)[.. rs.Select(r => (r.Model, r.Task, new[] { r.LinearProbe, r.Knn }))])]);
         md.AppendLine();
         md.AppendLine("Accuracy in %, frozen features. The differences are paired: per seed, the model minus the dense MAE trained with that seed.");
         md.AppendLine();
-        json["main"] = main;
+        json["main"] = frozen.Select(x => new { model = x.Key.model, task = x.Key.task, linear = x.Value[0], knn = x.Value[1] }).ToList();
 
         // 3. gate mass
         if (models.Contains("moce-customized"))
@@ -218,6 +176,32 @@ public static class StudyReport
         File.WriteAllText(Path.Combine(dir, "report.md"), md.ToString());
         File.WriteAllText(Path.Combine(dir, "study.json"), JsonSerializer.Serialize(json, new JsonSerializerOptions { WriteIndented = true }));
         Log.Information("Study report → {Path}\n{Report}", Path.Combine(dir, "report.md"), md.ToString());
+    }
+
+    /// <summary>A table of measures over seeds: a row per model (mean ± std over the seeds, per task and measure), then a
+    /// row per model − dense MAE, paired per seed. <paramref name="perSeed"/>[seed] holds (model, task, values), one value
+    /// per measure. Returns each (model, task)'s statistics, one per measure.</summary>
+    private static Dictionary<(string model, string task), Stat[]> PairedTable(StringBuilder md, IReadOnlyList<string> tasks, IReadOnlyList<string> measures,
+                                                                               IReadOnlyList<IReadOnlyList<(string model, string task, double[] values)>> perSeed)
+    {
+        double[] At(int seed, string model, string task) => perSeed[seed].Single(r => r.model == model && r.task == task).values;
+        IEnumerable<string> Cells(Func<string, int, Stat> stat, Func<Stat, string> show) =>
+            tasks.SelectMany(t => measures.Select((_, m) => show(stat(t, m))));
+        md.AppendLine("| model | " + string.Join(" | ", tasks.SelectMany(t => measures.Select(m => m.Length == 0 ? t : $"{t} {m}"))) + " |");
+        md.AppendLine("|---|" + string.Concat(tasks.SelectMany(_ => measures.Select(_ => "---:|"))));
+        var models = perSeed[0].Select(r => r.model).Distinct().ToList();
+        var stats = new Dictionary<(string model, string task), Stat[]>();
+        foreach (var model in models)
+        {
+            foreach (var t in tasks)
+                stats[(model, t)] = [.. measures.Select((_, m) => Stat.Of([.. Enumerable.Range(0, perSeed.Count).Select(seed => At(seed, model, t)[m])]))];
+            md.AppendLine($"| {model} | {string.Join(" | ", Cells((t, m) => stats[(model, t)][m], x => x.Pct()))} |");
+        }
+        if (models.Contains("dense MAE"))
+            foreach (var model in models.Where(n => n != "dense MAE"))
+                md.AppendLine($"| *{model} − dense MAE* | {string.Join(" | ", Cells((t, m) => Stat.Of([.. Enumerable.Range(0, perSeed.Count)
+                    .Select(seed => At(seed, model, t)[m] - At(seed, "dense MAE", t)[m])]), x => x.Signed()))} |");
+        return stats;
     }
 
     /// <summary>The pretrained dense MAE's evaluation rows of a run (its eval cache), for these tasks as defined now and

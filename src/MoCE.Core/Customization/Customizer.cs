@@ -60,7 +60,7 @@ public static class Customizer
             {
                 GateFold.Off => 1.0,
                 GateFold.Expected => scores[best],
-                _ => RoutedWeight(h, gate, experts, best),
+                _ => RoutedWeight(h, gate, experts, best) ?? scores[best],
             };
             choices.Add(new ExpertChoice(block, best, weight, scores));
         }
@@ -69,8 +69,8 @@ public static class Customizer
     }
 
     /// <summary>Σ_{c→e} h(c)·g(c)_e / Σ_{c→e} h(c) over the task's clusters whose top expert is e (ties: the first);
-    /// over all of them when none is.</summary>
-    private static double RoutedWeight(double[] h, double[] gate, int experts, int e)
+    /// null when none is (then the mass over all of them, the expected weight, is used).</summary>
+    private static double? RoutedWeight(double[] h, double[] gate, int experts, int e)
     {
         double mass = 0, weighted = 0;
         for (int c = 0; c < h.Length; c++)
@@ -83,9 +83,7 @@ public static class Customizer
             mass += h[c];
             weighted += h[c] * row[e];
         }
-        if (mass > 0) return weighted / mass;
-        for (int c = 0; c < h.Length; c++) { mass += h[c]; weighted += h[c] * gate[c * experts + e]; }
-        return weighted / mass;
+        return mass > 0 ? weighted / mass : null;
     }
 
     public static IReadOnlyDictionary<int, (int expert, double weight)> AsRoute(IEnumerable<ExpertChoice> choices) =>
