@@ -61,7 +61,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         var p = new Dictionary<string, TorchSharp.Modules.Parameter>();
         foreach (var b in spec.Moe.Layers)
         {
-            var mlp = new Mlp(spec.Model.Dim, (int)(spec.Model.Dim * spec.Model.MlpRatio));
+            var mlp = new Mlp(spec.Model.Dim, spec.Moe.SplitHidden((int)(spec.Model.Dim * spec.Model.MlpRatio)).routed);
             mlps[b] = mlp;
             foreach (var (n, param) in mlp.named_parameters()) p[$"blocks.{b}.mlp.experts.{expert}.{n}"] = param;
         }

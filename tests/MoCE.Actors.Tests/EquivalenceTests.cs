@@ -37,6 +37,22 @@ public class EquivalenceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         Assert.True(diff <= 1e-5, $"max |Δw| = {diff}");
     }
 
+    /// <summary>A universal expert (moe.shared-fraction) is the trunk's: the trainer computes it beside the router's
+    /// experts, and its dL/dh joins theirs at the cut.</summary>
+    [Fact]
+    public void Actor_engine_equals_the_reference_with_a_universal_expert()
+    {
+        var train = Tiny.Train(steps: 20);
+        var run = new ActorRun(fx, Moe with { SharedFraction = 0.5 }, train);
+        var expected = run.Reference(out var losses);
+        Assert.Equal(20, run.Run(until: 20, checkpointEvery: 10).Step);
+        for (int s = 0; s < 20; s++) Assert.True(Math.Abs(losses[s] - run.Losses[s]) <= 1e-5, $"step {s}: reference {losses[s]}, actors {run.Losses[s]}");
+        var got = run.CommittedWeights(20);
+        Assert.Contains("blocks.0.mlp.shared.fc1.weight", got.Keys);
+        double diff = ActorRun.MaxAbsDiff(expected, got);
+        Assert.True(diff <= 1e-5, $"max |Δw| = {diff}");
+    }
+
     [Theory]
     [InlineData("expert-1")]
     [InlineData("router")]

@@ -95,15 +95,22 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
         Assert.Equal(-(float)Math.Log(4), R(new float[,] { { 1, 0, 0, 0 }, { 0, 1, 0, 0 }, { 0, 0, 1, 0 }, { 0, 0, 0, 1 } }), 5);
     }
 
-    [Fact]
-    public void One_expert_without_regularizer_or_distillation_equals_the_dense_mae()
+    /// <summary>With a universal expert, upcycling splits the dense MLP's hidden units and fc2's bias between it and the
+    /// routed expert, so the layer starts as the dense MLP too (the biases are made non-zero: a bias counted twice shows).</summary>
+    [Theory]
+    [InlineData(0.0)]
+    [InlineData(0.5)]
+    public void One_expert_without_regularizer_or_distillation_equals_the_dense_mae(double shared)
     {
         using var dense = new MaskedAutoencoder(Tiny.Model);
         using (var g = Seeds.Generator(3, Seeds.Stream.Init, 0)) dense.InitializeWeights(g);
-        var cfg = new MoeConfig { Experts = 1, TopK = 1, Layers = [0, 1], UpcycleNoise = 0, LambdaRoute = 0, LambdaDistill = 0 };
+        using (no_grad()) foreach (var (name, p) in dense.named_parameters().Where(kv => kv.name.EndsWith(".bias", StringComparison.Ordinal)))
+            p.add_(randn(p.shape) * 0.1);
+        var cfg = new MoeConfig { Experts = 1, TopK = 1, Layers = [0, 1], UpcycleNoise = 0, LambdaRoute = 0, LambdaDistill = 0, SharedFraction = shared };
         using var moce = new MaskedAutoencoder(Tiny.Model, cfg, clusters: 4);
         using (var g = Seeds.Generator(3, Seeds.Stream.Upcycle, 0)) moce.UpcycleFrom(dense.state_dict(), g);
         Assert.Equal(2, moce.MoeLayers.Count);
+        Assert.Equal(shared > 0, moce.MoeLayers.Values.All(l => l.Shared is not null));
 
         using var scope = NewDisposeScope();
         using var data = Tiny.TrainSample();
@@ -117,12 +124,13 @@ public class MoceTests(MoceFixture fx) : IClassFixture<MoceFixture>
     }
 
     [Theory]
-    [InlineData(GateFold.Routed)]
-    [InlineData(GateFold.Expected)]
-    [InlineData(GateFold.Off)]
-    public void Extracted_encoder_equals_the_full_model_routed_to_the_chosen_experts(GateFold fold)
+    [InlineData(GateFold.Routed, 0.0)]
+    [InlineData(GateFold.Expected, 0.0)]
+    [InlineData(GateFold.Off, 0.0)]
+    [InlineData(GateFold.Routed, 0.25)]
+    public void Extracted_encoder_equals_the_full_model_routed_to_the_chosen_experts(GateFold fold, double shared)
     {
-        using var t = fx.Trainer(MoceFixture.Moe with { Layers = [0, 1] }, Tiny.Train(steps: 3));
+        using var t = fx.Trainer(MoceFixture.Moe with { Layers = [0, 1], SharedFraction = shared }, Tiny.Train(steps: 3));
         for (int i = 0; i < 3; i++) t.TrainStep();
         var h = Customizer.Histogram([0, 0, 1, 3, 3, 3], MoceFixture.Clusters);
         Assert.Equal(new[] { 2 / 6.0, 1 / 6.0, 0, 3 / 6.0 }, h);

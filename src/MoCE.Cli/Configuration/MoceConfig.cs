@@ -181,6 +181,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
                 LambdaDistill = t.Double("moce.moe.lambda-distill"),
                 DistillDense = t.Bool("moce.moe.distill-dense"),
                 LambdaBalance = t.Double("moce.moe.lambda-balance"),
+                SharedFraction = t.Double("moce.moe.shared-fraction"),
                 GateFromCentroids = t.String("moce.moe.gate-init") switch
                 {
                     "random" => false,

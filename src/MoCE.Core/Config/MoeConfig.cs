@@ -40,6 +40,19 @@ public sealed record MoeConfig
     public double LambdaBalance { get; init; } = 0.01;
     /// <summary>MoCE gate at step 0: random, or from the k-means centroids (similar clusters on the same expert).</summary>
     public bool GateFromCentroids { get; init; }
+    /// <summary>The share of each MoE layer's MLP hidden units that forms a universal expert every row uses, beside the
+    /// routed ones (MoCLE's universal expert). The routed experts keep the rest, so a row still uses the dense MLP's
+    /// width and a customized encoder keeps the dense MAE's size (the split of DeepSeekMoE's shared experts). 0: none.</summary>
+    public double SharedFraction { get; init; }
+
+    /// <summary>The hidden units of a MoE layer whose dense MLP has <paramref name="hidden"/>: the universal expert's
+    /// (0 without one) and each routed expert's.</summary>
+    public (int shared, int routed) SplitHidden(int hidden)
+    {
+        int s = Method == MoeMethod.Dense ? 0 : (int)Math.Round(hidden * SharedFraction);
+        if (hidden - s < 1) throw new ConfigException("moce.moe.shared-fraction", $"leaves the routed experts no hidden unit of {hidden}");
+        return (s, hidden - s);
+    }
 
     public MoeConfig Validate(int depth)
     {
@@ -56,6 +69,7 @@ public sealed record MoeConfig
         Require(LambdaRoute >= 0, "lambda-route", "must be non-negative");
         Require(LambdaDistill >= 0, "lambda-distill", "must be non-negative");
         Require(LambdaBalance >= 0, "lambda-balance", "must be non-negative");
+        Require(SharedFraction >= 0 && SharedFraction < 1, "shared-fraction", "must be in [0, 1)");
         return this;
     }
 }

@@ -49,12 +49,13 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
         Config = config.Validate();
         Moe = moe?.Validate(config.Depth);
         bool IsMoe(int b) => moe is not null && moe.Method != MoeMethod.Dense && moe.Layers.Contains(b);
-        int d = config.Dim, dd = config.DecoderDim, l = config.NumPatches;
+        int d = config.Dim, dd = config.DecoderDim, l = config.NumPatches, hidden = (int)(d * config.MlpRatio);
+        int shared = moe is null ? 0 : moe.SplitHidden(hidden).shared;
         patch_embed = new PatchEmbed(config.InChans, d, config.PatchSize);
         cls_token = Parameter(zeros(1, 1, d));
         pos_embed = Parameter(zeros(1, l + 1, d), requires_grad: false);
         blocks = ModuleList(Enumerable.Range(0, config.Depth).Select(b => new Block(d, config.Heads, config.MlpRatio,
-            !IsMoe(b) ? null : remoteExperts ? new RemoteMlp() : new MoeLayer(moe!, b, d, (int)(d * config.MlpRatio), clusters))).ToArray());
+            !IsMoe(b) ? null : remoteExperts ? new RemoteMlp(shared > 0 ? new Mlp(d, shared) : null) : new MoeLayer(moe!, b, d, hidden, clusters))).ToArray());
         norm = LayerNorm(d, eps: 1e-6);
 
         decoder_embed = Linear(d, dd);
@@ -217,8 +218,9 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
     public override MaeOutput forward(Tensor imgs, Tensor noise) => Forward(imgs, noise, null);
 
     /// <summary>One MoE block's cut in the segmented forward: the residual x1 and h = norm2(x1) end the segment
-    /// before it; the next segment starts from two leaves, the residual's copy and y = moe(h).</summary>
-    public sealed record Boundary(int Block, Tensor Residual, Tensor Hidden, Tensor ResidualLeaf, Tensor Output);
+    /// before it; the next segment starts from leaves: the residual's copy, y = moe(h), and with a universal expert
+    /// the copy of h it reads.</summary>
+    public sealed record Boundary(int Block, Tensor Residual, Tensor Hidden, Tensor ResidualLeaf, Tensor Output, Tensor? HiddenLeaf = null);
 
     /// <summary>The forward pass with the MoE blocks computed by <paramref name="moe"/>(block, h) → y, where h is
     /// norm2's output (detached) and y must be a leaf that requires grad. Each MoE block cuts the graph, so the
@@ -231,13 +233,14 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
         for (int b = 0; b < blocks.Count; b++)
         {
             var blk = blocks[b];
-            if (blk.MlpModule is not RemoteMlp) { x = blk.Forward(x, null, null); continue; }
+            if (blk.MlpModule is not RemoteMlp remote) { x = blk.Forward(x, null, null); continue; }
             var x1 = blk.Attend(x);
             var h = blk.Norm2(x1);
             var y = moe(b, h.detach());
             var x1Leaf = x1.detach().requires_grad_(true);
-            boundaries.Add(new Boundary(b, x1, h, x1Leaf, y));
-            x = x1Leaf + y;                                                            // x = x1 + Σ_e g_e·E_e(h)
+            var hLeaf = remote.Shared is null ? null : h.detach().requires_grad_(true);
+            boundaries.Add(new Boundary(b, x1, h, x1Leaf, y, hLeaf));
+            x = x1Leaf + (hLeaf is null ? y : y + remote.Shared!.forward(hLeaf));      // x = x1 + Σ_e g_e·E_e(h) + shared(h)
         }
         var latent = norm.forward(x);
         var pred = ForwardDecoder(latent, idsRestore);
@@ -246,8 +249,9 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
     }
 
     /// <summary>The backward pass of <see cref="ForwardRemote"/>, segment by segment from the last: the segment after
-    /// a cut leaves dL/dy and dL/dx1 on its two leaves; <paramref name="moeBackward"/>(block, dL/dy) → dL/dh goes
-    /// through the MoE block, and both gradients continue into the segment before it.</summary>
+    /// a cut leaves dL/dy and dL/dx1 on its leaves; <paramref name="moeBackward"/>(block, dL/dy) → dL/dh goes
+    /// through the routed experts, the universal expert's dL/dh is added, and both gradients continue into the
+    /// segment before it.</summary>
     public static void BackwardRemote(Tensor loss, IReadOnlyList<Boundary> boundaries, Func<int, Tensor, Tensor> moeBackward)
     {
         loss.backward();
@@ -257,6 +261,7 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
             var dy = c.Output.grad ?? zeros_like(c.Output);
             var dx1 = c.ResidualLeaf.grad ?? zeros_like(c.ResidualLeaf);
             var dh = moeBackward(c.Block, dy);
+            if (c.HiddenLeaf?.grad is { } ds) dh = dh + ds;
             autograd.backward([c.Residual, c.Hidden], [dx1, dh]);
         }
     }
@@ -300,7 +305,8 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
 
     /// <summary>A dense MAE with, in each MoE block, the chosen expert's weights; fc2 is scaled by the given
     /// combination weight, so the dense model computes exactly what this model computes when every image is
-    /// routed to those experts with those weights.</summary>
+    /// routed to those experts with those weights. A universal expert's hidden units come first, then the routed
+    /// expert's: the MLP of a block is shared(h) + w·expert(h), still the dense MAE's width.</summary>
     public MaskedAutoencoder ExtractDense(IReadOnlyDictionary<int, (int expert, double weight)> choice)
     {
         var dense = new MaskedAutoencoder(Config);
@@ -313,7 +319,9 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
             if (parts[0] == "blocks" && parts[2] == "mlp" && choice.TryGetValue(int.Parse(parts[1]), out var c))
             {
                 var w = src[$"blocks.{parts[1]}.mlp.experts.{c.expert}.{parts[3]}.{parts[4]}"];
-                p.copy_(parts[3] == "fc2" ? w * c.weight : w);
+                var routed = parts[3] == "fc2" ? w * c.weight : w;
+                if (!src.TryGetValue($"blocks.{parts[1]}.mlp.shared.{parts[3]}.{parts[4]}", out var s)) p.copy_(routed);
+                else p.copy_(parts[3] == "fc1" ? cat([s, routed], 0) : parts[4] == "weight" ? cat([s, routed], 1) : s + routed);
             }
             else p.copy_(src[name]);
         }

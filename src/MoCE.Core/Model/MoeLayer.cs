@@ -158,37 +158,59 @@ public sealed class MoeGate : Module<Tensor, GateInput, Tensor>
     public Tensor Aux(Tensor probs, Tensor choice) => PerToken ? MoeLayer.LoadBalance(probs, choice, cfg.Experts) : MoeLayer.RoutingRegularizer(probs);
 }
 
-/// <summary>A mixture-of-experts MLP: a <see cref="MoeGate"/> and E expert MLPs. Every token of an image follows
-/// that image's top-k choice (MoCE), or each token its own (TokenMoE). The output is Σ_{e ∈ top-k} g_e·expert_e(x).
-/// <see cref="Plan"/> and <see cref="Combine"/> are the dispatch math shared with the actor runtime's router.</summary>
+/// <summary>A mixture-of-experts MLP: a <see cref="MoeGate"/>, E expert MLPs and, with moe.shared-fraction, a universal
+/// expert. Every token of an image follows that image's top-k choice (MoCE), or each token its own (TokenMoE). The
+/// output is Σ_{e ∈ top-k} g_e·expert_e(x) + shared(x). <see cref="Plan"/> and <see cref="Combine"/> are the dispatch
+/// math shared with the actor runtime's router; the universal expert is the trunk's there.</summary>
 public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteStats stats)>
 {
     private readonly int blockIndex;
     private readonly MoeGate gate;
     private readonly ModuleList<Mlp> experts;
+    private readonly Mlp? shared;
 
+    /// <summary><paramref name="hidden"/>: the dense MLP's width, split between the universal and the routed experts.</summary>
     public MoeLayer(MoeConfig cfg, int blockIndex, int dim, int hidden, int clusters) : base(nameof(MoeLayer))
     {
         this.blockIndex = blockIndex;
+        var (s, routed) = cfg.SplitHidden(hidden);
         gate = new MoeGate(cfg, blockIndex, dim, clusters);
-        experts = ModuleList(Enumerable.Range(0, cfg.Experts).Select(_ => new Mlp(dim, hidden)).ToArray());
+        experts = ModuleList(Enumerable.Range(0, cfg.Experts).Select(_ => new Mlp(dim, routed)).ToArray());
+        if (s > 0) shared = new Mlp(dim, s);
         RegisterComponents();
     }
 
     public MoeGate Gate => gate;
     public ModuleList<Mlp> Experts => experts;
+    public Mlp? Shared => shared;
     public int Clusters => gate.Clusters;
     public Tensor ClusterGate() => gate.ClusterGate();
 
     /// <summary>Upcycling: every expert = the dense MLP (its state_dict, fc1/fc2) + N(0, (noise·std(w))²) per
-    /// weight; then the gate is initialized.</summary>
+    /// weight; then the gate is initialized. With a universal expert, it takes the dense MLP's first hidden units and
+    /// fc2's bias exactly, and every routed expert the other units (plus noise) with a zero fc2 bias: at a gate weight
+    /// of 1 the layer starts as the dense MLP.</summary>
     public void Upcycle(IReadOnlyDictionary<string, Tensor> src, double noise, Generator gen)
     {
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        Tensor Dense(string name) => src.TryGetValue(name, out var t) ? t : throw new InvalidDataException($"dense MLP weights lack '{name}'");
+        long hs = shared is null ? 0 : shared.state_dict()["fc1.bias"].shape[0], h = Dense("fc1.bias").shape[0];
+        if (hs + experts[0].state_dict()["fc1.bias"].shape[0] != h)
+            throw new InvalidDataException($"the dense MLP has {h} hidden units, this layer's experts {hs} universal and the rest routed");
+        Tensor Units(string name, long from, long to) => name switch
+        {
+            "fc1.weight" or "fc1.bias" => Dense(name).narrow(0, from, to - from),
+            "fc2.weight" => Dense(name).narrow(1, from, to - from),
+            "fc2.bias" => from == 0 ? Dense(name) : zeros_like(Dense(name)),
+            _ => throw new InvalidDataException($"unexpected MLP weight '{name}'"),
+        };
+        if (shared is not null)
+            foreach (var (name, p) in shared.state_dict()) p.copy_(Units(name, 0, hs));
         foreach (var expert in experts)
             foreach (var (name, p) in expert.state_dict())
             {
-                var w = src.TryGetValue(name, out var t) ? t : throw new InvalidDataException($"dense MLP weights lack '{name}'");
+                var w = Units(name, hs, h);
                 using var n = randn(w.shape, generator: gen);
                 p.copy_(w + n * (noise * (w.numel() > 1 ? w.std().item<float>() : 0)));
             }
@@ -204,6 +226,7 @@ public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteSt
         var plan = Plan(choice, weights, experts.Count);
         var outputs = plan.Select(p => experts[p.Expert].forward(rows.index_select(0, p.Rows))).ToList();
         var y = Combine(rows, plan, outputs).reshape(n, t, d);
+        if (shared is not null) y = y + shared.forward(x);                          // as ForwardRemote adds the trunk's
         return (y, new RouteStats(blockIndex, probs, choice, weights, gate.Aux(probs, choice), gate.PerToken ? 1 : t));
     }
 

@@ -112,11 +112,21 @@ public sealed class Block : Module<Tensor, Tensor>
     }
 }
 
-/// <summary>Marks a block whose MLP is owned elsewhere (the actor runtime's router and experts): no parameters,
-/// and the block must be run through <see cref="MaskedAutoencoder.ForwardRemote"/>.</summary>
+/// <summary>Marks a block whose routed experts and gate are owned elsewhere (the actor runtime's router and experts):
+/// it holds only the universal expert, if the layer has one, and the block must be run through
+/// <see cref="MaskedAutoencoder.ForwardRemote"/>.</summary>
 public sealed class RemoteMlp : Module<Tensor, Tensor>
 {
-    public RemoteMlp() : base(nameof(RemoteMlp)) { }
+    private readonly Mlp? shared;
+
+    public RemoteMlp(Mlp? shared = null) : base(nameof(RemoteMlp))
+    {
+        this.shared = shared;
+        RegisterComponents();
+    }
+
+    /// <summary>The layer's universal expert (moe.shared-fraction), computed with the trunk.</summary>
+    public Mlp? Shared => shared;
     public override Tensor forward(Tensor x) => throw new InvalidOperationException("this block's experts are owned by other actors");
 }
 
