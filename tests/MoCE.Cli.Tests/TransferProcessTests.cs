@@ -93,11 +93,18 @@ public class TransferProcessTests
         Assert.Single(File.ReadAllLines(Path.Combine(run, "eval", "results.csv")).Skip(1));
 
         // ablations in one command: the reference arm is the pipeline's own seeds (nothing retrained), an arm of the MoE
-        // phase trains from this run's pre-training, an arm that starts MoCE earlier pre-trains and clusters its own
-        string[] arms = ["-o", "ablate.seeds=[0, 1]", "-o", "ablate.arms.distill=[\"moe.lambda-distill=0.5\"]", "-o", "ablate.arms.early=[\"pretrain.steps=10\"]"];
+        // phase trains from this run's pre-training, an arm that starts MoCE earlier pre-trains and clusters its own, and an
+        // arm that changes only the experts (a universal expert) keeps the reference's dense MAE
+        string[] arms = ["-o", "ablate.seeds=[0, 1]", "-o", "ablate.arms.distill=[\"moe.lambda-distill=0.5\"]", "-o", "ablate.arms.early=[\"pretrain.steps=10\"]",
+                         "-o", "ablate.arms.shared=[\"moe.shared-fraction=0.5\"]"];
         (code, output) = Moce(["ablate", "--run", run, .. Study, "-o", "pipeline.seeds=[0, 1]", "-o", "pipeline.transfer-baselines=true", .. finetune, .. arms]);
         Assert.True(code == 0, output);
-        Assert.Equal(4, Regex.Matches(output, @"Resumed from committed checkpoint 8\b").Count);   // the reference arm: 2 seeds × 2 methods found done
+        // the reference arm: 2 seeds × 2 methods found done; the shared arm: the reference's dense MAE of 2 seeds again
+        Assert.Equal(6, Regex.Matches(output, @"Resumed from committed checkpoint 8\b").Count);
+        Assert.Equal(2, Regex.Matches(output, @"== shared seed \d: train-dense \(the reference's\) ==").Count);
+        Assert.False(Directory.Exists(Path.Combine(run, "ablate", "shared", "seed-0", "train-dense")));
+        Assert.Equal(9, File.ReadAllLines(Path.Combine(run, "ablate", "shared", "seed-0", "train-moce", "metrics.csv")).Length);
+        Assert.True(Directory.Exists(Path.Combine(run, "ablate", "distill", "seed-0", "train-dense")));   // distillation reaches the dense arm's settings
         Assert.False(Directory.Exists(Path.Combine(run, "ablate", "reference")));
         Assert.False(Directory.Exists(Path.Combine(run, "ablate", "distill", "pretrain")));
         Assert.Equal(11, File.ReadAllLines(Path.Combine(run, "ablate", "early", "pretrain", "metrics.csv")).Length);
@@ -106,6 +113,7 @@ public class TransferProcessTests
         Assert.Matches(@"\| reference \| – \| [+−]\d", ablations);
         Assert.Contains("| distill | `moe.lambda-distill=0.5` |", ablations);
         Assert.Contains("| early | `pretrain.steps=10` |", ablations);
+        Assert.Matches(@"\| shared \| `moe.shared-fraction=0.5` \| [+−]\d", ablations);
         Assert.Contains("digits finetune | digits linear | digits knn", ablations);
         var distilled = JsonDocument.Parse(File.ReadAllText(Path.Combine(run, "ablate", "ablate.json"))).RootElement.EnumerateArray()
             .First(a => a.GetProperty("Arm").GetString() == "distill" && a.GetProperty("Measure").GetString() == "linear");

@@ -11,8 +11,10 @@ namespace MoCE.Cli.Commands;
 /// settings (the dense MAE too: an arm that changes the MoE phase's length or schedule changes its reference), MoCE is
 /// customized, and both are evaluated on moce.eval.tasks (fine-tuned as well with moce.pipeline.finetune). An arm whose
 /// overrides shape pre-training or clustering (pretrain.steps: MoCE from an earlier start) pre-trains and clusters in its
-/// own folder; every other arm trains from this run's. Writes RUN/ablate/report.md and ablate.json: per arm and task,
-/// MoCE-customized − dense MAE, paired per seed, mean ± std. Everything done before is skipped.</summary>
+/// own folder; every other arm trains from this run's. An arm that changes only the experts or the customization
+/// (<see cref="DenseUnchanged"/>) leaves the dense MAE as the reference trained it: its dense rows are the reference's,
+/// not trained again. Writes RUN/ablate/report.md and ablate.json: per arm and task, MoCE-customized − dense MAE, paired
+/// per seed, mean ± std. Everything done before is skipped.</summary>
 public static class AblateCommand
 {
     /// <summary>The arm that changes nothing: the run's own settings.</summary>
@@ -51,19 +53,31 @@ public static class AblateCommand
                 Phase($"{arm}: cluster", () => ClusterCommand.Execute(upstream));
             }
             var perSeed = new List<(IReadOnlyList<EvalCommand.Row> eval, IReadOnlyList<FineTuneCommand.Row>? tuned)>();
+            bool ownDense = arm != Reference && !DenseUnchanged(overrides);
             foreach (var seed in s.Config.AblationSeeds)
             {
                 var from = upstream?.Run.Root ?? s.Run.Root;
                 // the reference arm is the pipeline's own seed runs (this run for its seed, RUN/seed-N): what they trained is reused
+                var reference = PipelineCommand.SeedRun(cli, s, seed);
                 var r = arm != Reference ? PipelineCommand.Sub(cli, s, Path.Combine("ablate", arm, $"seed-{seed}"), [.. overrides, $"train.seed={seed}", $"train.from-run={from}"])
-                    : PipelineCommand.SeedRun(cli, s, seed);
+                    : reference;
                 string tag = $"{arm} seed {seed}";
-                foreach (var m in new[] { MoeMethod.Moce, MoeMethod.Dense })
-                    Phase($"{tag}: {Artifacts.TrainPhase(m)}", () => TrainCommand.Execute(r, m, r.Config.Engine, ct));
-                IReadOnlyList<EvalCommand.Row> eval = [];
-                Phase($"{tag}: eval", () => eval = EvalCommand.Execute(r, ["dense", "moce-customized"], tasks));
-                IReadOnlyList<FineTuneCommand.Row>? tuned = null;
-                if (s.Config.PipelineFineTune) Phase($"{tag}: finetune", () => tuned = FineTuneCommand.Execute(r, ["dense", "moce-customized"], tasks, ct));
+                // the runs that train and evaluate each model: the dense MAE is the reference's unless the arm changes it
+                var runs = new[] { (MoeMethod.Moce, r, "moce-customized"), (MoeMethod.Dense, ownDense ? r : reference, "dense") };
+                foreach (var (m, run, _) in runs)
+                    Phase($"{tag}: {Artifacts.TrainPhase(m)}{(run == r ? "" : " (the reference's)")}", () => TrainCommand.Execute(run, m, run.Config.Engine, ct));
+                var eval = new List<EvalCommand.Row>();
+                var tuned = s.Config.PipelineFineTune ? new List<FineTuneCommand.Row>() : null;
+                foreach (var group in runs.GroupBy(x => x.Item2))
+                {
+                    // the reference's rows are asked for as the reference arm asks (done before: read back, and its reports stay whole)
+                    var (run, wanted) = (group.Key, group.Select(x => x.Item3).ToHashSet());
+                    string[] models = run == reference ? ["dense", "moce-customized"] : [.. wanted];
+                    string where = run == r ? "" : " (the reference's dense MAE)";
+                    Phase($"{tag}: eval{where}", () => eval.AddRange(EvalCommand.Execute(run, models, tasks).Where(x => wanted.Contains(Key(x.Model)))));
+                    if (tuned is not null)
+                        Phase($"{tag}: finetune{where}", () => tuned.AddRange(FineTuneCommand.Execute(run, models, tasks, ct).Where(x => wanted.Contains(Key(x.Model)))));
+                }
                 perSeed.Add((eval, tuned));
             }
             foreach (var t in tasks)
@@ -81,6 +95,18 @@ public static class AblateCommand
         Write(s, results, arms);
         return 0;
     }
+
+    private static string Key(string display) => EvalCommand.Display.Single(kv => kv.Value == display).Key;
+
+    /// <summary>The dense MAE of an arm is the reference's when every override is the experts' (moe.*, except the
+    /// distillation the dense arm may share) or the customization's (customize.*): neither reaches its training or its
+    /// evaluation.</summary>
+    internal static bool DenseUnchanged(IReadOnlyList<string> overrides) => overrides.All(o =>
+    {
+        var k = o[..o.IndexOf('=')].Trim();
+        return k.StartsWith("customize.", StringComparison.Ordinal)
+               || k.StartsWith("moe.", StringComparison.Ordinal) && k is not ("moe.lambda-distill" or "moe.distill-dense" or "moe.method");
+    });
 
     /// <summary>An arm shapes the upstream when one of its keys shapes pre-training or clustering: pretrain.steps too,
     /// which a resumed run may raise (it extends the same run) but which here means a different dense start.</summary>
