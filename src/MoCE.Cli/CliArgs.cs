@@ -12,6 +12,9 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
 
     public string RunDir => Run ?? Path.Combine("runs", Preset ?? "default");
 
+    /// <summary>The run this command line opens.</summary>
+    public MoCE.Runs.RunRequest Request => new(Command, Preset, Files, Overrides, RunDir);
+
     /// <summary>Parses a command line with <see cref="Grammar"/> (System.CommandLine): every command and subcommand
     /// declares its options, so an unknown or misplaced option, a missing value or a stray word is an error that names
     /// it, and `--help` works for each. `moce`, `moce --help` and `moce CMD --help` print help (command "help").</summary>

@@ -1,6 +1,6 @@
 using MoCE.Cli;
 using MoCE.Cli.Commands;
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Clustering;
 using MoCE.Core.Config;

@@ -1,5 +1,6 @@
+using MoCE.Runs;
 using MoCE.Cli;
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Config;
 using Serilog;
 

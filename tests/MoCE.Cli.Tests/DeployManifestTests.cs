@@ -1,5 +1,5 @@
 using MoCE.Cli.Commands;
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using YamlDotNet.Core;
 using YamlDotNet.Core.Events;
 using YamlDotNet.Serialization;

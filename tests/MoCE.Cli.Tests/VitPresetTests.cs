@@ -1,5 +1,5 @@
 using MoCE.Cli.Commands;
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Data;
 using MoCE.Core.Training;

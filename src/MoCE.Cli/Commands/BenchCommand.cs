@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Clustering;
 using MoCE.Core.Config;
@@ -134,7 +134,7 @@ public static class BenchCommand
     /// steps: .NET compiles a method again, optimized, after some 30 calls, and the engine's code is not warm from
     /// the earlier phases. The first <see cref="Untimed"/> steps of each side's round are not timed; nor are the
     /// engine's start, restore and final commit. Also returns each side's process CPU time per timed step.</summary>
-    private static (double[] actorMs, double[] referenceMs, double actorCpu, double referenceCpu, double actorGc, double referenceGc) ActorVersusReference(Configuration.MoceConfig cfg,
+    private static (double[] actorMs, double[] referenceMs, double actorCpu, double referenceCpu, double actorGc, double referenceGc) ActorVersusReference(MoCE.Runs.Configuration.MoceConfig cfg,
         ImageDataset data, ClusteringResult clustering, CheckpointContent dense, Device device, int warmup, int steps, int rounds)
     {
         int perRound = Math.Max(1, steps / rounds);
@@ -199,7 +199,7 @@ public static class BenchCommand
 
     /// <summary>Runs the actor engine with a commit every <paramref name="every"/> steps and times each cut, from the
     /// last completed step to the persisted commit (every owner writes its file, then the journal event).</summary>
-    private static (double cutMs, double stepMs, int cuts) CheckpointOverhead(Configuration.MoceConfig cfg, ImageDataset data, ClusteringResult clustering,
+    private static (double cutMs, double stepMs, int cuts) CheckpointOverhead(MoCE.Runs.Configuration.MoceConfig cfg, ImageDataset data, ClusteringResult clustering,
         CheckpointContent dense, Device device, long every, long totalSteps)
     {
         var train = cfg.Train with { Steps = totalSteps };

@@ -47,11 +47,11 @@ public static class ChaosCommand
             {
                 CopyPrepared(root, run);
                 var sub = cli with { Command = "train", Run = run, Overrides = [.. cli.Overrides, .. overrides], Flags = new Dictionary<string, string>(), Positionals = [] };
-                var s = Session.Open(sub);
+                var s = Session.Open(sub.Request);
                 Serilog.Log.Information("chaos compare: {Policy}", name);
                 var plan = name == "baseline" ? null : ChaosSchedule.Load(file);
                 if (plan is not null) File.Copy(file, Path.Combine(s.Run.Phase(Artifacts.TrainPhase(MoeMethod.Moce)), "chaos.conf"), overwrite: true);
-                TrainCommand.Execute(s, MoeMethod.Moce, "actors", ct, chaos: plan);
+                TrainingPhase.Execute(s, MoeMethod.Moce, "actors", ct, chaos: plan);
                 ct.ThrowIfCancellationRequested();
             }
             results.Add((name, phase));

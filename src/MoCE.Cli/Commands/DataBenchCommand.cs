@@ -1,4 +1,4 @@
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Data;
 using MoCE.Core.Runtime;
 using MoCE.Core.Training;

@@ -10,7 +10,7 @@ public static class DataCommand
     public static int Run(CliArgs cli)
     {
         cli.RejectFlagsExcept();
-        var s = Session.Open(cli);
+        var s = Session.Open(cli.Request);
         var names = cli.Positionals.Count > 0 ? cli.Positionals : s.Config.Data.Datasets.Keys.ToList();
         foreach (var name in names)
         {

@@ -23,7 +23,7 @@ public static class ExportCommand
     public static int Run(CliArgs cli)
     {
         cli.RejectFlagsExcept("model", "task", "out", "check-images");
-        var s = Session.Open(cli);
+        var s = Session.Open(cli.Request);
         var model = cli.Flags.GetValueOrDefault("model", "moce-customized");
         if (model is not ("pretrained" or "dense" or "moce-customized"))
             throw new ConfigException("--model", $"expected pretrained, dense or moce-customized (a dense encoder), got '{model}'");
@@ -39,7 +39,7 @@ public static class ExportCommand
     public static void Execute(Session s, string modelName, string? taskName, string outDir, int checkImages)
     {
         using var data = new TaskData(s, taskName is null ? [] : [taskName]);
-        using var models = new EvalCommand.ModelSet(s, data);
+        using var models = new EvalPhase.ModelSet(s, data);
         var ti = taskName is null ? null : data.Tasks[taskName];
         string key;
         MaskedAutoencoder model;

@@ -1,5 +1,5 @@
 using MoCE.Actors;
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Config;
 using Serilog;
 
@@ -34,10 +34,10 @@ public static class NodeCommand
             Log.Information("Node stopped");
             return 0;
         }
-        var s = Session.Open(cli, logName: $"node-{node.Host}-{(node.Port > 0 ? node.Port.ToString() : Environment.ProcessId.ToString())}.log");
+        var s = Session.Open(cli.Request, logName: $"node-{node.Host}-{(node.Port > 0 ? node.Port.ToString() : Environment.ProcessId.ToString())}.log");
         var method = cli.Flags.TryGetValue("method", out var m) ? MoceConfig.ParseMethod("--method", m) : s.Config.Moe.Method;
         if (method == MoeMethod.Dense) throw new ConfigException("--method", "dense has no experts to place; train it with moce train");
-        TrainCommand.Execute(s, method, "actors", ct, node, chaos);
+        TrainingPhase.Execute(s, method, "actors", ct, node, chaos);
         return 0;
     }
 

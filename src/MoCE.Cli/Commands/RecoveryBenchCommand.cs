@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using MoCE.Actors;
 using MoCE.Actors.Messages;
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Clustering;
 using MoCE.Core.Config;

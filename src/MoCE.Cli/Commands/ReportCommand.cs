@@ -3,7 +3,7 @@ using System.Text;
 using System.Text.Json;
 using MoCE.Actors;
 using MoCE.Actors.Messages;
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Config;
 
 namespace MoCE.Cli.Commands;

@@ -1,7 +1,7 @@
 using Serilog;
 using Serilog.Events;
 
-namespace MoCE.Cli;
+namespace MoCE.Runs;
 
 /// <summary>Serilog setup: one structured line per event on the console, and the same events in the run's log
 /// file once the run directory is known.</summary>

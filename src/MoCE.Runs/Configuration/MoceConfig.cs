@@ -1,7 +1,7 @@
 using Akka.Configuration;
 using MoCE.Core.Config;
 
-namespace MoCE.Cli.Configuration;
+namespace MoCE.Runs.Configuration;
 
 /// <summary>The resolved configuration of a run: the typed records plus the merged HOCON it came from.</summary>
 public sealed record MoceConfig(string Device, int Threads, DataConfig Data, MaeConfig Model, TrainConfig Pretrain, Config Hocon)

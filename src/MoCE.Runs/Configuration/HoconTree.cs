@@ -3,7 +3,7 @@ using Akka.Configuration;
 using Akka.Configuration.Hocon;
 using MoCE.Core.Config;
 
-namespace MoCE.Cli.Configuration;
+namespace MoCE.Runs.Configuration;
 
 /// <summary>Strict, typed reads of a HOCON tree. Every read records its key, so the loader can prove that each
 /// default is used; every failure is a <see cref="ConfigException"/> naming the key.</summary>

@@ -10,7 +10,7 @@ using MoCE.Core.Training;
 using Serilog;
 using static TorchSharp.torch;
 
-namespace MoCE.Cli.Commands;
+namespace MoCE.Runs;
 
 /// <summary>The transfer study's report (RUN/study/report.md and study.json), from the pipeline's runs: negative
 /// transfer (the mix's dense MAE against each source's alone), every model × task as mean ± std over the MoE-phase
@@ -58,7 +58,7 @@ public static class StudyReport
         var pretrained = baselineSources.Count == 0 ? null : PretrainedRows(s, s.Upstream.Root, tasks);
         if (pretrained is not null)
         {
-            var rows = new List<(string name, IReadOnlyList<EvalCommand.Row> rows)> { ($"mix ({string.Join(" + ", mix.Select(kv => kv.Key))})", pretrained) };
+            var rows = new List<(string name, IReadOnlyList<EvalPhase.Row> rows)> { ($"mix ({string.Join(" + ", mix.Select(kv => kv.Key))})", pretrained) };
             foreach (var src in baselineSources)
                 rows.Add(($"{src} alone", PretrainedRows(s, Path.Combine(s.Upstream.Root, $"alone-{src}"), tasks)
                     ?? throw new RunMismatchException($"no evaluation of the dense MAE pre-trained on {src} alone in {s.Upstream.Root}/alone-{src}: run the pipeline with moce.pipeline.transfer-baselines = true there")));
@@ -109,8 +109,8 @@ public static class StudyReport
         var models = s.Config.Eval.Models.Where(m => m != "pretrained").ToList();
         if (s.Config.PipelineFineTune)
         {
-            var encoders = FineTuneCommand.Encoders.Where(models.Contains).ToList();
-            var tuned = seedRuns.Select(r => FineTuneCommand.Execute(r, encoders, tasks)).ToList();   // done before: read from each seed's cache
+            var encoders = FineTunePhase.Encoders.Where(models.Contains).ToList();
+            var tuned = seedRuns.Select(r => FineTunePhase.Execute(r, encoders, tasks)).ToList();   // done before: read from each seed's cache
             var ft = s.Config.FineTune;
             md.AppendLine($"## Fine-tuning ({seedRuns.Count} seed{(seedRuns.Count > 1 ? "s" : "")}: mean ± std)");
             md.AppendLine();
@@ -120,7 +120,7 @@ public static class StudyReport
             md.AppendLine();
             json["finetune"] = acc.Select(x => new { model = x.Key.model, task = x.Key.task, accuracy = x.Value[0] }).ToList();
         }
-        var perSeed = seedRuns.Select(r => EvalCommand.Execute(r, models, tasks)).ToList();
+        var perSeed = seedRuns.Select(r => EvalPhase.Execute(r, models, tasks)).ToList();
         md.AppendLine($"## Every model on every task, frozen features ({seedRuns.Count} seed{(seedRuns.Count > 1 ? "s" : "")} of the MoE phase: mean ± std)");
         md.AppendLine();
         var frozen = PairedTable(md, tasks, ["linear", "k-NN"], [.. perSeed.Select(rs => (IReadOnlyList<(string, string, double[])>)[.. rs.Select(r => (r.Model, r.Task, new[] { r.LinearProbe, r.Knn }))])]);
@@ -142,7 +142,7 @@ public static class StudyReport
             var gate = new List<object>();
             foreach (var t in tasks)
             {
-                var reports = seedRuns.Select(r => JsonSerializer.Deserialize<CustomizeCommand.Report>(File.ReadAllText(Path.Combine(CustomizeCommand.Dir(r, t), "report.json")))!).ToList();
+                var reports = seedRuns.Select(r => JsonSerializer.Deserialize<CustomizePhase.Report>(File.ReadAllText(Path.Combine(CustomizePhase.Dir(r, t), "report.json")))!).ToList();
                 var cells = layers.Select(b =>
                 {
                     var ch = reports.Select(rep => rep.Experts.Single(e => e.Block == b)).ToList();
@@ -206,13 +206,13 @@ public static class StudyReport
 
     /// <summary>The pretrained dense MAE's evaluation rows of a run (its eval cache), for these tasks as defined now and
     /// the current evaluation settings; null if any is missing.</summary>
-    private static IReadOnlyList<EvalCommand.Row>? PretrainedRows(Session s, string runRoot, IReadOnlyList<string> tasks)
+    private static IReadOnlyList<EvalPhase.Row>? PretrainedRows(Session s, string runRoot, IReadOnlyList<string> tasks)
     {
         var path = Path.Combine(runRoot, "eval", "rows.json");
         if (!File.Exists(path)) return null;
-        var cache = JsonSerializer.Deserialize<Dictionary<string, EvalCommand.Row>>(File.ReadAllText(path)) ?? [];
-        var settings = EvalCommand.Settings(s.Config.Eval, s.Config.EvalSeed);
-        var rows = new List<EvalCommand.Row>();
+        var cache = JsonSerializer.Deserialize<Dictionary<string, EvalPhase.Row>>(File.ReadAllText(path)) ?? [];
+        var settings = EvalPhase.Settings(s.Config.Eval, s.Config.EvalSeed);
+        var rows = new List<EvalPhase.Row>();
         foreach (var t in tasks)
         {
             var prefix = JsonSerializer.Serialize(s.Config.Tasks[t]) + "|pretrained-";
@@ -254,7 +254,7 @@ public static class StudyReport
                         for (long k = 0; k < perImage; k++) { source.Add(data.DomainOf(i)); label.Add(data.Labels[i]); }
                 }
             foreach (var (block, ch) in choice.OrderBy(kv => kv.Key))
-                res.Add(new Specialisation(Configuration.MoceConfig.MethodName(method), block, ClusterMetrics.Nmi(ch, source), ClusterMetrics.Nmi(ch, label)));
+                res.Add(new Specialisation(MoCE.Runs.Configuration.MoceConfig.MethodName(method), block, ClusterMetrics.Nmi(ch, source), ClusterMetrics.Nmi(ch, label)));
         }
         return res;
     }

@@ -1,5 +1,5 @@
 using MoCE.Actors;
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Clustering;
 using MoCE.Core.Config;
@@ -8,7 +8,7 @@ using MoCE.Core.Runtime;
 using MoCE.Core.Training;
 using Serilog;
 
-namespace MoCE.Cli.Commands;
+namespace MoCE.Runs;
 
 /// <summary>`moce train` on the actor engine, in this process or (as `moce node --roles coordinator`) as one
 /// coordinator of a cluster: one actor per owner (trainer, router, each expert) under a persistent supervisor whose

@@ -1,14 +1,16 @@
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Data;
 using Serilog;
 using TorchSharp;
 
-namespace MoCE.Cli.Commands;
+namespace MoCE.Runs;
 
 /// <summary>What every command that trains needs: the resolved config, the run directory with its log file,
 /// torch's threads and device, and the located dataset.</summary>
 public sealed class Session
 {
+    /// <summary>What opened it: a run inside this one (<see cref="Pipeline.Sub"/>) opens with the same sources.</summary>
+    public required RunRequest Request { get; init; }
     public required MoceConfig Config { get; init; }
     public required RunDirectory Run { get; init; }
     public required torch.Device Device { get; init; }
@@ -26,14 +28,14 @@ public sealed class Session
     }
 
     /// <summary><paramref name="logName"/>: the log file under the run's logs/ (moce.log; each node of a cluster its own).</summary>
-    public static Session Open(CliArgs cli, string logName = "moce.log")
+    public static Session Open(RunRequest request, string logName = "moce.log")
     {
-        var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, cli.Overrides));
+        var merged = ConfigLoader.Merge(new ConfigLoader.Sources(request.Preset, request.Files, request.Overrides));
         var (config, _) = ConfigLoader.Resolve(merged);
-        var run = new RunDirectory(cli.RunDir);
+        var run = new RunDirectory(request.RunDir);
         Log.Logger = Logging.ConsoleAndFile(Path.Combine(run.Root, "logs", logName));
         bool resumed = run.AdoptConfig(merged, Log.Logger);
-        Log.Information("moce {Command} in {Run} ({Mode})", cli.Command, run.Root, resumed ? "resuming" : "new run");
+        Log.Information("moce {Command} in {Run} ({Mode})", request.Command, run.Root, resumed ? "resuming" : "new run");
         Log.Debug("Resolved configuration:\n{Config}", ConfigLoader.Render(merged));
         Log.Information("Configuration written to {Path}", run.ConfigPath);
 
@@ -45,6 +47,6 @@ public sealed class Session
         var upstream = config.FromRun.Length == 0 ? run : new RunDirectory(config.FromRun);
         if (config.FromRun.Length > 0) Log.Information("Pre-training and clustering from run {Run}", upstream.Root);
         Log.Information("torch {Threads} threads on {Device}", torch.get_num_threads(), device);
-        return new Session { Config = config, Run = run, Device = device, Data = new DataSources(config.Data, config.Model, config.Seed), Upstream = upstream, Resumed = resumed };
+        return new Session { Request = request, Config = config, Run = run, Device = device, Data = new DataSources(config.Data, config.Model, config.Seed), Upstream = upstream, Resumed = resumed };
     }
 }

@@ -1,7 +1,7 @@
 using Akka.Configuration;
 using MoCE.Core.Config;
 
-namespace MoCE.Cli.Configuration;
+namespace MoCE.Runs.Configuration;
 
 /// <summary>Builds a run's configuration in layers, each overriding the ones before:
 /// <c>hocon/moce.conf</c> (every default), a preset (<c>hocon/NAME.conf</c>), <c>--config</c> files, then

@@ -1,4 +1,4 @@
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Clustering;
 using MoCE.Core.Config;
@@ -9,7 +9,7 @@ using MoCE.Core.Training;
 using Serilog;
 using TorchSharp;
 
-namespace MoCE.Cli.Commands;
+namespace MoCE.Runs;
 
 /// <summary>The products of earlier phases of a run, loaded with their provenance checked.</summary>
 public static class Artifacts

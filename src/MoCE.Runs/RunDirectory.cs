@@ -1,9 +1,9 @@
 using Akka.Configuration;
-using MoCE.Cli.Configuration;
+using MoCE.Runs.Configuration;
 using MoCE.Core.Config;
 using Serilog;
 
-namespace MoCE.Cli;
+namespace MoCE.Runs;
 
 /// <summary>A run directory holds everything of one run: config.conf (the resolved config it was started with),
 /// logs/, and one folder per phase (pretrain/: checkpoints, metrics.csv, summary.json). Running a command again

@@ -7,7 +7,7 @@ using MoCE.Core.Training;
 using Serilog;
 using static TorchSharp.torch;
 
-namespace MoCE.Cli.Commands;
+namespace MoCE.Runs;
 
 /// <summary>One task's images: training and test indices into its dataset's splits, labels relabelled 0..n−1.</summary>
 public sealed record TaskImages(TaskConfig Task, List<int> Train, long[] TrainY, List<int> Test, long[] TestY);
