@@ -18,11 +18,15 @@ namespace MoCE.Actors;
 /// singleton, with the trainer, router and teacher) and <c>experts</c> (hosts experts on its devices).</summary>
 /// <param name="Seeds">"host:port" of the seed nodes; a node that lists itself first starts the cluster.</param>
 /// <param name="MinExpertNodes">Expert nodes the supervisor waits for before it places the experts.</param>
-/// <param name="TlsCertificate">PKCS#12 file of the cluster's certificate (with its private key): remoting runs over
-/// mutual TLS and a peer must present this very certificate; null or empty: plain TCP. Its password comes from
+/// <param name="TlsCertificate">PKCS#12 file of this node's (or tool's) certificate with its private key, issued by the
+/// cluster CA (<c>moce cert issue</c>): remoting runs over mutual TLS; null or empty: plain TCP. Its password comes from
 /// $MOCE_TLS_PASSWORD.</param>
+/// <param name="TlsCa">The cluster CA's certificate (PEM, <c>moce cert init</c>): a peer is accepted when its certificate
+/// chains to it (<see cref="Security.ClusterTrust"/>). Required with a certificate.</param>
+/// <param name="TlsRevoked">Serial numbers of revoked certificates: refused though they chain to the CA.</param>
 public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int Port, IReadOnlyList<string> Seeds,
-                                 IReadOnlyList<string> Devices, int MinExpertNodes, int OwnerThreads, string? TlsCertificate = null)
+                                 IReadOnlyList<string> Devices, int MinExpertNodes, int OwnerThreads, string? TlsCertificate = null,
+                                 string? TlsCa = null, IReadOnlyList<string>? TlsRevoked = null)
 {
     /// <summary>Where the certificate file's password comes from (never the configuration: that is logged and copied).</summary>
     public const string TlsPasswordVariable = "MOCE_TLS_PASSWORD";
@@ -39,8 +43,20 @@ public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int P
         foreach (var s in Seeds) _ = SeedAddress(s);
         if (MinExpertNodes < 1) throw new ConfigException("moce.node.min-expert-nodes", "must be ≥ 1");
         if (Experts) _ = new NodeResources(Devices, OwnerThreads, ChaosPlan.None, new EngineThreads()).Validated();
-        if (!string.IsNullOrEmpty(TlsCertificate)) LoadCertificate().Dispose();
+        if (!string.IsNullOrEmpty(TlsCertificate)) { using var c = LoadCertificate(); _ = Trust(c); }
         return this;
+    }
+
+    /// <summary>The cluster's trust (CA and revocation list), after checking that this node's own certificate passes it:
+    /// a node the others would refuse fails at its start with the reason, not later with a silent handshake failure.</summary>
+    public Security.ClusterTrust Trust(X509Certificate2 own)
+    {
+        if (string.IsNullOrEmpty(TlsCa))
+            throw new ConfigException("moce.node.tls-ca", "is empty: with a certificate (moce.node.tls-certificate) name the cluster CA's certificate (moce cert init writes ca.crt)");
+        var trust = new Security.ClusterTrust(Security.ClusterCertificates.LoadPublic("moce.node.tls-ca", TlsCa), TlsRevoked ?? []);
+        var v = trust.Check(own);
+        if (!v.Accepted) throw new ConfigException("moce.node.tls-certificate", $"'{TlsCertificate}' ({v.Identity}) {v.Reason}: the cluster's nodes would refuse it");
+        return trust;
     }
 
     /// <summary>The cluster's certificate with its private key, or a clear error naming the key.</summary>
@@ -90,15 +106,15 @@ public static class ClusterNode
 
     /// <summary>The node's actor system. With a TLS certificate, remoting is mutual TLS (Akka.Remote's DotNetty transport,
     /// require-mutual-authentication): both ends of every connection present a certificate and prove they hold its
-    /// private key, and each accepts the other's only if it is the cluster's certificate (pinned by thumbprint;
-    /// the chain and the host name are not checked: the pin is stronger for one shared, self-signed certificate).
-    /// A node without it fails the handshake, so it can neither join nor send a message.</summary>
+    /// private key, and each accepts the other's only if it chains to the cluster CA, names a role and is not revoked
+    /// (<see cref="Security.ClusterTrust"/>; host names are not checked). A peer without such a certificate fails the
+    /// handshake, so it can neither join nor send a message; each refusal is logged with the peer's identity.</summary>
     public static ActorSystem CreateSystem(NodeOptions o, Config config)
     {
         if (string.IsNullOrEmpty(o.TlsCertificate)) return ActorSystem.Create(SystemName, config);
         var cert = o.LoadCertificate();
         var tls = new DotNettySslSetup(cert, suppressValidation: false, requireMutualAuthentication: true, validateCertificateHostname: false,
-                                       CertificateValidation.PinnedCertificate(cert.Thumbprint));
+                                       o.Trust(cert).Callback());
         var withTls = ConfigurationFactory.ParseString("akka.remote.dot-netty.tcp.enable-ssl = true").WithFallback(config);
         return ActorSystem.Create(SystemName, BootstrapSetup.Create().WithConfig(withTls).And(tls));
     }

@@ -85,14 +85,16 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
         ];
         System.CommandLine.Option[] Client() =>
         [
-            Opt("--seeds", "HOST:PORT,... of the cluster's nodes (required)"), Opt("--tls-certificate", "the cluster's PKCS#12 certificate; its password in $MOCE_TLS_PASSWORD"),
+            Opt("--seeds", "HOST:PORT,... of the cluster's nodes (required)"), Opt("--tls-certificate", "this tool's PKCS#12 certificate from the cluster CA; its password in $MOCE_TLS_PASSWORD"),
+            Opt("--tls-ca", "the cluster CA's certificate (ca.crt)"),
             Opt("--host", "this process's address as the cluster sees it (default 127.0.0.1)"),
         ];
         System.CommandLine.Option[] NodeFlags() =>
         [
             Opt("--roles", "coordinator, experts, or coordinator,experts"), Opt("--host", "the address other nodes reach this one at"),
             Opt("--port", "the remoting port"), Opt("--seeds", "HOST:PORT,... of the seed nodes"), Opt("--devices", "devices for experts, e.g. cpu,cuda:0"),
-            Opt("--min-expert-nodes", "expert nodes to wait for before placing experts"), Opt("--tls-certificate", "the cluster's PKCS#12 certificate (mutual TLS); password in $MOCE_TLS_PASSWORD"),
+            Opt("--min-expert-nodes", "expert nodes to wait for before placing experts"), Opt("--tls-certificate", "this node's PKCS#12 certificate from the cluster CA (mutual TLS); password in $MOCE_TLS_PASSWORD"),
+            Opt("--tls-ca", "the cluster CA's certificate (ca.crt)"),
             Opt("--metrics-port", "serve Prometheus metrics on this port"), Opt("--method", "moce | token-moe (a coordinator's run)"),
             Opt("--chaos", "inject the faults of a chaos schedule (hocon/chaos/*.conf); in a cluster, given to the coordinators"),
         ];
@@ -146,6 +148,12 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
             Cmd("add", "add experts while the run trains, each split from the busiest; answers once they train",
                 [.. Common(), .. Client(), Opt("--count", "how many (default 1)"), Opt("--node", "HOST:PORT of the expert node to run them (default: the placement policy)"),
                  Opt("--at-step", "the step boundary to add them at (default: the next one)")])));
+        root.Subcommands.Add(Cmd("cert", "the cluster's certificate authority and the node and operator certificates it issues (mutual TLS); keys under $MOCE_TLS_PASSWORD",
+            Cmd("init", "make the cluster CA: DIR/ca.pfx (its key) and DIR/ca.crt (for moce.node.tls-ca)",
+                Opt("--out", "the CA's directory (required)"), Opt("--name", "the CA's name (default moce-cluster-ca)"), Opt("--days", "validity (default 365)")),
+            Cmd("issue", "issue a certificate signed by the CA: a node's (to join) or an operator's (to steer a run)",
+                Opt("--ca", "the CA's directory (required)"), Opt("--name", "the holder's name, e.g. the node's host (required)"),
+                Opt("--role", "node | operator (required)"), Opt("--days", "validity (default 365, at most the CA's)"), Opt("--out", "the PKCS#12 file to write (required)"))));
         root.Subcommands.Add(Cmd("chaos", "failure research",
             Cmd("compare", "one chaos schedule under each recovery policy against the run without faults (after pretrain and cluster)",
                 [.. Common(), Opt("--chaos", "the schedule (required)"), Opt("--straggler-timeout", "ms for the straggler-timeout policy (default 200)")])));

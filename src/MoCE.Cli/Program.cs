@@ -59,6 +59,7 @@ try
         "status" => StatusCommand.Run(cli),
         "report" => ReportCommand.Run(cli),
         "chaos" => ChaosCommand.Run(cli, cts.Token),
+        "cert" => CertCommand.Run(cli),
         "bench-recovery" => RecoveryBenchCommand.Run(cli),
         "bench" => BenchCommand.Run(cli),
         "bench-data" => DataBenchCommand.Run(cli),

@@ -13,7 +13,7 @@ namespace MoCE.Cli.Commands;
 public static class NodeCommand
 {
     /// <summary>The options `moce node` takes (besides --preset, --config, -o and --run).</summary>
-    public static readonly string[] Flags = ["roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "metrics-port", "method", "chaos"];
+    public static readonly string[] Flags = ["roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "tls-ca", "metrics-port", "method", "chaos"];
 
     public static int Run(CliArgs cli, CancellationToken ct)
     {
@@ -44,7 +44,7 @@ public static class NodeCommand
     /// <summary>moce node drain HOST:PORT: asks the supervisor, as a cluster client, to move that node's experts away.</summary>
     private static int Drain(CliArgs cli, string address, CancellationToken ct)
     {
-        cli.RejectFlagsExcept("seeds", "tls-certificate", "host");
+        cli.RejectFlagsExcept("seeds", "tls-certificate", "tls-ca", "host");
         Serilog.Log.Logger = Logging.StandardError();
         var config = ExpertsCommand.ClientConfig(cli);
         var node = address.Contains("://", StringComparison.Ordinal) ? address
@@ -75,6 +75,7 @@ public static class NodeCommand
                 case "seeds": yield return $"moce.node.seed-nodes={List(value)}"; break;
                 case "devices": yield return $"moce.node.devices={List(value)}"; break;
                 case "tls-certificate": yield return $"moce.node.tls-certificate={System.Text.Json.JsonSerializer.Serialize(Path.GetFullPath(value))}"; break;
+                case "tls-ca": yield return $"moce.node.tls-ca={System.Text.Json.JsonSerializer.Serialize(Path.GetFullPath(value))}"; break;
                 case "metrics-port": yield return $"moce.metrics.port={cli.FlagInt("metrics-port", 0)}"; break;
                 case "host": yield return $"moce.node.host={System.Text.Json.JsonSerializer.Serialize(value)}"; break;
                 case "port": yield return $"moce.node.port={cli.FlagInt("port", 0)}"; break;
