@@ -24,9 +24,10 @@ namespace MoCE.Actors;
 /// <param name="TlsCa">The cluster CA's certificate (PEM, <c>moce cert init</c>): a peer is accepted when its certificate
 /// chains to it (<see cref="Security.ClusterTrust"/>). Required with a certificate.</param>
 /// <param name="TlsRevoked">Serial numbers of revoked certificates: refused though they chain to the CA.</param>
+/// <param name="ChaosKill">An experts node obeys a chaos schedule's kill-node (KillNode ends the process); off, it refuses it.</param>
 public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int Port, IReadOnlyList<string> Seeds,
                                  IReadOnlyList<string> Devices, int MinExpertNodes, int OwnerThreads, string? TlsCertificate = null,
-                                 string? TlsCa = null, IReadOnlyList<string>? TlsRevoked = null)
+                                 string? TlsCa = null, IReadOnlyList<string>? TlsRevoked = null, bool ChaosKill = false)
 {
     /// <summary>Where the certificate file's password comes from (never the configuration: that is logged and copied).</summary>
     public const string TlsPasswordVariable = "MOCE_TLS_PASSWORD";
@@ -194,7 +195,7 @@ public static class ClusterNode
         {
             _ = ClusterClientReceptionist.Get(system);                           // every node answers cluster clients
             if (o.Experts)
-                system.ActorOf(ExpertHostActor.Props(new NodeResources(o.Devices, o.OwnerThreads, chaos ?? ChaosPlan.None, threads)), ExpertHostActor.Name);
+                system.ActorOf(ExpertHostActor.Props(new NodeResources(o.Devices, o.OwnerThreads, chaos ?? ChaosPlan.None, threads, o.ChaosKill)), ExpertHostActor.Name);
             var cluster = Cluster.Get(system);
             cluster.JoinSeedNodes(o.SeedAddresses);     // after the host exists: the supervisor asks it when we are Up
             log.Information("Node {Address} with roles [{Roles}] joining [{Seeds}]{Devices}; remoting over {Transport}", cluster.SelfAddress, string.Join(", ", o.Roles),

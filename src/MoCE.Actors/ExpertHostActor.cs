@@ -10,7 +10,7 @@ namespace MoCE.Actors;
 
 /// <summary>What a node gives the experts it hosts: its devices (each expert claims the least used one), their
 /// threads, and the process's fault plan.</summary>
-public sealed record NodeResources(IReadOnlyList<string> Devices, int OwnerThreads, ChaosPlan Chaos, EngineThreads Threads)
+public sealed record NodeResources(IReadOnlyList<string> Devices, int OwnerThreads, ChaosPlan Chaos, EngineThreads Threads, bool AcceptKill = false)
 {
     /// <summary>Checks every device name now, so that a node with a bad device list fails at start, not at placement.</summary>
     public NodeResources Validated()
@@ -59,7 +59,14 @@ public sealed class ExpertHostActor : ReceiveActor
         });
         Receive<KillNode>(m =>
         {
-            // a chaos schedule's node kill: the process dies as under SIGKILL, with no leaving and no flush
+            // a chaos schedule's node kill, only where this node was started to allow it (moce.node.chaos-kill): any peer
+            // could send it, and it ends the process
+            if (!resources.AcceptKill)
+            {
+                log.Warning("Refused KillNode (step {0}) from {1}: this node does not accept a chaos schedule's kill (moce.node.chaos-kill = false)", m.Step, Sender.Path.Address);
+                return;
+            }
+            // the process dies as under SIGKILL, with no leaving and no flush
             log.Warning("Chaos: this node is killed at step {0}", m.Step);
             System.Diagnostics.Process.GetCurrentProcess().Kill();
         });

@@ -67,4 +67,38 @@ public class ExpertHostTests(MoceFixture fx) : IClassFixture<MoceFixture>
         var after = (await expert.Ask<CheckpointWritten>(new Checkpoint(2, G), Timeout)).Ref;
         Assert.Equal(before + 1, Steps(after));
     });
+
+    /// <summary>KillNode ends the process only on a node started to obey a chaos schedule's kill (moce.node.chaos-kill);
+    /// elsewhere it is refused with a warning naming the sender, and the host goes on answering. (Were it obeyed here,
+    /// the test process itself would die: the test run fails loudly.)</summary>
+    [Fact]
+    public async Task A_kill_sent_to_a_host_that_does_not_accept_one_is_refused_and_logged()
+    {
+        var threads = new EngineThreads();
+        using var system = ActorSystem.Create("host-kill", ActorEngine.AkkaConfig());
+        var logs = new List<string>();
+        var listener = system.ActorOf(Props.Create(() => new Listener(logs)));
+        system.EventStream.Subscribe(listener, typeof(Akka.Event.Warning));
+        try
+        {
+            var host = system.ActorOf(ExpertHostActor.Props(new NodeResources(["cpu"], 1, ChaosPlan.None, threads)), ExpertHostActor.Name);
+            host.Tell(new KillNode(7));
+            var info = await host.Ask<HostInfo>(new GetHostInfo(8), Timeout);
+            Assert.Equal(8, info.Step);
+            var end = DateTime.UtcNow + Timeout;
+            while (DateTime.UtcNow < end && !Refused()) await Task.Delay(50);
+            Assert.True(Refused(), "the refusal is logged: " + string.Join("\n", logs));
+        }
+        finally
+        {
+            await system.Terminate().WaitAsync(TimeSpan.FromSeconds(30));
+            threads.JoinAll(TimeSpan.FromSeconds(30));
+        }
+        bool Refused() { lock (logs) return logs.Any(l => l.Contains("Refused KillNode (step 7)", StringComparison.Ordinal) && l.Contains("moce.node.chaos-kill", StringComparison.Ordinal)); }
+    }
+
+    private sealed class Listener : ReceiveActor
+    {
+        public Listener(List<string> logs) => Receive<Akka.Event.Warning>(e => { lock (logs) logs.Add(e.ToString()); });
+    }
 }

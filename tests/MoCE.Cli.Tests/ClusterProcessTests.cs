@@ -400,7 +400,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
             "chaos { events = [\n" +
             $"  {{ kind = kill-node, node = \"127.0.0.1:{ports[2]}\", step = 40 }}\n" +
             "  { kind = fail, owner = router, step = 70 }\n" +
-            "] }\n");
+            "] }\n", ["-o", "node.chaos-kill=true"]);                  // the expert nodes obey a schedule's kill
         var killed = c.C1.WaitFor(@"Chaos at step (\d+): \S+ kill-node", RunTimeout);
         Assert.True(c.X1.WaitForExit(LeaveTimeout) != 0, c.X1.Tail);   // SIGKILL: no clean exit
         c.C1.WaitFor(@"Owner (\S+) failed at step \d+: lost with its node", RunTimeout);

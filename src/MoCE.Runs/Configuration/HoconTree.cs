@@ -67,8 +67,10 @@ public sealed class HoconTree(Config config)
     }
 
     /// <summary>HOCON's <c>[]</c>: Akka's parser gives a value holding one empty array, which it calls neither an array
-    /// nor a string ("&lt;&lt;unknown value&gt;&gt;").</summary>
-    private static bool IsEmptyList(HoconValue v) => v.Values is [{ } only] && only.IsArray() && only.GetArray().Count == 0;
+    /// nor a string ("&lt;&lt;unknown value&gt;&gt;"); followed by a comment on its line, the array and the blanks before
+    /// the comment.</summary>
+    private static bool IsEmptyList(HoconValue v) =>
+        v.Values.Where(x => !(x.IsString() && string.IsNullOrWhiteSpace(x.GetString()))).ToList() is [{ } only] && only.IsArray() && only.GetArray().Count == 0;
 
     private T Parse<T>(string key, string what, Func<string, T?> parse) where T : struct
     {
