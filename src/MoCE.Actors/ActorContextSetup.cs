@@ -86,6 +86,10 @@ public sealed record ActorContextSetup
         };
     }
 
+    /// <summary>Who may steer the run (drain, add, stop): with TLS, the cluster's trust and a signature window
+    /// (<see cref="Security.ControlAuthorizer"/>); null (plain TCP, one process): whoever reaches the supervisor.</summary>
+    public Security.ControlAuthorizer? Control { get; init; }
+
     /// <summary>How the supervisor interrupts the trainer's step when an expert is lost with its node.</summary>
     public StepCancellation Cancellation { get; init; } = new();
 

@@ -71,6 +71,25 @@ public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int P
         return cert;
     }
 
+    /// <summary>How far a control command's signing time may be from the supervisor's clock (and how long its signature is
+    /// remembered against a replay).</summary>
+    public static readonly TimeSpan ControlWindow = TimeSpan.FromMinutes(5);
+
+    /// <summary>With TLS, a control command signed with this node's or tool's certificate; anything else as it is.</summary>
+    public object SignedIfTls(object message)
+    {
+        if (string.IsNullOrEmpty(TlsCertificate) || message is not Security.IControlCommand c) return message;
+        using var cert = LoadCertificate();
+        return Security.ControlSigning.Sign(c, cert, DateTimeOffset.UtcNow);
+    }
+
+    /// <summary>The supervisor's check of control commands under this node's trust.</summary>
+    public Security.ControlAuthorizer ControlAuthorizer()
+    {
+        using var cert = LoadCertificate();
+        return new Security.ControlAuthorizer(Trust(cert), ControlWindow);
+    }
+
     /// <summary>The seed addresses: akka.tcp, or akka.ssl.tcp with TLS.</summary>
     public IEnumerable<Address> SeedAddresses => Seeds.Select(s => SeedAddress(s, !string.IsNullOrEmpty(TlsCertificate)));
 
@@ -161,6 +180,7 @@ public static class ClusterNode
         using var system = CreateSystem(o, clientConfig);
         try
         {
+            query = o.SignedIfTls(query);
             var contacts = o.SeedAddresses.Select(a => ActorPath.Parse($"{a}/system/receptionist")).ToImmutableHashSet();
             var settings = ClusterClientSettings.Create(system).WithInitialContacts(contacts);
             var client = system.ActorOf(ClusterClient.Props(settings), "client");
@@ -218,8 +238,9 @@ public static class ClusterNode
                 }
                 return null;
             }
+            var setup = string.IsNullOrEmpty(o.TlsCertificate) ? run.Setup : run.Setup with { Control = o.ControlAuthorizer() };
             system.ActorOf(ClusterSingletonManager.Props(
-                SupervisorActor.Restartable(run.Setup, run.Hooks, run.CheckpointEvery, run.Keep, o.MinExpertNodes),
+                SupervisorActor.Restartable(setup, run.Hooks, run.CheckpointEvery, run.Keep, o.MinExpertNodes),
                 PoisonPill.Instance, ClusterSingletonManagerSettings.Create(system).WithRole(NodeRoles.Coordinator)), RunManager);
             var supervisor = system.ActorOf(ClusterSingletonProxy.Props($"/user/{RunManager}",
                 ClusterSingletonProxySettings.Create(system).WithRole(NodeRoles.Coordinator)), RunManager + "-proxy");
@@ -228,7 +249,7 @@ public static class ClusterNode
             var done = new TaskCompletionSource<RunFinished>(TaskCreationOptions.RunContinuationsAsynchronously);
             system.ActorOf(RunClientActor.Props(supervisor, run.Until, TimeSpan.FromSeconds(2), done), "run-client");
             started?.Invoke(new NodeStarted(system, supervisor));
-            using var reg = ct.Register(() => supervisor.Tell(new SupervisorActor.StopAndCommit(), ActorRefs.NoSender));
+            using var reg = ct.Register(() => supervisor.Tell(o.SignedIfTls(new SupervisorActor.StopAndCommit()), ActorRefs.NoSender));
             if (Task.WaitAny(done.Task, removed) == 1) throw new InvalidOperationException("this node was removed from the cluster before the run finished");
             return done.Task.GetAwaiter().GetResult();
         }

@@ -26,8 +26,14 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     /// <summary>Command: train until step <c>Until</c> (exclusive); the sender gets <see cref="RunFinished"/> (or the
     /// failure). Idempotent: every coordinator node sends it (again after a failover), and each is told the end.</summary>
     public sealed record Start(long Until);
-    /// <summary>Command from the engine (Ctrl-C): commit a checkpoint at the current step and finish.</summary>
-    public sealed record StopAndCommit;
+    /// <summary>Commit at the next step boundary and stop (Ctrl-C or SIGTERM of a coordinator, or an operator).</summary>
+    public sealed record StopAndCommit : Security.IControlCommand
+    {
+        public Security.CommandSignature By { get; init; } = Security.CommandSignature.None;
+        public string Canonical => "stop-and-commit";
+        public IReadOnlyList<Security.PeerRole> Roles => [Security.PeerRole.Operator, Security.PeerRole.Node];
+        public Security.IControlCommand SignedWith(Security.CommandSignature by) => this with { By = by };
+    }
 
     private sealed record CutDone(long Step, int Generation, CheckpointRef[] Refs);
     private sealed record RestoreDone(CheckpointCommitted Target, int Generation);
@@ -139,7 +145,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         Command<ChaosFired>(e => Persist(e, ChaosJournaled));
         Command<Start>(HandleStart);
-        Command<StopAndCommit>(_ => run.StopRequested = true);
+        Command<StopAndCommit>(m => { if (Authorized(m)) run.StopRequested = true; });
         Command<HostInfo>(HandleHostInfo);
         Command<ExpertHosted>(m =>
         {
@@ -159,12 +165,14 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Command<ExpertRecovered>(m => { if (run.Recovered(m.Expert, m.Step) && phase == Phase.Waiting) { Timers.Cancel("recovery-wait"); Next(); } });
         Command<DrainNode>(m =>
         {
-            if (run.Drain(m.Node, Sender, Running, Hosts.HostNodes) is { } why) Sender.Tell(new NodeDrained(run.Step, m.Node, [], why));
+            if (!Authorized(m, out var refused)) Sender.Tell(new NodeDrained(run.Step, m.Node, [], refused));
+            else if (run.Drain(m.Node, Sender, Running, Hosts.HostNodes) is { } why) Sender.Tell(new NodeDrained(run.Step, m.Node, [], why));
             else log.Warning("Draining {0}: at the next step boundary, commit and move its experts (now [{1}])", m.Node, string.Join(",", Hosts.On(m.Node)));
         });
         Command<AddExperts>(m =>
         {
-            if (run.AddExperts(m, Sender, started, phase == Phase.Finished, Hosts.HostNodes) is { } why) Sender.Tell(new ExpertsAddedReply(run.Step, [], [], why));
+            if (!Authorized(m, out var refused)) Sender.Tell(new ExpertsAddedReply(run.Step, [], [], refused));
+            else if (run.AddExperts(m, Sender, started, phase == Phase.Finished, Hosts.HostNodes) is { } why) Sender.Tell(new ExpertsAddedReply(run.Step, [], [], why));
             else log.Warning("Adding {0} expert(s) {1}{2}", m.Count, m.AtStep < 0 ? "at the next step boundary" : $"at step {m.AtStep}", m.Node.Length > 0 ? $" on {m.Node}" : "");
         });
         Command<MalformedFrame>(m => log.Error(m.Failure(Sender).Message));          // a request that did not parse: nothing to do
@@ -175,6 +183,21 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Command<StepCompleted>(_ => { }); Command<StepFailed>(_ => { }); Command<ExpertsSlow>(_ => { }); Command<CutDone>(_ => { });
         Command<RestoreDone>(_ => { }); Command<RestoreAfterBackoff>(_ => { }); Command<RecoveryWaitTimedOut>(_ => { });
         Command<Grown>(_ => { }); Command<GrowFailed>(_ => { });
+    }
+
+    /// <summary>With TLS (<see cref="ActorContextSetup.Control"/>), a control command is obeyed only when an allowed role
+    /// signed it; each refusal is a warning with the sender's address and identity, and the run goes on untouched.</summary>
+    private bool Authorized(Security.IControlCommand m) => Authorized(m, out _);
+
+    private bool Authorized(Security.IControlCommand m, out string refused)
+    {
+        refused = "";
+        if (setup.Control is null) return true;
+        var v = setup.Control.Check(m, DateTimeOffset.UtcNow);
+        if (v.Accepted) return true;
+        refused = $"refused: {v.Identity} {v.Reason}";
+        log.Warning("Refused {0} from {1}: {2} {3}", m.GetType().Name, Sender.Path.Address, v.Identity, v.Reason);
+        return false;
     }
 
     // ---- owners --------------------------------------------------------------------------------------------------

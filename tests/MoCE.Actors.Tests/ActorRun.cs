@@ -28,6 +28,9 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     /// <summary>Each completed step's routing: tokens per (block, expert).</summary>
     public SortedDictionary<long, IReadOnlyList<ExpertStat>> Routing { get; } = [];
 
+    /// <summary>The supervisor's check of control commands (what a TLS cluster sets); null: none.</summary>
+    public Security.ControlAuthorizer? Control { get; init; }
+
     public ActorContextSetup Setup(ChaosPlan? chaos = null, RecoveryPolicy policy = RecoveryPolicy.GlobalRollback, RestartBackoff? backoff = null)
     {
         using var dense = fx.Dense();
@@ -40,6 +43,7 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
             AskTimeout = AskTimeout,
             StragglerTimeout = StragglerTimeout,
             StragglerSitOut = StragglerSitOut,
+            Control = Control,
         };
     }
 

@@ -121,8 +121,14 @@ public sealed class WireTests : IDisposable
             new ExpertsAdded(60, 3, [1, 1], "", new CheckpointCommitted(60, [r, r with { Owner = "expert-3" }])),
             new DrainNode(-1, "akka.tcp://moce@127.0.0.1:4553"), new NodeDrained(50, "akka.tcp://moce@127.0.0.1:4553", [0, 2], ""),
             new ExpertsStatus(40, 30, [new ExpertInfo(0, "akka.tcp://moce@127.0.0.1:4553", "cpu", 512, "up"), new ExpertInfo(1, "", "", 0, "placing")]),
+            // signed control commands (the signature's bytes are not checked here, only carried)
+            new DrainNode(-1, "akka.ssl.tcp://moce@10.0.0.2:4553") { By = Signature },
+            new AddExperts(-1, 1, "", -1) { By = Signature }, new SupervisorActor.StopAndCommit { By = Signature },
         ];
     }
+
+    private static readonly MoCE.Actors.Security.CommandSignature Signature =
+        new(Convert.ToBase64String(new byte[400]), 1_790_000_000_000, Convert.ToBase64String([1, 2, 3, 250]));
 
     /// <summary>Records compare by value, but tensors by reference: compare tensor properties by their elements.</summary>
     private static void AssertSame(object expected, object actual)
@@ -190,7 +196,11 @@ public sealed class WireTests : IDisposable
             var v = m.GetType().GetProperty(p.Name!, System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.IgnoreCase)!.GetValue(m);
             return v is Tensor t ? t.clone() : v;
         }).ToArray();
-        return ctor.Invoke(args);
+        var copy = ctor.Invoke(args);
+        var positional = ctor.GetParameters().Select(p => p.Name!).ToHashSet(StringComparer.OrdinalIgnoreCase);
+        foreach (var p in m.GetType().GetProperties().Where(p => p.CanWrite && !positional.Contains(p.Name)))   // init-only members (a signature)
+            p.SetValue(copy, p.GetValue(m));
+        return copy;
     }
 
     [Fact]

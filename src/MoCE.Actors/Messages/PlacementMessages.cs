@@ -46,7 +46,13 @@ public sealed record ExpertsStatus(long Step, long CommittedStep, IReadOnlyList<
 
 /// <summary>Command (from `moce node drain`): move every expert off Node with nothing lost (commit at the current step,
 /// create them on other nodes, every owner restores that commit), then have the node leave the cluster.</summary>
-public sealed record DrainNode(long Step, string Node) : IStepMessage;
+public sealed record DrainNode(long Step, string Node) : IStepMessage, Security.IControlCommand
+{
+    public Security.CommandSignature By { get; init; } = Security.CommandSignature.None;
+    public string Canonical => $"drain-node/{Node}";
+    public IReadOnlyList<Security.PeerRole> Roles => [Security.PeerRole.Operator];
+    public Security.IControlCommand SignedWith(Security.CommandSignature by) => this with { By = by };
+}
 /// <summary>Node is drained: its experts (Moved) now run elsewhere from the commit of Step, and it was asked to leave.
 /// Error: why it could not be drained (then nothing moved).</summary>
 public sealed record NodeDrained(long Step, string Node, IReadOnlyList<int> Moved, string Error) : IStepMessage;
@@ -62,6 +68,12 @@ public sealed record KillNode(long Step) : IStepMessage;
 /// <summary>Command (from `moce experts add`): add Count experts at the step boundary AtStep (−1: the next one), each
 /// split from the busiest expert, on Node ("": where the placement policy puts them). The add commits, so nothing
 /// before it is lost and nothing after it forgets it.</summary>
-public sealed record AddExperts(long Step, int Count, string Node, long AtStep) : IStepMessage;
+public sealed record AddExperts(long Step, int Count, string Node, long AtStep) : IStepMessage, Security.IControlCommand
+{
+    public Security.CommandSignature By { get; init; } = Security.CommandSignature.None;
+    public string Canonical => $"add-experts/{Count}/{Node}/{AtStep}";
+    public IReadOnlyList<Security.PeerRole> Roles => [Security.PeerRole.Operator];
+    public Security.IControlCommand SignedWith(Security.CommandSignature by) => this with { By = by };
+}
 /// <summary>The answer: experts Added (split from Sources) run from the commit of Step; Error: why nothing was added.</summary>
 public sealed record ExpertsAddedReply(long Step, IReadOnlyList<int> Added, IReadOnlyList<int> Sources, string Error) : IStepMessage;

@@ -1,4 +1,4 @@
-using System.Net.Security;
+using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Akka.Event;
 using Akka.Remote.Transport.DotNetty;
@@ -17,7 +17,14 @@ public sealed class ClusterTrust(X509Certificate2 ca, IEnumerable<string> revoke
     /// <summary>The decision on one certificate, and the identity it names (for the log).</summary>
     public sealed record Verdict(bool Accepted, string Identity, PeerRole? Role, string Reason);
 
+    /// <summary>A certificate that does not parse (a damaged or crafted one from the wire) is refused, never thrown.</summary>
     public Verdict Check(X509Certificate2 cert)
+    {
+        try { return CheckParsed(cert); }
+        catch (CryptographicException e) { return new Verdict(false, "(malformed certificate)", null, $"is not a well-formed certificate: {e.Message}"); }
+    }
+
+    private Verdict CheckParsed(X509Certificate2 cert)
     {
         var role = ClusterCertificates.RoleOf(cert);
         string identity = $"{ClusterCertificates.NameOf(cert)} ({(role is { } r ? ClusterCertificates.RoleUnit(r) : "no role")}, serial {ClusterCertificates.NormalizeSerial(cert.SerialNumber)}, issuer {cert.Issuer})";

@@ -21,8 +21,8 @@ public sealed class WireSerializer : SerializerWithStringManifest
 {
     public const int Id = 4711;
     /// <summary>Body format version written by this build. 2: a commit carries its token window; Apply, Checkpoint and
-    /// GetSquaredGradNorm carry their generation.</summary>
-    public const byte BodyVersion = 2;
+    /// GetSquaredGradNorm carry their generation. 3: DrainNode, AddExperts and StopAndCommit carry their signature.</summary>
+    public const byte BodyVersion = 3;
 
     private delegate object ReadBody(ref WireReader r, byte version);
     private readonly Dictionary<Type, (string manifest, Action<WireWriter, object> write)> writers = [];
@@ -100,7 +100,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
             (ref WireReader r, byte _) => new RunStatusResponse(r.I64(), r.I64(), Recoveries(ref r)));
         Add<RunFinished>((w, m) => { w.I64(m.Step); Recoveries(w, m.Recoveries); }, (ref WireReader r, byte _) => new RunFinished(r.I64(), Recoveries(ref r)));
         Add<SupervisorActor.Start>((w, m) => w.I64(m.Until), (ref WireReader r, byte _) => new SupervisorActor.Start(r.I64()));
-        Add<SupervisorActor.StopAndCommit>((_, _) => { }, (ref WireReader _, byte _) => new SupervisorActor.StopAndCommit());
+        Add<SupervisorActor.StopAndCommit>((w, m) => Sig(w, m.By), (ref WireReader r, byte v) => new SupervisorActor.StopAndCommit { By = Sig(ref r, v) });
 
         // supervisor ↔ expert hosts (placement)
         Add<GetHostInfo>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new GetHostInfo(r.I64()));
@@ -132,12 +132,12 @@ public sealed class WireSerializer : SerializerWithStringManifest
             for (int i = 0; i < experts.Length; i++) experts[i] = new ExpertInfo(r.I32(), r.Str(), r.Str(), r.I64(), r.Str());
             return new ExpertsStatus(step, committed, experts);
         });
-        Add<DrainNode>((w, m) => { w.I64(m.Step); w.Str(m.Node); }, (ref WireReader r, byte _) => new DrainNode(r.I64(), r.Str()));
+        Add<DrainNode>((w, m) => { w.I64(m.Step); w.Str(m.Node); Sig(w, m.By); }, (ref WireReader r, byte v) => new DrainNode(r.I64(), r.Str()) { By = Sig(ref r, v) });
         Add<NodeDrained>((w, m) => { w.I64(m.Step); w.Str(m.Node); IntList(w, m.Moved); w.Str(m.Error); },
             (ref WireReader r, byte _) => new NodeDrained(r.I64(), r.Str(), IntList(ref r), r.Str()));
         Add<StopExpert>((w, m) => { w.I64(m.Step); w.Str(m.RunId); w.I32(m.Expert); }, (ref WireReader r, byte _) => new StopExpert(r.I64(), r.Str(), r.I32()));
-        Add<AddExperts>((w, m) => { w.I64(m.Step); w.I32(m.Count); w.Str(m.Node); w.I64(m.AtStep); },
-            (ref WireReader r, byte _) => new AddExperts(r.I64(), r.I32(), r.Str(), r.I64()));
+        Add<AddExperts>((w, m) => { w.I64(m.Step); w.I32(m.Count); w.Str(m.Node); w.I64(m.AtStep); Sig(w, m.By); },
+            (ref WireReader r, byte v) => new AddExperts(r.I64(), r.I32(), r.Str(), r.I64()) { By = Sig(ref r, v) });
         Add<ExpertsAddedReply>((w, m) => { w.I64(m.Step); IntList(w, m.Added); IntList(w, m.Sources); w.Str(m.Error); },
             (ref WireReader r, byte _) => new ExpertsAddedReply(r.I64(), IntList(ref r), IntList(ref r), r.Str()));
         Add<KillNode>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new KillNode(r.I64()));
@@ -282,6 +282,12 @@ public sealed class WireSerializer : SerializerWithStringManifest
     }
 
     private static bool Bool(ref WireReader r) => r.U8() switch { 0 => false, 1 => true, var b => throw r.Bad($"boolean byte {b}") };
+
+    private static void Sig(WireWriter w, Security.CommandSignature s) { w.Str(s.Certificate); w.I64(s.IssuedAtMs); w.Str(s.Signature); }
+
+    /// <summary>A control command's signature; before version 3 there was none.</summary>
+    private static Security.CommandSignature Sig(ref WireReader r, byte version) =>
+        version < 3 ? Security.CommandSignature.None : new Security.CommandSignature(r.Str(), r.I64(), r.Str());
 
     private static void Strs(WireWriter w, IReadOnlyList<string> list)
     {
