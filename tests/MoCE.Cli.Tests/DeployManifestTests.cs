@@ -26,14 +26,17 @@ public class DeployManifestTests
     private static Dictionary<object, object> Map(object? o) => Assert.IsType<Dictionary<object, object>>(o);
     private static List<string> Strings(object? o) => Assert.IsType<List<object>>(o).Select(x => Assert.IsType<string>(x)).ToList();
 
-    /// <summary>A `moce node ...` argument list, checked as the binary would check it.</summary>
+    /// <summary>A `moce node ...` argument list, checked as the binary would check it, with TLS on: its certificate and
+    /// the CA's are named (they are made at deploy time, so the files themselves are not read here).</summary>
     private static MoceConfig CheckNode(List<string> args)
     {
         Assert.Equal("node", args[0]);
         var cli = CliArgs.Parse([.. args.Select(a => a.Replace("/app/hocon/", Path.Combine(AppContext.BaseDirectory, "hocon") + "/"))]);
         Assert.Empty(cli.Flags.Keys.Except(NodeCommand.Flags));
         var config = NodeCommand.Resolve(cli);
-        config.Node.Validated();
+        Assert.EndsWith(".pfx", config.Node.TlsCertificate);                      // mutual TLS from the start
+        Assert.EndsWith("ca.crt", config.Node.TlsCa);
+        (config.Node with { TlsCertificate = "", TlsCa = "" }).Validated();
         if (config.Node.Coordinator) Assert.NotNull(cli.Run);                   // a coordinator needs the run directory
         return config;
     }
@@ -43,15 +46,27 @@ public class DeployManifestTests
     {
         var compose = Map(Assert.Single(Documents(Deploy("docker-compose.yml"))));
         var services = Map(compose["services"]);
-        Assert.Equal(["coordinator-1", "coordinator-2", "experts-1", "experts-2", "postgres", "prepare", "prometheus"], services.Keys.Cast<string>().Order());
+        Assert.Equal(["certs", "coordinator-1", "coordinator-2", "experts-1", "experts-2", "postgres", "prepare", "prometheus"], services.Keys.Cast<string>().Order());
+        // the certs job makes the CA in its own volume and a certificate per node, under a password with no default
+        var certs = Map(services["certs"]);
+        var script = string.Join(" ", Strings(certs["entrypoint"]));
+        Assert.Contains("cert init --out /ca", script);
+        Assert.Contains("for n in coordinator-1 coordinator-2 experts-1 experts-2; do moce cert issue --ca /ca --name $$n --role node", script);
+        Assert.Contains("ca:/ca", Strings(certs["volumes"]));
         var roles = new Dictionary<string, string>();
         foreach (var name in new[] { "coordinator-1", "coordinator-2", "experts-1", "experts-2" })
         {
             var s = Map(services[name]);
             Assert.Contains("runs:/runs", Strings(s["volumes"]));                     // the shared checkpoint volume
+            Assert.Contains("certs:/certs:ro", Strings(s["volumes"]));                // certificates, not the CA's key
+            Assert.DoesNotContain(Strings(s["volumes"]), v => v.StartsWith("ca:", StringComparison.Ordinal));
+            Assert.StartsWith("${MOCE_TLS_PASSWORD:?", (string)Map(s["environment"])["MOCE_TLS_PASSWORD"]);
             Assert.Contains("MOCE_POSTGRES", Map(s["environment"]).Keys.Cast<string>());
+            Assert.Contains("certs", Map(s["depends_on"]).Keys.Cast<string>());
             var args = Strings(s["command"]);
-            CheckNode(args);
+            var node = CheckNode(args).Node;
+            Assert.Equal($"/certs/{name}.pfx", node.TlsCertificate);
+            Assert.Equal(name, node.Host);                                           // a flag's value as given, not quoted twice
             roles[name] = args[args.IndexOf("--roles") + 1];
         }
         Assert.Equal(["coordinator", "coordinator", "experts", "experts"], roles.Values);
@@ -85,6 +100,9 @@ public class DeployManifestTests
             var container = Map(Assert.IsType<List<object>>(pod["containers"])[0]);
             var config = CheckNode(Strings(container["args"]));
             Assert.Equal("moce-coordinator-0.moce-coordinator:4551", Assert.Single(config.Node.Seeds));
+            Assert.Equal("/tls/$(POD_NAME).pfx", config.Node.TlsCertificate);        // each pod its own certificate, from the Secret
+            Assert.Contains(Assert.IsType<List<object>>(pod["volumes"]).Select(Map), v => v.TryGetValue("secret", out var sec) && (string)Map(sec)["secretName"] == "moce-tls");
+            Assert.Contains(Assert.IsType<List<object>>(container["env"]).Select(Map), e => (string)e["name"] == "MOCE_TLS_PASSWORD");
             Assert.Equal("moce-runs", Map(Map(Assert.IsType<List<object>>(pod["volumes"])[0])["persistentVolumeClaim"])["claimName"]);
         }
     }

@@ -75,9 +75,9 @@ public static class ExpertsCommand
         var overrides = cli.Overrides.ToList();
         if (cli.Flags.TryGetValue("seeds", out var seeds))
             overrides.Add($"moce.node.seed-nodes=[{string.Join(", ", seeds.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(x => JsonSerializer.Serialize(x)))}]");
-        if (cli.Flags.TryGetValue("tls-certificate", out var cert)) overrides.Add($"moce.node.tls-certificate={JsonSerializer.Serialize(Path.GetFullPath(cert))}");
-        if (cli.Flags.TryGetValue("tls-ca", out var ca)) overrides.Add($"moce.node.tls-ca={JsonSerializer.Serialize(Path.GetFullPath(ca))}");
-        if (cli.Flags.TryGetValue("host", out var host)) overrides.Add($"moce.node.host={JsonSerializer.Serialize(host)}");
+        if (cli.Flags.TryGetValue("tls-certificate", out var cert)) overrides.Add($"moce.node.tls-certificate={Path.GetFullPath(cert)}");
+        if (cli.Flags.TryGetValue("tls-ca", out var ca)) overrides.Add($"moce.node.tls-ca={Path.GetFullPath(ca)}");
+        if (cli.Flags.TryGetValue("host", out var host)) overrides.Add($"moce.node.host={host}");
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, overrides));
         return ConfigLoader.Resolve(merged).config;
     }

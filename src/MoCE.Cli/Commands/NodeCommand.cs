@@ -74,10 +74,10 @@ public static class NodeCommand
                 case "roles": yield return $"moce.node.roles={List(value)}"; break;
                 case "seeds": yield return $"moce.node.seed-nodes={List(value)}"; break;
                 case "devices": yield return $"moce.node.devices={List(value)}"; break;
-                case "tls-certificate": yield return $"moce.node.tls-certificate={System.Text.Json.JsonSerializer.Serialize(Path.GetFullPath(value))}"; break;
-                case "tls-ca": yield return $"moce.node.tls-ca={System.Text.Json.JsonSerializer.Serialize(Path.GetFullPath(value))}"; break;
+                case "tls-certificate": yield return $"moce.node.tls-certificate={Path.GetFullPath(value)}"; break;
+                case "tls-ca": yield return $"moce.node.tls-ca={Path.GetFullPath(value)}"; break;
                 case "metrics-port": yield return $"moce.metrics.port={cli.FlagInt("metrics-port", 0)}"; break;
-                case "host": yield return $"moce.node.host={System.Text.Json.JsonSerializer.Serialize(value)}"; break;
+                case "host": yield return $"moce.node.host={value}"; break;
                 case "port": yield return $"moce.node.port={cli.FlagInt("port", 0)}"; break;
                 case "min-expert-nodes": yield return $"moce.node.min-expert-nodes={cli.FlagInt("min-expert-nodes", 1)}"; break;
             }
