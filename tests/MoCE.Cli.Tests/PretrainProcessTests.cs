@@ -19,9 +19,13 @@ public class PretrainProcessTests
     /// ends, not a slow one on a busy machine (these runs take seconds to a minute).</summary>
     public static readonly TimeSpan ProcessTimeout = TimeSpan.FromMinutes(10);
 
-    public static (int code, string output) Moce(params string[] args)
+    public static (int code, string output) Moce(params string[] args) => MoceWith(new Dictionary<string, string>(), args);
+
+    /// <summary><see cref="Moce"/> with environment variables set for the child only.</summary>
+    public static (int code, string output) MoceWith(IReadOnlyDictionary<string, string> env, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var (k, v) in env) psi.Environment[k] = v;
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "moce.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
