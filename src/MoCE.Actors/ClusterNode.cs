@@ -25,9 +25,10 @@ namespace MoCE.Actors;
 /// chains to it (<see cref="Security.ClusterTrust"/>). Required with a certificate.</param>
 /// <param name="TlsRevoked">Serial numbers of revoked certificates: refused though they chain to the CA.</param>
 /// <param name="ChaosKill">An experts node obeys a chaos schedule's kill-node (KillNode ends the process); off, it refuses it.</param>
+/// <param name="Insecure">Plain TCP without a certificate (--insecure): allowed only when asked for, with a warning.</param>
 public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int Port, IReadOnlyList<string> Seeds,
                                  IReadOnlyList<string> Devices, int MinExpertNodes, int OwnerThreads, string? TlsCertificate = null,
-                                 string? TlsCa = null, IReadOnlyList<string>? TlsRevoked = null, bool ChaosKill = false)
+                                 string? TlsCa = null, IReadOnlyList<string>? TlsRevoked = null, bool ChaosKill = false, bool Insecure = false)
 {
     /// <summary>Where the certificate file's password comes from (never the configuration: that is logged and copied).</summary>
     public const string TlsPasswordVariable = "MOCE_TLS_PASSWORD";
@@ -44,8 +45,19 @@ public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int P
         foreach (var s in Seeds) _ = SeedAddress(s);
         if (MinExpertNodes < 1) throw new ConfigException("moce.node.min-expert-nodes", "must be ≥ 1");
         if (Experts) _ = new NodeResources(Devices, OwnerThreads, ChaosPlan.None, new EngineThreads()).Validated();
-        if (!string.IsNullOrEmpty(TlsCertificate)) { using var c = LoadCertificate(); _ = Trust(c); }
+        RequireTransport();
         return this;
+    }
+
+    /// <summary>Mutual TLS with a certificate the cluster's trust accepts, or plain TCP asked for with --insecure; else a
+    /// clear error. Nodes and tools (a cluster client) alike.</summary>
+    public void RequireTransport()
+    {
+        if (!string.IsNullOrEmpty(TlsCertificate)) { using var c = LoadCertificate(); _ = Trust(c); }
+        else if (!Insecure)
+            throw new ConfigException("moce.node.tls-certificate", "is empty: a cluster runs mutual TLS by default. Give this process's certificate and the CA's " +
+                                      "(--tls-certificate NAME.pfx --tls-ca ca.crt; moce cert init and moce cert issue make them), or --insecure for plain TCP " +
+                                      "on a network where every process that reaches the port may join and steer the run");
     }
 
     /// <summary>The cluster's trust (CA and revocation list), after checking that this node's own certificate passes it:
@@ -177,6 +189,7 @@ public static class ClusterNode
             akka.remote.dot-netty.tcp.hostname = "{o.Host}"
             akka.remote.dot-netty.tcp.port = 0
             """).WithFallback(config);
+        o.RequireTransport();
         using var system = CreateSystem(o, clientConfig);
         try
         {
@@ -221,6 +234,8 @@ public static class ClusterNode
             log.Information("Node {Address} with roles [{Roles}] joining [{Seeds}]{Devices}; remoting over {Transport}", cluster.SelfAddress, string.Join(", ", o.Roles),
                 string.Join(", ", o.Seeds), o.Experts ? $"; experts on [{string.Join(", ", o.Devices)}]" : "",
                 string.IsNullOrEmpty(o.TlsCertificate) ? "plain TCP" : $"mutual TLS with the certificate in {o.TlsCertificate}");
+            if (string.IsNullOrEmpty(o.TlsCertificate))
+                log.Warning("Insecure (--insecure): plain TCP, no identities; any process that reaches {Address} can join, drain, add experts or stop the run", cluster.SelfAddress);
             var removed = system.WhenTerminated;                                 // downed: run-coordinated-shutdown-when-down
             if (run is null)
             {

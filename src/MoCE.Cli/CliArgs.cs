@@ -51,7 +51,8 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
         }
         var flags = new Dictionary<string, string>();
         foreach (var o in result.CommandResult.Command.Options.Where(o => o.Name is not ("--preset" or "--config" or "-o" or "--run" or "--help" or "-h")))
-            if (result.GetResult(o) is { Implicit: false } r && r.Tokens.Count > 0) flags[o.Name.TrimStart('-')] = r.Tokens[^1].Value;
+            if (o is System.CommandLine.Option<bool> b) { if (result.GetValue(b)) flags[o.Name.TrimStart('-')] = "true"; }   // a switch: --insecure
+            else if (result.GetResult(o) is { Implicit: false } r && r.Tokens.Count > 0) flags[o.Name.TrimStart('-')] = r.Tokens[^1].Value;
         return new CliArgs(command, result.GetValue<string?>("--preset"), result.GetValue<string[]>("--config") ?? [], result.GetValue<string[]>("-o") ?? [],
                            run, flags) { Positionals = positionals };
     }
@@ -86,15 +87,16 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
         System.CommandLine.Option[] Client() =>
         [
             Opt("--seeds", "HOST:PORT,... of the cluster's nodes (required)"), Opt("--tls-certificate", "this tool's PKCS#12 certificate from the cluster CA; its password in $MOCE_TLS_PASSWORD"),
-            Opt("--tls-ca", "the cluster CA's certificate (ca.crt)"),
+            Opt("--tls-ca", "the cluster CA's certificate (ca.crt)"), Insecure(),
             Opt("--host", "this process's address as the cluster sees it (default 127.0.0.1)"),
         ];
+        System.CommandLine.Option Insecure() => new System.CommandLine.Option<bool>("--insecure") { Description = "plain TCP without certificates: any process that reaches the port can join and steer the run" };
         System.CommandLine.Option[] NodeFlags() =>
         [
             Opt("--roles", "coordinator, experts, or coordinator,experts"), Opt("--host", "the address other nodes reach this one at"),
             Opt("--port", "the remoting port"), Opt("--seeds", "HOST:PORT,... of the seed nodes"), Opt("--devices", "devices for experts, e.g. cpu,cuda:0"),
             Opt("--min-expert-nodes", "expert nodes to wait for before placing experts"), Opt("--tls-certificate", "this node's PKCS#12 certificate from the cluster CA (mutual TLS); password in $MOCE_TLS_PASSWORD"),
-            Opt("--tls-ca", "the cluster CA's certificate (ca.crt)"),
+            Opt("--tls-ca", "the cluster CA's certificate (ca.crt)"), Insecure(),
             Opt("--metrics-port", "serve Prometheus metrics on this port"), Opt("--method", "moce | token-moe (a coordinator's run)"),
             Opt("--chaos", "inject the faults of a chaos schedule (hocon/chaos/*.conf); in a cluster, given to the coordinators"),
         ];

@@ -63,7 +63,7 @@ public class ClusterRestoreTests(SparseBaseline fx, ITestOutputHelper output) : 
     private static ExpertNode StartExperts(Config journal, ChaosPlan chaos, IReadOnlyList<string> seeds, ExpertNode? node = null)
     {
         node ??= new ExpertNode();
-        var o = new NodeOptions([NodeRoles.Experts], "127.0.0.1", node.Port, seeds.Count == 0 ? [node.HostPort] : seeds, ["cpu"], 1, 1);
+        var o = new NodeOptions([NodeRoles.Experts], "127.0.0.1", node.Port, seeds.Count == 0 ? [node.HostPort] : seeds, ["cpu"], 1, 1, Insecure: true);
         var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         node.Run = Task.Factory.StartNew(() =>
         {
@@ -120,7 +120,7 @@ public class ClusterRestoreTests(SparseBaseline fx, ITestOutputHelper output) : 
                 IActorRef? supervisor = null;
                 Task<ExpertsAddedReply>? add = null;
                 var live = new[] { x1, x2, x3 }.Where(x => x is not null && !x.Run.IsCompleted).Select(x => x!.HostPort).ToList();
-                var o = new NodeOptions([NodeRoles.Coordinator], "127.0.0.1", ClusterNode.FreeLoopbackPort(), live, ["cpu"], MinExpertNodes: 2, OwnerThreads: 1);
+                var o = new NodeOptions([NodeRoles.Coordinator], "127.0.0.1", ClusterNode.FreeLoopbackPort(), live, ["cpu"], MinExpertNodes: 2, OwnerThreads: 1, Insecure: true);
                 void AfterStep(long s)
                 {
                     if (s == stopAt) cts.Cancel();

@@ -66,9 +66,26 @@ public class AkkaConfigProcessTests
     public void A_tool_with_no_cluster_at_its_seeds_fails_after_the_reconnect_timeout_saying_so()
     {
         int nobody = MoCE.Actors.ClusterNode.FreeLoopbackPort();
-        var (code, output) = Moce(["node", "drain", "127.0.0.1:4553", "--seeds", $"127.0.0.1:{nobody}", "-o", "akka.cluster.client.reconnect-timeout=3s"]);
+        var (code, output) = Moce(["node", "drain", "127.0.0.1:4553", "--insecure", "--seeds", $"127.0.0.1:{nobody}", "-o", "akka.cluster.client.reconnect-timeout=3s"]);
         Assert.True(code == 1, output);                                          // not the drain's 5-minute ask timeout
         Assert.Contains($"no node of the cluster at [127.0.0.1:{nobody}] was in contact for 3 s before an answer came", output);
         Assert.DoesNotContain("AskTimeoutException", output);
+    }
+
+    /// <summary>A cluster runs mutual TLS by default: a node or a tool with no certificate and no --insecure stops before it
+    /// opens a port or contacts anyone, saying what to give.</summary>
+    [Fact]
+    public void A_node_or_a_tool_without_a_certificate_or_insecure_is_refused_before_it_connects()
+    {
+        int port = MoCE.Actors.ClusterNode.FreeLoopbackPort();
+        foreach (var args in new[] { new[] { "node", "--roles", "experts", "--port", port.ToString(), "--seeds", $"127.0.0.1:{port}" },
+                                     ["experts", "list", "--seeds", $"127.0.0.1:{port}"], ["node", "drain", "127.0.0.1:4553", "--seeds", $"127.0.0.1:{port}"] })
+        {
+            var (code, output) = Moce(args);
+            Assert.True(code == 2, output);
+            Assert.Contains("moce.node.tls-certificate': is empty: a cluster runs mutual TLS by default", output);
+            Assert.Contains("--insecure", output);
+            Assert.DoesNotContain("Association", output);                        // nothing was contacted
+        }
     }
 }

@@ -57,6 +57,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
             psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "moce.dll"));
             psi.ArgumentList.Add("node");
+            psi.ArgumentList.Add("--insecure");                                   // plain TCP on 127.0.0.1 (TLS: ClusterTlsTests)
             foreach (var a in args) psi.ArgumentList.Add(a);
             p = Process.Start(psi)!;
             p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.AppendLine(e.Data); };
@@ -228,7 +229,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         Assert.Contains(late, kv => kv.Key.StartsWith("moce_wire_bytes_total{direction=\"sent\",message=\"ExpertForward\"}", StringComparison.Ordinal) && kv.Value > 0);
 
         // moce experts list, as a cluster client through an expert node's receptionist: every expert up, where it was placed
-        var (code, json) = Moce(["experts", "list", "--seeds", $"127.0.0.1:{c.Ports[2]}", "--format", "json"]);
+        var (code, json) = Moce(["experts", "list", "--insecure", "--seeds", $"127.0.0.1:{c.Ports[2]}", "--format", "json"]);
         Assert.True(code == 0, json);
         using var doc = System.Text.Json.JsonDocument.Parse(json);                 // stdout is only the answer
         var listed = doc.RootElement.GetProperty("Experts").EnumerateArray().ToList();
@@ -304,7 +305,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         Assert.DoesNotContain("Recovered from", c.C1.Output);                    // a planned move, not a failure
 
         // then expert node 1 is drained: its experts go to the others at a commit, and it leaves by itself
-        var (code, said) = Moce(["node", "drain", $"127.0.0.1:{c.Ports[2]}", "--seeds", $"127.0.0.1:{c.Ports[0]}"]);
+        var (code, said) = Moce(["node", "drain", $"127.0.0.1:{c.Ports[2]}", "--insecure", "--seeds", $"127.0.0.1:{c.Ports[0]}"]);
         Assert.True(code == 0, said);
         var drained = Regex.Match(said, @"drained \S+: experts \[([^\]]*)\] moved, restored from commit (\d+)");
         Assert.True(drained.Success, said);
@@ -339,7 +340,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         c.C1.WaitFor($@"Expert host on \S+:{port}", RunTimeout);
 
         // two experts added on the new node while the run trains
-        var (code, said) = Moce(["experts", "add", "--count", "2", "--node", $"127.0.0.1:{port}", "--seeds", $"127.0.0.1:{c.Ports[0]}"]);
+        var (code, said) = Moce(["experts", "add", "--count", "2", "--node", $"127.0.0.1:{port}", "--insecure", "--seeds", $"127.0.0.1:{c.Ports[0]}"]);
         Assert.True(code == 0, said + "\n" + c.C1.Tail);
         var added = Regex.Match(said, @"added experts \[3, 4\] at step (\d+), split from \[(\d+), (\d+)\]");
         Assert.True(added.Success, said);
@@ -355,7 +356,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         }
         var tokens = Scrape(metrics).Where(kv => kv.Key.StartsWith("moce_expert_tokens_total{", StringComparison.Ordinal)).ToList();
         Assert.Equal(2, tokens.Count(kv => kv.Value > 0));
-        var (listCode, json) = Moce(["experts", "list", "--seeds", $"127.0.0.1:{c.Ports[0]}", "--format", "json"]);
+        var (listCode, json) = Moce(["experts", "list", "--insecure", "--seeds", $"127.0.0.1:{c.Ports[0]}", "--format", "json"]);
         Assert.True(listCode == 0, json);
         var listed = System.Text.Json.JsonDocument.Parse(json).RootElement.GetProperty("Experts").EnumerateArray().ToList();
         Assert.Equal(5, listed.Count);
@@ -439,7 +440,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         // the drained nodes' exits are checked after
         void Drain(int nodePort, int move, string owner, string phase)
         {
-            var (code, said) = Moce(["node", "drain", $"127.0.0.1:{nodePort}", "--seeds", $"127.0.0.1:{c.Ports[0]}"]);
+            var (code, said) = Moce(["node", "drain", $"127.0.0.1:{nodePort}", "--insecure", "--seeds", $"127.0.0.1:{c.Ports[0]}"]);
             Assert.True(code == 0, said + "\n--- coordinator 1:\n" + string.Join("\n", c.C1.Output.Split('\n')
                 .Where(l => Regex.IsMatch(l, "Committed|moved|moving|Draining|joined|Chaos|Recovered|failed|Restoring|runs on|Member|straggl|step \\d+/150")).TakeLast(60)));   // accepted: the earlier move is not "under way"
             Assert.Matches(@"drained \S+: experts \[[^\]]+\] moved, restored from commit \d+", said);

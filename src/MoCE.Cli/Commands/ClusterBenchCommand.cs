@@ -48,7 +48,7 @@ public static class ClusterBenchCommand
 
                 var cluster = NewRun(baseRun, Path.Combine(root, $"three-{r}"));
                 int seed = MoCE.Actors.ClusterNode.FreeLoopbackPort();
-                string[] node = ["node", "--seeds", $"127.0.0.1:{seed}", "--min-expert-nodes", "2", "--config", pg, .. common];
+                string[] node = ["node", "--seeds", $"127.0.0.1:{seed}", "--min-expert-nodes", "2", "--config", pg, "--insecure", .. common];   // loopback only
                 using (var x1 = new Child(root, $"x1-{r}", [.. node, "--roles", "experts", "--port", MoCE.Actors.ClusterNode.FreeLoopbackPort().ToString()]))
                 using (var x2 = new Child(root, $"x2-{r}", [.. node, "--roles", "experts", "--port", MoCE.Actors.ClusterNode.FreeLoopbackPort().ToString()]))
                 {

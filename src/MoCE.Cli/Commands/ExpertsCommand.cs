@@ -25,7 +25,7 @@ public static class ExpertsCommand
 
     private static int Add(CliArgs cli, CancellationToken ct)
     {
-        cli.RejectFlagsExcept("seeds", "count", "node", "at-step", "tls-certificate", "tls-ca", "host");
+        cli.RejectFlagsExcept("seeds", "count", "node", "at-step", "tls-certificate", "tls-ca", "insecure", "host");
         int count = cli.FlagInt("count", 1);
         long atStep = cli.Flags.TryGetValue("at-step", out var a)
             ? long.TryParse(a, out var s) && s >= 0 ? s : throw new ConfigException("--at-step", $"expected a step ≥ 0, got '{a}'")
@@ -53,7 +53,7 @@ public static class ExpertsCommand
 
     private static int List(CliArgs cli)
     {
-        cli.RejectFlagsExcept("seeds", "format", "tls-certificate", "tls-ca", "host");
+        cli.RejectFlagsExcept("seeds", "format", "tls-certificate", "tls-ca", "insecure", "host");
         var format = cli.Flags.GetValueOrDefault("format", "table");
         if (format is not ("table" or "json")) throw new ConfigException("--format", $"expected table or json, got '{format}'");
         var status = Ask<ExpertsStatus>(ClientConfig(cli), new GetExperts(-1), TimeSpan.FromSeconds(20));
@@ -69,7 +69,7 @@ public static class ExpertsCommand
         return 0;
     }
 
-    /// <summary>The configuration of a tool that talks to a cluster as a client: --seeds, --tls-certificate, --tls-ca, --host over moce.node.*.</summary>
+    /// <summary>The configuration of a tool that talks to a cluster as a client: --seeds, --tls-certificate, --tls-ca, --insecure, --host over moce.node.*.</summary>
     public static MoceConfig ClientConfig(CliArgs cli)
     {
         var overrides = cli.Overrides.ToList();
@@ -77,6 +77,7 @@ public static class ExpertsCommand
             overrides.Add($"moce.node.seed-nodes=[{string.Join(", ", seeds.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(x => JsonSerializer.Serialize(x)))}]");
         if (cli.Flags.TryGetValue("tls-certificate", out var cert)) overrides.Add($"moce.node.tls-certificate={Path.GetFullPath(cert)}");
         if (cli.Flags.TryGetValue("tls-ca", out var ca)) overrides.Add($"moce.node.tls-ca={Path.GetFullPath(ca)}");
+        if (cli.Flags.ContainsKey("insecure")) overrides.Add("moce.node.insecure=true");
         if (cli.Flags.TryGetValue("host", out var host)) overrides.Add($"moce.node.host={host}");
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset, cli.Files, overrides));
         return ConfigLoader.Resolve(merged).config;

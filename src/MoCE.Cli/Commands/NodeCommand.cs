@@ -13,7 +13,7 @@ namespace MoCE.Cli.Commands;
 public static class NodeCommand
 {
     /// <summary>The options `moce node` takes (besides --preset, --config, -o and --run).</summary>
-    public static readonly string[] Flags = ["roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "tls-ca", "metrics-port", "method", "chaos"];
+    public static readonly string[] Flags = ["roles", "host", "port", "seeds", "devices", "min-expert-nodes", "tls-certificate", "tls-ca", "insecure", "metrics-port", "method", "chaos"];
 
     public static int Run(CliArgs cli, CancellationToken ct)
     {
@@ -44,7 +44,7 @@ public static class NodeCommand
     /// <summary>moce node drain HOST:PORT: asks the supervisor, as a cluster client, to move that node's experts away.</summary>
     private static int Drain(CliArgs cli, string address, CancellationToken ct)
     {
-        cli.RejectFlagsExcept("seeds", "tls-certificate", "tls-ca", "host");
+        cli.RejectFlagsExcept("seeds", "tls-certificate", "tls-ca", "insecure", "host");
         Serilog.Log.Logger = Logging.StandardError();
         var config = ExpertsCommand.ClientConfig(cli);
         var node = address.Contains("://", StringComparison.Ordinal) ? address
@@ -76,6 +76,7 @@ public static class NodeCommand
                 case "devices": yield return $"moce.node.devices={List(value)}"; break;
                 case "tls-certificate": yield return $"moce.node.tls-certificate={Path.GetFullPath(value)}"; break;
                 case "tls-ca": yield return $"moce.node.tls-ca={Path.GetFullPath(value)}"; break;
+                case "insecure": yield return "moce.node.insecure=true"; break;
                 case "metrics-port": yield return $"moce.metrics.port={cli.FlagInt("metrics-port", 0)}"; break;
                 case "host": yield return $"moce.node.host={value}"; break;
                 case "port": yield return $"moce.node.port={cli.FlagInt("port", 0)}"; break;

@@ -232,7 +232,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             Node = new MoCE.Actors.NodeOptions(t.StringList("moce.node.roles"), t.String("moce.node.host"), t.Int("moce.node.port"),
                 t.StringList("moce.node.seed-nodes"), t.StringList("moce.node.devices"), t.Int("moce.node.min-expert-nodes"), t.Int("moce.actors.owner-threads"),
                 t.String("moce.node.tls-certificate"), t.String("moce.node.tls-ca"), t.StringList("moce.node.tls-revoked"),
-                t.Bool("moce.node.chaos-kill")),
+                t.Bool("moce.node.chaos-kill"), t.Bool("moce.node.insecure")),
             FineTune = new MoCE.Core.Evaluation.FineTuneConfig
             {
                 Epochs = t.Int("moce.finetune.epochs"),
