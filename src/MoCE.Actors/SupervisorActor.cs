@@ -30,8 +30,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     public sealed record StopAndCommit : Security.IControlCommand
     {
         public Security.CommandSignature By { get; init; } = Security.CommandSignature.None;
-        public string Canonical => "stop-and-commit";
-        public IReadOnlyList<Security.PeerRole> Roles => [Security.PeerRole.Operator, Security.PeerRole.Node];
+        public string Canonical() => "stop-and-commit";
+        public IReadOnlyList<Security.PeerRole> Roles() => [Security.PeerRole.Operator, Security.PeerRole.Node];
         public Security.IControlCommand SignedWith(Security.CommandSignature by) => this with { By = by };
     }
 

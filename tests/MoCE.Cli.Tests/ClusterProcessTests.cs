@@ -51,13 +51,18 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         private readonly StringBuilder log = new();
         public string Name { get; }
 
-        public Node(string name, params string[] args)
+        public Node(string name, params string[] args) : this(name, Tls.None, args) { }
+
+        /// <summary>With a certificate in <paramref name="args"/>, mutual TLS (its password from <paramref name="tls"/>);
+        /// without, plain TCP on 127.0.0.1 (--insecure).</summary>
+        public Node(string name, Tls tls, params string[] args)
         {
             Name = name;
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
             psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "moce.dll"));
             psi.ArgumentList.Add("node");
-            psi.ArgumentList.Add("--insecure");                                   // plain TCP on 127.0.0.1 (TLS: ClusterTlsTests)
+            if (!args.Contains("--tls-certificate")) psi.ArgumentList.Add("--insecure");
+            foreach (var (k, v) in tls.Environment) psi.Environment[k] = v;
             foreach (var a in args) psi.ArgumentList.Add(a);
             p = Process.Start(psi)!;
             p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.AppendLine(e.Data); };
@@ -105,6 +110,41 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         }
     }
 
+    /// <summary>Certificates of a test's cluster CA (and of a stranger's CA), written under one password that only the
+    /// test's child processes are given (not this process's environment: other tests run beside it).</summary>
+    private sealed class Tls
+    {
+        public static readonly Tls None = new();
+        public IReadOnlyDictionary<string, string> Environment { get; } = new Dictionary<string, string>();
+        private readonly string dir = "", password = "";
+        private readonly System.Security.Cryptography.X509Certificates.X509Certificate2? ca, otherCa;
+        public string CaFile => Path.Combine(dir, "ca.crt");
+        public string OtherCaFile => Path.Combine(dir, "other-ca.crt");
+
+        private Tls() { }
+
+        public Tls(string dir)
+        {
+            this.dir = Directory.CreateDirectory(dir).FullName;
+            password = Guid.NewGuid().ToString("N");
+            Environment = new Dictionary<string, string> { [MoCE.Actors.NodeOptions.TlsPasswordVariable] = password };
+            ca = MoCE.Actors.Security.ClusterCertificates.CreateCa("test-cluster-ca", TimeSpan.FromDays(2));
+            otherCa = MoCE.Actors.Security.ClusterCertificates.CreateCa("test-cluster-ca", TimeSpan.FromDays(2));   // the same name
+            File.WriteAllText(CaFile, MoCE.Actors.Security.ClusterCertificates.Pem(ca));
+            File.WriteAllText(OtherCaFile, MoCE.Actors.Security.ClusterCertificates.Pem(otherCa));
+        }
+
+        /// <summary>A certificate for <paramref name="name"/> in <paramref name="role"/> (from the other CA with
+        /// <paramref name="stranger"/>): its PKCS#12 file and its serial number.</summary>
+        public (string file, string serial) Issue(string name, MoCE.Actors.Security.PeerRole role, bool stranger = false)
+        {
+            using var cert = MoCE.Actors.Security.ClusterCertificates.Issue(stranger ? otherCa! : ca!, name, role, TimeSpan.FromDays(1));
+            var file = Path.Combine(dir, name + ".pfx");
+            File.WriteAllBytes(file, cert.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, password));
+            return (file, MoCE.Actors.Security.ClusterCertificates.NormalizeSerial(cert.SerialNumber));
+        }
+    }
+
     private sealed record Cluster(string Run, Node C1, Node C2, Node X1, Node X2, int[] Ports, int[] MetricsPorts) : IDisposable
     {
         public void Dispose() { foreach (var n in new[] { C1, C2, X1, X2 }) n.Dispose(); }
@@ -113,8 +153,10 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
 
     /// <summary>A new run (its own run id, so its journal rows are its own) from the fixture's dense model and clustering,
     /// trained by two coordinators (the first one, the oldest, runs the supervisor) and two expert nodes.</summary>
-    private Cluster Start(string? existing = null, string[]? extra = null, string[]? coordinatorExtra = null)
+    private Cluster Start(string? existing = null, string[]? extra = null, string[]? coordinatorExtra = null, Tls? tls = null)
     {
+        tls ??= Tls.None;
+        string[] Own(string name) => tls == Tls.None ? [] : ["--tls-certificate", tls.Issue(name, MoCE.Actors.Security.PeerRole.Node).file, "--tls-ca", tls.CaFile];
         extra ??= [];
         coordinatorExtra ??= [];
         var run = existing ?? fx.Base + "-" + Guid.NewGuid().ToString("N")[..8];
@@ -128,12 +170,12 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         if (pendingSchedule is { } ps) File.WriteAllText(ps.file, ps.text(ports));
         string[] common = ["--seeds", $"127.0.0.1:{ports[0]}", "--min-expert-nodes", "2",
                            "--config", Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf"), .. ClusterRunFixture.Baby, .. extra];
-        var c1 = new Node("coordinator 1", ["--roles", "coordinator", "--port", ports[0].ToString(), "--metrics-port", metrics[0].ToString(), "--run", run, .. common, .. coordinatorExtra]);
+        var c1 = new Node("coordinator 1", tls, ["--roles", "coordinator", "--port", ports[0].ToString(), "--metrics-port", metrics[0].ToString(), "--run", run, .. common, .. coordinatorExtra, .. Own("coordinator-1")]);
         c1.WaitFor(@"Singleton manager started singleton actor", TimeSpan.FromSeconds(180));   // the oldest coordinator runs the supervisor
         var cluster = new Cluster(run, c1,
-            new Node("coordinator 2", ["--roles", "coordinator", "--port", ports[1].ToString(), "--metrics-port", metrics[1].ToString(), "--run", run, .. common, .. coordinatorExtra]),
-            new Node("expert node 1", ["--roles", "experts", "--port", ports[2].ToString(), "--metrics-port", metrics[2].ToString(), .. common]),
-            new Node("expert node 2", ["--roles", "experts", "--port", ports[3].ToString(), "--metrics-port", metrics[3].ToString(), .. common]),
+            new Node("coordinator 2", tls, ["--roles", "coordinator", "--port", ports[1].ToString(), "--metrics-port", metrics[1].ToString(), "--run", run, .. common, .. coordinatorExtra, .. Own("coordinator-2")]),
+            new Node("expert node 1", tls, ["--roles", "experts", "--port", ports[2].ToString(), "--metrics-port", metrics[2].ToString(), .. common, .. Own("experts-1")]),
+            new Node("expert node 2", tls, ["--roles", "experts", "--port", ports[3].ToString(), "--metrics-port", metrics[3].ToString(), .. common, .. Own("experts-2")]),
             ports, metrics);
         // both expert hosts reach the supervisor; a node that dies on the way (a port taken, say) fails here, with its output
         var clock = Stopwatch.StartNew();
@@ -306,7 +348,7 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
 
         // then expert node 1 is drained: its experts go to the others at a commit, and it leaves by itself
         var (code, said) = Moce(["node", "drain", $"127.0.0.1:{c.Ports[2]}", "--insecure", "--seeds", $"127.0.0.1:{c.Ports[0]}"]);
-        Assert.True(code == 0, said);
+        Assert.True(code == 0, said + "\n" + c.C1.Tail);
         var drained = Regex.Match(said, @"drained \S+: experts \[([^\]]*)\] moved, restored from commit (\d+)");
         Assert.True(drained.Success, said);
         output.WriteLine(drained.Value);
@@ -412,6 +454,47 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         AssertEqualsOneProcess(c.Run, "a schedule's node kill and router failure");
     }
 
+    /// <summary>A cluster of real processes over mutual TLS with the test's CA, paced: while it trains, a node with a
+    /// certificate of another CA and a node whose certificate is revoked try to join, and a client with a node's
+    /// certificate (not an operator's) asks to drain a node and to add an expert. Each is refused and logged with its
+    /// identity, the run places no expert on the strangers, and it ends with the one-process run's weights bit for bit.
+    /// (A KillNode from a stranger and an unsigned stop are refused in ExpertHostTests and ControlAuthorizationTests.)</summary>
+    [Fact]
+    public void Over_TLS_strangers_revoked_nodes_and_non_operators_are_refused_while_the_run_goes_on()
+    {
+        var tls = new Tls(Path.Combine(Path.GetTempPath(), "moce-tests", "tls-" + Guid.NewGuid().ToString("N")));
+        var revoked = tls.Issue("old-node", MoCE.Actors.Security.PeerRole.Node);
+        using var c = StartWithSchedule(_ => "chaos { events = [\n" + Pace + "] }\n", ["-o", $"node.tls-revoked=[\"{revoked.serial}\"]"], tls);
+        c.C1.WaitFor(@"\[actors\] step 10/150", RunTimeout);
+        Assert.Contains("remoting over mutual TLS", c.C1.Output);
+        string pg = Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf");
+        int strangerPort = MoCE.Actors.ClusterNode.FreeLoopbackPort(), oldPort = MoCE.Actors.ClusterNode.FreeLoopbackPort();
+        using var stranger = new Node("stranger", tls, ["--roles", "experts", "--port", strangerPort.ToString(), "--seeds", $"127.0.0.1:{c.Ports[0]}", "--config", pg,
+            .. ClusterRunFixture.Baby, "--tls-certificate", tls.Issue("stranger", MoCE.Actors.Security.PeerRole.Node, stranger: true).file, "--tls-ca", tls.OtherCaFile]);
+        using var old = new Node("revoked node", tls, ["--roles", "experts", "--port", oldPort.ToString(), "--seeds", $"127.0.0.1:{c.Ports[0]}", "--config", pg,
+            .. ClusterRunFixture.Baby, "--tls-certificate", revoked.file, "--tls-ca", tls.CaFile]);
+        c.C1.WaitFor(@"TLS peer \S+ refused: stranger \(moce-node, serial \w+, issuer [^)]*\) does not chain to the cluster CA", RunTimeout);
+        c.C1.WaitFor(@"TLS peer \S+ refused: old-node \(moce-node, serial " + revoked.serial + @", [^)]*\) is revoked", RunTimeout);
+
+        // a client with a node's certificate: it connects (a node may), but may not steer
+        var mallory = tls.Issue("mallory", MoCE.Actors.Security.PeerRole.Node).file;
+        string[] client = ["--seeds", $"127.0.0.1:{c.Ports[0]}", "--tls-certificate", mallory, "--tls-ca", tls.CaFile];
+        var (code, said) = MoceWith(tls.Environment, ["node", "drain", $"127.0.0.1:{c.Ports[2]}", .. client]);
+        Assert.True(code == 2, said);
+        Assert.Contains("refused: mallory (moce-node", said);
+        Assert.Contains("may not drain-node: it needs the moce-operator role", said);
+        (code, said) = MoceWith(tls.Environment, ["experts", "add", "--count", "1", .. client]);
+        Assert.True(code == 2, said);
+        Assert.Contains("may not add-experts", said);
+        c.C1.WaitFor(@"Refused DrainNode from \S+: mallory", RunTimeout);
+        c.C1.WaitFor(@"Refused AddExperts from \S+: mallory", RunTimeout);
+
+        Finish(c);
+        foreach (var port in new[] { strangerPort, oldPort }) Assert.DoesNotMatch($@"runs on \S+:{port}\b", c.C1.Output + c.C2.Output);
+        Assert.DoesNotContain("Recovered from", c.C1.Output);
+        AssertEqualsOneProcess(c.Run, "over TLS with refused joins and commands");
+    }
+
     /// <summary>A failure in each phase of a planned move. Move 1, the rebalance onto a node that joins, has the router
     /// fail in its cut: the rollback replays to the boundary, which commits again and moves. Move 2, the drain of expert
     /// node 1, has the trainer fail while its experts are placed on the other nodes; move 3, the drain of the node that
@@ -472,12 +555,12 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
     private Cluster StartPaced(string[]? extra = null) => StartWithSchedule(_ => "chaos { events = [\n" + Pace + "] }\n", extra);
 
     /// <summary><see cref="Start"/> with a chaos schedule for the coordinators, written once the ports are drawn.</summary>
-    private Cluster StartWithSchedule(Func<int[], string> schedule, string[]? extra = null)
+    private Cluster StartWithSchedule(Func<int[], string> schedule, string[]? extra = null, Tls? tls = null)
     {
         var file = Path.Combine(Path.GetTempPath(), "moce-tests", $"chaos-{Guid.NewGuid():N}.conf");
         Directory.CreateDirectory(Path.GetDirectoryName(file)!);
         pendingSchedule = (file, schedule);
-        try { return Start(null, extra, ["--chaos", file]); }
+        try { return Start(null, extra, ["--chaos", file], tls); }
         finally { pendingSchedule = null; }
     }
 

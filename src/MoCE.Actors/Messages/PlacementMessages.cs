@@ -49,8 +49,8 @@ public sealed record ExpertsStatus(long Step, long CommittedStep, IReadOnlyList<
 public sealed record DrainNode(long Step, string Node) : IStepMessage, Security.IControlCommand
 {
     public Security.CommandSignature By { get; init; } = Security.CommandSignature.None;
-    public string Canonical => $"drain-node/{Node}";
-    public IReadOnlyList<Security.PeerRole> Roles => [Security.PeerRole.Operator];
+    public string Canonical() => $"drain-node/{Node}";
+    public IReadOnlyList<Security.PeerRole> Roles() => [Security.PeerRole.Operator];
     public Security.IControlCommand SignedWith(Security.CommandSignature by) => this with { By = by };
 }
 /// <summary>Node is drained: its experts (Moved) now run elsewhere from the commit of Step, and it was asked to leave.
@@ -71,8 +71,8 @@ public sealed record KillNode(long Step) : IStepMessage;
 public sealed record AddExperts(long Step, int Count, string Node, long AtStep) : IStepMessage, Security.IControlCommand
 {
     public Security.CommandSignature By { get; init; } = Security.CommandSignature.None;
-    public string Canonical => $"add-experts/{Count}/{Node}/{AtStep}";
-    public IReadOnlyList<Security.PeerRole> Roles => [Security.PeerRole.Operator];
+    public string Canonical() => $"add-experts/{Count}/{Node}/{AtStep}";
+    public IReadOnlyList<Security.PeerRole> Roles() => [Security.PeerRole.Operator];
     public Security.IControlCommand SignedWith(Security.CommandSignature by) => this with { By = by };
 }
 /// <summary>The answer: experts Added (split from Sources) run from the commit of Step; Error: why nothing was added.</summary>

@@ -16,8 +16,8 @@ public sealed record CommandSignature(string Certificate, long IssuedAtMs, strin
 public interface IControlCommand
 {
     /// <summary>What the signature covers: the command's kind and every field that decides what it does.</summary>
-    string Canonical { get; }
-    IReadOnlyList<PeerRole> Roles { get; }
+    string Canonical();
+    IReadOnlyList<PeerRole> Roles();
     CommandSignature By { get; }
     IControlCommand SignedWith(CommandSignature by);
 }
@@ -29,7 +29,7 @@ public static class ControlSigning
     {
         using var key = cert.GetECDsaPrivateKey() ?? throw new ArgumentException($"{cert.Subject} holds no ECDSA private key to sign with (moce cert issue makes one)", nameof(cert));
         long t = now.ToUnixTimeMilliseconds();
-        var signature = key.SignData(Payload(command.Canonical, t), HashAlgorithmName.SHA256);
+        var signature = key.SignData(Payload(command.Canonical(), t), HashAlgorithmName.SHA256);
         return (T)command.SignedWith(new CommandSignature(Convert.ToBase64String(cert.RawData), t, Convert.ToBase64String(signature)));
     }
 
@@ -46,7 +46,7 @@ public sealed class ControlAuthorizer(ClusterTrust trust, TimeSpan window)
     public ClusterTrust.Verdict Check(IControlCommand command, DateTimeOffset now)
     {
         var by = command.By;
-        string kind = command.Canonical.Split('/')[0];
+        string kind = command.Canonical().Split('/')[0];
         if (by.Signature.Length == 0)
             return Refused("(unsigned)", null, $"sent {kind} unsigned: with TLS, control commands are signed with the sender's certificate");
         X509Certificate2 cert;
@@ -64,13 +64,13 @@ public sealed class ControlAuthorizer(ClusterTrust trust, TimeSpan window)
         {
             var v = trust.Check(cert);
             if (!v.Accepted) return v;
-            if (v.Role is not { } role || !command.Roles.Contains(role))
-                return v with { Accepted = false, Reason = $"may not {kind}: it needs the {string.Join(" or ", command.Roles.Select(ClusterCertificates.RoleUnit))} role" };
+            if (v.Role is not { } role || !command.Roles().Contains(role))
+                return v with { Accepted = false, Reason = $"may not {kind}: it needs the {string.Join(" or ", command.Roles().Select(ClusterCertificates.RoleUnit))} role" };
             long age = now.ToUnixTimeMilliseconds() - by.IssuedAtMs;
             if (Math.Abs(age) > window.TotalMilliseconds)
                 return v with { Accepted = false, Reason = $"signed {kind} {age / 1000.0:F0} s from now, outside the {window.TotalSeconds:F0} s window" };
             using var key = cert.GetECDsaPublicKey();
-            if (key is null || !key.VerifyData(ControlSigning.Payload(command.Canonical, by.IssuedAtMs), signature, HashAlgorithmName.SHA256))
+            if (key is null || !key.VerifyData(ControlSigning.Payload(command.Canonical(), by.IssuedAtMs), signature, HashAlgorithmName.SHA256))
                 return v with { Accepted = false, Reason = $"sent {kind} with a signature that does not match the command" };
             foreach (var old in seen.Where(kv => now.ToUnixTimeMilliseconds() - kv.Value > 2 * window.TotalMilliseconds).Select(kv => kv.Key).ToList()) seen.Remove(old);
             if (!seen.TryAdd(by.Signature, by.IssuedAtMs)) return v with { Accepted = false, Reason = $"replayed a {kind} already obeyed" };
