@@ -46,6 +46,15 @@ public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int P
         if (MinExpertNodes < 1) throw new ConfigException("moce.node.min-expert-nodes", "must be ≥ 1");
         if (Experts) _ = new NodeResources(Devices, OwnerThreads, ChaosPlan.None, new EngineThreads()).Validated();
         RequireTransport();
+        if (!string.IsNullOrEmpty(TlsCertificate))
+        {
+            using var c = LoadCertificate();
+            var allowed = Security.MembershipGate.RolesFor(Roles);
+            if (Security.ClusterCertificates.RoleOf(c) is not { } role || !allowed.Contains(role))
+                throw new ConfigException("moce.node.tls-certificate", $"'{TlsCertificate}' is a {(Security.ClusterCertificates.RoleOf(c) is { } r ? Security.ClusterCertificates.RoleName(r) : "role-less")} " +
+                    $"certificate; a node with roles [{string.Join(", ", Roles)}] needs the {string.Join(" or ", allowed.Select(Security.ClusterCertificates.RoleName))} role " +
+                    "(moce cert issue --role ...): the supervisor would refuse it as a member");
+        }
         return this;
     }
 
@@ -227,6 +236,8 @@ public static class ClusterNode
         try
         {
             _ = ClusterClientReceptionist.Get(system);                           // every node answers cluster clients
+            if (!string.IsNullOrEmpty(o.TlsCertificate))                         // proves its membership to the supervisor
+                system.ActorOf(MembershipActor.Props(o.LoadCertificate()), MembershipActor.Name);
             if (o.Experts)
                 system.ActorOf(ExpertHostActor.Props(new NodeResources(o.Devices, o.OwnerThreads, chaos ?? ChaosPlan.None, threads, o.ChaosKill)), ExpertHostActor.Name);
             var cluster = Cluster.Get(system);

@@ -26,15 +26,17 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     /// <summary>Command: train until step <c>Until</c> (exclusive); the sender gets <see cref="RunFinished"/> (or the
     /// failure). Idempotent: every coordinator node sends it (again after a failover), and each is told the end.</summary>
     public sealed record Start(long Until);
-    /// <summary>Commit at the next step boundary and stop (Ctrl-C or SIGTERM of a coordinator, or an operator).</summary>
+    /// <summary>Commit at the next step boundary and stop (Ctrl-C or SIGTERM of a coordinator, or an operator's `moce
+    /// stop`, answered with <see cref="Messages.RunStopping"/>).</summary>
     public sealed record StopAndCommit : Security.IControlCommand
     {
         public Security.CommandSignature By { get; init; } = Security.CommandSignature.None;
         public string Canonical() => "stop-and-commit";
-        public IReadOnlyList<Security.PeerRole> Roles() => [Security.PeerRole.Operator, Security.PeerRole.Node];
+        public IReadOnlyList<Security.PeerRole> Roles() => [Security.PeerRole.Operator, Security.PeerRole.Coordinator];
         public Security.IControlCommand SignedWith(Security.CommandSignature by) => this with { By = by };
     }
 
+    private sealed record MembershipTimedOut(string Address, string Nonce);
     private sealed record CutDone(long Step, int Generation, CheckpointRef[] Refs);
     private sealed record RestoreDone(CheckpointCommitted Target, int Generation);
     private sealed record OperationFailed(int Generation, Exception Error);
@@ -55,6 +57,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private readonly HashSet<IActorRef> listeners = [];
     private readonly Dictionary<string, string> stopCauses = [];     // owners that could not be created, by id
     private ExpertFleet fleet = null!;                               // made in PreStart: it needs the timers
+    private Security.MembershipGate? members;                         // with TLS in a cluster: who proved it may be a member
     private IReadOnlyList<MoCE.Core.Training.ExpertStat> lastRouting = [];
     private CheckpointRef initial = null!;                           // the experts' upcycled weights, which every expert loads first
     private ExpertSpec spec = null!;
@@ -145,7 +148,11 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     {
         Command<ChaosFired>(e => Persist(e, ChaosJournaled));
         Command<Start>(HandleStart);
-        Command<StopAndCommit>(m => { if (Authorized(m)) run.StopRequested = true; });
+        Command<StopAndCommit>(m =>
+        {
+            if (Authorized(m, out var refused)) run.StopRequested = true;
+            if (!Sender.IsNobody()) Sender.Tell(new RunStopping(run.Step, refused));   // a tool waits for it; a Ctrl-C does not
+        });
         Command<HostInfo>(HandleHostInfo);
         Command<ExpertHosted>(m =>
         {
@@ -155,8 +162,18 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             if (phase == Phase.Restoring && awaitingPlacement) Restore();
         });
         Command<PlacementTimedOut>(HandlePlacementTimedOut);
-        Command<ClusterEvent.MemberUp>(m => { if (m.Member.HasRole(NodeRoles.Experts)) AskHost(m.Member.Address); });
-        Command<ClusterEvent.MemberRemoved>(m => { if (fleet.NodeRemoved(m.Member.Address.ToString())) PlaceMissing(); });
+        Command<ClusterEvent.MemberUp>(m => MemberUp(m.Member));
+        Command<MembershipProof>(HandleMembershipProof);
+        Command<MembershipTimedOut>(m =>
+        {
+            if (members?.TimedOut(m.Address, m.Nonce) == true)
+                RefuseMember(m.Address, $"gave no membership proof within {setup.AskTimeout.TotalSeconds:F0} s (moce.actors.ask-timeout)");
+        });
+        Command<ClusterEvent.MemberRemoved>(m =>
+        {
+            members?.Removed(m.Member.Address.ToString());
+            if (fleet.NodeRemoved(m.Member.Address.ToString())) PlaceMissing();
+        });
         Command<ClusterEvent.IMemberEvent>(_ => { });
         Command<Terminated>(HandleTerminated);
         Command<OwnerFailed>(m => OnFault(new Fault([m.Owner], FaultKind.Failed, m.Error, run.Step)));
@@ -215,6 +232,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         router = Own(RouterActor.Name, RouterActor.Props(setup));
         var teacher = setup.Teacher is null ? null : Own(TeacherActor.Name, TeacherActor.Props(setup));
         trainer = Own(TrainerActor.Name, TrainerActor.Props(setup, router, teacher));
+        if (InCluster && setup.Control is not null) members = new Security.MembershipGate(setup.Control);
         if (InCluster)
             Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.MemberUp), typeof(ClusterEvent.MemberRemoved));
         else Context.ActorSelection($"/user/{ExpertHostActor.Name}").Tell(new GetHostInfo(run.Step));
@@ -243,10 +261,49 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         else stopCauses[id] = cause.GetBaseException().Message;
     });
 
+    /// <summary>A member is up. Without TLS, or this node itself: trusted; an expert node is asked what it hosts. With
+    /// TLS, any other member first proves with its certificate that it may join with its roles (<see cref="Security.MembershipGate"/>).</summary>
+    private void MemberUp(Member m)
+    {
+        var address = m.Address.ToString();
+        if (members is null || m.Address == Cluster.Get(Context.System).SelfAddress)
+        {
+            members?.TrustSelf(address);
+            if (m.HasRole(NodeRoles.Experts)) AskHost(m.Address);
+            return;
+        }
+        var nonce = members.Ask(address, [.. m.Roles]);
+        Context.ActorSelection(new RootActorPath(m.Address) / "user" / MembershipActor.Name).Tell(new ProveMembership(run.Step, nonce));
+        Timers.StartSingleTimer($"membership {address}", new MembershipTimedOut(address, nonce), setup.AskTimeout);
+    }
+
+    private void HandleMembershipProof(MembershipProof p)
+    {
+        if (members is null) return;
+        var (v, answered) = members.Decide(p, DateTimeOffset.UtcNow);
+        if (!answered) { log.Warning("Refused a membership proof from {0}: {1}", Sender.Path.Address, v.Reason); return; }
+        Timers.Cancel($"membership {p.Address}");
+        if (!v.Accepted) { RefuseMember(p.Address, $"{v.Identity} {v.Reason}"); return; }
+        log.Info("Member {0} proved it is {1}", p.Address, v.Identity);
+        if (p.ClusterRoles.Contains(NodeRoles.Experts)) AskHost(Address.Parse(p.Address));
+    }
+
+    /// <summary>A member that may not be one: logged with its identity and downed; it never hosts an expert.</summary>
+    private void RefuseMember(string address, string why)
+    {
+        log.Warning("Refused member {0}: {1}; downing it", address, why);
+        Cluster.Get(Context.System).Down(Address.Parse(address));
+    }
+
     private void AskHost(Address node) => Context.ActorSelection(new RootActorPath(node) / "user" / ExpertHostActor.Name).Tell(new GetHostInfo(run.Step));
 
     private void HandleHostInfo(HostInfo m)
     {
+        if (members is not null && !Sender.Path.Address.HasLocalScope && !members.IsMember(Sender.Path.Address.ToString()))
+        {
+            log.Warning("Ignored the offer of host {0}: {1} has not proved its membership", m.Node, Sender.Path.Address);
+            return;
+        }
         if (fleet.HostAnswered(m, Sender, keepWhatItRuns: phase == Phase.Placing) && setup.SpreadOnJoin && run.Rebalance(m.Node, Hosts.Rebalance(m.Node), Running))
             log.Warning("{0} joined: at the next step boundary, commit and move experts [{1}] to it", m.Node, string.Join(",", run.Move!.Experts));
         log.Info("Expert host on {0} with devices [{1}] ({2} of {3} needed)", m.Node, string.Join(", ", m.Devices), Hosts.Hosts, minExpertNodes);

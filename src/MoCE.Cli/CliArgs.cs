@@ -145,6 +145,8 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
                  [.. Common(), .. Client(), new System.CommandLine.Argument<string>("ADDRESS") { Description = "the node's HOST:PORT" }])]);
         node.SetAction(_ => 0);                                                     // `moce node` runs a node; `moce node drain` is its subcommand
         root.Subcommands.Add(node);
+        root.Subcommands.Add(Cmd("stop", "commit at the next step boundary and end a cluster run, through a cluster client (with TLS: an operator's certificate)",
+            [.. Common(), .. Client()]));
         root.Subcommands.Add(Cmd("experts", "the experts of a cluster run, through a cluster client",
             Cmd("list", "each expert's node, device, tokens in the last step, state", [.. Common(), .. Client(), Opt("--format", "table | json")]),
             Cmd("add", "add experts while the run trains, each split from the busiest; answers once they train",
@@ -155,7 +157,7 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
                 Opt("--out", "the CA's directory (required)"), Opt("--name", "the CA's name (default moce-cluster-ca)"), Opt("--days", "validity (default 365)")),
             Cmd("issue", "issue a certificate signed by the CA: a node's (to join) or an operator's (to steer a run)",
                 Opt("--ca", "the CA's directory (required)"), Opt("--name", "the holder's name, e.g. the node's host (required)"),
-                Opt("--role", "node | operator (required)"), Opt("--days", "validity (default 365, at most the CA's)"), Opt("--out", "the PKCS#12 file to write (required)"))));
+                Opt("--role", "node | coordinator | operator (required)"), Opt("--days", "validity (default 365, at most the CA's)"), Opt("--out", "the PKCS#12 file to write (required)"))));
         root.Subcommands.Add(Cmd("chaos", "failure research",
             Cmd("compare", "one chaos schedule under each recovery policy against the run without faults (after pretrain and cluster)",
                 [.. Common(), Opt("--chaos", "the schedule (required)"), Opt("--straggler-timeout", "ms for the straggler-timeout policy (default 200)")])));

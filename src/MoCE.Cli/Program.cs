@@ -16,8 +16,8 @@ catch (ConfigException e) { Console.Error.WriteLine($"moce: {e.Message}"); retur
 
 Log.Logger = Logging.Console();
 using var cts = new CancellationTokenSource();
-// a tool (moce node drain, moce experts) only waits for the run's answer: stopping it commits nothing
-bool tool = cli.Command is "experts" || (cli.Command == "node" && cli.Positionals.Count > 0);
+// a tool (moce node drain, moce experts, moce stop) only waits for the run's answer: stopping it commits nothing
+bool tool = cli.Command is "experts" or "stop" || (cli.Command == "node" && cli.Positionals.Count > 0);
 string stopping = tool ? "stopping the wait for the run's answer" : "finishing the current step and committing a checkpoint";
 Console.CancelKeyPress += (_, e) =>
 {
@@ -56,6 +56,7 @@ try
         "ablate" => AblateCommand.Run(cli, cts.Token),
         "node" => NodeCommand.Run(cli, cts.Token),
         "experts" => ExpertsCommand.Run(cli, cts.Token),
+        "stop" => StopCommand.Run(cli, cts.Token),
         "status" => StatusCommand.Run(cli),
         "report" => ReportCommand.Run(cli),
         "chaos" => ChaosCommand.Run(cli, cts.Token),

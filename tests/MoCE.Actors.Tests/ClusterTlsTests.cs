@@ -100,6 +100,17 @@ public sealed class ClusterTlsTests : IDisposable
         var e = Assert.Throws<ConfigException>(() => o.Validated());
         Assert.Contains("is revoked", e.Message);
         Assert.Throws<ConfigException>(() => (o with { TlsCa = "" }).Validated());
+
+        // a certificate whose role may not join with the node's roles: a coordinator with a node's, anyone with an operator's
+        using var op = ClusterCertificates.Issue(ca, "alice", PeerRole.Operator, TimeSpan.FromDays(10));
+        using var coordinator = ClusterCertificates.Issue(ca, "coordinator-a", PeerRole.Coordinator, TimeSpan.FromDays(10));
+        var valid = o with { TlsRevoked = [] };
+        e = Assert.Throws<ConfigException>(() => valid.Validated());
+        Assert.Contains("is a node certificate; a node with roles [coordinator] needs the coordinator role", e.Message);
+        e = Assert.Throws<ConfigException>(() => (valid with { Roles = [NodeRoles.Experts], TlsCertificate = Pfx(op, "alice") }).Validated());
+        Assert.Contains("needs the node or coordinator role", e.Message);
+        _ = (valid with { Roles = [NodeRoles.Experts] }).Validated();
+        _ = (valid with { Roles = [NodeRoles.Coordinator, NodeRoles.Experts], TlsCertificate = Pfx(coordinator, "coordinator-a") }).Validated();
     }
 
     [Fact]

@@ -14,6 +14,7 @@ public class ControlAuthorizationTests(MoceFixture fx) : IClassFixture<MoceFixtu
     private static readonly X509Certificate2 Ca = ClusterCertificates.CreateCa("test-ca", TimeSpan.FromDays(30));
     private static readonly X509Certificate2 Operator = ClusterCertificates.Issue(Ca, "alice", PeerRole.Operator, TimeSpan.FromDays(10));
     private static readonly X509Certificate2 Node = ClusterCertificates.Issue(Ca, "node-1", PeerRole.Node, TimeSpan.FromDays(10));
+    private static readonly X509Certificate2 Coordinator = ClusterCertificates.Issue(Ca, "coordinator-1", PeerRole.Coordinator, TimeSpan.FromDays(10));
 
     private static ControlAuthorizer Authorizer(params string[] revoked) => new(new ClusterTrust(Ca, revoked), Window);
 
@@ -41,13 +42,16 @@ public class ControlAuthorizationTests(MoceFixture fx) : IClassFixture<MoceFixtu
         Assert.Contains("does not chain to the cluster CA", Refusal(ControlSigning.Sign(add, forged, now), now));
         var revoked = Authorizer(ClusterCertificates.NormalizeSerial(Operator.SerialNumber)).Check(ControlSigning.Sign(add, Operator, now), now);
         Assert.Contains("revoked", revoked.Reason);
-        // a node may stop a run (a coordinator's Ctrl-C or SIGTERM) but not drain or add
-        Assert.True(Authorizer().Check(ControlSigning.Sign(new SupervisorActor.StopAndCommit(), Node, now), now).Accepted);
+        // a coordinator may stop a run (its Ctrl-C or SIGTERM), and an operator; an expert node may not
+        Assert.True(Authorizer().Check(ControlSigning.Sign(new SupervisorActor.StopAndCommit(), Coordinator, now), now).Accepted);
+        Assert.True(Authorizer().Check(ControlSigning.Sign(new SupervisorActor.StopAndCommit(), Operator, now), now).Accepted);
+        Assert.Contains("may not stop-and-commit: it needs the moce-operator or moce-coordinator role", Refusal(ControlSigning.Sign(new SupervisorActor.StopAndCommit(), Node, now), now));
+        Assert.Contains("may not drain-node", Refusal(ControlSigning.Sign(drain, Coordinator, now), now));
     }
 
     /// <summary>A run whose supervisor checks control commands: unsigned or node-signed drain and add, and an unsigned
-    /// stop, are refused with the reason while it trains, and it trains on to its end with the weights of a run nobody
-    /// disturbed. An operator's signed add is then obeyed (the mechanism is not simply off).</summary>
+    /// or node-signed stop, are refused with the reason while it trains, and it trains on to its end with the weights of a run nobody
+    /// disturbed. An operator's signed add and stop are then obeyed (the mechanism is not simply off).</summary>
     [Fact]
     public async Task Refused_commands_leave_the_run_bit_for_bit_as_an_undisturbed_one()
     {
@@ -67,6 +71,7 @@ public class ControlAuthorizationTests(MoceFixture fx) : IClassFixture<MoceFixtu
                 s.Ask<ExpertsAddedReply>(new AddExperts(-1, 1, "", -1), bound).ContinueWith(t => t.Result.Error, TaskScheduler.Default),
                 s.Ask<ExpertsAddedReply>(ControlSigning.Sign(new AddExperts(-1, 1, "", -1), Node, now), bound).ContinueWith(t => t.Result.Error, TaskScheduler.Default),
                 s.Ask<NodeDrained>(ControlSigning.Sign(new DrainNode(-1, "akka.tcp://moce@127.0.0.1:1"), Node, now), bound).ContinueWith(t => t.Result.Error, TaskScheduler.Default),
+                s.Ask<RunStopping>(ControlSigning.Sign(new SupervisorActor.StopAndCommit(), Node, now), bound).ContinueWith(t => t.Result.Error, TaskScheduler.Default),
             ];
             s.Tell(new SupervisorActor.StopAndCommit());
         });
@@ -76,6 +81,7 @@ public class ControlAuthorizationTests(MoceFixture fx) : IClassFixture<MoceFixtu
         Assert.Contains("refused: node-1 (moce-node", replies[1]);
         Assert.Contains("may not add-experts", replies[1]);
         Assert.Contains("may not drain-node", replies[2]);
+        Assert.Contains("may not stop-and-commit", replies[3]);
         var a = quiet.CommittedWeights(30);
         var b = disturbed.CommittedWeights(30);
         Assert.Equal(a.Keys.Order(), b.Keys.Order());
@@ -89,6 +95,15 @@ public class ControlAuthorizationTests(MoceFixture fx) : IClassFixture<MoceFixtu
         var added = await adding!.WaitAsync(bound);
         Assert.True(added.Error.Length == 0, added.Error);
         Assert.Single(added.Added);
+
+        // and an operator's signed stop: answered without an error, the run commits and ends before its last step
+        var stopped = new ActorRun(fx, moe, Tiny.Train(steps: 20)) { Control = Authorizer() };
+        Task<RunStopping>? stopping = null;
+        var end = stopped.Run(until: 20, checkpointEvery: 10,
+            started: s => stopping = s.Ask<RunStopping>(ControlSigning.Sign(new SupervisorActor.StopAndCommit(), Operator, DateTimeOffset.UtcNow), bound));
+        var answer = await stopping!.WaitAsync(bound);
+        Assert.True(answer.Error.Length == 0, answer.Error);
+        Assert.True(end.Step < 20, $"the operator's stop should end the run early; it ran to {end.Step}");
     }
 
     /// <summary>A cluster client wraps its message in an envelope Akka writes as JSON (Newtonsoft), with the command
@@ -111,7 +126,7 @@ public class ControlAuthorizationTests(MoceFixture fx) : IClassFixture<MoceFixtu
         }
     }
 
-    /// <summary>10,000 seeded mutations of signed control commands (bits flipped, truncated, lying lengths, noise) on the
+    /// <summary>10,000 seeded mutations of signed control commands and membership proofs (bits flipped, truncated, lying lengths, noise) on the
     /// wire: each decodes to a command the authorizer judges, or fails as a wire error, and nothing else; and no mutation
     /// is obeyed as a command other than the one the operator signed.</summary>
     [Fact]
@@ -124,7 +139,8 @@ public class ControlAuthorizationTests(MoceFixture fx) : IClassFixture<MoceFixtu
         [
             ControlSigning.Sign(new DrainNode(-1, "akka.ssl.tcp://moce@10.0.0.2:4553"), Operator, now),
             ControlSigning.Sign(new AddExperts(-1, 2, "akka.ssl.tcp://moce@10.0.0.3:4553", 40), Operator, now),
-            ControlSigning.Sign(new SupervisorActor.StopAndCommit(), Node, now),
+            ControlSigning.Sign(new SupervisorActor.StopAndCommit(), Coordinator, now),
+            ControlSigning.Sign(new MembershipProof(-1, "00112233445566778899AABBCCDDEEFF", "akka.ssl.tcp://moce@10.0.0.4:4553", ["experts"]), Node, now),
         ];
         var valid = commands.Select(c => (manifest: serializer.Manifest(c), bytes: serializer.ToBinary(c), canonical: c.Canonical())).ToList();
         var rng = new Random(20261203);

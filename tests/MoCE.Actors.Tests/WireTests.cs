@@ -124,6 +124,9 @@ public sealed class WireTests : IDisposable
             // signed control commands (the signature's bytes are not checked here, only carried)
             new DrainNode(-1, "akka.ssl.tcp://moce@10.0.0.2:4553") { By = Signature },
             new AddExperts(-1, 1, "", -1) { By = Signature }, new SupervisorActor.StopAndCommit { By = Signature },
+            new RunStopping(12, ""), new RunStopping(12, "refused: mallory (moce-node"),
+            new ProveMembership(3, "00112233445566778899AABBCCDDEEFF"),
+            new MembershipProof(3, "00112233445566778899AABBCCDDEEFF", "akka.ssl.tcp://moce@10.0.0.2:4553", ["coordinator", "experts"]) { By = Signature },
         ];
     }
 

@@ -50,7 +50,7 @@ public class CertProcessTests
         }
         (code, output) = Moce(["cert", "issue", "--ca", ca, "--name", "bob", "--role", "admin", "--out", Path.Combine(dir, "bob.pfx")]);
         Assert.Equal(2, code);
-        Assert.Matches(new Regex("--role.*expected node or operator"), output);
+        Assert.Matches(new Regex("--role.*expected node, operator, coordinator"), output);
         Environment.SetEnvironmentVariable(NodeOptions.TlsPasswordVariable, "not the CA's");
         (code, output) = Moce(["cert", "issue", "--ca", ca, "--name", "bob", "--role", "node", "--out", Path.Combine(dir, "bob.pfx")]);
         Assert.Equal(2, code);

@@ -134,6 +134,14 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
             File.WriteAllText(OtherCaFile, MoCE.Actors.Security.ClusterCertificates.Pem(otherCa));
         }
 
+        /// <summary>A certificate of the test's CA with its private key, held in this process.</summary>
+        public System.Security.Cryptography.X509Certificates.X509Certificate2 Certificate(string name, MoCE.Actors.Security.PeerRole role)
+        {
+            using var cert = MoCE.Actors.Security.ClusterCertificates.Issue(ca!, name, role, TimeSpan.FromDays(1));
+            return System.Security.Cryptography.X509Certificates.X509CertificateLoader.LoadPkcs12(
+                cert.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, password), password);
+        }
+
         /// <summary>A certificate for <paramref name="name"/> in <paramref name="role"/> (from the other CA with
         /// <paramref name="stranger"/>): its PKCS#12 file and its serial number.</summary>
         public (string file, string serial) Issue(string name, MoCE.Actors.Security.PeerRole role, bool stranger = false)
@@ -156,7 +164,8 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
     private Cluster Start(string? existing = null, string[]? extra = null, string[]? coordinatorExtra = null, Tls? tls = null)
     {
         tls ??= Tls.None;
-        string[] Own(string name) => tls == Tls.None ? [] : ["--tls-certificate", tls.Issue(name, MoCE.Actors.Security.PeerRole.Node).file, "--tls-ca", tls.CaFile];
+        string[] Own(string name) => tls == Tls.None ? [] : ["--tls-certificate", tls.Issue(name,
+            name.StartsWith("coordinator", StringComparison.Ordinal) ? MoCE.Actors.Security.PeerRole.Coordinator : MoCE.Actors.Security.PeerRole.Node).file, "--tls-ca", tls.CaFile];
         extra ??= [];
         coordinatorExtra ??= [];
         var run = existing ?? fx.Base + "-" + Guid.NewGuid().ToString("N")[..8];
@@ -455,10 +464,11 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
     }
 
     /// <summary>A cluster of real processes over mutual TLS with the test's CA, paced: while it trains, a node with a
-    /// certificate of another CA and a node whose certificate is revoked try to join, and a client with a node's
-    /// certificate (not an operator's) asks to drain a node and to add an expert. Each is refused and logged with its
-    /// identity, the run places no expert on the strangers, and it ends with the one-process run's weights bit for bit.
-    /// (A KillNode from a stranger and an unsigned stop are refused in ExpertHostTests and ControlAuthorizationTests.)</summary>
+    /// certificate of another CA and a node whose certificate is revoked try to join, a client with a node's certificate
+    /// (not an operator's) asks to drain a node, to add an expert and to stop the run, and a member with an operator's
+    /// certificate joins as an expert node. Each is refused and logged with its identity (the member is downed), the run
+    /// places no expert on any of them, and it ends with the one-process run's weights bit for bit. (A KillNode from a
+    /// stranger is refused in ExpertHostTests.)</summary>
     [Fact]
     public void Over_TLS_strangers_revoked_nodes_and_non_operators_are_refused_while_the_run_goes_on()
     {
@@ -486,13 +496,46 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         (code, said) = MoceWith(tls.Environment, ["experts", "add", "--count", "1", .. client]);
         Assert.True(code == 2, said);
         Assert.Contains("may not add-experts", said);
+        (code, said) = MoceWith(tls.Environment, ["stop", .. client]);
+        Assert.True(code == 2, said);
+        Assert.Contains("may not stop-and-commit: it needs the moce-operator or moce-coordinator role", said);
         c.C1.WaitFor(@"Refused DrainNode from \S+: mallory", RunTimeout);
         c.C1.WaitFor(@"Refused AddExperts from \S+: mallory", RunTimeout);
+        c.C1.WaitFor(@"Refused StopAndCommit from \S+: mallory", RunTimeout);
+
+        // an operator's certificate joining as an expert node, past the start check of moce node, as a hostile process
+        // would: the handshake admits it (an operator's tools connect), the supervisor asks it to prove its membership,
+        // refuses its role and downs it
+        using var impostor = tls.Certificate("impostor", MoCE.Actors.Security.PeerRole.Operator);
+        using var intruder = Intruder(impostor, tls, [MoCE.Actors.Placement.NodeRoles.Experts], c.Ports[0]);
+        c.C1.WaitFor(@"Refused member \S+: impostor \(moce-operator, [^)]*\) may not join: it needs the moce-node or moce-coordinator role; downing it", RunTimeout);
+        var downed = Stopwatch.StartNew();
+        while (!intruder.WhenTerminated.IsCompleted && downed.Elapsed < LeaveTimeout) Thread.Sleep(100);
+        Assert.True(intruder.WhenTerminated.IsCompleted, $"the refused member was downed, and its system ends (waited {downed.Elapsed.TotalSeconds:F0} s)");
+        Assert.Matches(@"Member \S+ proved it is experts-1 \(moce-node", c.C1.Output);
+        Assert.Matches(@"Member \S+ proved it is coordinator-2 \(moce-coordinator", c.C1.Output);
 
         Finish(c);
         foreach (var port in new[] { strangerPort, oldPort }) Assert.DoesNotMatch($@"runs on \S+:{port}\b", c.C1.Output + c.C2.Output);
         Assert.DoesNotContain("Recovered from", c.C1.Output);
         AssertEqualsOneProcess(c.Run, "over TLS with refused joins and commands");
+    }
+
+    /// <summary>A member that skips what `moce node` checks at its start: an actor system in this process that joins the
+    /// cluster over TLS with <paramref name="cert"/> and <paramref name="roles"/>, and answers the supervisor's membership
+    /// question with that certificate.</summary>
+    private static Akka.Actor.ActorSystem Intruder(System.Security.Cryptography.X509Certificates.X509Certificate2 cert, Tls tls, string[] roles, int seedPort)
+    {
+        var o = new MoCE.Actors.NodeOptions(roles, "127.0.0.1", MoCE.Actors.ClusterNode.FreeLoopbackPort(), [$"127.0.0.1:{seedPort}"], ["cpu"], 1, 1);
+        var trust = new MoCE.Actors.Security.ClusterTrust(MoCE.Actors.Security.ClusterCertificates.LoadPublic("ca", tls.CaFile), []);
+        var setup = new Akka.Remote.Transport.DotNetty.DotNettySslSetup(cert, false, true, false, trust.Callback());
+        var config = Akka.Configuration.ConfigurationFactory.ParseString("akka.remote.dot-netty.tcp.enable-ssl = true")
+            .WithFallback(MoCE.Actors.ClusterNode.Config(o, MoCE.Actors.ActorEngine.AkkaConfig()));
+        var system = Akka.Actor.ActorSystem.Create(MoCE.Actors.ClusterNode.SystemName, Akka.Actor.BootstrapSetup.Create().WithConfig(config).And(setup));
+        system.ActorOf(MoCE.Actors.MembershipActor.Props(System.Security.Cryptography.X509Certificates.X509CertificateLoader.LoadPkcs12(cert.Export(
+            System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, "x"), "x")), MoCE.Actors.MembershipActor.Name);
+        Akka.Cluster.Cluster.Get(system).JoinSeedNodes([MoCE.Actors.NodeOptions.SeedAddress($"127.0.0.1:{seedPort}", tls: true)]);
+        return system;
     }
 
     /// <summary>A failure in each phase of a planned move. Move 1, the rebalance onto a node that joins, has the router

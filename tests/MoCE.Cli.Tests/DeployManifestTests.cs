@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using MoCE.Cli.Commands;
 using MoCE.Runs.Configuration;
 using YamlDotNet.Core;
@@ -51,7 +52,10 @@ public class DeployManifestTests
         var certs = Map(services["certs"]);
         var script = string.Join(" ", Strings(certs["entrypoint"]));
         Assert.Contains("cert init --out /ca", script);
-        Assert.Contains("for n in coordinator-1 coordinator-2 experts-1 experts-2; do moce cert issue --ca /ca --name $$n --role node", script);
+        // each node's certificate has a role the supervisor admits with the node's cluster roles (a coordinator's: coordinator)
+        var issued = Regex.Matches(script, @"for n in ([^;]+); do moce cert issue --ca /ca --name \$\$n --role (\w+)")
+            .SelectMany(m => m.Groups[1].Value.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(n => (n, role: MoCE.Actors.Security.ClusterCertificates.ParseRole("--role", m.Groups[2].Value))))
+            .ToDictionary(x => x.n, x => x.role);
         Assert.Contains("ca:/ca", Strings(certs["volumes"]));
         var roles = new Dictionary<string, string>();
         foreach (var name in new[] { "coordinator-1", "coordinator-2", "experts-1", "experts-2" })
@@ -68,6 +72,7 @@ public class DeployManifestTests
             Assert.Equal($"/certs/{name}.pfx", node.TlsCertificate);
             Assert.Equal(name, node.Host);                                           // a flag's value as given, not quoted twice
             roles[name] = args[args.IndexOf("--roles") + 1];
+            Assert.Contains(issued[name], MoCE.Actors.Security.MembershipGate.RolesFor(node.Roles));
         }
         Assert.Equal(["coordinator", "coordinator", "experts", "experts"], roles.Values);
         // the database password has no default: compose refuses to start without MOCE_PG_PASSWORD
@@ -88,6 +93,8 @@ public class DeployManifestTests
         // no password ships: the Secret is created by the operator with a generated one (the file's header says how)
         var text = File.ReadAllText(Deploy("k8s/moce.yaml"));
         Assert.DoesNotContain("change-me", text);
+        Assert.Matches(@"moce-coordinator-1; do moce cert issue --ca ca --name \$n --role coordinator", text);   // coordinators: a coordinator's certificate
+        Assert.Matches(@"moce-experts-0 moce-experts-1; do moce cert issue --ca ca --name \$n --role node", text);
         Assert.DoesNotMatch(@"Password=[^$""]", text);
         Assert.Contains("create secret generic moce-postgres", text);
         foreach (var name in new[] { "moce-coordinator", "moce-experts" })

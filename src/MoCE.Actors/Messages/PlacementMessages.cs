@@ -77,3 +77,17 @@ public sealed record AddExperts(long Step, int Count, string Node, long AtStep) 
 }
 /// <summary>The answer: experts Added (split from Sources) run from the commit of Step; Error: why nothing was added.</summary>
 public sealed record ExpertsAddedReply(long Step, IReadOnlyList<int> Added, IReadOnlyList<int> Sources, string Error) : IStepMessage;
+
+/// <summary>Supervisor → a member that came up (with TLS): prove with your certificate that you may be a member with the
+/// cluster roles you joined with. Nonce: fresh random, so a proof cannot be replayed.</summary>
+public sealed record ProveMembership(long Step, string Nonce) : IStepMessage;
+/// <summary>The member's answer (<see cref="MembershipActor"/>), signed with its certificate over the nonce, its address
+/// and its cluster roles: a coordinator needs the coordinator role; an expert node the node or coordinator role
+/// (<see cref="Security.MembershipGate.RolesFor"/>).</summary>
+public sealed record MembershipProof(long Step, string Nonce, string Address, IReadOnlyList<string> ClusterRoles) : IStepMessage, Security.IControlCommand
+{
+    public Security.CommandSignature By { get; init; } = Security.CommandSignature.None;
+    public string Canonical() => $"join/{Address}/{string.Join(",", ClusterRoles.Order(StringComparer.Ordinal))}/{Nonce}";
+    public IReadOnlyList<Security.PeerRole> Roles() => Security.MembershipGate.RolesFor(ClusterRoles);
+    public Security.IControlCommand SignedWith(Security.CommandSignature by) => this with { By = by };
+}

@@ -20,6 +20,9 @@ public sealed record GetRunStatus(long Step) : IStepMessage;
 public sealed record RunStatusResponse(long Step, long CommittedStep, IReadOnlyList<RecoveryRecord> Recoveries) : IStepMessage;
 
 /// <summary>The run finished its configured steps (or stopped at a requested step) with a committed checkpoint.</summary>
+/// <summary>The answer to a StopAndCommit that has a sender (`moce stop`): the run commits at the step boundary after Step
+/// and ends. Error: why the stop was refused (then the run goes on).</summary>
+public sealed record RunStopping(long Step, string Error) : IStepMessage;
 public sealed record RunFinished(long Step, IReadOnlyList<RecoveryRecord> Recoveries) : IStepMessage;
 
 // ---- persisted events (journal) -------------------------------------------------------------------------------

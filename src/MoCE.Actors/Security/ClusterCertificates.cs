@@ -4,10 +4,11 @@ using MoCE.Core.Config;
 
 namespace MoCE.Actors.Security;
 
-/// <summary>What a certificate of the cluster CA lets its holder do: <see cref="Node"/> joins the cluster and runs its
-/// work; <see cref="Operator"/> steers a run (drain, add, stop). The role is the subject's OU, which the CA signs, so a
-/// holder cannot change it.</summary>
-public enum PeerRole { Node, Operator }
+/// <summary>What a certificate of the cluster CA lets its holder do: <see cref="Node"/> joins the cluster as an expert
+/// node and runs its work; <see cref="Coordinator"/> joins as a coordinator or an expert node, and may stop the run (its
+/// Ctrl-C or SIGTERM); <see cref="Operator"/> steers a run from outside (drain, add, stop) but may not join. The role is
+/// the subject's OU, which the CA signs, so a holder cannot change it.</summary>
+public enum PeerRole { Node, Operator, Coordinator }
 
 /// <summary>The cluster's certificates: a CA (<c>moce cert init</c>) and the node and operator certificates it issues
 /// (<c>moce cert issue</c>). Keys are ECDSA P-256; a certificate names its holder (CN) and its role (OU), and carries
@@ -17,14 +18,20 @@ public static class ClusterCertificates
     public const string Organization = "moce";
     private const string OrganizationalUnitOid = "2.5.4.11";
 
-    public static string RoleUnit(PeerRole role) => role == PeerRole.Node ? "moce-node" : "moce-operator";
+    public static string RoleUnit(PeerRole role) => "moce-" + RoleName(role);
 
-    public static PeerRole ParseRole(string key, string value) => value switch
+    /// <summary>The role as <c>moce cert issue --role</c> writes it.</summary>
+    public static string RoleName(PeerRole role) => role switch
     {
-        "node" => PeerRole.Node,
-        "operator" => PeerRole.Operator,
-        _ => throw new ConfigException(key, $"expected node or operator, got '{value}'"),
+        PeerRole.Node => "node",
+        PeerRole.Operator => "operator",
+        PeerRole.Coordinator => "coordinator",
+        _ => throw new ArgumentOutOfRangeException(nameof(role), role, null),
     };
+
+    public static PeerRole ParseRole(string key, string value) =>
+        Enum.GetValues<PeerRole>().Where(r => RoleName(r) == value).Select(r => (PeerRole?)r).FirstOrDefault()
+        ?? throw new ConfigException(key, $"expected {string.Join(", ", Enum.GetValues<PeerRole>().Select(RoleName))}; got '{value}'");
 
     /// <summary>A new CA certificate with its private key (self-signed, may sign end-entity certificates only).</summary>
     public static X509Certificate2 CreateCa(string name, TimeSpan validity)
@@ -64,11 +71,8 @@ public static class ClusterCertificates
     {
         foreach (var rdn in cert.SubjectName.EnumerateRelativeDistinguishedNames())
             if (rdn.GetSingleElementType().Value == OrganizationalUnitOid)
-                switch (rdn.GetSingleElementValue())
-                {
-                    case "moce-node": return PeerRole.Node;
-                    case "moce-operator": return PeerRole.Operator;
-                }
+                foreach (var role in Enum.GetValues<PeerRole>())
+                    if (rdn.GetSingleElementValue() == RoleUnit(role)) return role;
         return null;
     }
 

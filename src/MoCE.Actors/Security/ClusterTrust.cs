@@ -39,7 +39,7 @@ public sealed class ClusterTrust(X509Certificate2 ca, IEnumerable<string> revoke
             return new Verdict(false, identity, role, $"does not chain to the cluster CA {ca.Subject}{(status.Length > 0 ? $" ({status})" : "")}");
         }
         if (revoked.Contains(ClusterCertificates.NormalizeSerial(cert.SerialNumber))) return new Verdict(false, identity, role, "is revoked (moce.node.tls-revoked)");
-        if (role is null) return new Verdict(false, identity, null, "names no role (OU moce-node or moce-operator)");
+        if (role is null) return new Verdict(false, identity, null, $"names no role (OU {string.Join(", ", Enum.GetValues<PeerRole>().Select(ClusterCertificates.RoleUnit))})");
         return new Verdict(true, identity, role, "");
     }
 

@@ -21,7 +21,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
 {
     public const int Id = 4711;
     /// <summary>Body format version written by this build. 2: a commit carries its token window; Apply, Checkpoint and
-    /// GetSquaredGradNorm carry their generation. 3: DrainNode, AddExperts and StopAndCommit carry their signature.</summary>
+    /// GetSquaredGradNorm carry their generation. 3: DrainNode, AddExperts and StopAndCommit carry their signature (and ProveMembership and MembershipProof exist).</summary>
     public const byte BodyVersion = 3;
 
     private delegate object ReadBody(ref WireReader r, byte version);
@@ -98,6 +98,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
         Add<GetRunStatus>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new GetRunStatus(r.I64()));
         Add<RunStatusResponse>((w, m) => { w.I64(m.Step); w.I64(m.CommittedStep); Recoveries(w, m.Recoveries); },
             (ref WireReader r, byte _) => new RunStatusResponse(r.I64(), r.I64(), Recoveries(ref r)));
+        Add<RunStopping>((w, m) => { w.I64(m.Step); w.Str(m.Error); }, (ref WireReader r, byte _) => new RunStopping(r.I64(), r.Str()));
         Add<RunFinished>((w, m) => { w.I64(m.Step); Recoveries(w, m.Recoveries); }, (ref WireReader r, byte _) => new RunFinished(r.I64(), Recoveries(ref r)));
         Add<SupervisorActor.Start>((w, m) => w.I64(m.Until), (ref WireReader r, byte _) => new SupervisorActor.Start(r.I64()));
         Add<SupervisorActor.StopAndCommit>((w, m) => Sig(w, m.By), (ref WireReader r, byte v) => new SupervisorActor.StopAndCommit { By = Sig(ref r, v) });
@@ -106,6 +107,9 @@ public sealed class WireSerializer : SerializerWithStringManifest
         Add<GetHostInfo>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new GetHostInfo(r.I64()));
         Add<HostInfo>((w, m) => { w.I64(m.Step); w.Str(m.Node); Strs(w, m.Devices); Strs(w, m.Hosting); },
             (ref WireReader r, byte _) => new HostInfo(r.I64(), r.Str(), Strs(ref r), Strs(ref r)));
+        Add<ProveMembership>((w, m) => { w.I64(m.Step); w.Str(m.Nonce); }, (ref WireReader r, byte _) => new ProveMembership(r.I64(), r.Str()));
+        Add<MembershipProof>((w, m) => { w.I64(m.Step); w.Str(m.Nonce); w.Str(m.Address); Strs(w, m.ClusterRoles); Sig(w, m.By); },
+            (ref WireReader r, byte v) => new MembershipProof(r.I64(), r.Str(), r.Str(), Strs(ref r)) { By = Sig(ref r, v) });
         Add<HostExpert>((w, m) => { w.I64(m.Step); w.I32(m.Expert); Spec(w, m.Spec); w.U8(m.Recover ? (byte)1 : (byte)0); },
             (ref WireReader r, byte _) => new HostExpert(r.I64(), r.I32(), Spec(ref r), Bool(ref r)));
         Add<ExpertHosted>((w, m) => { w.I64(m.Step); w.I32(m.Expert); ActorRef(w, m.Ref); w.Str(m.Node); w.Str(m.Device); },

@@ -5,7 +5,7 @@ using MoCE.Core.Config;
 
 namespace MoCE.Cli.Commands;
 
-/// <summary><c>moce cert init --out DIR</c> and <c>moce cert issue --ca DIR --name NAME --role node|operator --out FILE</c>:
+/// <summary><c>moce cert init --out DIR</c> and <c>moce cert issue --ca DIR --name NAME --role node|coordinator|operator --out FILE</c>:
 /// the cluster CA and the certificates it issues (<see cref="ClusterCertificates"/>). Private keys are written under the
 /// password in $MOCE_TLS_PASSWORD.</summary>
 public static class CertCommand
