@@ -467,8 +467,8 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
     /// certificate of another CA and a node whose certificate is revoked try to join, a client with a node's certificate
     /// (not an operator's) asks to drain a node, to add an expert and to stop the run, and a member with an operator's
     /// certificate joins as an expert node. Each is refused and logged with its identity (the member is downed), the run
-    /// places no expert on any of them, and it ends with the one-process run's weights bit for bit. (A KillNode from a
-    /// stranger is refused in ExpertHostTests.)</summary>
+    /// places no expert on any of them, and it ends with the one-process run's weights bit for bit. A process that is no
+    /// member sends an expert host KillNode: refused and logged, and the node lives on.</summary>
     [Fact]
     public void Over_TLS_strangers_revoked_nodes_and_non_operators_are_refused_while_the_run_goes_on()
     {
@@ -503,6 +503,14 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         c.C1.WaitFor(@"Refused AddExperts from \S+: mallory", RunTimeout);
         c.C1.WaitFor(@"Refused StopAndCommit from \S+: mallory", RunTimeout);
 
+        // a process that is no member, with a node's certificate, sends an expert host KillNode: refused, the node lives on
+        using (var killer = Intruder(tls.Certificate("killer", MoCE.Actors.Security.PeerRole.Node), tls, null, c.Ports[0]))
+        {
+            killer.ActorSelection($"akka.ssl.tcp://moce@127.0.0.1:{c.Ports[2]}/user/{MoCE.Actors.ExpertHostActor.Name}").Tell(new MoCE.Actors.Messages.KillNode(77));
+            c.X1.WaitFor(@"Refused KillNode \(step 77\) from \S+: this node does not accept a chaos schedule's kill", RunTimeout);
+        }
+        Assert.False(c.X1.Exited, c.X1.Tail);
+
         // an operator's certificate joining as an expert node, past the start check of moce node, as a hostile process
         // would: the handshake admits it (an operator's tools connect), the supervisor asks it to prove its membership,
         // refuses its role and downs it
@@ -521,17 +529,18 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         AssertEqualsOneProcess(c.Run, "over TLS with refused joins and commands");
     }
 
-    /// <summary>A member that skips what `moce node` checks at its start: an actor system in this process that joins the
-    /// cluster over TLS with <paramref name="cert"/> and <paramref name="roles"/>, and answers the supervisor's membership
-    /// question with that certificate.</summary>
-    private static Akka.Actor.ActorSystem Intruder(System.Security.Cryptography.X509Certificates.X509Certificate2 cert, Tls tls, string[] roles, int seedPort)
+    /// <summary>A process that skips what `moce node` checks at its start: an actor system in this process with
+    /// <paramref name="cert"/> over TLS. With <paramref name="roles"/> it joins the cluster as a member with those roles and
+    /// answers the supervisor's membership question with that certificate; without, it only connects (remote, no member).</summary>
+    private static Akka.Actor.ActorSystem Intruder(System.Security.Cryptography.X509Certificates.X509Certificate2 cert, Tls tls, string[]? roles, int seedPort)
     {
-        var o = new MoCE.Actors.NodeOptions(roles, "127.0.0.1", MoCE.Actors.ClusterNode.FreeLoopbackPort(), [$"127.0.0.1:{seedPort}"], ["cpu"], 1, 1);
+        var o = new MoCE.Actors.NodeOptions(roles ?? [MoCE.Actors.Placement.NodeRoles.Experts], "127.0.0.1", MoCE.Actors.ClusterNode.FreeLoopbackPort(), [$"127.0.0.1:{seedPort}"], ["cpu"], 1, 1);
         var trust = new MoCE.Actors.Security.ClusterTrust(MoCE.Actors.Security.ClusterCertificates.LoadPublic("ca", tls.CaFile), []);
         var setup = new Akka.Remote.Transport.DotNetty.DotNettySslSetup(cert, false, true, false, trust.Callback());
-        var config = Akka.Configuration.ConfigurationFactory.ParseString("akka.remote.dot-netty.tcp.enable-ssl = true")
+        var config = Akka.Configuration.ConfigurationFactory.ParseString($"akka.remote.dot-netty.tcp.enable-ssl = true{(roles is null ? "\nakka.actor.provider = remote" : "")}")
             .WithFallback(MoCE.Actors.ClusterNode.Config(o, MoCE.Actors.ActorEngine.AkkaConfig()));
         var system = Akka.Actor.ActorSystem.Create(MoCE.Actors.ClusterNode.SystemName, Akka.Actor.BootstrapSetup.Create().WithConfig(config).And(setup));
+        if (roles is null) return system;
         system.ActorOf(MoCE.Actors.MembershipActor.Props(System.Security.Cryptography.X509Certificates.X509CertificateLoader.LoadPkcs12(cert.Export(
             System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, "x"), "x")), MoCE.Actors.MembershipActor.Name);
         Akka.Cluster.Cluster.Get(system).JoinSeedNodes([MoCE.Actors.NodeOptions.SeedAddress($"127.0.0.1:{seedPort}", tls: true)]);
