@@ -15,8 +15,8 @@ namespace MoCE.Cli.Commands;
 
 /// <summary><c>moce bench</c>: in one process, times the dense reference trainer's step and the reference MoCE
 /// trainer's step (from that dense model and a real k-means clustering of its features), interleaved in rounds; the
-/// actor engine's step against the reference MoCE trainer's, in alternating rounds; the actor engine's checkpoint
-/// overhead; and a 1024×1024 fp32 matmul. It prints the ratios, which survive noisy machines better than absolute
+/// actor engine's step against the reference MoCE trainer's, in alternating rounds; the actor engine's wall time with
+/// commits every 50 steps against without; and a 1024×1024 fp32 matmul. It prints the ratios, which survive noisy machines better than absolute
 /// times.</summary>
 public static class BenchCommand
 {
@@ -77,7 +77,7 @@ public static class BenchCommand
             // the teacher's prefetch overlaps the trainer: with distillation off nothing hides the runtime's own overhead
             var noDistill = cfg with { Moe = cfg.Moe with { LambdaDistill = 0 } };
             var (actorNd, refNd, _, _, _, _) = cfg.Moe.LambdaDistill > 0 ? ActorVersusReference(noDistill, data, clustering, ckpt, device, warmup, steps, rounds) : (actorRounds, refRounds, 0, 0, 0, 0);
-            var (cutMs, stepMs, cuts) = CheckpointOverhead(cfg, data, clustering, ckpt, device, every: 50, totalSteps: 100);
+            var (withCommits, withoutCommits, stepMs, cuts) = CommitCost(cfg, data, clustering, ckpt, device, every: 50, cuts: 5);
             double matmul = (matmulBefore + ComputeThread.Run("bench-matmul", threads, MatmulMs)) / 2;
             double actorMs = actorRounds.Average(), refMs = refRounds.Average();
 
@@ -95,7 +95,8 @@ public static class BenchCommand
             Console.WriteLine($"median of the per-round ratios: {(perRound[(perRound.Length - 1) / 2] + perRound[perRound.Length / 2]) / 2:F3}");
             Console.WriteLine($"ratio actor-step / reference-step: {actorMs / refMs:F3}");
             Console.WriteLine($"ratio actor-step / reference-step with distillation off: {actorNd.Average() / refNd.Average():F3} ({actorNd.Average():F2} / {refNd.Average():F2} ms)");
-            Console.WriteLine($"actor checkpoint (consistent cut + journal commit): {cutMs:F1} ms over {cuts} commits; one per 50 steps of {stepMs:F1} ms = {cutMs / (cutMs + 50 * stepMs):P2} of wall time");
+            Console.WriteLine($"actor run with a commit every 50 steps: {withCommits / 1000:F2} s against {withoutCommits / 1000:F2} s without ({cuts} commits in the window, steps of {stepMs:F1} ms; ABBA, 2 runs each)");
+            Console.WriteLine($"ratio wall time with commits / without: {withCommits / withoutCommits:F4}");
             Console.WriteLine($"ratio dense-step / matmul: {denseMs / matmul:F2}");
             Console.WriteLine($"({steps} timed steps each after {warmup} warm-up steps; dense and MoCE reference interleaved in rounds of {Round}, actor engine and reference in {rounds} rounds in ABBA order)");
         }
@@ -197,33 +198,47 @@ public static class BenchCommand
         return self.TotalProcessorTime;
     }
 
-    /// <summary>Runs the actor engine with a commit every <paramref name="every"/> steps and times each cut, from the
-    /// last completed step to the persisted commit (every owner writes its file, then the journal event).</summary>
-    private static (double cutMs, double stepMs, int cuts) CheckpointOverhead(MoCE.Runs.Configuration.MoceConfig cfg, ImageDataset data, ClusteringResult clustering,
-        CheckpointContent dense, Device device, long every, long totalSteps)
+    /// <summary>What commits cost a run: the actor engine's wall time with a commit every <paramref name="every"/> steps
+    /// against the same run without them, over <paramref name="cuts"/> cuts, in ABBA order (with, without, without, with)
+    /// so that neither side always runs on a warmer machine. Each run is fresh from the same dense start; the window is
+    /// from its first completed step to its last, so the start, the initial commit and the final one are outside it in
+    /// both. Returns the mean window of each side and the commits counted inside the windows of the runs with them.</summary>
+    private static (double withMs, double withoutMs, double stepMs, int cuts) CommitCost(MoCE.Runs.Configuration.MoceConfig cfg, ImageDataset data,
+        ClusteringResult clustering, CheckpointContent dense, Device device, long every, int cuts)
     {
-        var train = cfg.Train with { Steps = totalSteps };
-        var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-ckpt-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(dir);
-        var setup = ComputeThread.Run("bench-setup", cfg.Threads, () => Actors.ActorContextSetup.FromDense("bench-ckpt", cfg.Model, cfg.Moe, train,
-            data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")),
-            device, cfg.Threads, cfg.OwnerThreads));
-        var sw = Stopwatch.StartNew();
-        double last = 0, cut = 0, steps = 0;
-        int cuts = 0;
-        try
+        long total = every * cuts + every / 2;                                   // the last cut is followed by steps: inside the window
+        (double ms, int commits) Once(long commitEvery)
         {
-            Actors.ActorEngine.Run(setup, dir, totalSteps, every, 2, new Actors.SupervisorHooks(
-                OnStep: _ => { double now = sw.Elapsed.TotalMilliseconds; steps += now - last; last = now; },
-                OnCommit: c =>
-                {
-                    double now = sw.Elapsed.TotalMilliseconds;
-                    if (c.Step > 0) { cut += now - last; cuts++; }           // commit 0 is the run's initial state
-                    last = now;
-                }));
+            var train = cfg.Train with { Steps = total };
+            var dir = Path.Combine(Path.GetTempPath(), $"moce-bench-ckpt-{Guid.NewGuid():N}");
+            Directory.CreateDirectory(dir);
+            var setup = ComputeThread.Run("bench-setup", cfg.Threads, () => Actors.ActorContextSetup.FromDense("bench-ckpt", cfg.Model, cfg.Moe, train,
+                data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")),
+                device, cfg.Threads, cfg.OwnerThreads));
+            var sw = new Stopwatch();
+            int inside = 0;
+            try
+            {
+                Actors.ActorEngine.Run(setup, dir, total, commitEvery, 2, new Actors.SupervisorHooks(
+                    OnStep: m =>
+                    {
+                        if (!sw.IsRunning && m.Step == 0) sw.Start();
+                        else if (m.Step == total - 1) sw.Stop();
+                    },
+                    OnCommit: _ => { if (sw.IsRunning) inside++; }));
+            }
+            finally { Directory.Delete(dir, recursive: true); }
+            return (sw.Elapsed.TotalMilliseconds, inside);
         }
-        finally { Directory.Delete(dir, recursive: true); }
-        return (cut / Math.Max(1, cuts), steps / totalSteps, cuts);
+        var with = new List<double>();
+        var without = new List<double>();
+        int counted = 0;
+        foreach (bool commits in new[] { true, false, false, true })
+        {
+            var (ms, n) = Once(commits ? every : long.MaxValue);
+            if (commits) { with.Add(ms); counted += n; } else without.Add(ms);
+        }
+        return (with.Average(), without.Average(), without.Average() / (total - 1), counted / with.Count);
     }
 
     private static double MatmulMs()
