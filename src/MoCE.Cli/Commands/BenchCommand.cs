@@ -95,8 +95,10 @@ public static class BenchCommand
             Console.WriteLine($"median of the per-round ratios: {(perRound[(perRound.Length - 1) / 2] + perRound[perRound.Length / 2]) / 2:F3}");
             Console.WriteLine($"ratio actor-step / reference-step: {actorMs / refMs:F3}");
             Console.WriteLine($"ratio actor-step / reference-step with distillation off: {actorNd.Average() / refNd.Average():F3} ({actorNd.Average():F2} / {refNd.Average():F2} ms)");
-            Console.WriteLine($"actor run with a commit every 50 steps: {withCommits / 1000:F2} s against {withoutCommits / 1000:F2} s without ({cuts} commits in the window, steps of {stepMs:F1} ms; ABBA, 2 runs each)");
-            Console.WriteLine($"ratio wall time with commits / without: {withCommits / withoutCommits:F4}");
+            Console.WriteLine($"actor run with a commit every 50 steps: {withCommits.Average() / 1000:F2} s against {withoutCommits.Average() / 1000:F2} s without " +
+                              $"({cuts} commits in the window, steps of {stepMs:F1} ms; ABBA: with {withCommits[0] / 1000:F2}, without {withoutCommits[0] / 1000:F2}, " +
+                              $"without {withoutCommits[1] / 1000:F2}, with {withCommits[1] / 1000:F2} s)");
+            Console.WriteLine($"ratio wall time with commits / without: {withCommits.Average() / withoutCommits.Average():F4}");
             Console.WriteLine($"ratio dense-step / matmul: {denseMs / matmul:F2}");
             Console.WriteLine($"({steps} timed steps each after {warmup} warm-up steps; dense and MoCE reference interleaved in rounds of {Round}, actor engine and reference in {rounds} rounds in ABBA order)");
         }
@@ -203,7 +205,7 @@ public static class BenchCommand
     /// so that neither side always runs on a warmer machine. Each run is fresh from the same dense start; the window is
     /// from its first completed step to its last, so the start, the initial commit and the final one are outside it in
     /// both. Returns the mean window of each side and the commits counted inside the windows of the runs with them.</summary>
-    private static (double withMs, double withoutMs, double stepMs, int cuts) CommitCost(MoCE.Runs.Configuration.MoceConfig cfg, ImageDataset data,
+    private static (List<double> withMs, List<double> withoutMs, double stepMs, int cuts) CommitCost(MoCE.Runs.Configuration.MoceConfig cfg, ImageDataset data,
         ClusteringResult clustering, CheckpointContent dense, Device device, long every, int cuts)
     {
         long total = every * cuts + every / 2;                                   // the last cut is followed by steps: inside the window
@@ -238,7 +240,7 @@ public static class BenchCommand
             var (ms, n) = Once(commits ? every : long.MaxValue);
             if (commits) { with.Add(ms); counted += n; } else without.Add(ms);
         }
-        return (with.Average(), without.Average(), without.Average() / (total - 1), counted / with.Count);
+        return (with, without, without.Average() / (total - 1), counted / with.Count);
     }
 
     private static double MatmulMs()
