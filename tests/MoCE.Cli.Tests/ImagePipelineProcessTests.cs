@@ -116,17 +116,21 @@ public class ImagePipelineProcessTests
             Assert.True(code == 0, output);
         }
 
-        // the interrupt points, drawn from a seed, early enough that the run cannot end first: at pre-training's point the
-        // test scrapes the metrics endpoint before it sends Ctrl-C, and on a busy machine that once took the 40 steps
-        // (step 3..34 was drawn then; the run ended before the signal and the test failed)
+        // the interrupt points, drawn from a seed; Ctrl-C goes out as soon as the step's line is read
         var rng = new Random(19);
-        int pretrainAt = rng.Next(3, 12), trainAt = rng.Next(2, 12);
-        int port = FreePort();                                           // and pre-training serves the Prometheus metrics
-        Dictionary<string, double>? scraped = null;
-        var (c1, o1) = Interrupted(["pretrain", "--run", a, .. Shapes, "-o", $"metrics.port={port}"], @"\] step (\d+)/40", pretrainAt, () => scraped = Scrape(port));
+        int pretrainAt = rng.Next(3, 35), trainAt = rng.Next(2, 20);
+        var (c1, o1) = Interrupted(["pretrain", "--run", a, .. Shapes], @"\] step (\d+)/40", pretrainAt);
         Assert.True(o1.Contains("Ctrl-C", StringComparison.Ordinal), $"pre-training ended before Ctrl-C at step {pretrainAt} took effect:\n{o1}");
+
+        // pre-training serves the Prometheus metrics: scraped from a run that cannot end while the scrape takes (on a
+        // loaded machine it once took the rest of a 40-step run, and the Ctrl-C above came after the end)
+        int port = FreePort();
+        Dictionary<string, double>? scraped = null;
+        var (_, om) = Interrupted(["pretrain", "--run", a + "-metrics", .. Shapes, "-o", "pretrain.steps=100000", "-o", $"metrics.port={port}"],
+                                  @"\] step (\d+)/100000", 3, () => scraped = Scrape(port));
+        Assert.True(om.Contains("Ctrl-C", StringComparison.Ordinal), om);
         Assert.NotNull(scraped);
-        Assert.True(scraped["moce_steps_total"] >= pretrainAt, $"moce_steps_total {scraped["moce_steps_total"]} at step {pretrainAt}");
+        Assert.True(scraped["moce_steps_total"] >= 3, $"moce_steps_total {scraped["moce_steps_total"]} at step 3");
         Assert.True(scraped["moce_loss"] > 0 && scraped.ContainsKey("moce_committed_step") && scraped.ContainsKey("moce_images_per_second"), string.Join(", ", scraped.Keys));
         var (code2, o2) = Moce(["pretrain", "--run", a, .. Shapes]);
         Assert.True(code2 == 0, o2);
