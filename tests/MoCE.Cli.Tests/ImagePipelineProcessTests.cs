@@ -49,23 +49,29 @@ public class ImagePipelineProcessTests
         using var p = Process.Start(psi)!;
         using var reached = new ManualResetEventSlim();
         var log = new System.Text.StringBuilder();
-        p.OutputDataReceived += (_, e) =>
+        void OnLine(string line)
         {
-            if (e.Data is null) return;
-            lock (log) log.AppendLine(e.Data);
-            var m = System.Text.RegularExpressions.Regex.Match(e.Data, pattern);
+            lock (log) log.AppendLine(line);
+            var m = System.Text.RegularExpressions.Regex.Match(line, pattern);
             if (!m.Success || int.Parse(m.Groups[1].Value) < target || reached.IsSet) return;
             atTarget?.Invoke();
             reached.Set();
             using var kill = Process.Start("kill", ["-INT", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
             kill.WaitForExit();
-        };
-        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (log) log.AppendLine(e.Data); };
-        p.BeginOutputReadLine();
-        p.BeginErrorReadLine();
+        }
+        // each stream on a thread of its own, not the thread pool's events: on a loaded CI the pool's starved workers once
+        // delivered the step's line after the run had ended, and Ctrl-C came too late
+        Thread Reader(StreamReader r, Action<string> onLine)
+        {
+            var t = new Thread(() => { while (r.ReadLine() is { } line) onLine(line); }) { IsBackground = true };
+            t.Start();
+            return t;
+        }
+        var readers = new[] { Reader(p.StandardOutput, OnLine), Reader(p.StandardError, l => { lock (log) log.AppendLine(l); }) };
         bool exited = p.WaitForExit(ProcessTimeout);
         if (!exited) p.Kill(entireProcessTree: true);
         p.WaitForExit();
+        foreach (var t in readers) t.Join(TimeSpan.FromSeconds(30));             // the streams end with the process
         Assert.True(exited, $"moce {args[0]} did not exit within {ProcessTimeout.TotalMinutes:F0} min of Ctrl-C:\n{log}");
         Assert.True(reached.IsSet, $"step {target} was not reached:\n{log}");
         return (p.ExitCode, log.ToString());
@@ -122,8 +128,7 @@ public class ImagePipelineProcessTests
         var (c1, o1) = Interrupted(["pretrain", "--run", a, .. Shapes], @"\] step (\d+)/40", pretrainAt);
         Assert.True(o1.Contains("Ctrl-C", StringComparison.Ordinal), $"pre-training ended before Ctrl-C at step {pretrainAt} took effect:\n{o1}");
 
-        // pre-training serves the Prometheus metrics: scraped from a run that cannot end while the scrape takes (on a
-        // loaded machine it once took the rest of a 40-step run, and the Ctrl-C above came after the end)
+        // pre-training serves the Prometheus metrics: scraped from a run that cannot end while the scrape takes
         int port = FreePort();
         Dictionary<string, double>? scraped = null;
         var (_, om) = Interrupted(["pretrain", "--run", a + "-metrics", .. Shapes, "-o", "pretrain.steps=100000", "-o", $"metrics.port={port}"],
