@@ -43,7 +43,11 @@ public class ImagePipelineProcessTests
     /// <summary>Starts `moce ARGS` and sends it SIGINT (Ctrl-C) once its log shows step <paramref name="target"/> done.</summary>
     private static (int code, string output) Interrupted(string[] args, string pattern, int target, Action? atTarget = null)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        // SIGINT at its default in the child: a suite started as a background job (`bash .ci/run &`) inherits SIGINT
+        // ignored, as POSIX shells start such jobs, and .NET keeps an inherited SIG_IGN, so Ctrl-C would never arrive
+        var psi = new ProcessStartInfo("env") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add("--default-signal=INT");
+        psi.ArgumentList.Add("dotnet");
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "moce.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
@@ -59,8 +63,7 @@ public class ImagePipelineProcessTests
             using var kill = Process.Start("kill", ["-INT", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
             kill.WaitForExit();
         }
-        // each stream on a thread of its own, not the thread pool's events: on a loaded CI the pool's starved workers once
-        // delivered the step's line after the run had ended, and Ctrl-C came too late
+        // each stream on a thread of its own, so that a busy thread pool cannot delay the step's line and the signal
         Thread Reader(StreamReader r, Action<string> onLine)
         {
             var t = new Thread(() => { while (r.ReadLine() is { } line) onLine(line); }) { IsBackground = true };
