@@ -15,6 +15,10 @@ public enum RecoveryPolicy
     /// reroutes its images to their next-best expert meanwhile. Faster, but approximate. A failed router or
     /// trainer still triggers global-rollback.</summary>
     ExpertLocal,
+    /// <summary>Only the failed expert goes back, to its in-memory copy of the current step's start (kept by its node),
+    /// and only that step is retried or its part replayed: as fast as expert-local, and exact like global-rollback.
+    /// An expert lost with its node, or a failure outside a step's compute, falls back to global-rollback.</summary>
+    ExpertExact,
 }
 
 /// <summary>How the supervisor paces recovery from failures that keep coming. After the n-th failure in a row (no

@@ -47,7 +47,7 @@ public sealed class ChaosPlan
 
     /// <summary>True when nothing at all is planned (the fast path of every check).</summary>
     public bool IsEmpty => remaining.IsEmpty && poisons.IsEmpty && moveFaults.IsEmpty && probable.IsEmpty && stragglers.IsEmpty && messages.IsEmpty && corruptions.IsEmpty
-                           && uncreatable.IsEmpty && recoveryDelays.IsEmpty && journalRefusals.IsEmpty && nodeKills.IsEmpty;
+                           && uncreatable.IsEmpty && recoveryDelays.IsEmpty && lostCopies.IsEmpty && journalRefusals.IsEmpty && nodeKills.IsEmpty;
 
     /// <summary>The owner throws the first <paramref name="times"/> times it reaches step s (a replay reaches it again).</summary>
     public ChaosPlan FailAt(string owner, long step, int times = 1, ChaosPhase phase = ChaosPhase.Entry)
@@ -263,6 +263,24 @@ public sealed class ChaosPlan
     }
 
     public TimeSpan RecoveryDelay(string owner) => recoveryDelays.GetValueOrDefault(owner, TimeSpan.Zero);
+
+    private readonly ConcurrentDictionary<string, bool> lostCopies = new();
+
+    /// <summary>expert-exact: when the owner next restarts, its in-memory copy is gone (as if its memory were lost), so
+    /// the run must fall back to global-rollback.</summary>
+    public ChaosPlan LoseCopy(string owner)
+    {
+        lostCopies[owner] = true;
+        return this;
+    }
+
+    /// <summary>Called by a restarted expert before it puts its copy back: true once, when its copy is to be lost.</summary>
+    public bool LosesCopy(string owner)
+    {
+        if (!lostCopies.TryRemove(owner, out _)) return false;
+        Report(-1, owner, "lose-copy", "its in-memory copy is lost");
+        return true;
+    }
 
     /// <summary>Every fault thrown so far, in order (one entry per firing).</summary>
     public IReadOnlyList<(string owner, long step)> Fired => [.. fired];

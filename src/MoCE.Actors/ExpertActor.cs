@@ -12,14 +12,17 @@ using static TorchSharp.torch;
 namespace MoCE.Actors;
 
 /// <summary>What one expert is built from on its node: the run's spec (from the supervisor) and what the node
-/// gives it (a device, threads, the process's fault plan). Recover: it was lost or restarted, so under expert-local it
-/// comes back from its own last snapshot.</summary>
+/// gives it (a device, threads, the process's fault plan, the node's in-memory copies). Recover: it was lost or
+/// restarted, so under expert-local it comes back from its own last snapshot.</summary>
 public sealed record ExpertSetup(ExpertSpec Spec, int Expert, ICheckpointStore Store, Device Device, int OwnerThreads, ChaosPlan Chaos,
-                                 EngineThreads Threads, bool Recover);
+                                 EngineThreads Threads, bool Recover, ExpertCopies Copies);
 
 /// <summary>Expert e: owns its MLP in every MoE block, their AdamW state and its device. Persistent: after each
 /// commit, and each restore, it snapshots its part {step, file, sha256} (never the weights), so on its own it can come
-/// back to the last committed state it had (expert-local recovery). Runs on its own thread.</summary>
+/// back to the last committed state it had (expert-local recovery). Under expert-exact it also keeps, in its node's
+/// memory, its state at the start of the current step and the log of what it received in the step
+/// (<see cref="ExpertCopy"/>): restarted, it puts that state back, and a failed update is replayed from the log. Runs on
+/// its own thread.</summary>
 public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 {
     public ITimerScheduler Timers { get; set; } = null!;
@@ -42,6 +45,8 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     private readonly ExpertSnapshot? birth;              // an added expert's first part (the commit of its add)
     private long tokens;                                 // token rows through this expert's forward since it started
     private bool restarted;
+    private readonly bool exact;                         // expert-exact: the node keeps a copy of this expert's step start and log
+    private long fromCopy = -1;                          // restarted: the step whose start it put back, until that step's update
 
     public override string PersistenceId { get; }
 
@@ -75,6 +80,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             using (var initial = setup.Store.Load(spec.Initial))                  // the experts' upcycled weights, hash-verified
                 owner.LoadInitial(initial.Tensors);
         foreach (var m in mlps.Values) m.to(setup.Device);
+        exact = spec.Policy == RecoveryPolicy.ExpertExact;
 
         Recover<SnapshotOffer>(o => lastSnapshot = (ExpertSnapshot)o.Snapshot);
         Command<ExpertForward>(HandleForward);
@@ -106,7 +112,26 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         lastSnapshot ??= birth;                                                  // an added expert's first snapshot is its birth
         if (restarted && setup.Spec.Policy == RecoveryPolicy.ExpertLocal && lastSnapshot is not null)
             Timers.StartSingleTimer("restore-own-snapshot", new RestoreOwnSnapshot(), setup.Chaos.RecoveryDelay(Name));
+        if (restarted && exact) PutBackCopy();
     }
+
+    /// <summary>expert-exact, restarted: the state of the current step's start goes back before any message is handled
+    /// (a persistent actor stashes them until its recovery ends), and the supervisor hears which step it was.</summary>
+    private void PutBackCopy()
+    {
+        if (setup.Chaos.LosesCopy(Name)) setup.Copies.Drop(setup.Spec.RunId, expert);   // as if its memory were lost
+        var c = setup.Copies.For(setup.Spec.RunId, expert);
+        if (c.Step >= 0)
+        {
+            owner.RestoreCopy(c);
+            fromCopy = c.Step;
+            log.Info("{0} put back its in-memory copy of the start of step {1}", Name, c.Step);
+        }
+        else log.Warning("{0} has no in-memory copy to put back", Name);
+        Context.Parent.Tell(new ExpertCopyRestored(c.Step, expert, c.Step));
+    }
+
+    private ExpertCopy? Copy => exact ? setup.Copies.For(setup.Spec.RunId, expert) : null;
 
     private sealed record RestoreOwnSnapshot;
 
@@ -124,6 +149,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         {
             if (!Fresh(m.Step, m.Generation, m.Block, backward: false)) { m.Input.Dispose(); return; }   // a stale or duplicate message's tensor is not touched
             m = m with { Input = m.Input.On(setup.Device) };
+            Copy?.LogAttempt(m.Generation, m.Step);
             setup.Chaos.Check(Name, m.Step);
             var clock = System.Diagnostics.Stopwatch.StartNew();
             using var scope = NewDisposeScope();
@@ -132,13 +158,14 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             NodeMetrics.ExpertTokens.WithLabels(Name).Inc(input.shape[0] * input.shape[1]);
             var output = mlps[m.Block].forward(input);
             var reply = output.detach();
-            m.Input.Dispose();
+            if (Copy is { } c) c.LogForward(m.Block, m.Input);                        // the log keeps the rows (same storage)
+            else m.Input.Dispose();
             if (inFlight.Remove(m.Block, out var old)) { old.input.Dispose(); old.output.Dispose(); }
             inFlight[m.Block] = (input.MoveToOuterDisposeScope(), output.MoveToOuterDisposeScope());
             Straggle(m.Step, clock);
             Sender.Tell(new ExpertOutput(m.Step, m.Generation, m.Block, expert, reply.MoveToOuterDisposeScope()));
         }
-        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
+        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw new StepPhaseException(StepPhase.Forward, m.Step, e); }
     }
 
     private void HandleBackward(ExpertBackward m)
@@ -151,13 +178,14 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             using var scope = NewDisposeScope();
             var (input, output) = inFlight[m.Block];
             output.backward([m.GradOutput]);                                         // accumulates the parameter grads
-            m.GradOutput.Dispose();
+            if (Copy is { } c) c.LogBackward(m.Block, m.GradOutput);
+            else m.GradOutput.Dispose();
             setup.Chaos.Check(Name, m.Step, ChaosPhase.Backward);
             if (setup.Chaos.PoisonsGradient(Name, m.Step)) using (no_grad()) foreach (var p in owner.Parameters.Values) p.grad?.fill_(double.NaN);
             Straggle(m.Step, clock);
             Sender.Tell(new ExpertInputGrad(m.Step, m.Generation, m.Block, expert, input.grad!.detach().MoveToOuterDisposeScope()));
         }
-        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }
+        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw new StepPhaseException(StepPhase.Backward, m.Step, e); }
     }
 
     /// <summary>False (and logged) for a message of an attempt older than the newest this expert has seen: a sender of an
@@ -180,6 +208,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             // a new attempt: what an abandoned one left (an expert the trainer did not wait for: a straggler) goes
             if (at.generation != attempt.generation) { FreeStep(); owner.Optimizer.ZeroGrad(); }
             attempt = at;
+            fromCopy = -1;                                                       // it computes this attempt itself: nothing to replay
             done.Clear();
         }
         return done.Add((block, backward));
@@ -197,22 +226,42 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     {
         try
         {
+            if (fromCopy == m.Step) ReplayFromLog(m.Generation, m.Step);
+            fromCopy = -1;
             owner.Apply(m.Lr, m.ClipScale);
             setup.Chaos.Check(Name, m.Step, ChaosPhase.Apply);
             FreeStep();
+            if (Copy is { } c) owner.KeepCopy(c, m.Step + 1);                     // the start of the next step
             Sender.Tell(new StepApplied(m.Step, Name));
         }
-        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }    // the trainer's wait ends now, not at its timeout
+        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw new StepPhaseException(StepPhase.Apply, m.Step, e); }   // the trainer's wait ends now
+    }
+
+    /// <summary>expert-exact, restarted in step s's update: the state of s's start is back; the forward and backward
+    /// of every block it had rows for run again on the logged rows and output gradients, in their order, which gives
+    /// the gradients it had bit for bit (the update then uses the clip and lr the trainer sent). An empty log: it had
+    /// no rows in the step. A log of another attempt cannot be replayed, and the trainer's step fails.</summary>
+    private void ReplayFromLog(int generation, long step)
+    {
+        var c = Copy!;
+        if (c.Logged != (generation, step) && (c.Forwards.Count > 0 || c.Backwards.Count > 0))
+            throw new InvalidOperationException($"{Name} cannot replay step {step} (generation {generation}): its log holds generation {c.Logged.generation} of step {c.Logged.step}");
+        using var scope = NewDisposeScope();
+        var outputs = new Dictionary<int, Tensor>();
+        foreach (var (block, x) in c.Forwards) outputs[block] = mlps[block].forward(x.detach().requires_grad_(true));
+        foreach (var (block, g) in c.Backwards) outputs[block].backward([g]);
+        log.Info("{0} replayed its part of step {1} from its log ({2} blocks)", Name, step, c.Forwards.Count);
     }
 
     private void HandleCheckpoint(Checkpoint m)
     {
         try { HandleCheckpointCore(m); }
-        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw; }    // the cut fails now, not at its timeout
+        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw new StepPhaseException(StepPhase.Checkpoint, m.Step, e); }   // the cut fails now
     }
 
     private void HandleCheckpointCore(Checkpoint m)
     {
+        if (Copy is { Step: var at } c && at != m.Step) owner.KeepCopy(c, m.Step);  // commit 0: no update came before
         var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "expert", ["expert"] = expert.ToString() });
         setup.Chaos.AfterCheckpoint(Name, m.Step, setup.Store, r);
         setup.Chaos.Check(Name, m.Step, ChaosPhase.Checkpoint);
@@ -228,6 +277,8 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         attempt = (m.Generation, -1);
         done.Clear();
         owner.Restore(m.Ref);
+        fromCopy = -1;
+        if (Copy is { } c) owner.KeepCopy(c, m.Step);
         Snapshot(new ExpertSnapshot(m.Step, m.Ref));                             // a part of a commit: what it now holds
         log.Info("{0} restored {1} (commit {2})", Name, m.Ref.File, m.Step);
         Sender.Tell(new Restored(m.Step, Name));

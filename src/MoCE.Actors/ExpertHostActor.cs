@@ -12,6 +12,9 @@ namespace MoCE.Actors;
 /// threads, and the process's fault plan.</summary>
 public sealed record NodeResources(IReadOnlyList<string> Devices, int OwnerThreads, ChaosPlan Chaos, EngineThreads Threads, bool AcceptKill = false)
 {
+    /// <summary>The in-memory copies of the experts hosted here (expert-exact): they outlive an expert's restart.</summary>
+    public ExpertCopies Copies { get; } = new();
+
     /// <summary>Checks every device name now, so that a node with a bad device list fails at start, not at placement.</summary>
     public NodeResources Validated()
     {
@@ -40,6 +43,7 @@ public sealed class ExpertHostActor : ReceiveActor
     private readonly string node;
     private readonly ILoggingAdapter log = Context.GetLogger();
     private readonly Dictionary<IActorRef, Hosted> hosted = [];
+    private readonly Dictionary<IActorRef, Hosted> stopping = [];
     private readonly Dictionary<string, (HostExpert request, IActorRef sender)> waiting = [];   // for an old instance to stop
 
     public static Props Props(NodeResources resources) => Akka.Actor.Props.Create(() => new ExpertHostActor(resources));
@@ -52,10 +56,13 @@ public sealed class ExpertHostActor : ReceiveActor
         Receive<HostExpert>(Host);
         Receive<Wire.MalformedFrame>(m => log.Error(m.Failure(Sender).Message));   // a request that did not parse: nothing to do
         Receive<ExpertRecovered>(m => { if (hosted.TryGetValue(Sender, out var h)) h.Supervisor.Tell(m); });
+        Receive<ExpertCopyRestored>(m => { if (hosted.TryGetValue(Sender, out var h)) h.Supervisor.Tell(m); });
         Receive<StopExpert>(m =>
         {
             var child = Context.Child(ChildName(m.RunId, m.Expert));
-            if (!child.IsNobody() && hosted.Remove(child)) Context.Stop(child);
+            if (child.IsNobody() || !hosted.Remove(child, out var h)) return;
+            stopping[child] = h;                                                 // its copy goes once it has stopped
+            Context.Stop(child);
         });
         Receive<KillNode>(m =>
         {
@@ -72,7 +79,7 @@ public sealed class ExpertHostActor : ReceiveActor
         });
         Receive<Terminated>(t =>
         {
-            hosted.Remove(t.ActorRef);
+            if (hosted.Remove(t.ActorRef, out var h) || stopping.Remove(t.ActorRef, out h)) resources.Copies.Drop(h.RunId, h.Expert);
             if (waiting.Remove(t.ActorRef.Path.Name, out var w)) Self.Tell(w.request, w.sender);   // its name is free now
         });
     }
@@ -96,7 +103,7 @@ public sealed class ExpertHostActor : ReceiveActor
         }
         var device = resources.Devices.MinBy(d => hosted.Values.Count(h => h.Device == d))!;
         var setup = new ExpertSetup(m.Spec, m.Expert, CheckpointStores.Open(m.Spec.Store), new torch.Device(device),
-                                    resources.OwnerThreads, resources.Chaos, resources.Threads, m.Recover);
+                                    resources.OwnerThreads, resources.Chaos, resources.Threads, m.Recover, resources.Copies);
         var expert = Context.ActorOf(ExpertActor.Props(setup), name);
         Context.Watch(expert);
         hosted[expert] = new Hosted(Sender, OwnerRegistry.ExpertId(m.Expert), device, m.Spec.RunId, m.Expert);
@@ -110,6 +117,10 @@ public sealed class ExpertHostActor : ReceiveActor
     /// <summary>A failed expert is restarted, one that cannot be created is stopped; either way its supervisor hears of it.</summary>
     protected override SupervisorStrategy SupervisorStrategy() => new ReportingStrategy((child, cause, restart) =>
     {
-        if (hosted.TryGetValue(child, out var h)) h.Supervisor.Tell(new OwnerFailure(-1, h.Owner, cause.GetBaseException().Message, restart));
+        if (!hosted.TryGetValue(child, out var h)) return;
+        var (step, phase, error) = cause is StepPhaseException p
+            ? (p.Step, p.Phase, $"{cause.GetBaseException().Message} (in the {p.Phase.ToString().ToLowerInvariant()} of step {p.Step})")
+            : (-1L, StepPhase.Other, cause.GetBaseException().Message);
+        h.Supervisor.Tell(new OwnerFailure(step, h.Owner, error, restart, phase));
     });
 }

@@ -50,5 +50,18 @@ public sealed class ParameterOwner : IDisposable
         return TrainerCheckpoint.Restore(c, Parameters.ToDictionary(kv => kv.Key, kv => (torch.Tensor)kv.Value), Optimizer);
     }
 
+    /// <summary>Copies the weights and optimizer state into <paramref name="copy"/> as the start of <paramref name="step"/>.</summary>
+    public void KeepCopy(ExpertCopy copy, long step) =>
+        copy.Keep(step, Parameters.Select(kv => (kv.Key, (torch.Tensor)kv.Value)).Concat(Optimizer.StateTensors()), Optimizer.StepCount);
+
+    /// <summary>Puts back the state of <paramref name="copy"/> (no gradients).</summary>
+    public void RestoreCopy(ExpertCopy copy)
+    {
+        Optimizer.ZeroGrad();
+        using (torch.no_grad())
+            foreach (var (name, p) in Parameters) p.copy_(copy.State[name]);
+        Optimizer.LoadState(copy.State, copy.OptimizerSteps);
+    }
+
     public void Dispose() => Optimizer.Dispose();
 }

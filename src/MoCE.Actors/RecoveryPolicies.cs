@@ -7,9 +7,22 @@ namespace MoCE.Actors;
 /// stopped unreported), or the router's straggler timeout gave up on it (it is alive, only slow).</summary>
 public enum FaultKind { Failed, Lost, Slow }
 
+/// <summary>Where in a step an owner failed: its forward, its backward, its update, its part of a cut, or elsewhere (a
+/// failure its owner did not place, a restore, a lost node).</summary>
+public enum StepPhase : byte { Other, Forward, Backward, Apply, Checkpoint }
+
+/// <summary>What an expert throws when it fails in a phase of a step: the failure itself, with where it happened (its
+/// host reports the phase with the failure).</summary>
+public sealed class StepPhaseException(StepPhase phase, long step, Exception inner)
+    : Exception($"{inner.Message} (in the {phase.ToString().ToLowerInvariant()} of step {step})", inner)
+{
+    public StepPhase Phase { get; } = phase;
+    public long Step { get; } = step;
+}
+
 /// <summary>A fault the run must answer: the owners it hit (one, or every expert of a lost node), its kind, what was
 /// said about it (for the log and the recovery record only: no decision reads it), and the step the run was at.</summary>
-public sealed record Fault(IReadOnlyList<string> Owners, FaultKind Kind, string Error, long Step)
+public sealed record Fault(IReadOnlyList<string> Owners, FaultKind Kind, string Error, long Step, StepPhase Phase = StepPhase.Other)
 {
     public IReadOnlyList<int> Experts => Owners.Select(SupervisorState.ExpertIndex).OfType<int>().ToList();
     public bool OnlyExperts => Owners.Count > 0 && Experts.Count == Owners.Count;
@@ -38,8 +51,17 @@ public sealed record Outage(OutageKind Kind, long Step, string Error, long Since
 public abstract record Decision;
 /// <summary>Failures keep coming: stop the run with this reason; the last commit stays for a resume.</summary>
 public sealed record StopRun(string Reason) : Decision;
-/// <summary>Every owner restores the newest verified commit after this backoff, then replays (global-rollback).</summary>
-public sealed record RollBack(TimeSpan Delay) : Decision;
+/// <summary>Every owner restores the newest verified commit after this backoff, then replays (global-rollback).
+/// Fallback: why the configured policy could not recover it itself ("" when global-rollback is the policy's own answer).</summary>
+public sealed record RollBack(TimeSpan Delay, string Fallback = "") : Decision;
+/// <summary>These experts put back their in-memory copy of the start of the current step, and every owner retries the
+/// step as it is (expert-exact, a failure in a forward or a backward: nobody has applied the step yet).</summary>
+public sealed record RetryFromCopy(IReadOnlyList<int> Experts) : Decision;
+/// <summary>These experts put back their copy and replay their part of the current step from their log; the trainer
+/// asks their update again and the others wait (expert-exact, a failure in an update: the others have applied it).</summary>
+public sealed record ReplayFromCopy(IReadOnlyList<int> Experts) : Decision;
+/// <summary>The copies are back: retry the current step (every owner as it is).</summary>
+public sealed record RetryStep : Decision;
 /// <summary>Only these experts go back, each to its own snapshot; the step is retried without them (expert-local).</summary>
 public sealed record TakeDown(IReadOnlyList<int> Experts) : Decision;
 /// <summary>These slow experts sit out until step <c>Until</c> (exclusive); the step is retried without them (straggler-timeout).</summary>
@@ -71,6 +93,29 @@ public sealed class ExpertLocalPolicy : IRecoveryPolicy
 {
     public Decision? Decide(Fault fault, FaultContext context) =>
         fault.Kind != FaultKind.Slow && fault.OnlyExperts && context.Training ? new TakeDown(fault.Experts) : null;
+}
+
+/// <summary>expert-exact: a failed expert, while a step is trained, puts back its in-memory copy of the step's start
+/// (kept by its node) and only that step is retried (a forward or backward failed: no owner has applied it) or its
+/// part replayed from its log (its update failed: the others have applied it). Nothing else goes back, and the run
+/// equals one without the failure bit for bit. An expert lost with its node has no copy left (copies are kept on the
+/// expert's own node only), and a failure outside a step's compute (a cut, a restore) is not a step's: both fall back
+/// to global-rollback, and the record says why.</summary>
+public sealed class ExpertExactPolicy(RestartBackoff backoff) : IRecoveryPolicy
+{
+    public Decision? Decide(Fault fault, FaultContext context)
+    {
+        if (fault.Kind == FaultKind.Slow || !fault.OnlyExperts) return null;
+        if (fault.Kind == FaultKind.Lost)
+            return new RollBack(backoff.Delay(context.FailuresInARow), $"expert-exact: {string.Join(",", fault.Owners)} lost with its node, and copies are kept on an expert's own node only");
+        if (!context.Training) return null;
+        return fault.Phase switch
+        {
+            StepPhase.Forward or StepPhase.Backward => new RetryFromCopy(fault.Experts),
+            StepPhase.Apply => new ReplayFromCopy(fault.Experts),
+            _ => new RollBack(backoff.Delay(context.FailuresInARow), $"expert-exact: {string.Join(",", fault.Owners)} failed outside a forward, backward or update"),
+        };
+    }
 }
 
 /// <summary>moce.actors.straggler-timeout: a slow expert sits out <paramref name="sitOut"/> steps, alive and in the cuts.</summary>

@@ -1,5 +1,6 @@
 using Akka.Actor;
 using MoCE.Actors.Messages;
+using MoCE.Actors.Placement;
 
 namespace MoCE.Actors;
 
@@ -16,13 +17,20 @@ public sealed record PendingAdd(int Count, string Node, long AtStep, IActorRef? 
     public bool Journaled => Sources is { Count: > 0 };
 }
 
-/// <summary>The failure a global rollback is under way for: recorded when every owner has restored.</summary>
-public sealed record Handling(string Owner, string Error, long Step, long Since);
+/// <summary>The failure a global rollback is under way for: recorded when every owner has restored. Fallback: why the
+/// configured policy left it to global-rollback.</summary>
+public sealed record Handling(string Owner, string Error, long Step, long Since, string Fallback = "");
+
+/// <summary>An expert-exact recovery under way: the expert failed in this phase of this step, and has (Restored) or has
+/// not yet put back its in-memory copy of the step's start.</summary>
+public sealed record ExactRecovery(long Step, StepPhase Phase, string Error, long Since, bool Restored = false);
 
 /// <summary>What the run does next, at a step boundary.</summary>
 public abstract record Next;
 /// <summary>Experts back from an outage take rows again: journal their records.</summary>
 public sealed record Rejoin(IReadOnlyList<RecoveryRecord> Records) : Next;
+/// <summary>Experts recovered exactly (expert-exact): the step they failed in has completed; journal their records.</summary>
+public sealed record ExactlyRecovered(IReadOnlyList<RecoveryRecord> Records) : Next;
 /// <summary>Take a consistent cut after this step (every owner writes its part, then the commit is journaled).</summary>
 public sealed record CutAt(long Step) : Next;
 /// <summary>Start the planned move now: the current step is committed.</summary>
@@ -54,6 +62,9 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
 {
     private readonly Dictionary<int, Outage> outages = [];
     private readonly Dictionary<int, long> rejoining = [];               // expert → the step of the snapshot it restored
+    private readonly Dictionary<int, ExactRecovery> exact = [];          // expert-exact recoveries under way
+    private readonly List<RecoveryRecord> exactDone = [];
+    private bool failedAttempt;                                          // the trainer reported the attempt while copies were being put back
     private readonly SortedDictionary<long, long[]> tokens = [];         // by step: a replayed step overwrites its first run
     private long lastFailedStep = -1;
     private bool retry;
@@ -61,8 +72,12 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
 
     /// <summary>The policies of a run: straggler-timeout, then expert-local if configured, then global-rollback.</summary>
     public static RunState For(ActorContextSetup setup, long checkpointEvery) => new(checkpointEvery, setup.Backoff,
-        [new StragglerTimeoutPolicy(setup.StragglerSitOut), .. setup.Policy == RecoveryPolicy.ExpertLocal ? [new ExpertLocalPolicy()] : Array.Empty<IRecoveryPolicy>(),
-         new GlobalRollbackPolicy(setup.Backoff)]);
+        [new StragglerTimeoutPolicy(setup.StragglerSitOut), .. setup.Policy switch
+        {
+            RecoveryPolicy.ExpertLocal => [new ExpertLocalPolicy()],
+            RecoveryPolicy.ExpertExact => [new ExpertExactPolicy(setup.Backoff)],
+            _ => Array.Empty<IRecoveryPolicy>(),
+        }, new GlobalRollbackPolicy(setup.Backoff)]);
 
     public long Step { get; private set; }
     public long End { get; private set; } = long.MaxValue;
@@ -131,6 +146,12 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
     /// kill-node of a chaos schedule (asked only when nothing comes before it).</summary>
     public Next Decide(long? committed, Func<(string node, ChaosFired fired)?> nodeKill)
     {
+        if (exactDone.Count > 0)
+        {
+            var done = exactDone.ToList();
+            exactDone.Clear();
+            return new ExactlyRecovered(done);
+        }
         if (rejoining.Count > 0)
         {
             var records = rejoining.OrderBy(kv => kv.Key).Select(kv => outages[kv.Key].Ended(kv.Key, kv.Value, Step)).ToList();
@@ -192,6 +213,12 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
     public bool StepCompleted(StepCompleted m, int experts)
     {
         if (m.Step > lastFailedStep) FailuresInARow = 0;
+        foreach (var (e, x) in exact.Where(kv => kv.Value.Step == m.Step).ToList())
+        {
+            exactDone.Add(new RecoveryRecord(x.Step, OwnerRegistry.ExpertId(e), "expert-exact", x.Error, x.Step, 0,
+                System.Diagnostics.Stopwatch.GetElapsedTime(x.Since).TotalMilliseconds, 0));
+            exact.Remove(e);
+        }
         tokens[m.Step] = Enumerable.Range(0, experts).Select(e => m.Routing.Where(r => r.Expert == e).Sum(r => r.Tokens)).ToArray();
         foreach (var old in tokens.Keys.Where(k => k <= m.Step - checkpointEvery || k > m.Step).ToList()) tokens.Remove(old);
         foreach (var (e, o) in outages.ToList())
@@ -215,12 +242,35 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
         return true;
     }
 
-    /// <summary>The trainer abandoned this step: true when it is to be retried (experts were just left behind).</summary>
+    /// <summary>The trainer abandoned this step: true when it is to be retried now (experts were just left behind, or
+    /// every expert-exact copy is back; else the retry waits for them).</summary>
     public bool Retry(StepFailed m)
     {
         if (Failure is not null || m.Step != Step || !retry) return false;
+        if (exact.Values.Any(x => !x.Restored)) { failedAttempt = true; return false; }
         retry = false;
         return true;
+    }
+
+    /// <summary>An expert restarted under expert-exact put back its in-memory copy of the start of
+    /// <paramref name="copyStep"/> (−1: none). <see cref="RetryStep"/>: every copy is back and the trainer has abandoned the
+    /// attempt, so retry the step; <see cref="RollBack"/>: the copy is not the step's start, global-rollback takes over
+    /// (folded in, with the reason); else nothing yet.</summary>
+    public Decision CopyRestored(int expert, long copyStep)
+    {
+        if (!exact.TryGetValue(expert, out var x) || x.Restored) return new Ignore();
+        if (copyStep != x.Step)
+        {
+            var why = $"expert-exact: {OwnerRegistry.ExpertId(expert)} had {(copyStep < 0 ? "no in-memory copy" : $"an in-memory copy of step {copyStep}")}, not one of step {x.Step}";
+            FailuresInARow++;                                            // not a new failure, but the rollback's backoff counts it
+            var d = new RollBack(backoff.Delay(FailuresInARow), why);
+            Fold(d, new Fault([OwnerRegistry.ExpertId(expert)], FaultKind.Failed, x.Error, x.Step, x.Phase), x.Since);
+            return d;
+        }
+        exact[expert] = x with { Restored = true };
+        if (!failedAttempt || exact.Values.Any(y => !y.Restored)) return new Ignore();
+        failedAttempt = retry = false;
+        return new RetryStep();
     }
 
     /// <summary>What to do about a fault: a slow expert sits out (not a failure); any other fault counts towards
@@ -237,7 +287,12 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
         }
         var context = new FaultContext(training && Failure is null, FailuresInARow);
         var d = policies.Select(p => p.Decide(f, context)).First(d => d is not null)!;
-        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        Fold(d, f, System.Diagnostics.Stopwatch.GetTimestamp());
+        return d;
+    }
+
+    private void Fold(Decision d, Fault f, long now)
+    {
         switch (d)
         {
             case TakeDown t:
@@ -250,14 +305,28 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
                 Generation++;
                 retry = true;
                 break;
-            case RollBack:
-                Failure ??= new Handling(string.Join(",", f.Owners), f.Error, Step, now);
+            case RetryFromCopy r:
+                foreach (var e in r.Experts) exact[e] = new ExactRecovery(Step, f.Phase, f.Error, now);
+                Generation++;                                            // the attempt's replies are stale; the trainer reports StepFailed
+                retry = true;
+                failedAttempt = false;
+                break;
+            case ReplayFromCopy r:                                       // the trainer asks their update again, in this attempt
+                foreach (var e in r.Experts) exact[e] = new ExactRecovery(Step, f.Phase, f.Error, now);
+                break;
+            case RollBack rb:
+                // an expert-exact recovery under way that a rollback overtakes (its replay failed, the trainer failed) is
+                // one the policy could not finish: the record says so
+                string fallback = rb.Fallback.Length > 0 || exact.Count == 0 ? rb.Fallback
+                    : $"expert-exact could not finish recovering {string.Join(",", exact.Keys.Order().Select(OwnerRegistry.ExpertId))}: {string.Join(",", f.Owners)} failed ({f.Error})";
+                exact.Clear();
+                failedAttempt = false;
+                Failure ??= new Handling(string.Join(",", f.Owners), f.Error, Step, now, fallback);
                 if (Add is { Started: true, Journaled: false }) Add = Add with { Started = false };   // taken again after the rollback
                 Generation++;
                 retry = false;
                 break;
         }
-        return d;
     }
 
     /// <summary>Every owner restored commit <paramref name="step"/>: what that completed. The token window becomes the
@@ -277,7 +346,7 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
         var f = Failure;
         Failure = null;
         var record = f is null ? null : new RecoveryRecord(f.Step, f.Owner, "global-rollback", f.Error, step, f.Step - step,
-            System.Diagnostics.Stopwatch.GetElapsedTime(f.Since).TotalMilliseconds, 0);
+            System.Diagnostics.Stopwatch.GetElapsedTime(f.Since).TotalMilliseconds, 0, Fallback: f.Fallback);
         return new RestoreOutcome(added, moved, record);
     }
 }

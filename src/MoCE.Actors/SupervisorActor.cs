@@ -177,7 +177,18 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Command<ClusterEvent.IMemberEvent>(_ => { });
         Command<Terminated>(HandleTerminated);
         Command<OwnerFailed>(m => OnFault(new Fault([m.Owner], FaultKind.Failed, m.Error, run.Step)));
-        Command<OwnerFailure>(m => { if (m.Restarted) OnFault(new Fault([m.Owner], FaultKind.Failed, m.Error, run.Step)); else stopCauses[m.Owner] = m.Error; });
+        Command<OwnerFailure>(m => { if (m.Restarted) OnFault(new Fault([m.Owner], FaultKind.Failed, m.Error, run.Step, m.Phase)); else stopCauses[m.Owner] = m.Error; });
+        Command<ExpertCopyRestored>(m =>
+        {
+            switch (run.CopyRestored(m.Expert, m.CopyStep))
+            {
+                case RetryStep:
+                    log.Warning("Retrying step {0}: experts put back their in-memory copies of its start", run.Step);
+                    Next();
+                    break;
+                case RollBack r: RollBackAfter(r); break;
+            }
+        });
         Command<OperationFailed>(m => { if (m.Generation == run.Generation) OnFault(new Fault(["supervisor"], FaultKind.Failed, m.Error.Message, run.Step)); });
         Command<ExpertRecovered>(m => { if (run.Recovered(m.Expert, m.Step) && phase == Phase.Waiting) { Timers.Cancel("recovery-wait"); Next(); } });
         Command<DrainNode>(m =>
@@ -404,6 +415,16 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                     else Next();
                 });
                 break;
+            case ExactlyRecovered x:
+                PersistAll(x.Records, rec =>
+                {
+                    journal.Apply(rec);
+                    hooks.OnRecovery?.Invoke(rec);
+                    log.Warning("{0} recovered exactly from its failure in step {1}: its in-memory copy of the step's start, {2:F0} ms from the failure to the step's end; no other owner went back",
+                        rec.Owner, rec.Step, rec.DetectionToRecoveredMs);
+                    if (rec == x.Records[^1]) Next();
+                });
+                break;
             case CutAt c: Cut(c.Step); break;
             case MoveNow m: StartMove(m.Move); break;
             case AddNow a:
@@ -467,14 +488,27 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                 foreach (var e in s.Experts) log.Warning("{0} is a straggler ({1}): it sits out steps {2}..{3}", OwnerRegistry.ExpertId(e), f.Error, f.Step, s.Until - 1);
                 setup.Cancellation.Cancel(attempt, s.Experts);
                 break;
-            case RollBack r:                                  // the restarted owners wait for the restore, after the backoff
-                Go(Phase.Restoring);
-                awaitingPlacement = false;
-                if (r.Delay <= TimeSpan.Zero) { Restore(); break; }
-                log.Info("Restoring in {0:F0} ms (failure {1} in a row)", r.Delay.TotalMilliseconds, run.FailuresInARow);
-                Timers.StartSingleTimer("restore", new RestoreAfterBackoff(run.Generation), r.Delay);
+            case RetryFromCopy r:
+                log.Warning("{0} failed in the {1} of step {2}: it puts back its in-memory copy of the step's start, and the step is retried",
+                    string.Join(",", r.Experts.Select(OwnerRegistry.ExpertId)), f.Phase.ToString().ToLowerInvariant(), f.Step);
                 break;
+            case ReplayFromCopy r:
+                log.Warning("{0} failed in its update of step {1}: it puts back its in-memory copy of the step's start and replays its part from its log",
+                    string.Join(",", r.Experts.Select(OwnerRegistry.ExpertId)), f.Step);
+                break;
+            case RollBack r: RollBackAfter(r); break;
         }
+    }
+
+    /// <summary>The restarted owners wait for the restore, after the backoff.</summary>
+    private void RollBackAfter(RollBack r)
+    {
+        if (r.Fallback.Length > 0) log.Warning("Falling back to global-rollback: {0}", r.Fallback);
+        Go(Phase.Restoring);
+        awaitingPlacement = false;
+        if (r.Delay <= TimeSpan.Zero) { Restore(); return; }
+        log.Info("Restoring in {0:F0} ms (failure {1} in a row)", r.Delay.TotalMilliseconds, run.FailuresInARow);
+        Timers.StartSingleTimer("restore", new RestoreAfterBackoff(run.Generation), r.Delay);
     }
 
     /// <summary>A consistent cut after step s: every owner writes its part; an expert out of the steps (expert-local) is

@@ -177,7 +177,7 @@ public sealed class TrainerActor : ReceiveActor
         string culprits = double.IsFinite(norm) ? "" : string.Join(", ", norms.Where(n => !double.IsFinite(n.Value)).Select(n => $"{n.Owner}'s share")
             .Prepend(double.IsFinite(own) ? null : $"{Name}'s share").Prepend(float.IsFinite(mae) ? null : $"the loss was {mae}").OfType<string>());
         double clip = AdamW.ClipScale(s, norm, setup.Train.ClipGrad, culprits);         // not finite: throws, the step fails and is replayed
-        var applied = Task.Run(() => Task.WhenAll(others.Select(a => Request<StepApplied>(a, new Apply(s, lr, clip, m.Generation)))));
+        var applied = Task.Run(() => Task.WhenAll(others.Select(a => ApplyOn(a, new Apply(s, lr, clip, m.Generation)))));
         owner.Apply(lr, clip);                                                       // overlaps the others' updates
         // not Wait: once the trainer has applied, the step cannot be retried without it, so an owner lost now (the
         // supervisor cancels) fails the trainer itself, and the run rolls back globally
@@ -186,6 +186,18 @@ public sealed class TrainerActor : ReceiveActor
         var stats = new StepStats(s, mae, lr, norm, setup.Train.BatchSize);
         Sender.Tell(new StepCompleted(s, stats, ExpertStat.From(routes, o.PerImage, experts.Count), rerouted));
         o.Dispose();
+    }
+
+    /// <summary>An owner's update. Under expert-exact an expert whose update failed is asked once more: restarted, it has put
+    /// back its in-memory copy of the step's start and replays its part of the step from its log before it updates. A
+    /// second failure, or an answer that never came (a lost node, a timeout), fails the step.</summary>
+    private async Task<StepApplied> ApplyOn(IActorRef owner, Apply apply)
+    {
+        try { return await Request<StepApplied>(owner, apply); }
+        catch (Exception e) when (setup.Policy == RecoveryPolicy.ExpertExact && owner != router && e is not (AskTimeoutException or MalformedFrameException))
+        {
+            return await Request<StepApplied>(owner, apply);
+        }
     }
 
     protected override void PostStop()

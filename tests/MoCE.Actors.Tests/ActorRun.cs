@@ -17,6 +17,8 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     /// <summary>The actor system's configuration over hocon/akka.conf (e.g. the PostgreSQL journal); null: SQLite in RunDir.</summary>
     public Akka.Configuration.Config? Akka { get; init; }
     public SortedDictionary<long, double> Losses { get; } = [];
+    /// <summary>Every completed step's global gradient norm (the last completion of each step).</summary>
+    public SortedDictionary<long, double> GradNorms { get; } = [];
     /// <summary>Every completed step's loss in the order they completed, replays included (Losses keeps the last).</summary>
     public List<(long step, double loss)> AllLosses { get; } = [];
     /// <summary>The commits the supervisor resumed from (a start on an existing run, or a supervisor started again).</summary>
@@ -69,7 +71,7 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     /// <summary>Records every step's loss and routing, and every resume.</summary>
     private SupervisorHooks Hooks(Action<long>? afterStep) => new(OnStep: m =>
     {
-        lock (Losses) { Losses[m.Step] = m.Stats.Loss; AllLosses.Add((m.Step, m.Stats.Loss)); Routing[m.Step] = m.Routing; }
+        lock (Losses) { Losses[m.Step] = m.Stats.Loss; GradNorms[m.Step] = m.Stats.GradNorm; AllLosses.Add((m.Step, m.Stats.Loss)); Routing[m.Step] = m.Routing; }
         afterStep?.Invoke(m.Step);
     }, OnResume: s => { lock (Resumes) Resumes.Add(s); });
 

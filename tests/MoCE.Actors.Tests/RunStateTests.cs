@@ -268,4 +268,73 @@ public class RunStateTests
         Assert.Equal(2 << 20, second.Generation);
         Assert.Throws<OverflowException>(() => New().Incarnated(2048));
     }
+
+    [Fact]
+    public void Expert_exact_retries_a_failed_forward_only_once_the_copy_is_back_and_records_it_when_the_step_completes()
+    {
+        var run = New(RecoveryPolicy.ExpertExact, every: 100);
+        for (int i = 0; i < 3; i++) Complete(run, 1, 1, 1);
+        int g = run.Generation;
+        var d = run.Decide(new Fault(["expert-1"], FaultKind.Failed, "boom", 3, StepPhase.Forward), training: true);
+        Assert.Equal([1], Assert.IsType<RetryFromCopy>(d).Experts);
+        Assert.Equal(g + 1, run.Generation);                                     // the failed attempt's replies are stale
+        Assert.False(run.Retry(new StepFailed(3, g, "another owner failed")));    // the copy is not back yet
+        Assert.IsType<RetryStep>(run.CopyRestored(1, 3));
+        Assert.IsType<Ignore>(run.CopyRestored(1, 3));                           // said once
+        var t = Assert.IsType<Train>(Boundary(run, 0));
+        Assert.Equal((3L, g + 1), (t.Command.Step, t.Command.Generation));
+        Assert.Empty(t.Command.Down);                                            // the expert takes part: nothing was left behind
+        Complete(run, 1, 1, 1);
+        var r = Assert.Single(Assert.IsType<ExactlyRecovered>(Boundary(run, 0)).Records);
+        Assert.Equal(("expert-1", "expert-exact", 3L, 3L, 0L, ""), (r.Owner, r.Policy, r.Step, r.RestoredStep, r.StepsReplayed, r.Fallback));
+        Assert.IsType<Train>(Boundary(run, 0));
+    }
+
+    [Fact]
+    public void Expert_exact_replays_a_failed_update_without_a_retry_and_falls_back_when_a_copy_is_missing_or_old()
+    {
+        var run = New(RecoveryPolicy.ExpertExact, every: 100);
+        Complete(run, 1, 1);
+        int g = run.Generation;
+        Assert.IsType<ReplayFromCopy>(run.Decide(new Fault(["expert-0"], FaultKind.Failed, "boom", 1, StepPhase.Apply), true));
+        Assert.Equal(g, run.Generation);                                         // the trainer asks the update again, in this attempt
+        Assert.IsType<Ignore>(run.CopyRestored(0, 1));
+        Complete(run, 1, 1);
+        Assert.Equal("expert-exact", Assert.Single(Assert.IsType<ExactlyRecovered>(Boundary(run, 0)).Records).Policy);
+
+        // no copy: global-rollback takes over, and its record says why
+        run.Decide(new Fault(["expert-1"], FaultKind.Failed, "boom", 2, StepPhase.Backward), true);
+        var rb = Assert.IsType<RollBack>(run.CopyRestored(1, -1));
+        Assert.Equal("expert-exact: expert-1 had no in-memory copy, not one of step 2", rb.Fallback);
+        var rec = run.Restored(0).Recovery!;
+        Assert.Equal(("global-rollback", 0L, rb.Fallback), (rec.Policy, rec.RestoredStep, rec.Fallback));
+
+        // a copy of another step is no better
+        run.Decide(new Fault(["expert-1"], FaultKind.Failed, "boom", 0, StepPhase.Forward), true);
+        Assert.Contains("an in-memory copy of step 7, not one of step 0", Assert.IsType<RollBack>(run.CopyRestored(1, 7)).Fallback);
+    }
+
+    [Theory]
+    [InlineData(FaultKind.Lost, StepPhase.Other, true, "lost with its node")]
+    [InlineData(FaultKind.Failed, StepPhase.Checkpoint, true, "outside a forward, backward or update")]
+    [InlineData(FaultKind.Failed, StepPhase.Forward, false, "")]                // not training (a cut, a restore): global-rollback's own
+    public void Expert_exact_leaves_what_no_copy_can_mend_to_global_rollback_and_says_why(FaultKind kind, StepPhase phase, bool training, string why)
+    {
+        var run = New(RecoveryPolicy.ExpertExact);
+        var d = Assert.IsType<RollBack>(run.Decide(new Fault(["expert-1"], kind, "boom", 0, phase), training));
+        Assert.Contains(why, d.Fallback);
+        Assert.Equal(why.Length == 0, d.Fallback.Length == 0);
+        Assert.IsType<RollBack>(run.Decide(new Fault(["router"], FaultKind.Failed, "boom", 0, StepPhase.Forward), true));
+    }
+
+    [Fact]
+    public void An_expert_exact_recovery_that_a_rollback_overtakes_is_recorded_as_a_fallback()
+    {
+        var run = New(RecoveryPolicy.ExpertExact);
+        run.Decide(new Fault(["expert-2"], FaultKind.Failed, "boom", 0, StepPhase.Apply), true);
+        run.Decide(Failed("trainer", 0), true);                                 // its replay failed, and so did the trainer's step
+        var r = run.Restored(0).Recovery!;
+        Assert.Equal(("trainer", "global-rollback"), (r.Owner, r.Policy));
+        Assert.Equal("expert-exact could not finish recovering expert-2: trainer failed (boom)", r.Fallback);
+    }
 }

@@ -109,11 +109,11 @@ public sealed class WireTests : IDisposable
             new Prefetch(9), new GetTarget(9), new Target(9, T(4, 5, 8)),
             new TrainStep(10, 4, new HashSet<int> { 1 }),
             new StepCompleted(10, new StepStats(10, 0.5, 1e-4, 2.5, 16), [new ExpertStat(1, 0, 64, 0.25, 0.7), new ExpertStat(1, 1, 0, 0, 0.7)], 3),
-            new StepFailed(10, 4, "another owner failed"), new ExpertRecovered(20, 2), new GetRunStatus(0), new RunStatusResponse(30, 20, [rec]),
-            new RunFinished(30, [rec, rec with { Owner = "router" }]), new SupervisorActor.Start(100), new SupervisorActor.StopAndCommit(),
+            new StepFailed(10, 4, "another owner failed"), new ExpertRecovered(20, 2), new ExpertCopyRestored(13, 2, 13), new GetRunStatus(0), new RunStatusResponse(30, 20, [rec]),
+            new RunFinished(30, [rec, rec with { Owner = "router", Fallback = "expert-exact: expert-1 lost with its node" }]), new SupervisorActor.Start(100), new SupervisorActor.StopAndCommit(),
             new CheckpointCommitted(40, [r, r with { Owner = "trainer" }], [new RoutedTokens(38, [5, 0, 11]), new RoutedTokens(39, [0, 16, 0])]), rec, new Incarnation(0, 3), new ExpertActor.ExpertSnapshot(40, r),
             new GetHostInfo(3), new HostInfo(3, "akka.tcp://moce@127.0.0.1:4051", ["cpu", "cuda:1"], ["run-1/2"]), new HostExpert(3, 2, spec, true),
-            new ExpertHosted(3, 2, actor, "akka.tcp://moce@127.0.0.1:4051", "cuda:1"), new OwnerFailure(-1, "expert-2", "chaos", true),
+            new ExpertHosted(3, 2, actor, "akka.tcp://moce@127.0.0.1:4051", "cuda:1"), new OwnerFailure(-1, "expert-2", "chaos", true), new OwnerFailure(13, "expert-2", "chaos", true, StepPhase.Apply),
             new UseExperts(4, [actor, actor]), new ExpertLost(4, 1), new GetExperts(-1), new StopExpert(5, "run-1", 2),
             new ExpertsSlow(70, 3, 1, [2], 250.0), new KillNode(90),
             new ChaosFired(70, "expert-0", "duplicate", "backward message between the router and expert-0"),
@@ -160,6 +160,21 @@ public sealed class WireTests : IDisposable
         var back = Assert.IsType<CheckpointCommitted>(Serializer.FromBinary(w.ToArray(), nameof(CheckpointCommitted)));
         Assert.Equal((40L, 0), (back.Step, back.Manifest.Count));
         Assert.Null(back.Window);
+    }
+
+    /// <summary>A recovery record journaled before records carried a fallback (body version 3) reads with none; an owner's
+    /// failure of that version has no phase.</summary>
+    [Fact]
+    public void A_recovery_record_and_an_owner_failure_of_body_version_3_read_without_fallback_or_phase()
+    {
+        using var w = new WireWriter();
+        w.U8(3);
+        w.I64(23); w.Str("expert-1"); w.Str("global-rollback"); w.Str("boom"); w.I64(20); w.I64(3); w.F64(10.5); w.I32(0); w.I64(0);
+        Assert.Equal(new RecoveryRecord(23, "expert-1", "global-rollback", "boom", 20, 3, 10.5, 0), Serializer.FromBinary(w.ToArray(), nameof(RecoveryRecord)));
+        using var f = new WireWriter();
+        f.U8(3);
+        f.I64(-1); f.Str("expert-2"); f.Str("chaos"); f.U8(1);
+        Assert.Equal(new OwnerFailure(-1, "expert-2", "chaos", true), Serializer.FromBinary(f.ToArray(), nameof(OwnerFailure)));
     }
 
     [Fact]

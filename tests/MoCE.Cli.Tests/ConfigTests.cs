@@ -139,7 +139,7 @@ public class ConfigTests
     [InlineData("moe.layers=[1, 9]", "moce.moe.layers", "depth = 4")]
     [InlineData("moe.top-k=5", "moce.moe.top-k", "[1, experts = 4]")]
     [InlineData("moe.layers=2", "moce.moe.layers", "expected a list of integers")]
-    [InlineData("actors.policy=pray", "moce.actors.policy", "expected global-rollback or expert-local")]
+    [InlineData("actors.policy=pray", "moce.actors.policy", "expected global-rollback, expert-local, expert-exact")]
     [InlineData("actors.engine=gpu", "moce.actors.engine", "expected actors or local")]
     [InlineData("actors.ask-timeout=0", "moce.actors.ask-timeout", "must be positive")]
     [InlineData("actors.max-failures=0", "moce.actors.max-failures", "must be ≥ 1")]
@@ -156,7 +156,7 @@ public class ConfigTests
     public void Actor_runtime_settings_bind()
     {
         var c = Load("actors.policy=expert-local", "actors.ask-timeout=2.5", "actors.engine=local", "actors.backoff-min=0.5", "actors.max-failures=3");
-        Assert.Equal(("expert-local", TimeSpan.FromSeconds(2.5), "local"), (c.RecoveryPolicy, c.AskTimeout, c.Engine));
+        Assert.Equal((MoCE.Actors.RecoveryPolicy.ExpertLocal, TimeSpan.FromSeconds(2.5), "local"), (c.RecoveryPolicy, c.AskTimeout, c.Engine));
         Assert.Equal(new MoCE.Actors.RestartBackoff(TimeSpan.FromSeconds(0.5), TimeSpan.FromSeconds(30), 3), c.Backoff);
         Assert.Equal("actors", Load().Engine);
     }

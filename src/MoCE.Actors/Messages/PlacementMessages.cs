@@ -27,8 +27,9 @@ public sealed record HostExpert(long Step, int Expert, ExpertSpec Spec, bool Rec
 public sealed record ExpertHosted(long Step, int Expert, IActorRef Ref, string Node, string Device) : IStepMessage;
 
 /// <summary>Host → supervisor: a hosted owner failed. Restarted: the host restarted it (the supervisor applies the
-/// recovery policy); otherwise it could not be created and is stopped (the run cannot go on).</summary>
-public sealed record OwnerFailure(long Step, string Owner, string Error, bool Restarted) : IStepMessage;
+/// recovery policy); otherwise it could not be created and is stopped (the run cannot go on). Phase: where in a step
+/// it failed (an expert says so; expert-exact retries a forward or backward and replays an update).</summary>
+public sealed record OwnerFailure(long Step, string Owner, string Error, bool Restarted, StepPhase Phase = StepPhase.Other) : IStepMessage;
 
 /// <summary>Supervisor → trainer and router: the experts' current refs, by expert index (after placement, and after
 /// an expert moved to another node).</summary>

@@ -14,6 +14,9 @@ public sealed record StepCompleted(long Step, StepStats Stats, IReadOnlyList<Exp
 public sealed record StepFailed(long Step, int Generation, string Error) : IStepMessage;
 /// <summary>A restarted expert restored its own last snapshot (expert-local) and can take rows again.</summary>
 public sealed record ExpertRecovered(long Step, int Expert) : IStepMessage;
+/// <summary>Expert → supervisor (through its host), under expert-exact: restarted, it put back its in-memory copy of the
+/// start of step CopyStep (−1: it had none, and the run must fall back to global-rollback).</summary>
+public sealed record ExpertCopyRestored(long Step, int Expert, long CopyStep) : IStepMessage;
 
 /// <summary>Query: the run's committed step and recovery history.</summary>
 public sealed record GetRunStatus(long Step) : IStepMessage;
@@ -58,6 +61,8 @@ public sealed record ExpertsAdded(long Step, int From, IReadOnlyList<int> Source
 /// <summary>Event: a failure was detected and recovered from. global-rollback: every owner went back to commit
 /// RestoredStep and StepsReplayed steps were replayed. expert-local: the expert went back to its snapshot of
 /// RestoredStep, training went on without it for StepsMissed steps, and ReroutedImages images went to their
-/// next-best expert meanwhile.</summary>
+/// next-best expert meanwhile. expert-exact: the expert put back its in-memory copy of the start of step RestoredStep
+/// (= Step) and retried or replayed only that step; nothing else went back. Fallback: why a policy could not recover
+/// the failure itself and global-rollback did ("" when it was not a fallback).</summary>
 public sealed record RecoveryRecord(long Step, string Owner, string Policy, string Error, long RestoredStep, long StepsReplayed,
-                                    double DetectionToRecoveredMs, int ReroutedImages, long StepsMissed = 0) : IStepMessage;
+                                    double DetectionToRecoveredMs, int ReroutedImages, long StepsMissed = 0, string Fallback = "") : IStepMessage;

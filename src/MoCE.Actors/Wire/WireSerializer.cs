@@ -21,8 +21,9 @@ public sealed class WireSerializer : SerializerWithStringManifest
 {
     public const int Id = 4711;
     /// <summary>Body format version written by this build. 2: a commit carries its token window; Apply, Checkpoint and
-    /// GetSquaredGradNorm carry their generation. 3: DrainNode, AddExperts and StopAndCommit carry their signature (and ProveMembership and MembershipProof exist).</summary>
-    public const byte BodyVersion = 3;
+    /// GetSquaredGradNorm carry their generation. 3: DrainNode, AddExperts and StopAndCommit carry their signature (and ProveMembership and MembershipProof exist).
+    /// 4: OwnerFailure carries the phase of the step it failed in, a RecoveryRecord its fallback (and ExpertCopyRestored exists).</summary>
+    public const byte BodyVersion = 4;
 
     private delegate object ReadBody(ref WireReader r, byte version);
     private readonly Dictionary<Type, (string manifest, Action<WireWriter, object> write)> writers = [];
@@ -95,11 +96,12 @@ public sealed class WireSerializer : SerializerWithStringManifest
         });
         Add<StepFailed>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.Str(m.Error); }, (ref WireReader r, byte _) => new StepFailed(r.I64(), r.I32(), r.Str()));
         Add<ExpertRecovered>((w, m) => { w.I64(m.Step); w.I32(m.Expert); }, (ref WireReader r, byte _) => new ExpertRecovered(r.I64(), r.I32()));
+        Add<ExpertCopyRestored>((w, m) => { w.I64(m.Step); w.I32(m.Expert); w.I64(m.CopyStep); }, (ref WireReader r, byte _) => new ExpertCopyRestored(r.I64(), r.I32(), r.I64()));
         Add<GetRunStatus>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new GetRunStatus(r.I64()));
         Add<RunStatusResponse>((w, m) => { w.I64(m.Step); w.I64(m.CommittedStep); Recoveries(w, m.Recoveries); },
-            (ref WireReader r, byte _) => new RunStatusResponse(r.I64(), r.I64(), Recoveries(ref r)));
+            (ref WireReader r, byte v) => new RunStatusResponse(r.I64(), r.I64(), Recoveries(ref r, v)));
         Add<RunStopping>((w, m) => { w.I64(m.Step); w.Str(m.Error); }, (ref WireReader r, byte _) => new RunStopping(r.I64(), r.Str()));
-        Add<RunFinished>((w, m) => { w.I64(m.Step); Recoveries(w, m.Recoveries); }, (ref WireReader r, byte _) => new RunFinished(r.I64(), Recoveries(ref r)));
+        Add<RunFinished>((w, m) => { w.I64(m.Step); Recoveries(w, m.Recoveries); }, (ref WireReader r, byte v) => new RunFinished(r.I64(), Recoveries(ref r, v)));
         Add<SupervisorActor.Start>((w, m) => w.I64(m.Until), (ref WireReader r, byte _) => new SupervisorActor.Start(r.I64()));
         Add<SupervisorActor.StopAndCommit>((w, m) => Sig(w, m.By), (ref WireReader r, byte v) => new SupervisorActor.StopAndCommit { By = Sig(ref r, v) });
 
@@ -114,8 +116,8 @@ public sealed class WireSerializer : SerializerWithStringManifest
             (ref WireReader r, byte _) => new HostExpert(r.I64(), r.I32(), Spec(ref r), Bool(ref r)));
         Add<ExpertHosted>((w, m) => { w.I64(m.Step); w.I32(m.Expert); ActorRef(w, m.Ref); w.Str(m.Node); w.Str(m.Device); },
             (ref WireReader r, byte _) => new ExpertHosted(r.I64(), r.I32(), ActorRef(ref r), r.Str(), r.Str()));
-        Add<OwnerFailure>((w, m) => { w.I64(m.Step); w.Str(m.Owner); w.Str(m.Error); w.U8(m.Restarted ? (byte)1 : (byte)0); },
-            (ref WireReader r, byte _) => new OwnerFailure(r.I64(), r.Str(), r.Str(), Bool(ref r)));
+        Add<OwnerFailure>((w, m) => { w.I64(m.Step); w.Str(m.Owner); w.Str(m.Error); w.U8(m.Restarted ? (byte)1 : (byte)0); w.U8((byte)m.Phase); },
+            (ref WireReader r, byte v) => new OwnerFailure(r.I64(), r.Str(), r.Str(), Bool(ref r), v >= 4 ? Phase(ref r) : StepPhase.Other));
         Add<UseExperts>((w, m) => { w.I64(m.Step); w.U32((uint)m.Experts.Count); foreach (var a in m.Experts) ActorRef(w, a); },
             (ref WireReader r, byte _) =>
             {
@@ -155,7 +157,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
             (ref WireReader r, byte _) => new ChaosFired(r.I64(), r.Str(), r.Str(), r.Str()));
         Add<ExpertsAdded>((w, m) => { w.I64(m.Step); w.I32(m.From); IntList(w, m.Sources); w.Str(m.Node); Commit(w, m.Commit); },
             (ref WireReader r, byte v) => new ExpertsAdded(r.I64(), r.I32(), IntList(ref r), r.Str(), Commit(ref r, v)));
-        Add<RecoveryRecord>(Recovery, (ref WireReader r, byte _) => Recovery(ref r));
+        Add<RecoveryRecord>(Recovery, (ref WireReader r, byte v) => Recovery(ref r, v));
         Add<Incarnation>((w, m) => { w.I64(m.Step); w.I32(m.Number); }, (ref WireReader r, byte _) => new Incarnation(r.I64(), r.I32()));
         Add<ExpertActor.ExpertSnapshot>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new ExpertActor.ExpertSnapshot(r.I64(), Ref(ref r)));
     }
@@ -348,20 +350,26 @@ public sealed class WireSerializer : SerializerWithStringManifest
     private static void Recovery(WireWriter w, RecoveryRecord m)
     {
         w.I64(m.Step); w.Str(m.Owner); w.Str(m.Policy); w.Str(m.Error); w.I64(m.RestoredStep); w.I64(m.StepsReplayed);
-        w.F64(m.DetectionToRecoveredMs); w.I32(m.ReroutedImages); w.I64(m.StepsMissed);
+        w.F64(m.DetectionToRecoveredMs); w.I32(m.ReroutedImages); w.I64(m.StepsMissed); w.Str(m.Fallback);
     }
-    private static RecoveryRecord Recovery(ref WireReader r) =>
-        new(r.I64(), r.Str(), r.Str(), r.Str(), r.I64(), r.I64(), r.F64(), r.I32(), r.I64());
+    private static RecoveryRecord Recovery(ref WireReader r, byte version) =>
+        new(r.I64(), r.Str(), r.Str(), r.Str(), r.I64(), r.I64(), r.F64(), r.I32(), r.I64(), version >= 4 ? r.Str() : "");
+
+    private static StepPhase Phase(ref WireReader r)
+    {
+        byte p = r.U8();
+        return Enum.IsDefined((StepPhase)p) ? (StepPhase)p : throw r.Bad($"step phase {p}");
+    }
 
     private static void Recoveries(WireWriter w, IReadOnlyList<RecoveryRecord> list)
     {
         w.U32((uint)list.Count);
         foreach (var x in list) Recovery(w, x);
     }
-    private static RecoveryRecord[] Recoveries(ref WireReader r)
+    private static RecoveryRecord[] Recoveries(ref WireReader r, byte version)
     {
         var list = new RecoveryRecord[r.Count(60)];
-        for (int i = 0; i < list.Length; i++) list[i] = Recovery(ref r);
+        for (int i = 0; i < list.Length; i++) list[i] = Recovery(ref r, version);
         return list;
     }
 }

@@ -12,7 +12,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     public required MoCE.Core.Customization.GateFold FoldGateWeight { get; init; }
     /// <summary>Default engine of `moce train`: "actors" or "local".</summary>
     public required string Engine { get; init; }
-    public required string RecoveryPolicy { get; init; }
+    public required MoCE.Actors.RecoveryPolicy RecoveryPolicy { get; init; }
     /// <summary>moce.actors.placement: "spread" (a node that joins gets experts moved to it) or "fill".</summary>
     public required string Placement { get; init; }
     /// <summary>moce.actors.split-margin: how decisively an added expert and the one it splits divide its clusters.</summary>
@@ -209,8 +209,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             },
             Engine = t.String("moce.actors.engine") is "actors" or "local" ? t.String("moce.actors.engine")
                 : throw new ConfigException("moce.actors.engine", $"expected actors or local, got '{t.String("moce.actors.engine")}'"),
-            RecoveryPolicy = t.String("moce.actors.policy") is "global-rollback" or "expert-local" ? t.String("moce.actors.policy")
-                : throw new ConfigException("moce.actors.policy", $"expected global-rollback or expert-local, got '{t.String("moce.actors.policy")}'"),
+            RecoveryPolicy = t.Enum<MoCE.Actors.RecoveryPolicy>("moce.actors.policy"),
             Placement = t.String("moce.actors.placement") is "spread" or "fill" ? t.String("moce.actors.placement")
                 : throw new ConfigException("moce.actors.placement", $"expected spread or fill, got '{t.String("moce.actors.placement")}'"),
             StragglerTimeout = TimeSpan.FromMilliseconds(t.Double("moce.actors.straggler-timeout") >= 0 ? t.Double("moce.actors.straggler-timeout")

@@ -28,7 +28,7 @@ public static class ActorTrain
         {
             AskTimeout = s.Config.AskTimeout,
             Backoff = s.Config.Backoff,
-            Policy = s.Config.RecoveryPolicy == "expert-local" ? RecoveryPolicy.ExpertLocal : RecoveryPolicy.GlobalRollback,
+            Policy = s.Config.RecoveryPolicy,
             SpreadOnJoin = s.Config.Placement == "spread",
             SplitMargin = s.Config.SplitMargin,
             StragglerTimeout = s.Config.StragglerTimeout,

@@ -1,0 +1,84 @@
+using System.Collections.Concurrent;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MoCE.Actors;
+
+/// <summary>What an expert under expert-exact keeps in its node's memory, outside its actor, so that a restarted
+/// instance finds it: its state at the start of step <see cref="Step"/> (weights, AdamW moments and step count: the
+/// state after step Step − 1 was applied), and the log of what it received in that step since (each block's rows and
+/// the gradient of each block's output, of one attempt). Restoring the state and replaying the log recomputes the
+/// step's gradients exactly. The expert's own thread is the only one that touches it while the expert lives.</summary>
+public sealed class ExpertCopy : IDisposable
+{
+    private readonly Dictionary<string, Tensor> state = [];
+    private readonly List<(int block, Tensor input)> forwards = [];
+    private readonly List<(int block, Tensor gradOutput)> backwards = [];
+
+    /// <summary>The step whose start the copy holds; −1: none yet.</summary>
+    public long Step { get; private set; } = -1;
+    public long OptimizerSteps { get; private set; }
+    /// <summary>The attempt (generation, step) the log belongs to.</summary>
+    public (int generation, long step) Logged { get; private set; } = (-1, -1);
+    public IReadOnlyList<(int block, Tensor input)> Forwards => forwards;
+    public IReadOnlyList<(int block, Tensor gradOutput)> Backwards => backwards;
+    public IReadOnlyDictionary<string, Tensor> State => state;
+
+    /// <summary>Copies this state as the start of <paramref name="step"/> (into buffers allocated once) and clears the log.</summary>
+    public void Keep(long step, IEnumerable<(string name, Tensor tensor)> tensors, long optimizerSteps)
+    {
+        using var _ = no_grad();
+        foreach (var (name, t) in tensors)
+        {
+            if (state.TryGetValue(name, out var buffer)) buffer.copy_(t);
+            else state[name] = t.detach().clone().DetachFromDisposeScope();
+        }
+        (Step, OptimizerSteps) = (step, optimizerSteps);
+        ClearLog();
+    }
+
+    /// <summary>The log now records this attempt: what an older attempt left goes.</summary>
+    public void LogAttempt(int generation, long step)
+    {
+        if (Logged == (generation, step)) return;
+        ClearLog();
+        Logged = (generation, step);
+    }
+
+    /// <summary>The log takes these (it disposes them when cleared).</summary>
+    public void LogForward(int block, Tensor input) => forwards.Add((block, input));
+    public void LogBackward(int block, Tensor gradOutput) => backwards.Add((block, gradOutput));
+
+    private void ClearLog()
+    {
+        foreach (var (_, t) in forwards) t.Dispose();
+        foreach (var (_, t) in backwards) t.Dispose();
+        forwards.Clear();
+        backwards.Clear();
+        Logged = (-1, -1);
+    }
+
+    public void Dispose()
+    {
+        ClearLog();
+        foreach (var t in state.Values) t.Dispose();
+        state.Clear();
+        Step = -1;
+    }
+}
+
+/// <summary>A node's in-memory copies of the experts it hosts (expert-exact), by run and expert. They outlive an expert's
+/// actor instance (a restart finds its copy) but not its node: copies on a peer node are not kept, so an expert lost
+/// with its node is recovered by global-rollback, which its recovery record says.</summary>
+public sealed class ExpertCopies
+{
+    private readonly ConcurrentDictionary<(string run, int expert), ExpertCopy> copies = new();
+
+    public ExpertCopy For(string run, int expert) => copies.GetOrAdd((run, expert), _ => new ExpertCopy());
+
+    /// <summary>The expert stopped for good (moved, drained, its run over): its copy goes.</summary>
+    public void Drop(string run, int expert)
+    {
+        if (copies.TryRemove((run, expert), out var c)) c.Dispose();
+    }
+}
