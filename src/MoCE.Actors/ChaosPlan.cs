@@ -47,7 +47,7 @@ public sealed class ChaosPlan
 
     /// <summary>True when nothing at all is planned (the fast path of every check).</summary>
     public bool IsEmpty => remaining.IsEmpty && poisons.IsEmpty && moveFaults.IsEmpty && probable.IsEmpty && stragglers.IsEmpty && messages.IsEmpty && corruptions.IsEmpty
-                           && uncreatable.IsEmpty && recoveryDelays.IsEmpty && lostCopies.IsEmpty && journalRefusals.IsEmpty && nodeKills.IsEmpty;
+                           && uncreatable.IsEmpty && recoveryDelays.IsEmpty && lostCopies.IsEmpty && slowPersists.IsEmpty && journalRefusals.IsEmpty && nodeKills.IsEmpty;
 
     /// <summary>The owner throws the first <paramref name="times"/> times it reaches step s (a replay reaches it again).</summary>
     public ChaosPlan FailAt(string owner, long step, int times = 1, ChaosPhase phase = ChaosPhase.Entry)
@@ -263,6 +263,24 @@ public sealed class ChaosPlan
     }
 
     public TimeSpan RecoveryDelay(string owner) => recoveryDelays.GetValueOrDefault(owner, TimeSpan.Zero);
+
+    private readonly ConcurrentDictionary<string, (long step, TimeSpan delay)> slowPersists = new();
+
+    /// <summary>The owner's background write of its part of the first cut at or after step s takes this much longer (a
+    /// slow or stalled disk): training goes on meanwhile, and the cut is journaled only once the write ends.</summary>
+    public ChaosPlan SlowPersist(string owner, long step, TimeSpan delay)
+    {
+        slowPersists[owner] = (step, delay);
+        return this;
+    }
+
+    /// <summary>Called as an owner starts writing its part of the cut after step s: the extra time its write takes.</summary>
+    public TimeSpan PersistDelay(string owner, long step)
+    {
+        if (slowPersists.IsEmpty || !slowPersists.TryGetValue(owner, out var s) || step < s.step || !slowPersists.TryRemove(owner, out _)) return TimeSpan.Zero;
+        Report(step, owner, "slow-persist", $"its part of the cut after step {step} takes {s.delay.TotalMilliseconds:F0} ms longer to write");
+        return s.delay;
+    }
 
     private readonly ConcurrentDictionary<string, bool> lostCopies = new();
 

@@ -88,6 +88,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         Command<GetSquaredGradNorm>(m => { if (Current(m, m.Generation)) Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())); });
         Command<Apply>(m => { if (Current(m, m.Generation)) HandleApply(m); });
         Command<Checkpoint>(m => { if (Current(m, m.Generation)) HandleCheckpoint(m); });
+        Command<PartPersisted>(HandlePersisted);
         Command<RestoreCheckpoint>(HandleRestore);
         Command<MalformedFrame>(m => { var e = m.Failure(Sender); Sender.Tell(new Status.Failure(new InvalidDataException(e.Message))); throw e; });   // the step fails now
         Command<Committed>(m => { if (written?.Step == m.Step) Snapshot(written); });
@@ -253,22 +254,32 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         log.Info("{0} replayed its part of step {1} from its log ({2} blocks)", Name, step, c.Forwards.Count);
     }
 
+    /// <summary>Its part of a cut: copied now (the next step may start), written in the background.</summary>
     private void HandleCheckpoint(Checkpoint m)
     {
-        try { HandleCheckpointCore(m); }
-        catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw new StepPhaseException(StepPhase.Checkpoint, m.Step, e); }   // the cut fails now
+        try
+        {
+            if (Copy is { Step: var at } c && at != m.Step) owner.KeepCopy(c, m.Step);  // commit 0: no update came before
+            CutParts.Begin(owner, m, new Dictionary<string, string> { ["kind"] = "expert", ["expert"] = expert.ToString() }, Self, Sender, setup.Chaos);
+        }
+        catch (Exception e) { throw new StepPhaseException(StepPhase.Checkpoint, m.Step, e); }   // the cut fails now
     }
 
-    private void HandleCheckpointCore(Checkpoint m)
+    /// <summary>Its part is durable: it becomes the expert's snapshot once the cut commits. A failed write (or a chaos
+    /// fault after it) fails the expert, and the cut is never committed.</summary>
+    private void HandlePersisted(PartPersisted p)
     {
-        if (Copy is { Step: var at } c && at != m.Step) owner.KeepCopy(c, m.Step);  // commit 0: no update came before
-        var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "expert", ["expert"] = expert.ToString() });
-        setup.Chaos.AfterCheckpoint(Name, m.Step, setup.Store, r);
-        setup.Chaos.Check(Name, m.Step, ChaosPhase.Checkpoint);
-        written = new ExpertSnapshot(m.Step, r);
-        log.Info("{0} on {1} ({2}): checkpoint {3}, {4} tokens through its forward since it started", Name,
-            ((ExtendedActorSystem)Context.System).Provider.DefaultAddress, setup.Device, m.Step, tokens);
-        Sender.Tell(new CheckpointWritten(m.Step, r));
+        try
+        {
+            if (CutParts.Persisted(owner, p) is not { } r) return;
+            setup.Chaos.AfterCheckpoint(Name, p.Step, setup.Store, r);
+            setup.Chaos.Check(Name, p.Step, ChaosPhase.Checkpoint);
+            written = new ExpertSnapshot(p.Step, r);
+            log.Info("{0} on {1} ({2}): checkpoint {3}, {4} tokens through its forward since it started", Name,
+                ((ExtendedActorSystem)Context.System).Provider.DefaultAddress, setup.Device, p.Step, tokens);
+            p.ReplyTo.Tell(new CheckpointWritten(p.Step, r, p.Generation));
+        }
+        catch (Exception e) { throw new StepPhaseException(StepPhase.Checkpoint, p.Step, e); }
     }
 
     private void HandleRestore(RestoreCheckpoint m)

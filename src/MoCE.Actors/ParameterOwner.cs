@@ -1,7 +1,9 @@
+using MoCE.Actors.Messages;
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Config;
 using MoCE.Core.Training;
 using TorchSharp;
+using static TorchSharp.torch;
 using Parameter = TorchSharp.Modules.Parameter;
 
 namespace MoCE.Actors;
@@ -43,6 +45,57 @@ public sealed class ParameterOwner : IDisposable
     public CheckpointRef Save(long step, IDictionary<string, string> meta) =>
         TrainerCheckpoint.Save(store, Name, step, meta, Parameters.Select(kv => (kv.Key, (torch.Tensor)kv.Value)), Optimizer);
 
+    private readonly Dictionary<string, torch.Tensor> cutBuffer = [];            // host memory kept for the cuts (pinned with a GPU)
+    private Task persisting = Task.CompletedTask;
+    private static long cuts;                                                    // across instances: a restarted owner's is newer
+
+    /// <summary>The cut this owner took last (process-wide numbers: a restarted instance's are newer than its old ones').</summary>
+    public long LastCut { get; private set; }
+
+    /// <summary>An asynchronous cut's part after step <paramref name="step"/>. The only blocking work, on the caller's
+    /// thread: wait for this owner's previous persist (at most one in flight), then copy the weights and optimizer state
+    /// into a buffer kept for the purpose. The returned task writes that copy (serialise, hash, fsync, rename) in the
+    /// background while training goes on; the buffer is not touched until it ends.</summary>
+    public (long cut, Task<CheckpointRef> persist) BeginSave(long step, IDictionary<string, string> meta, TimeSpan slower = default)
+    {
+        Drain();
+        using (torch.no_grad())
+            foreach (var (name, t) in TrainerCheckpoint.Named(Parameters.Select(kv => (kv.Key, (torch.Tensor)kv.Value)), Optimizer))
+            {
+                if (cutBuffer.TryGetValue(name, out var b)) b.copy_(t);
+                else
+                {
+                    var copy = t.detach().cpu().clone();
+                    if (t.device_type == DeviceType.CUDA) { var pinned = copy.pin_memory(); copy.Dispose(); copy = pinned; }
+                    cutBuffer[name] = copy.DetachFromDisposeScope();
+                }
+            }
+        var all = TrainerCheckpoint.Meta(meta, step, Optimizer.StepCount);
+        var tensors = cutBuffer.Select(kv => (kv.Key, kv.Value)).ToList();
+        LastCut = Interlocked.Increment(ref cuts);
+        var persist = Task.Run(async () =>
+        {
+            if (slower > TimeSpan.Zero) await Task.Delay(slower);               // chaos: a slow disk
+            return store.Save(Name, step, all, tensors);
+        });
+        persisting = persist;
+        return (LastCut, persist);
+    }
+
+    /// <summary>Waits for a persist in flight (its outcome is the cut's business, not this wait's).</summary>
+    private void Drain()
+    {
+        try { persisting.Wait(); } catch (AggregateException) { }
+    }
+
+    public void Dispose()
+    {
+        Drain();                                                                 // a background write still reads the buffer
+        foreach (var t in cutBuffer.Values) t.Dispose();
+        cutBuffer.Clear();
+        Optimizer.Dispose();
+    }
+
     public long Restore(CheckpointRef r)
     {
         using var c = store.Load(r);
@@ -63,5 +116,28 @@ public sealed class ParameterOwner : IDisposable
         Optimizer.LoadState(copy.State, copy.OptimizerSteps);
     }
 
-    public void Dispose() => Optimizer.Dispose();
+}
+
+/// <summary>Local to an owner: the background write of its part of a cut ended (piped to itself). Cut: the owner's
+/// number of that cut; Ref null: the write failed with Error.</summary>
+public sealed record PartPersisted(long Step, int Generation, long Cut, CheckpointRef? Ref, string Error, Akka.Actor.IActorRef ReplyTo);
+
+/// <summary>An owner's half of an asynchronous cut, the same for the trainer, the router and every expert.</summary>
+public static class CutParts
+{
+    /// <summary>Copies the part (blocking), tells the asker it is taken, writes it in the background and pipes the
+    /// outcome back to the owner.</summary>
+    public static void Begin(ParameterOwner owner, Checkpoint m, IDictionary<string, string> meta, Akka.Actor.IActorRef self, Akka.Actor.IActorRef asker, ChaosPlan chaos)
+    {
+        var (cut, persist) = owner.BeginSave(m.Step, meta, chaos.PersistDelay(owner.Name, m.Step));
+        asker.Tell(new CheckpointTaken(m.Step, m.Generation, owner.Name), self);
+        persist.ContinueWith((Task<CheckpointRef> t) => self.Tell(new PartPersisted(m.Step, m.Generation, cut, t.IsCompletedSuccessfully ? t.Result : null,
+            t.Exception?.GetBaseException().Message ?? "", asker), Akka.Actor.ActorRefs.NoSender), TaskScheduler.Default);
+    }
+
+    /// <summary>The outcome, on the owner's thread: null when stale (the owner has taken a newer cut since); an error
+    /// when the write failed (the owner then fails, and the cut with it).</summary>
+    public static CheckpointRef? Persisted(ParameterOwner owner, PartPersisted p) =>
+        p.Cut < owner.LastCut ? null
+        : p.Ref ?? throw new IOException($"{owner.Name} could not write its part of the cut after step {p.Step}: {p.Error}");
 }

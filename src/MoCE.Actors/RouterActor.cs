@@ -86,11 +86,12 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
         Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
         Receive<Apply>(m => { owner.Apply(m.Lr, m.ClipScale); FreeStep(); Sender.Tell(new StepApplied(m.Step, Name)); });
         Receive<Crash>(m => throw new InjectedFault(Name, m.Step, m.Reason));
-        Receive<Checkpoint>(m =>
+        Receive<Checkpoint>(m => CutParts.Begin(owner, m, new Dictionary<string, string> { ["kind"] = "router" }, Self, Sender, setup.Chaos));
+        Receive<PartPersisted>(p =>
         {
-            var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "router" });
-            setup.Chaos.AfterCheckpoint(Name, m.Step, setup.Store, r);
-            Sender.Tell(new CheckpointWritten(m.Step, r));
+            if (CutParts.Persisted(owner, p) is not { } r) return;
+            setup.Chaos.AfterCheckpoint(Name, p.Step, setup.Store, r);
+            p.ReplyTo.Tell(new CheckpointWritten(p.Step, r, p.Generation));
         });
         Receive<RestoreCheckpoint>(m => { FreeStep(); owner.Restore(m.Ref); Sender.Tell(new Restored(m.Step, Name)); });
         Receive<AbortStep>(m => { owner.Optimizer.ZeroGrad(); FreeStep(); Sender.Tell(new StepAborted(m.Step, Name)); });

@@ -43,6 +43,8 @@ public sealed record KillNodeNow(string HostPort, ChaosFired Fired) : Next;
 public sealed record WaitForExperts(IReadOnlySet<int> Down) : Next;
 /// <summary>The run is done at this step. An add still pending is refused.</summary>
 public sealed record Finish(long Step, PendingAdd? Refused) : Next;
+/// <summary>The cut in flight must be journaled first (what comes next needs it, or a cut is already being persisted).</summary>
+public sealed record WaitForCommit : Next;
 /// <summary>Train this step.</summary>
 public sealed record Train(TrainStep Command) : Next;
 
@@ -143,9 +145,11 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
     // ---- the step boundary -----------------------------------------------------------------------------------------
 
     /// <summary>What comes next at this step boundary, given the last committed step. <paramref name="nodeKill"/> takes a due
-    /// kill-node of a chaos schedule (asked only when nothing comes before it).</summary>
-    public Next Decide(long? committed, Func<(string node, ChaosFired fired)?> nodeKill)
+    /// kill-node of a chaos schedule (asked only when nothing comes before it). <paramref name="persisting"/>: a cut is
+    /// being written; what needs a commit of this step (a move, an add, a stop, the end, a run's first step) waits for it.</summary>
+    public Next Decide(long? committed, Func<(string node, ChaosFired fired)?> nodeKill, bool persisting = false)
     {
+        Next Commit() => persisting ? new WaitForCommit() : new CutAt(Step);
         if (exactDone.Count > 0)
         {
             var done = exactDone.ToList();
@@ -159,16 +163,17 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
             rejoining.Clear();
             return new Rejoin(records);
         }
-        if (Move is { Started: false } mv) return committed == Step ? new MoveNow(mv) : new CutAt(Step);
+        if (committed is null && persisting) return new WaitForCommit();         // a rollback always has a target
+        if (Move is { Started: false } mv) return committed == Step ? new MoveNow(mv) : Commit();
         if (Add is { Started: false } a && (a.AtStep < 0 || Step >= a.AtStep) && tokens.Count > 0 && outages.Count == 0)
         {
-            if (committed != Step) return new CutAt(Step);
+            if (committed != Step) return Commit();
             var counts = Enumerable.Range(0, tokens.Values.Max(t => t.Length)).Select(e => tokens.Values.Sum(t => e < t.Length ? t[e] : 0)).ToList();
             return new AddNow(ExpertGrowth.Sources(counts, a.Count), counts);
         }
         if (nodeKill() is { } kill) return new KillNodeNow(kill.node, kill.fired);
         if (Step >= End && outages.Count > 0 && !StopRequested) return new WaitForExperts(Down);
-        if (StopRequested && committed != Step) return new CutAt(Step);
+        if ((StopRequested || Step >= End) && committed != Step) return Commit();
         if (Step >= End || StopRequested) return new Finish(Step, Add);
         return new Train(new TrainStep(Step, Generation, Down));
     }
@@ -230,9 +235,6 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
         Step = m.Step + 1;
         return Step % checkpointEvery == 0 || Step == End;
     }
-
-    /// <summary>A commit of this step is journaled.</summary>
-    public void Committed(long step) => Step = step;
 
     /// <summary>A recovering expert restored its snapshot of <paramref name="step"/>: it rejoins at the next boundary.</summary>
     public bool Recovered(int expert, long step)

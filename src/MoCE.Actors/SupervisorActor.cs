@@ -37,7 +37,9 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     }
 
     private sealed record MembershipTimedOut(string Address, string Nonce);
-    private sealed record CutDone(long Step, int Generation, CheckpointRef[] Refs);
+    private sealed record CutTimedOut(long Step, int Generation);
+    private sealed record CutVerified(long Step, int Generation);
+    private sealed record CutFailed(long Step, int Generation, string Error);
     private sealed record RestoreDone(CheckpointCommitted Target, int Generation);
     private sealed record OperationFailed(int Generation, Exception Error);
     private sealed record OwnerFailed(string Owner, string Error);
@@ -45,7 +47,21 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private sealed record RecoveryWaitTimedOut;
     private sealed record Grown(int Generation, IReadOnlyList<int> Sources, CheckpointCommitted Commit);
     private sealed record GrowFailed(int Generation, Exception Error);
-    private enum Phase { Placing, Training, Cutting, Growing, Restoring, Waiting, Finished, Stopped }
+    private enum Phase { Placing, Training, Cutting, Committing, Growing, Restoring, Waiting, Finished, Stopped }
+
+    /// <summary>The cut being taken and persisted (at most one): the owners that have yet to copy their part, the parts
+    /// written so far, and the parts of experts out of the cut (their last committed ones).</summary>
+    private sealed class CutInFlight(long step, int generation, IReadOnlyList<string> owners, CheckpointRef[] absent, IReadOnlyList<RoutedTokens> window)
+    {
+        public long Step { get; } = step;
+        public int Generation { get; } = generation;
+        public IReadOnlyList<RoutedTokens> Window { get; } = window;
+        public readonly HashSet<string> Copying = [.. owners];
+        public readonly Dictionary<string, CheckpointRef> Written = [];
+        public bool Verifying;
+        public bool AllWritten => Written.Count == owners.Count;
+        public CheckpointRef[] Manifest => [.. owners.Select(o => Written[o]), .. absent];
+    }
 
     private readonly ActorContextSetup setup;
     private readonly SupervisorHooks hooks;
@@ -65,6 +81,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private Phase phase = Phase.Placing;
     private bool started, awaitingPlacement;                         // restoring: waits for every expert to be placed
     private RunFinished? finished;
+    private CutInFlight? cut;
+    private bool cutDue;                                             // a cut came due while the previous one was being persisted
     private RunFailedException? fatal;
 
     public override string PersistenceId { get; }
@@ -127,7 +145,15 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Always();
     }
 
-    private void Cutting() { Command<CutDone>(m => { if (m.Generation == run.Generation) Commit(m); }); Always(); }
+    private void Cutting()
+    {
+        Command<CheckpointTaken>(m =>
+        {
+            if (cut is null || m.Step != cut.Step || m.Generation != cut.Generation || !cut.Copying.Remove(m.Owner) || cut.Copying.Count > 0) return;
+            Next();                                                  // every part is copied: the next step starts while they are written
+        });
+        Always();
+    }
     private void Growing() { Command<Grown>(AddGrown); Command<GrowFailed>(AddFailed); Always(); }
 
     private void Restoring()
@@ -190,6 +216,25 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             }
         });
         Command<OperationFailed>(m => { if (m.Generation == run.Generation) OnFault(new Fault(["supervisor"], FaultKind.Failed, m.Error.Message, run.Step)); });
+        Command<CheckpointWritten>(m =>
+        {
+            if (cut is null || m.Step != cut.Step || m.Generation != cut.Generation) return;
+            cut.Written[m.Ref.Owner] = m.Ref;
+            if (!cut.AllWritten || cut.Verifying) return;
+            // every part is durable: read each back against its hash (off this thread and off the steps' path), so that
+            // a commit never names a bad file, then journal it
+            cut.Verifying = true;
+            var (refs, s, g) = (cut.Written.Values.ToList(), cut.Step, cut.Generation);
+            Task.Run(() => { foreach (var r in refs) setup.Store.Verify(r); })
+                .PipeTo(Self, success: () => new CutVerified(s, g), failure: e => new CutFailed(s, g, e.GetBaseException().Message));
+        });
+        Command<CutVerified>(m => { if (cut is not null && m.Step == cut.Step && m.Generation == cut.Generation) Commit(cut); });
+        Command<CutFailed>(m => { if (cut is not null && m.Step == cut.Step && m.Generation == cut.Generation) OnFault(new Fault(["supervisor"], FaultKind.Failed, m.Error, run.Step)); });
+        Command<CutTimedOut>(m =>
+        {
+            if (cut is not null && m.Step == cut.Step && m.Generation == cut.Generation)
+                OnFault(new Fault(["supervisor"], FaultKind.Failed, $"the cut after step {m.Step} was not written within {2 * setup.AskTimeout.TotalSeconds:F0} s (2 × moce.actors.ask-timeout)", run.Step));
+        });
         Command<ExpertRecovered>(m => { if (run.Recovered(m.Expert, m.Step) && phase == Phase.Waiting) { Timers.Cancel("recovery-wait"); Next(); } });
         Command<DrainNode>(m =>
         {
@@ -208,7 +253,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Command<GetExperts>(_ => Sender.Tell(new ExpertsStatus(run.Step, journal.LastCommit?.Step ?? -1, Enumerable.Range(0, E)
             .Select(e => fleet.Info(e, run.Outages.ContainsKey(e), lastRouting.Where(r => r.Expert == e).Sum(r => r.Tokens))).ToList())));
         // replies and timers of a phase that is over
-        Command<StepCompleted>(_ => { }); Command<StepFailed>(_ => { }); Command<ExpertsSlow>(_ => { }); Command<CutDone>(_ => { });
+        Command<StepCompleted>(_ => { }); Command<StepFailed>(_ => { }); Command<ExpertsSlow>(_ => { }); Command<CheckpointTaken>(_ => { });
         Command<RestoreDone>(_ => { }); Command<RestoreAfterBackoff>(_ => { }); Command<RecoveryWaitTimedOut>(_ => { });
         Command<Grown>(_ => { }); Command<GrowFailed>(_ => { });
     }
@@ -401,8 +446,11 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     /// <summary>At a step boundary: what <see cref="RunState.Decide(long?, Func{ValueTuple{string, ChaosFired}?})"/> says comes next.</summary>
     private void Next()
     {
-        switch (run.Decide(journal.LastCommit?.Step, () => InCluster ? setup.Chaos.NodeKill(run.Step) : null))
+        switch (run.Decide(journal.LastCommit?.Step, () => InCluster ? setup.Chaos.NodeKill(run.Step) : null, persisting: cut is not null))
         {
+            case WaitForCommit:
+                Go(Phase.Committing);                                 // the commit's journal callback goes on
+                break;
             case Rejoin r:
                 PersistAll(r.Records, rec =>
                 {
@@ -467,9 +515,9 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private void StepDone(StepCompleted m)
     {
         lastRouting = m.Routing;
-        bool cut = run.StepCompleted(m, E);
+        bool due = run.StepCompleted(m, E);
         hooks.OnStep?.Invoke(m);
-        if (cut) Cut(run.Step);
+        if (due) Cut(run.Step);
         else Next();
     }
 
@@ -504,6 +552,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private void RollBackAfter(RollBack r)
     {
         if (r.Fallback.Length > 0) log.Warning("Falling back to global-rollback: {0}", r.Fallback);
+        AbandonCut();
         Go(Phase.Restoring);
         awaitingPlacement = false;
         if (r.Delay <= TimeSpan.Zero) { Restore(); return; }
@@ -511,18 +560,32 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Timers.StartSingleTimer("restore", new RestoreAfterBackoff(run.Generation), r.Delay);
     }
 
-    /// <summary>A consistent cut after step s: every owner writes its part; an expert out of the steps (expert-local) is
-    /// represented by its last committed part.</summary>
+    /// <summary>A consistent cut after step s: every owner copies its part (the only blocking work) and writes it in the
+    /// background; the next step starts once every part is copied, and the commit is journaled once every part is
+    /// durable and verified. An expert out of the steps (expert-local) is represented by its last committed part. At most
+    /// one cut is in flight: one that comes due before the previous is journaled waits for it, with no step running.</summary>
     private void Cut(long s)
     {
+        if (cut is not null) { cutDue = true; Go(Phase.Committing); return; }
         Go(Phase.Cutting);
         int g = run.Generation;
         var owners = registry.ParameterOwners(E).ToList();
         bool Out((string id, IActorRef _) o) => SupervisorState.ExpertIndex(o.id) is { } e && run.OutOfCut(e);
         var absent = owners.Where(Out).Select(o => journal.LastCommit!.Manifest.Single(r => r.Owner == o.id)).ToArray();
         if (run.Move is { Started: false } mv) FailInMove(mv, MovePhase.Cut);
-        OwnerCalls.Checkpoint(owners.Where(o => !Out(o)), s, g, setup.Store, setup.AskTimeout)
-            .PipeTo(Self, success: r => new CutDone(s, g, [.. r, .. absent]), failure: e => new OperationFailed(g, e.GetBaseException()));
+        var taking = owners.Where(o => !Out(o)).ToList();
+        cut = new CutInFlight(s, g, taking.Select(o => o.id).ToList(), absent, run.Window);
+        foreach (var (_, actor) in taking) actor.Tell(new Checkpoint(s, g));
+        Timers.StartSingleTimer("cut", new CutTimedOut(s, g), 2 * setup.AskTimeout);
+    }
+
+    /// <summary>A rollback abandons the cut in flight: its parts may still be written, but it is never journaled.</summary>
+    private void AbandonCut()
+    {
+        if (cut is not null) log.Info("The cut after step {0} is abandoned: it will not be committed", cut.Step);
+        cut = null;
+        cutDue = false;
+        Timers.Cancel("cut");
     }
 
     private void ChaosJournaled(ChaosFired c)
@@ -534,11 +597,13 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
 
     /// <summary>Every part is written: journal the commit (a chaos journal-refusal is journaled first, then the database
     /// refuses the commit and Akka stops this actor). Experts take their snapshots once it is journaled.</summary>
-    private void Commit(CutDone m)
+    private void Commit(CutInFlight m)
     {
+        Timers.Cancel("cut");
         hooks.BeforeCommit?.Invoke(m.Step);
-        void Journal() => Persist(new CheckpointCommitted(m.Step, m.Refs, run.Window), e =>
+        void Journal() => Persist(new CheckpointCommitted(m.Step, m.Manifest, m.Window), e =>
         {
+            cut = null;
             journal.Apply(e);
             hooks.OnKept?.Invoke(journal.Kept(keep));                                // recorded before any file goes
             if (journal.Commits.Count > keep) setup.Store.DeleteAllExcept(journal.KeptParts(keep).Append(initial));   // never a kept commit's file
@@ -546,8 +611,9 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             foreach (var x in Enumerable.Range(0, E)) registry[OwnerRegistry.ExpertId(x)]?.Tell(new Committed(e.Step));
             Context.Parent.Tell(Akka.Pattern.BackoffSupervisor.Reset.Instance);   // the journal works: failures in a row start again
             hooks.OnCommit?.Invoke(e);
-            run.Committed(e.Step);
-            Next();
+            if (phase != Phase.Committing) return;                    // training went on meanwhile
+            if (cutDue) { cutDue = false; Cut(run.Step); }
+            else Next();
         });
         if (setup.Chaos.JournalRefusal(m.Step) is not { } r) { Journal(); return; }
         Persist(r.fired, c =>

@@ -50,11 +50,12 @@ public sealed class TrainerActor : ReceiveActor
         Receive<UseExperts>(m => experts = m.Experts);
         Receive<GetSquaredGradNorm>(m => Sender.Tell(new SquaredGradNormResponse(m.Step, Name, owner.SquaredGradNorm())));
         Receive<Crash>(m => throw new InjectedFault(Name, m.Step, m.Reason));
-        Receive<Checkpoint>(m =>
+        Receive<Checkpoint>(m => CutParts.Begin(owner, m, new Dictionary<string, string> { ["kind"] = "trainer" }, Self, Sender, setup.Chaos));
+        Receive<PartPersisted>(p =>
         {
-            var r = owner.Save(m.Step, new Dictionary<string, string> { ["kind"] = "trainer" });
-            setup.Chaos.AfterCheckpoint(Name, m.Step, setup.Store, r);
-            Sender.Tell(new CheckpointWritten(m.Step, r));
+            if (CutParts.Persisted(owner, p) is not { } r) return;
+            setup.Chaos.AfterCheckpoint(Name, p.Step, setup.Store, r);
+            p.ReplyTo.Tell(new CheckpointWritten(p.Step, r, p.Generation));
         });
         Receive<RestoreCheckpoint>(m => { owner.Optimizer.ZeroGrad(); owner.Restore(m.Ref); Sender.Tell(new Restored(m.Step, Name)); });
     }

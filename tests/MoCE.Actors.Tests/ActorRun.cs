@@ -21,6 +21,8 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     public SortedDictionary<long, double> GradNorms { get; } = [];
     /// <summary>Every completed step's loss in the order they completed, replays included (Losses keeps the last).</summary>
     public List<(long step, double loss)> AllLosses { get; } = [];
+    /// <summary>Every journaled commit: its step, and how many steps had completed (replays included) when it was journaled.</summary>
+    public List<(long step, int completedSteps)> Commits { get; } = [];
     /// <summary>The commits the supervisor resumed from (a start on an existing run, or a supervisor started again).</summary>
     public List<long> Resumes { get; } = [];
     /// <summary>How long an owner waits for another's reply: what detects a dropped message.</summary>
@@ -73,7 +75,7 @@ public sealed class ActorRun(MoceFixture fx, MoeConfig moe, TrainConfig train)
     {
         lock (Losses) { Losses[m.Step] = m.Stats.Loss; GradNorms[m.Step] = m.Stats.GradNorm; AllLosses.Add((m.Step, m.Stats.Loss)); Routing[m.Step] = m.Routing; }
         afterStep?.Invoke(m.Step);
-    }, OnResume: s => { lock (Resumes) Resumes.Add(s); });
+    }, OnResume: s => { lock (Resumes) Resumes.Add(s); }, OnCommit: c => { lock (Losses) Commits.Add((c.Step, AllLosses.Count)); });
 
     /// <summary>Every run in a test is bounded: a recovery that never ends fails the test instead of hanging CI.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromMinutes(5);

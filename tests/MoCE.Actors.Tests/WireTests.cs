@@ -99,7 +99,7 @@ public sealed class WireTests : IDisposable
         return
         [
             new GetSquaredGradNorm(5, 3), new SquaredGradNormResponse(5, "router", 0.125), new Apply(5, 1e-4, 0.5, 3), new StepApplied(5, "expert-0"),
-            new Checkpoint(40, 1 << 20), new CheckpointWritten(40, r), new Committed(40), new Crash(40, "chaos"), new RestoreCheckpoint(40, r, 3), new Restored(40, "trainer"),
+            new Checkpoint(40, 1 << 20), new CheckpointTaken(40, 1 << 20, "expert-2"), new CheckpointWritten(40, r, 1 << 20), new Committed(40), new Crash(40, "chaos"), new RestoreCheckpoint(40, r, 3), new Restored(40, "trainer"),
             new AbortStep(6), new StepAborted(6, "expert-3"),
             new ExpertForward(7, 2, 1, T(5, 4, 8)), new ExpertOutput(7, 2, 1, 3, T(5, 4, 8)),
             new ExpertBackward(7, 2, 1, T(5, 4, 8)), new ExpertInputGrad(7, 2, 1, 3, T(5, 4, 8)),

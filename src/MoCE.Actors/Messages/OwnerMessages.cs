@@ -21,10 +21,13 @@ public sealed record SquaredGradNormResponse(long Step, string Owner, double Val
 public sealed record Apply(long Step, double Lr, double ClipScale, int Generation = 0) : IStepMessage;
 public sealed record StepApplied(long Step, string Owner) : IStepMessage;
 
-/// <summary>Command: write weights and optimizer state for the cut after step s (s steps done) to the checkpoint
-/// store. The reply carries the content-addressed file. Written is not committed: the cut may still fail.</summary>
+/// <summary>Command: the owner's part of the cut after step s (s steps done). Two replies: <see cref="CheckpointTaken"/>
+/// once its weights and optimizer state are copied into a buffer kept for the purpose (the only blocking work: the next
+/// step may start), and <see cref="CheckpointWritten"/> once that copy is durable in the checkpoint store (written in
+/// the background), with its content-addressed file. Written is not committed: the cut may still fail.</summary>
 public sealed record Checkpoint(long Step, int Generation = 0) : IStepMessage;
-public sealed record CheckpointWritten(long Step, CheckpointRef Ref) : IStepMessage;
+public sealed record CheckpointTaken(long Step, int Generation, string Owner) : IStepMessage;
+public sealed record CheckpointWritten(long Step, CheckpointRef Ref, int Generation = 0) : IStepMessage;
 /// <summary>Notice from the supervisor: the cut after step s is journaled. An expert makes its part of it its own
 /// snapshot, what it comes back to on its own under expert-local; a part of a cut that never committed never is.</summary>
 public sealed record Committed(long Step) : IStepMessage;

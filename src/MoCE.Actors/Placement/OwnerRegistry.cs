@@ -39,16 +39,6 @@ public sealed class OwnerRegistry
 /// <summary>The supervisor's asks of every parameter owner, composed off its thread.</summary>
 public static class OwnerCalls
 {
-    /// <summary>The owners write their parts of the cut after step s; a part counts only once its file reads back with its
-    /// hash, so a commit never names a bad file.</summary>
-    public static Task<CheckpointRef[]> Checkpoint(IEnumerable<(string id, IActorRef actor)> owners, long step, int generation, ICheckpointStore store, TimeSpan timeout) =>
-        Task.WhenAll(owners.Select(o => o.actor.Ask<CheckpointWritten>(new Checkpoint(step, generation), timeout))).ContinueWith(t =>
-        {
-            var written = t.GetAwaiter().GetResult();
-            foreach (var w in written) store.Verify(w.Ref);
-            return written.Select(w => w.Ref).ToArray();
-        }, TaskScheduler.Default);
-
     /// <summary>Every owner restores its part of <paramref name="target"/> under this generation.</summary>
     public static Task Restore(IEnumerable<(string id, IActorRef actor)> owners, CheckpointCommitted target, int generation, TimeSpan timeout)
     {

@@ -22,7 +22,8 @@ public sealed class WireSerializer : SerializerWithStringManifest
     public const int Id = 4711;
     /// <summary>Body format version written by this build. 2: a commit carries its token window; Apply, Checkpoint and
     /// GetSquaredGradNorm carry their generation. 3: DrainNode, AddExperts and StopAndCommit carry their signature (and ProveMembership and MembershipProof exist).
-    /// 4: OwnerFailure carries the phase of the step it failed in, a RecoveryRecord its fallback (and ExpertCopyRestored exists).</summary>
+    /// 4: OwnerFailure carries the phase of the step it failed in, a RecoveryRecord its fallback, CheckpointWritten its
+    /// generation (and ExpertCopyRestored and CheckpointTaken exist).</summary>
     public const byte BodyVersion = 4;
 
     private delegate object ReadBody(ref WireReader r, byte version);
@@ -45,7 +46,8 @@ public sealed class WireSerializer : SerializerWithStringManifest
             (ref WireReader r, byte v) => new Apply(r.I64(), r.F64(), r.F64(), v >= 2 ? r.I32() : 0));
         Add<StepApplied>((w, m) => { w.I64(m.Step); w.Str(m.Owner); }, (ref WireReader r, byte _) => new StepApplied(r.I64(), r.Str()));
         Add<Checkpoint>((w, m) => { w.I64(m.Step); w.I32(m.Generation); }, (ref WireReader r, byte v) => new Checkpoint(r.I64(), v >= 2 ? r.I32() : 0));
-        Add<CheckpointWritten>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); }, (ref WireReader r, byte _) => new CheckpointWritten(r.I64(), Ref(ref r)));
+        Add<CheckpointTaken>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.Str(m.Owner); }, (ref WireReader r, byte _) => new CheckpointTaken(r.I64(), r.I32(), r.Str()));
+        Add<CheckpointWritten>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); w.I32(m.Generation); }, (ref WireReader r, byte v) => new CheckpointWritten(r.I64(), Ref(ref r), v >= 4 ? r.I32() : 0));
         Add<Committed>((w, m) => w.I64(m.Step), (ref WireReader r, byte _) => new Committed(r.I64()));
         Add<Crash>((w, m) => { w.I64(m.Step); w.Str(m.Reason); }, (ref WireReader r, byte _) => new Crash(r.I64(), r.Str()));
         Add<RestoreCheckpoint>((w, m) => { w.I64(m.Step); Ref(w, m.Ref); w.I32(m.Generation); }, (ref WireReader r, byte _) => new RestoreCheckpoint(r.I64(), Ref(ref r), r.I32()));

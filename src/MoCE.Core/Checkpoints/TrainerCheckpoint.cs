@@ -16,17 +16,19 @@ public static class TrainerCheckpoint
     /// <summary>Saves named weights (e.g. one expert's MLPs across blocks) with their optimizer.</summary>
     public static CheckpointRef Save(ICheckpointStore store, string owner, long step, IDictionary<string, string> meta,
                                      IEnumerable<(string name, Tensor tensor)> weights, AdamW optimizer)
+        => store.Save(owner, step, Meta(meta, step, optimizer.StepCount), Named(weights, optimizer));
+
+    /// <summary>A part's metadata: the caller's, the step, the optimizer's step count and the RNG state.</summary>
+    public static Dictionary<string, string> Meta(IDictionary<string, string> meta, long step, long optimizerSteps) => new(meta)
     {
-        var all = new Dictionary<string, string>(meta)
-        {
-            ["step"] = step.ToString(CultureInfo.InvariantCulture),
-            ["optimizer_steps"] = optimizer.StepCount.ToString(CultureInfo.InvariantCulture),
-            ["rng"] = "derived:(seed,stream,index)",
-        };
-        var tensors = weights.Select(w => ("model." + w.name, w.tensor))
-            .Concat(optimizer.StateTensors().Select(t => ("optim." + t.name, t.tensor)));
-        return store.Save(owner, step, all, tensors);
-    }
+        ["step"] = step.ToString(CultureInfo.InvariantCulture),
+        ["optimizer_steps"] = optimizerSteps.ToString(CultureInfo.InvariantCulture),
+        ["rng"] = "derived:(seed,stream,index)",
+    };
+
+    /// <summary>A part's tensors by their names in the file: "model.*" weights, then "optim.*" optimizer state.</summary>
+    public static IEnumerable<(string name, Tensor tensor)> Named(IEnumerable<(string name, Tensor tensor)> weights, AdamW optimizer) =>
+        weights.Select(w => ("model." + w.name, w.tensor)).Concat(optimizer.StateTensors().Select(t => ("optim." + t.name, t.tensor)));
 
     /// <summary>Restores weights and optimizer state; returns the step to continue from.</summary>
     public static long Restore(CheckpointContent c, nn.Module model, AdamW optimizer) =>

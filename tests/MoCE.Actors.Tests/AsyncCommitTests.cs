@@ -1,0 +1,34 @@
+using MoCE.Actors;
+using MoCE.Core.Tests;
+
+namespace MoCE.Actors.Tests;
+
+/// <summary>Commits are asynchronous: a cut blocks only while every owner copies its part, the parts are written in the
+/// background while training goes on, and the commit is journaled once every part is durable. At most one is in flight,
+/// and what needs a commit (the end of the run) waits for it.</summary>
+public class AsyncCommitTests(MoceFixture fx) : IClassFixture<MoceFixture>
+{
+    [Fact]
+    public void Training_goes_on_while_a_commit_is_written_and_the_run_ends_bit_equal_to_one_whose_writes_were_quick()
+    {
+        var moe = MoceFixture.Moe with { Layers = [0, 1] };
+        var train = Tiny.Train(steps: 30);
+        var quick = new ActorRun(fx, moe, train);
+        Assert.Equal(30, quick.Run(until: 30, checkpointEvery: 10).Step);
+
+        // the router's part of the cut after step 10 takes 3 s longer to write (a slow disk)
+        var slow = new ActorRun(fx, moe, train);
+        var chaos = new ChaosPlan().SlowPersist("router", 10, TimeSpan.FromSeconds(3));
+        Assert.Equal(30, slow.Run(until: 30, checkpointEvery: 10, chaos).Step);
+
+        Assert.Contains(chaos.Events, e => e.Kind == "slow-persist" && e.Owner == "router" && e.Step == 10);
+        var ten = slow.Commits.Single(c => c.step == 10);
+        // steps after 10 completed before commit 10 was journaled: the write did not hold the steps up. Three seconds
+        // is many tiny steps even on a loaded machine; a synchronous commit would have journaled it after 10 steps
+        Assert.True(ten.completedSteps > 12, $"commit 10 was journaled after {ten.completedSteps} steps had completed");
+        Assert.Equal([0L, 10, 20, 30], slow.Commits.Select(c => c.step));      // each commit once, in order: at most one in flight
+        Assert.Equal(30, slow.Commits[^1].completedSteps);                      // the last one waited for: the run ended with it
+        Assert.Equal(quick.Losses, slow.Losses);
+        Assert.Equal(0.0, ActorRun.MaxAbsDiff(quick.CommittedWeights(30), slow.CommittedWeights(30)));
+    }
+}
