@@ -45,16 +45,15 @@ public sealed record NodeOptions(IReadOnlyList<string> Roles, string Host, int P
         foreach (var s in Seeds) _ = SeedAddress(s);
         if (MinExpertNodes < 1) throw new ConfigException("moce.node.min-expert-nodes", "must be ≥ 1");
         if (Experts) _ = new NodeResources(Devices, OwnerThreads, ChaosPlan.None, new EngineThreads()).Validated();
-        RequireTransport();
-        if (!string.IsNullOrEmpty(TlsCertificate))
-        {
-            using var c = LoadCertificate();
-            var allowed = Security.MembershipGate.RolesFor(Roles);
-            if (Security.ClusterCertificates.RoleOf(c) is not { } role || !allowed.Contains(role))
-                throw new ConfigException("moce.node.tls-certificate", $"'{TlsCertificate}' is a {(Security.ClusterCertificates.RoleOf(c) is { } r ? Security.ClusterCertificates.RoleName(r) : "role-less")} " +
-                    $"certificate; a node with roles [{string.Join(", ", Roles)}] needs the {string.Join(" or ", allowed.Select(Security.ClusterCertificates.RoleName))} role " +
-                    "(moce cert issue --role ...): the supervisor would refuse it as a member");
-        }
+        if (string.IsNullOrEmpty(TlsCertificate)) { RequireTransport(); return this; }
+        using var c = LoadCertificate();                                         // once: the trust and the role are checked on it
+        _ = Trust(c);
+        var allowed = Security.MembershipGate.RolesFor(Roles);
+        var role = Security.ClusterCertificates.RoleOf(c);
+        if (role is null || !allowed.Contains(role.Value))
+            throw new ConfigException("moce.node.tls-certificate", $"'{TlsCertificate}' is a {(role is { } r ? Security.ClusterCertificates.RoleName(r) : "role-less")} " +
+                $"certificate; a node with roles [{string.Join(", ", Roles)}] needs the {string.Join(" or ", allowed.Select(Security.ClusterCertificates.RoleName))} role " +
+                "(moce cert issue --role ...): the supervisor would refuse it as a member");
         return this;
     }
 

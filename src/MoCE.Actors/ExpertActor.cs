@@ -46,7 +46,8 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     private long tokens;                                 // token rows through this expert's forward since it started
     private bool restarted;
     private readonly bool exact;                         // expert-exact: the node keeps a copy of this expert's step start and log
-    private long fromCopy = -1;                          // restarted: the step whose start it put back, until that step's update
+    private long fromCopy = -1;                          // restarted: the step whose start it put back (−1: it had no copy)
+    private bool resync;                                 // restarted under expert-exact: only that step (or a restore) may follow
 
     public override string PersistenceId { get; }
 
@@ -122,10 +123,11 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     {
         if (setup.Chaos.LosesCopy(Name)) setup.Copies.Drop(setup.Spec.RunId, expert);   // as if its memory were lost
         var c = setup.Copies.For(setup.Spec.RunId, expert);
+        resync = true;
+        fromCopy = c.Step;
         if (c.Step >= 0)
         {
             owner.RestoreCopy(c);
-            fromCopy = c.Step;
             log.Info("{0} put back its in-memory copy of the start of step {1}", Name, c.Step);
         }
         else log.Warning("{0} has no in-memory copy to put back", Name);
@@ -209,7 +211,10 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             // a new attempt: what an abandoned one left (an expert the trainer did not wait for: a straggler) goes
             if (at.generation != attempt.generation) { FreeStep(); owner.Optimizer.ZeroGrad(); }
             attempt = at;
-            fromCopy = -1;                                                       // it computes this attempt itself: nothing to replay
+            if (resync && step != fromCopy)                                      // the supervisor falls back before this; a guard against a silent error
+                throw new InvalidOperationException($"{Name} restarted holding the start of step {fromCopy}: it cannot compute step {step}");
+            resync = false;                                                      // it computes this attempt itself: nothing to replay
+            fromCopy = -1;
             done.Clear();
         }
         return done.Add((block, backward));
@@ -227,7 +232,12 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     {
         try
         {
-            if (fromCopy == m.Step) ReplayFromLog(m.Generation, m.Step);
+            if (resync)
+            {
+                if (fromCopy != m.Step) throw new InvalidOperationException($"{Name} restarted holding {(fromCopy < 0 ? "no in-memory copy" : $"the start of step {fromCopy}")}: it cannot apply step {m.Step}");
+                ReplayFromLog(m.Generation, m.Step);
+                resync = false;
+            }
             fromCopy = -1;
             owner.Apply(m.Lr, m.ClipScale);
             setup.Chaos.Check(Name, m.Step, ChaosPhase.Apply);
@@ -288,7 +298,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         attempt = (m.Generation, -1);
         done.Clear();
         owner.Restore(m.Ref);
-        fromCopy = -1;
+        (resync, fromCopy) = (false, -1);
         if (Copy is { } c) owner.KeepCopy(c, m.Step);
         Snapshot(new ExpertSnapshot(m.Step, m.Ref));                             // a part of a commit: what it now holds
         log.Info("{0} restored {1} (commit {2})", Name, m.Ref.File, m.Step);

@@ -150,6 +150,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Command<CheckpointTaken>(m =>
         {
             if (cut is null || m.Step != cut.Step || m.Generation != cut.Generation || !cut.Copying.Remove(m.Owner) || cut.Copying.Count > 0) return;
+            hooks.OnCutTaken?.Invoke(m.Step);
             Next();                                                  // every part is copied: the next step starts while they are written
         });
         Always();

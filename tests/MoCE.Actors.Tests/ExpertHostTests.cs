@@ -12,7 +12,6 @@ public class ExpertHostTests(MoceFixture fx) : IClassFixture<MoceFixture>
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
 
-    /// <summary>An expert host in an actor system of its own, and the spec of this fixture's experts.</summary>
     /// <summary>An owner's part of a cut: first taken (copied), then written (durable), both answered to the asker.</summary>
     private async Task<CheckpointRef> Cut(IActorRef owner, Checkpoint m)
     {
@@ -27,7 +26,8 @@ public class ExpertHostTests(MoceFixture fx) : IClassFixture<MoceFixture>
 
     private ActorSystem? system;
 
-    private async Task WithHost(Func<IActorRef, ExpertSpec, ActorContextSetup, Task> test)
+    /// <summary>An expert host in an actor system of its own (with this fault plan), and the spec of this fixture's experts.</summary>
+    private async Task WithHost(Func<IActorRef, ExpertSpec, ActorContextSetup, Task> test, ChaosPlan? chaos = null)
     {
         var run = new ActorRun(fx, MoceFixture.Moe with { Layers = [0, 1] }, Tiny.Train(steps: 5));
         var setup = run.Setup();
@@ -38,7 +38,7 @@ public class ExpertHostTests(MoceFixture fx) : IClassFixture<MoceFixture>
         using var system = this.system = ActorSystem.Create("host", ActorEngine.Config(run.RunDir));
         try
         {
-            await test(system.ActorOf(ExpertHostActor.Props(new NodeResources(["cpu"], 1, ChaosPlan.None, threads)), ExpertHostActor.Name), spec, setup);
+            await test(system.ActorOf(ExpertHostActor.Props(new NodeResources(["cpu"], 1, chaos ?? ChaosPlan.None, threads)), ExpertHostActor.Name), spec, setup);
         }
         finally
         {
@@ -81,6 +81,36 @@ public class ExpertHostTests(MoceFixture fx) : IClassFixture<MoceFixture>
         var after = await Cut(expert, new Checkpoint(2, G));
         Assert.Equal(before + 1, Steps(after));
     });
+
+    /// <summary>expert-exact, on the expert alone: its update of step 1 fails after it changed the weights. Restarted, it
+    /// puts back its node's copy of step 1's start and, asked again, replays and applies the step once (the part it
+    /// then writes counts one optimizer step, not two). With the copy lost it refuses the second ask instead of applying
+    /// the update to a state it does not have.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public Task An_exact_expert_whose_update_failed_applies_it_once_from_its_copy_or_refuses_without_one(bool loseCopy)
+    {
+        var chaos = new ChaosPlan().FailAt("expert-0", 1, phase: ChaosPhase.Apply);
+        if (loseCopy) chaos.LoseCopy("expert-0");
+        return WithHost(async (host, spec, setup) =>
+        {
+            var expert = (await host.Ask<ExpertHosted>(new HostExpert(0, 0, spec with { Policy = RecoveryPolicy.ExpertExact }, false), Timeout)).Ref;
+            long Steps(CheckpointRef r) { using var c = CheckpointFile.Read(Path.Combine(setup.Store.Location, r.File)); return long.Parse(c["optimizer_steps"]); }
+            await expert.Ask<StepApplied>(new Apply(0, 1e-3, 1.0, 3), Timeout);      // a fresh instance's state would differ now
+            long before = Steps(await Cut(expert, new Checkpoint(1, 3)));            // the start of step 1, also kept in memory
+            var failed = await Assert.ThrowsAnyAsync<Exception>(() => expert.Ask<StepApplied>(new Apply(1, 1e-3, 1.0, 3), Timeout));
+            Assert.Contains("fails at step 1", failed.Message);
+            if (loseCopy)
+            {
+                var refused = await Assert.ThrowsAnyAsync<Exception>(() => expert.Ask<StepApplied>(new Apply(1, 1e-3, 1.0, 3), Timeout));
+                Assert.Contains("restarted holding no in-memory copy: it cannot apply step 1", refused.Message);
+                return;
+            }
+            Assert.Equal("expert-0", (await expert.Ask<StepApplied>(new Apply(1, 1e-3, 1.0, 3), Timeout)).Owner);
+            Assert.Equal(before + 1, Steps(await Cut(expert, new Checkpoint(2, 3))));
+        }, chaos);
+    }
 
     /// <summary>KillNode ends the process only on a node started to obey a chaos schedule's kill (moce.node.chaos-kill);
     /// elsewhere it is refused with a warning naming the sender, and the host goes on answering. (Were it obeyed here,

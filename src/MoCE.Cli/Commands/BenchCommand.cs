@@ -77,7 +77,7 @@ public static class BenchCommand
             // the teacher's prefetch overlaps the trainer: with distillation off nothing hides the runtime's own overhead
             var noDistill = cfg with { Moe = cfg.Moe with { LambdaDistill = 0 } };
             var (actorNd, refNd, _, _, _, _) = cfg.Moe.LambdaDistill > 0 ? ActorVersusReference(noDistill, data, clustering, ckpt, device, warmup, steps, rounds) : (actorRounds, refRounds, 0, 0, 0, 0);
-            var (withCommits, withoutCommits, stepMs, cuts) = CommitCost(cfg, data, clustering, ckpt, device, every: 50, cuts: 5);
+            var (withCommits, withoutCommits, stepMs, cuts, blocking) = CommitCost(cfg, data, clustering, ckpt, device, every: 50, cuts: 5);
             double matmul = (matmulBefore + ComputeThread.Run("bench-matmul", threads, MatmulMs)) / 2;
             double actorMs = actorRounds.Average(), refMs = refRounds.Average();
 
@@ -99,6 +99,8 @@ public static class BenchCommand
                               $"({cuts} commits in the window, steps of {stepMs:F1} ms; ABBA: with {withCommits[0] / 1000:F2}, without {withoutCommits[0] / 1000:F2}, " +
                               $"without {withoutCommits[1] / 1000:F2}, with {withCommits[1] / 1000:F2} s)");
             Console.WriteLine($"ratio wall time with commits / without: {withCommits.Average() / withoutCommits.Average():F4}");
+            Console.WriteLine($"a cut's blocking part (every owner copies its part; the write is in the background): {blocking.Average():F1} ms on average over {blocking.Count} cuts " +
+                              $"(max {blocking.Max():F1} ms), {blocking.Average() / (50 * stepMs) * 100:F3}% of the wall time at one cut per 50 steps of {stepMs:F1} ms");
             Console.WriteLine($"ratio dense-step / matmul: {denseMs / matmul:F2}");
             Console.WriteLine($"({steps} timed steps each after {warmup} warm-up steps; dense and MoCE reference interleaved in rounds of {Round}, actor engine and reference in {rounds} rounds in ABBA order)");
         }
@@ -205,10 +207,11 @@ public static class BenchCommand
     /// so that neither side always runs on a warmer machine. Each run is fresh from the same dense start; the window is
     /// from its first completed step to its last, so the start, the initial commit and the final one are outside it in
     /// both. Returns the mean window of each side and the commits counted inside the windows of the runs with them.</summary>
-    private static (List<double> withMs, List<double> withoutMs, double stepMs, int cuts) CommitCost(MoCE.Runs.Configuration.MoceConfig cfg, ImageDataset data,
+    private static (List<double> withMs, List<double> withoutMs, double stepMs, int cuts, List<double> blockingMs) CommitCost(MoCE.Runs.Configuration.MoceConfig cfg, ImageDataset data,
         ClusteringResult clustering, CheckpointContent dense, Device device, long every, int cuts)
     {
         long total = every * cuts + every / 2;                                   // the last cut is followed by steps: inside the window
+        var blocking = new List<double>();
         (double ms, int commits) Once(long commitEvery)
         {
             var train = cfg.Train with { Steps = total };
@@ -219,6 +222,7 @@ public static class BenchCommand
                 device, cfg.Threads, cfg.OwnerThreads));
             var sw = new Stopwatch();
             int inside = 0;
+            double stepEnd = 0;
             try
             {
                 Actors.ActorEngine.Run(setup, dir, total, commitEvery, 2, new Actors.SupervisorHooks(
@@ -226,7 +230,9 @@ public static class BenchCommand
                     {
                         if (!sw.IsRunning && m.Step == 0) sw.Start();
                         else if (m.Step == total - 1) sw.Stop();
+                        stepEnd = sw.Elapsed.TotalMilliseconds;
                     },
+                    OnCutTaken: s => { if (sw.IsRunning) blocking.Add(sw.Elapsed.TotalMilliseconds - stepEnd); },   // from the step's end to the next step's start
                     OnCommit: _ => { if (sw.IsRunning) inside++; }));
             }
             finally { Directory.Delete(dir, recursive: true); }
@@ -240,7 +246,7 @@ public static class BenchCommand
             var (ms, n) = Once(commits ? every : long.MaxValue);
             if (commits) { with.Add(ms); counted += n; } else without.Add(ms);
         }
-        return (with, without, without.Average() / (total - 1), counted / with.Count);
+        return (with, without, without.Average() / (total - 1), counted / with.Count, blocking);
     }
 
     private static double MatmulMs()

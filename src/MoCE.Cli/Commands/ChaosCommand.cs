@@ -20,6 +20,7 @@ public static class ChaosCommand
         ("baseline", []),
         ("global-rollback", ["moce.actors.policy=global-rollback"]),
         ("expert-local", ["moce.actors.policy=expert-local"]),
+        ("expert-exact", ["moce.actors.policy=expert-exact"]),
         ("straggler-timeout", ["moce.actors.policy=global-rollback", string.Create(CultureInfo.InvariantCulture, $"moce.actors.straggler-timeout={stragglerMs}")]),
     ];
 

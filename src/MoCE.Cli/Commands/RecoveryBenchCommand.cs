@@ -15,10 +15,12 @@ using TorchSharp;
 namespace MoCE.Cli.Commands;
 
 /// <summary><c>moce bench-recovery</c>: on the bench configuration and the embedded journal, in one process: the time
-/// from an expert's failure to the next committed step under global-rollback and under expert-local (and the same
-/// interval without a failure), and the throughput while one expert is a 5× straggler, with and without the straggler
-/// timeout (set to the measured step time), against no straggler. Faults come from a <see cref="ChaosPlan"/> through
-/// the real paths.</summary>
+/// from an expert's failure to the next committed step under global-rollback, expert-local and expert-exact (a failure
+/// in the expert's forward, backward and update), against the same interval without a failure, and whether the final
+/// weights equal the run without the failure bit for bit; the steady-state cost of expert-exact's in-memory copies
+/// (clean runs, ABBA); and the throughput while one expert is a 5× straggler, with and without the straggler timeout
+/// (set to the measured step time), against no straggler. Faults come from a <see cref="ChaosPlan"/> through the real
+/// paths.</summary>
 public static class RecoveryBenchCommand
 {
     public static int Run(CliArgs cli)
@@ -57,10 +59,10 @@ public static class RecoveryBenchCommand
                 var setup = ComputeThread.Run("bench-setup", cfg.Threads, () => ActorContextSetup.FromDense(name, cfg.Model, cfg.Moe, cfg.Train with { Steps = steps },
                     data, clustering.TrainIds, clustering.K, TrainerCheckpoint.ModelWeights(dense), new CheckpointStore(Path.Combine(dir, "checkpoints")),
                     device, cfg.Threads, cfg.OwnerThreads)) with { Chaos = chaos, Policy = policy, StragglerTimeout = stragglerTimeout, StragglerSitOut = cfg.StragglerSitOut, Backoff = cfg.Backoff, AskTimeout = cfg.AskTimeout };
-                var t = new Timeline();
+                var t = new Timeline(setup.Store);
                 ActorEngine.Run(setup, dir, steps, every, 2, new SupervisorHooks(
                     OnStep: m => t.Steps[m.Step] = t.Clock.Elapsed.TotalMilliseconds,
-                    OnCommit: c => t.Commits.Add((c.Step, t.Clock.Elapsed.TotalMilliseconds)),
+                    OnCommit: c => { t.Commits.Add((c.Step, t.Clock.Elapsed.TotalMilliseconds)); t.Last = c; },
                     OnChaos: c => t.Faults.Add((c, t.Clock.Elapsed.TotalMilliseconds)),
                     OnRecovery: r => t.Recoveries.Add(r)), timeout: TimeSpan.FromMinutes(20));
                 return t;
@@ -70,15 +72,32 @@ public static class RecoveryBenchCommand
             var clean = Run("clean", ChaosPlan.None, RecoveryPolicy.GlobalRollback);
             double cleanMs = clean.Commits.First(c => c.step > fail).ms - clean.Steps[fail - 1];
             Console.WriteLine($"  no failure:      step {fail} → commit {clean.Commits.First(c => c.step > fail).step}: {cleanMs:F0} ms");
-            foreach (var policy in new[] { RecoveryPolicy.GlobalRollback, RecoveryPolicy.ExpertLocal })
+            using var cleanWeights = clean.Weights();
+            var runs = new (RecoveryPolicy policy, ChaosPhase phase)[]
             {
-                var t = Run(policy.ToString(), new ChaosPlan().FailAt(victim, fail), policy);
+                (RecoveryPolicy.GlobalRollback, ChaosPhase.Entry), (RecoveryPolicy.ExpertLocal, ChaosPhase.Entry),
+                (RecoveryPolicy.ExpertExact, ChaosPhase.Entry), (RecoveryPolicy.ExpertExact, ChaosPhase.Backward), (RecoveryPolicy.ExpertExact, ChaosPhase.Apply),
+            };
+            foreach (var (policy, phase) in runs)
+            {
+                var t = Run($"{policy}-{phase}", new ChaosPlan().FailAt(victim, fail, phase: phase), policy);
                 var (fault, at) = t.Faults.Single();
                 var next = t.Commits.First(c => c.ms > at && c.step > fail);
                 var r = t.Recoveries.FirstOrDefault();
-                Console.WriteLine($"  {(policy == RecoveryPolicy.GlobalRollback ? "global-rollback" : "expert-local"),-16} {victim} fails at step {fault.Step} → commit {next.step}: {next.ms - at:F0} ms " +
-                                  $"({next.ms - at - cleanMs:+0;-0} ms against no failure){(r is null ? "" : $"; {r.StepsReplayed} steps replayed, {r.StepsMissed} missed, {r.ReroutedImages} images rerouted")}");
+                using var weights = t.Weights();
+                string where = phase == ChaosPhase.Entry ? "forward" : phase.ToString().ToLowerInvariant();
+                Console.WriteLine($"  {HoconTreeName(policy),-16} {victim} fails in its {where,-8} at step {fault.Step} → commit {next.step}: {next.ms - at:F0} ms " +
+                                  $"({next.ms - at - cleanMs:+0;-0} ms against no failure); final weights {(weights.Equal(cleanWeights) ? "bit-equal to" : "differ from")} the run without it" +
+                                  (r is null ? "" : $"; {r.Policy}: {r.StepsReplayed} steps replayed, {r.StepsMissed} missed, {r.ReroutedImages} images rerouted{(r.Fallback.Length > 0 ? $", fallback: {r.Fallback}" : "")}"));
             }
+
+            // expert-exact's steady-state cost: each expert copies its state after every update (clean runs, ABBA)
+            var exact1 = Run("exact-clean-1", ChaosPlan.None, RecoveryPolicy.ExpertExact);
+            var exact2 = Run("exact-clean-2", ChaosPlan.None, RecoveryPolicy.ExpertExact);
+            var clean2 = Run("clean-2", ChaosPlan.None, RecoveryPolicy.GlobalRollback);
+            double Window(Timeline t) => t.Steps[steps - 1] - t.Steps[0];
+            Console.WriteLine($"  in-memory copies (expert-exact, no failure): steps 1..{steps - 1} took {Window(exact1):F0} and {Window(exact2):F0} ms, " +
+                              $"without copies {Window(clean):F0} and {Window(clean2):F0} ms (ABBA): {(Window(exact1) + Window(exact2)) / (Window(clean) + Window(clean2)):F4}×");
 
             // throughput under a 5× straggler for the second half, with and without the timeout
             double stepMs = Enumerable.Range((int)every, (int)every).Average(s => clean.Steps[s] - clean.Steps[s - 1]);
@@ -97,12 +116,41 @@ public static class RecoveryBenchCommand
         }
     }
 
-    private sealed class Timeline
+    private static string HoconTreeName(RecoveryPolicy p) => MoCE.Runs.Configuration.HoconTree.Kebab(p.ToString());
+
+    private sealed class Timeline(ICheckpointStore store)
     {
+        public CheckpointCommitted? Last;
+
+        /// <summary>The last commit's weights and optimizer state, every tensor by owner and name.</summary>
+        public State Weights()
+        {
+            var all = new State();
+            foreach (var part in Last!.Manifest)
+            {
+                using var c = store.Load(part);
+                foreach (var (name, t) in c.Tensors) all.Tensors[$"{part.Owner}/{name}"] = t.clone();
+            }
+            return all;
+        }
+
         public readonly Stopwatch Clock = Stopwatch.StartNew();
         public readonly Dictionary<long, double> Steps = [];
         public readonly List<(long step, double ms)> Commits = [];
         public readonly List<(ChaosFired fault, double ms)> Faults = [];
         public readonly List<RecoveryRecord> Recoveries = [];
+    }
+
+    private sealed class State : IDisposable
+    {
+        public readonly Dictionary<string, torch.Tensor> Tensors = [];
+
+        public bool Equal(State other) => Tensors.Count == other.Tensors.Count &&
+            Tensors.All(kv => other.Tensors.TryGetValue(kv.Key, out var o) && kv.Value.dtype == o.dtype && kv.Value.shape.SequenceEqual(o.shape) && kv.Value.bytes.SequenceEqual(o.bytes));
+
+        public void Dispose()
+        {
+            foreach (var t in Tensors.Values) t.Dispose();
+        }
     }
 }

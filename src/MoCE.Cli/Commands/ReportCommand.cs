@@ -121,7 +121,7 @@ public static class ReportCommand
             var r = e.Recovery;
             md.AppendLine(string.Create(inv, $"| {e.Event.Step} | {e.Event.Owner} | {e.Event.Kind}: {e.Event.Detail} | ") +
                           (r is null ? "— (no step failed) | — | — | — | " :
-                              string.Create(inv, $"{r.Policy}, commit {r.RestoredStep} | {r.DetectionToRecoveredMs:F0} | {(r.Policy == "global-rollback" ? r.StepsReplayed : r.StepsMissed)} | {r.ReroutedImages} | ")) +
+                              string.Create(inv, $"{r.Policy}, {(r.Policy == "expert-exact" ? "its copy of step" : "commit")} {r.RestoredStep}{(r.Fallback.Length > 0 ? $" (fallback: {r.Fallback})" : "")} | {r.DetectionToRecoveredMs:F0} | {(r.Policy == "global-rollback" ? r.StepsReplayed : r.StepsMissed)} | {r.ReroutedImages} | ")) +
                           $"{G(e.Gap50)} | {G(e.Gap200)} |");
         }
         if (other.Count > 0)

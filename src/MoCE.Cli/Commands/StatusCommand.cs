@@ -53,9 +53,13 @@ public static class StatusCommand
                 var list = JsonSerializer.Deserialize<List<RecoveryRecord>>(File.ReadAllText(rec)) ?? [];
                 Console.WriteLine($"    recoveries: {list.Count}");
                 foreach (var r in list.TakeLast(5))
-                    Console.WriteLine(r.Policy == "expert-local"
-                        ? $"      step {r.Step}: {r.Owner} failed ({r.Error}); expert-local from its snapshot of step {r.RestoredStep}, down {r.DetectionToRecoveredMs:F0} ms, missed {r.StepsMissed} steps, {r.ReroutedImages} image routings rerouted"
-                        : $"      step {r.Step}: {r.Owner} failed ({r.Error}); {r.Policy} to commit {r.RestoredStep}, {r.StepsReplayed} steps replayed, recovered in {r.DetectionToRecoveredMs:F0} ms");
+                    Console.WriteLine(r.Policy switch
+                    {
+                        "expert-local" => $"      step {r.Step}: {r.Owner} failed ({r.Error}); expert-local from its snapshot of step {r.RestoredStep}, down {r.DetectionToRecoveredMs:F0} ms, missed {r.StepsMissed} steps, {r.ReroutedImages} image routings rerouted",
+                        "expert-exact" => $"      step {r.Step}: {r.Owner} failed ({r.Error}); expert-exact from its in-memory copy of the step's start, nothing else went back, recovered in {r.DetectionToRecoveredMs:F0} ms",
+                        _ => $"      step {r.Step}: {r.Owner} failed ({r.Error}); {r.Policy} to commit {r.RestoredStep}, {r.StepsReplayed} steps replayed, recovered in {r.DetectionToRecoveredMs:F0} ms" +
+                             (r.Fallback.Length > 0 ? $" (a fallback: {r.Fallback})" : ""),
+                    });
             }
         }
         return 0;
