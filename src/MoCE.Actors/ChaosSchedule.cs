@@ -19,6 +19,7 @@ namespace MoCE.Actors;
 ///                                                                     # message: forward | output | backward | input-grad
 ///     { kind = corrupt-checkpoint, owner = router, step = 80 }         # the owner's first checkpoint file at step ≥ 80
 ///     { kind = slow-persist, owner = router, step = 90, ms = 5000 }    # its background write of the cut ≥ 90 takes 5 s longer
+///     { kind = lose-copy, owner = expert-2 }                           # expert-exact: its in-memory copy is gone at its next restart
 ///     { kind = journal-refuses, step = 100, ms = 1500 }                # the database refuses journal writes for 1.5 s
 ///     { kind = kill-node, node = "127.0.0.1:4553", step = 120 }        # cluster: SIGKILL of that expert node's process
 ///     { kind = fail-in-move, move = 1, phase = placement, owner = router }  # phase: cut | placement | restore of the
@@ -123,11 +124,14 @@ public static class ChaosSchedule
                         throw new ConfigException($"{at}.owner", $"expected trainer, router or expert-N (the owners that write parts), got '{writer}'");
                     plan.SlowPersist(writer, Long("step"), TimeSpan.FromMilliseconds(Num("ms", 1000)));
                     break;
+                case "lose-copy":
+                    plan.LoseCopy(Expert("owner"));
+                    break;
                 case "journal-refuses":
                     plan.RefuseJournal(Long("step"), TimeSpan.FromMilliseconds(Num("ms", 1000)));
                     break;
                 default:
-                    throw new ConfigException($"{at}.kind", $"expected fail, nan-gradient, straggler, drop, duplicate, delay, corrupt-checkpoint, slow-persist, journal-refuses, kill-node or fail-in-move, got '{kind}'");
+                    throw new ConfigException($"{at}.kind", $"expected fail, nan-gradient, straggler, drop, duplicate, delay, corrupt-checkpoint, slow-persist, lose-copy, journal-refuses, kill-node or fail-in-move, got '{kind}'");
             }
             foreach (var k in fields.Keys.Where(k => !used.Contains(k)))
                 throw new ConfigException($"{at}.{k}", $"unknown key for kind = {kind}");

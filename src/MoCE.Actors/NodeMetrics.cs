@@ -48,6 +48,7 @@ public static class NodeMetrics
     public static readonly Gauge GateEntropy = Metrics.CreateGauge("moce_gate_entropy", "Mean gate entropy of an MoE block at the last step.", "block");
     public static readonly Counter RoutedTokens = Metrics.CreateCounter("moce_routed_tokens_total", "Tokens the router sent to each expert (top-1) in each MoE block, on the coordinator.", "block", "expert");
     public static readonly Counter ExpertTokens = Metrics.CreateCounter("moce_expert_tokens_total", "Token rows through an expert's forward on this node (replays included: that is work done).", "expert");
+    public static readonly Counter ExpertCopySeconds = Metrics.CreateCounter("moce_expert_copy_seconds_total", "Time experts on this node spent keeping their in-memory copies (expert-exact), on their own threads before they answer an update.", "expert");
     public static readonly Counter Recoveries = Metrics.CreateCounter("moce_recoveries_total", "Recoveries from failures, by policy.", "policy");
     public static readonly Gauge CommittedStep = Metrics.CreateGauge("moce_committed_step", "The last committed checkpoint's step.");
     public static readonly Gauge CommitLag = Metrics.CreateGauge("moce_commit_lag_steps", "Steps done since the last commit: what a crash now would replay.");

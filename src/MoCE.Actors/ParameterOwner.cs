@@ -104,8 +104,12 @@ public sealed class ParameterOwner : IDisposable
     }
 
     /// <summary>Copies the weights and optimizer state into <paramref name="copy"/> as the start of <paramref name="step"/>.</summary>
-    public void KeepCopy(ExpertCopy copy, long step) =>
+    public void KeepCopy(ExpertCopy copy, long step)
+    {
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         copy.Keep(step, Parameters.Select(kv => (kv.Key, (torch.Tensor)kv.Value)).Concat(Optimizer.StateTensors()), Optimizer.StepCount);
+        NodeMetrics.ExpertCopySeconds.WithLabels(Name).Inc(System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds);
+    }
 
     /// <summary>Puts back the state of <paramref name="copy"/> (no gradients).</summary>
     public void RestoreCopy(ExpertCopy copy)

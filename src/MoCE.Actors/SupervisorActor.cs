@@ -60,6 +60,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         public readonly Dictionary<string, CheckpointRef> Written = [];
         public bool Verifying;
         public bool AllWritten => Written.Count == owners.Count;
+        public bool Waits(string owner) => owners.Contains(owner) && !Written.ContainsKey(owner);
         public CheckpointRef[] Manifest => [.. owners.Select(o => Written[o]), .. absent];
     }
 
@@ -406,6 +407,9 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         foreach (var e in lost) router.Tell(new ExpertLost(run.Step, e));
         setup.Cancellation.Cancel(run.Generation, lost);
         OnFault(new Fault(lost.Select(OwnerRegistry.ExpertId).ToList(), FaultKind.Lost, t.AddressTerminated ? $"lost with its node {t.ActorRef.Path.Address}" : "it stopped", run.Step));
+        // a cut still waiting for a lost expert's part can never complete: training goes on (expert-local), and the next
+        // cut represents the expert by its last committed part (a rollback has abandoned it already)
+        if (cut is not null && lost.Any(e => cut.Waits(OwnerRegistry.ExpertId(e)))) AbandonCut();
         PlaceMissing();
     }
 

@@ -118,6 +118,25 @@ public class ChaosScheduleTests(MoceFixture fx, Xunit.Abstractions.ITestOutputHe
         Assert.Null(plan.InMove(2, MovePhase.Restore, 20));                      // once
         Assert.Equal(new Messages.ChaosFired(20, "router", "fail-in-move", "throws in the restore of planned move 2"), Assert.Single(plan.Events));
     }
+
+    [Fact]
+    public void A_slow_persist_delays_one_write_at_or_after_its_step_and_a_lost_copy_fires_once()
+    {
+        var plan = ChaosSchedule.Parse(Akka.Configuration.ConfigurationFactory.ParseString(
+            "chaos { events = [ { kind = slow-persist, owner = router, step = 20, ms = 1500 }, { kind = lose-copy, owner = expert-1 } ] }"));
+        Assert.Equal(TimeSpan.Zero, plan.PersistDelay("router", 10));            // before its step
+        Assert.Equal(TimeSpan.Zero, plan.PersistDelay("trainer", 30));           // another owner
+        Assert.Equal(TimeSpan.FromMilliseconds(1500), plan.PersistDelay("router", 30));
+        Assert.Equal(TimeSpan.Zero, plan.PersistDelay("router", 40));            // once
+        Assert.False(plan.LosesCopy("expert-0"));
+        Assert.True(plan.LosesCopy("expert-1"));
+        Assert.False(plan.LosesCopy("expert-1"));
+        Assert.Equal(["slow-persist", "lose-copy"], plan.Events.Select(e => e.Kind));
+        static string Error(string events) => Assert.Throws<ConfigException>(() =>
+            ChaosSchedule.Parse(Akka.Configuration.ConfigurationFactory.ParseString($"chaos {{ events = [ {events} ] }}"))).Message;
+        Assert.Contains("chaos.events[0].owner", Error("{ kind = slow-persist, owner = teacher, step = 1 }"));
+        Assert.Contains("chaos.events[0].owner", Error("{ kind = lose-copy, owner = router }"));
+    }
 }
 
 /// <summary>moce.actors.straggler-timeout: a straggler stalls every step it computes in; past the timeout the router
