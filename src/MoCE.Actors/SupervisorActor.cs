@@ -13,8 +13,9 @@ namespace MoCE.Actors;
 /// <summary>The supervisor owns the run. It creates the trainer, router and teacher as its children, has the expert
 /// hosts create the experts (<see cref="ExpertFleet"/>), and watches every owner by stable id. It is a state machine of
 /// explicit behaviours: <b>placing</b> (until every expert has a home), <b>training</b> (a step in flight), <b>cutting</b>
-/// (every owner writes its part, then <see cref="CheckpointCommitted"/> is journaled: only that makes a checkpoint
-/// count), <b>growing</b> (an add's commit), <b>restoring</b> (a resume, a rollback, a move or an add), <b>waiting</b> (for
+/// (every owner copies its part; the parts are then written in the background while training goes on, and only the
+/// journaled <see cref="CheckpointCommitted"/> makes a checkpoint count), <b>committing</b> (no step runs until the
+/// commit in flight is journaled: the end, a stop, a move or an add needs it), <b>growing</b> (an add's commit), <b>restoring</b> (a resume, a rollback, a move or an add), <b>waiting</b> (for
 /// recovering experts before the final commit), <b>finished</b> and <b>stopped</b>. It carries out decisions made in plain
 /// types tested without actors: <see cref="RunState"/> (what comes next, what a fault calls for through the
 /// <see cref="IRecoveryPolicy"/> chain), <see cref="SupervisorState"/> (the journal: commits, recoveries, adds, chaos;
