@@ -27,12 +27,7 @@ public sealed class ExpertCopy : IDisposable
     /// <summary>Copies this state as the start of <paramref name="step"/> (into buffers allocated once) and clears the log.</summary>
     public void Keep(long step, IEnumerable<(string name, Tensor tensor)> tensors, long optimizerSteps)
     {
-        using var _ = no_grad();
-        foreach (var (name, t) in tensors)
-        {
-            if (state.TryGetValue(name, out var buffer)) buffer.copy_(t);
-            else state[name] = t.detach().clone().DetachFromDisposeScope();
-        }
+        Buffers.CopyInto(state, tensors, host: false);
         (Step, OptimizerSteps) = (step, optimizerSteps);
         ClearLog();
     }
@@ -64,6 +59,24 @@ public sealed class ExpertCopy : IDisposable
         foreach (var t in state.Values) t.Dispose();
         state.Clear();
         Step = -1;
+    }
+}
+
+/// <summary>Copies of tensors into buffers kept for the purpose: allocated at the first copy, overwritten after.</summary>
+public static class Buffers
+{
+    /// <summary>Copies each tensor into the buffer of its name. <paramref name="host"/>: the buffers are in host memory
+    /// (pinned where the tensor is on a GPU, for a fast copy); else on the tensor's own device.</summary>
+    public static void CopyInto(Dictionary<string, Tensor> buffers, IEnumerable<(string name, Tensor tensor)> tensors, bool host)
+    {
+        using var _ = no_grad();
+        foreach (var (name, t) in tensors)
+        {
+            if (buffers.TryGetValue(name, out var b)) { b.copy_(t); continue; }
+            var copy = host ? t.detach().cpu().clone() : t.detach().clone();
+            if (host && t.device_type == DeviceType.CUDA) { var pinned = copy.pin_memory(); copy.Dispose(); copy = pinned; }
+            buffers[name] = copy.DetachFromDisposeScope();
+        }
     }
 }
 

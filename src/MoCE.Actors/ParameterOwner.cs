@@ -34,6 +34,8 @@ public sealed class ParameterOwner : IDisposable
             p.copy_(initial.TryGetValue(name, out var w) ? w : throw new InvalidDataException($"initial state lacks '{name}'"));
     }
 
+    private IEnumerable<(string name, torch.Tensor tensor)> Weights => Parameters.Select(kv => (kv.Key, (torch.Tensor)kv.Value));
+
     public double SquaredGradNorm() => Optimizer.SquaredGradNorm();
 
     public void Apply(double lr, double clipScale)
@@ -41,9 +43,6 @@ public sealed class ParameterOwner : IDisposable
         Optimizer.Step(lr, clipScale);
         Optimizer.ZeroGrad();
     }
-
-    public CheckpointRef Save(long step, IDictionary<string, string> meta) =>
-        TrainerCheckpoint.Save(store, Name, step, meta, Parameters.Select(kv => (kv.Key, (torch.Tensor)kv.Value)), Optimizer);
 
     private readonly Dictionary<string, torch.Tensor> cutBuffer = [];            // host memory kept for the cuts (pinned with a GPU)
     private Task persisting = Task.CompletedTask;
@@ -59,17 +58,7 @@ public sealed class ParameterOwner : IDisposable
     public (long cut, Task<CheckpointRef> persist) BeginSave(long step, IDictionary<string, string> meta, TimeSpan slower = default)
     {
         Drain();
-        using (torch.no_grad())
-            foreach (var (name, t) in TrainerCheckpoint.Named(Parameters.Select(kv => (kv.Key, (torch.Tensor)kv.Value)), Optimizer))
-            {
-                if (cutBuffer.TryGetValue(name, out var b)) b.copy_(t);
-                else
-                {
-                    var copy = t.detach().cpu().clone();
-                    if (t.device_type == DeviceType.CUDA) { var pinned = copy.pin_memory(); copy.Dispose(); copy = pinned; }
-                    cutBuffer[name] = copy.DetachFromDisposeScope();
-                }
-            }
+        Buffers.CopyInto(cutBuffer, TrainerCheckpoint.Named(Weights, Optimizer), host: true);
         var all = TrainerCheckpoint.Meta(meta, step, Optimizer.StepCount);
         var tensors = cutBuffer.Select(kv => (kv.Key, kv.Value)).ToList();
         LastCut = Interlocked.Increment(ref cuts);
@@ -107,7 +96,7 @@ public sealed class ParameterOwner : IDisposable
     public void KeepCopy(ExpertCopy copy, long step)
     {
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-        copy.Keep(step, Parameters.Select(kv => (kv.Key, (torch.Tensor)kv.Value)).Concat(Optimizer.StateTensors()), Optimizer.StepCount);
+        copy.Keep(step, Weights.Concat(Optimizer.StateTensors()), Optimizer.StepCount);
         NodeMetrics.ExpertCopySeconds.WithLabels(Name).Inc(System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds);
     }
 

@@ -86,7 +86,7 @@ public static class RecoveryBenchCommand
                 var r = t.Recoveries.FirstOrDefault();
                 using var weights = t.Weights();
                 string where = phase == ChaosPhase.Entry ? "forward" : phase.ToString().ToLowerInvariant();
-                Console.WriteLine($"  {HoconTreeName(policy),-16} {victim} fails in its {where,-8} at step {fault.Step} → commit {next.step}: {next.ms - at:F0} ms " +
+                Console.WriteLine($"  {MoCE.Runs.Configuration.HoconTree.Kebab(policy.ToString()),-16} {victim} fails in its {where,-8} at step {fault.Step} → commit {next.step}: {next.ms - at:F0} ms " +
                                   $"({next.ms - at - cleanMs:+0;-0} ms against no failure); final weights {(weights.Equal(cleanWeights) ? "bit-equal to" : "differ from")} the run without it" +
                                   (r is null ? "" : $"; {r.Policy}: {r.StepsReplayed} steps replayed, {r.StepsMissed} missed, {r.ReroutedImages} images rerouted{(r.Fallback.Length > 0 ? $", fallback: {r.Fallback}" : "")}"));
             }
@@ -124,8 +124,6 @@ public static class RecoveryBenchCommand
     }
 
     private static double CopySeconds() => NodeMetrics.ExpertCopySeconds.GetAllLabelValues().Sum(l => NodeMetrics.ExpertCopySeconds.WithLabels(l).Value);
-
-    private static string HoconTreeName(RecoveryPolicy p) => MoCE.Runs.Configuration.HoconTree.Kebab(p.ToString());
 
     private sealed class Timeline(ICheckpointStore store)
     {
