@@ -48,6 +48,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     private readonly bool exact;                         // expert-exact: the node keeps a copy of this expert's step start and log
     private long fromCopy = -1;                          // restarted: the step whose start it put back (−1: it had no copy)
     private bool resync;                                 // restarted under expert-exact: only that step (or a restore) may follow
+    private IActorRef peer = ActorRefs.Nobody;           // expert-exact in a cluster: the expert host on another node that keeps a copy too
 
     public override string PersistenceId { get; }
 
@@ -94,6 +95,12 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         Command<MalformedFrame>(m => { var e = m.Failure(Sender); Sender.Tell(new Status.Failure(new InvalidDataException(e.Message))); throw e; });   // the step fails now
         Command<Committed>(m => { if (written?.Step == m.Step) Snapshot(written); });
         Command<RestoreOwnSnapshot>(_ => HandleRestoreOwnSnapshot());
+        Command<CopyTo>(m =>
+        {
+            bool changed = !m.Host.Equals(peer);
+            peer = m.Host;
+            if (changed && Copy is { Step: >= 0 } c && !resync) ShipCopy(c);   // the new peer gets the current step's start now
+        });
         Command<AbortStep>(m => { owner.Optimizer.ZeroGrad(); FreeStep(); Sender.Tell(new StepAborted(m.Step, Name)); });
         Command<SaveSnapshotSuccess>(_ => { });
         Command<SaveSnapshotFailure>(f => log.Warning("expert {0}: snapshot record not saved: {1}", expert, f.Cause.Message));
@@ -135,6 +142,25 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     }
 
     private ExpertCopy? Copy => exact ? setup.Copies.For(setup.Spec.RunId, expert) : null;
+
+    /// <summary>Keeps this state as the start of <paramref name="step"/> in the node's memory and, in a cluster, on the peer node.</summary>
+    private void Keep(ExpertCopy c, long step)
+    {
+        owner.KeepCopy(c, step);
+        ShipCopy(c);
+    }
+
+    /// <summary>Sends the copy to the peer node's host (before the update is acknowledged, so the copy is on its way before
+    /// the step can complete). The message gets tensors of its own: the kept buffers are overwritten at the next update.</summary>
+    private void ShipCopy(ExpertCopy c)
+    {
+        if (peer.IsNobody()) return;
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        using (no_grad())
+        using (NewDisposeScope())
+            peer.Tell(new PeerCopy(c.Step, setup.Spec.RunId, expert, c.OptimizerSteps, c.State.Select(kv => (kv.Key, kv.Value.cpu().clone().DetachFromDisposeScope())).ToList()));
+        NodeMetrics.ExpertCopySeconds.WithLabels(Name).Inc(System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds);
+    }
 
     private sealed record RestoreOwnSnapshot;
 
@@ -242,7 +268,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
             owner.Apply(m.Lr, m.ClipScale);
             setup.Chaos.Check(Name, m.Step, ChaosPhase.Apply);
             FreeStep();
-            if (Copy is { } c) owner.KeepCopy(c, m.Step + 1);                     // the start of the next step
+            if (Copy is { } c) Keep(c, m.Step + 1);                               // the start of the next step
             Sender.Tell(new StepApplied(m.Step, Name));
         }
         catch (Exception e) { Sender.Tell(new Status.Failure(e)); throw new StepPhaseException(StepPhase.Apply, m.Step, e); }   // the trainer's wait ends now
@@ -269,7 +295,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     {
         try
         {
-            if (Copy is { Step: var at } c && at != m.Step) owner.KeepCopy(c, m.Step);  // commit 0: no update came before
+            if (Copy is { Step: var at } c && at != m.Step) Keep(c, m.Step);       // commit 0: no update came before
             CutParts.Begin(owner, m, new Dictionary<string, string> { ["kind"] = "expert", ["expert"] = expert.ToString() }, Self, Sender, setup.Chaos);
         }
         catch (Exception e) { throw new StepPhaseException(StepPhase.Checkpoint, m.Step, e); }   // the cut fails now
@@ -299,7 +325,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
         done.Clear();
         owner.Restore(m.Ref);
         (resync, fromCopy) = (false, -1);
-        if (Copy is { } c) owner.KeepCopy(c, m.Step);
+        if (Copy is { } c) Keep(c, m.Step);
         Snapshot(new ExpertSnapshot(m.Step, m.Ref));                             // a part of a commit: what it now holds
         log.Info("{0} restored {1} (commit {2})", Name, m.Ref.File, m.Step);
         Sender.Tell(new Restored(m.Step, Name));

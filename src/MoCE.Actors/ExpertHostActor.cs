@@ -57,6 +57,7 @@ public sealed class ExpertHostActor : ReceiveActor
         Receive<Wire.MalformedFrame>(m => log.Error(m.Failure(Sender).Message));   // a request that did not parse: nothing to do
         Receive<ExpertRecovered>(m => { if (hosted.TryGetValue(Sender, out var h)) h.Supervisor.Tell(m); });
         Receive<ExpertCopyRestored>(m => { if (hosted.TryGetValue(Sender, out var h)) h.Supervisor.Tell(m); });
+        Receive<PeerCopy>(KeepPeerCopy);
         Receive<StopExpert>(m =>
         {
             var child = Context.Child(ChildName(m.RunId, m.Expert));
@@ -109,6 +110,18 @@ public sealed class ExpertHostActor : ReceiveActor
         hosted[expert] = new Hosted(Sender, OwnerRegistry.ExpertId(m.Expert), device, m.Spec.RunId, m.Expert);
         log.Info("Hosting {0} of run {1} on {2}", OwnerRegistry.ExpertId(m.Expert), m.Spec.RunId, device);
         Sender.Tell(new ExpertHosted(m.Step, m.Expert, expert, node, device));
+    }
+
+    /// <summary>An expert on another node sent its state (expert-exact): kept in this node's copies, where the expert finds
+    /// it if it is placed here after its node is lost. Ignored while the expert runs here (a late copy from its old node).</summary>
+    private void KeepPeerCopy(PeerCopy m)
+    {
+        try
+        {
+            if (hosted.Values.Any(h => h.RunId == m.RunId && h.Expert == m.Expert)) return;
+            resources.Copies.For(m.RunId, m.Expert).Keep(m.Step, m.State, m.OptimizerSteps);
+        }
+        finally { foreach (var (_, t) in m.State) t.Dispose(); }
     }
 
     private static string ChildName(string runId, int expert) =>

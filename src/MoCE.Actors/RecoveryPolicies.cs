@@ -97,23 +97,25 @@ public sealed class ExpertLocalPolicy : IRecoveryPolicy
 
 /// <summary>expert-exact: a failed expert, while a step is trained, puts back its in-memory copy of the step's start
 /// (kept by its node) and only that step is retried (a forward or backward failed: no owner has applied it) or its
-/// part replayed from its log (its update failed: the others have applied it). Nothing else goes back, and the run
-/// equals one without the failure bit for bit. An expert lost with its node has no copy left (copies are kept on the
-/// expert's own node only), and a failure outside a step's compute (a cut, a restore) is not a step's: both fall back
-/// to global-rollback, and the record says why.</summary>
+/// part replayed from its log (its update failed: the others have applied it). An expert lost with its node, while a
+/// step is trained, comes back on the peer node that keeps a copy of its state, and the step is retried (a loss while
+/// owners apply the step fails the trainer itself, which rolls back). Nothing else goes back, and the run equals one
+/// without the failure bit for bit. A failure or loss outside a step's compute (a cut, a restore) is not a step's:
+/// it falls back to global-rollback, and so does a recovery whose copy turns out missing or of another step; the record
+/// says why.</summary>
 public sealed class ExpertExactPolicy(RestartBackoff backoff) : IRecoveryPolicy
 {
     public Decision? Decide(Fault fault, FaultContext context)
     {
         if (fault.Kind == FaultKind.Slow || !fault.OnlyExperts) return null;
-        if (fault.Kind == FaultKind.Lost)
-            return new RollBack(backoff.Delay(context.FailuresInARow), $"expert-exact: {string.Join(",", fault.Owners)} lost with its node, and copies are kept on an expert's own node only");
-        if (!context.Training) return null;
-        return fault.Phase switch
+        string who = string.Join(",", fault.Owners);
+        if (!context.Training)
+            return new RollBack(backoff.Delay(context.FailuresInARow), $"expert-exact: {who} {(fault.Kind == FaultKind.Lost ? "lost" : "failed")} while no step was being trained");
+        return (fault.Kind, fault.Phase) switch
         {
-            StepPhase.Forward or StepPhase.Backward => new RetryFromCopy(fault.Experts),
-            StepPhase.Apply => new ReplayFromCopy(fault.Experts),
-            _ => new RollBack(backoff.Delay(context.FailuresInARow), $"expert-exact: {string.Join(",", fault.Owners)} failed outside a forward, backward or update"),
+            (FaultKind.Lost, _) or (_, StepPhase.Forward or StepPhase.Backward) => new RetryFromCopy(fault.Experts),
+            (_, StepPhase.Apply) => new ReplayFromCopy(fault.Experts),
+            _ => new RollBack(backoff.Delay(context.FailuresInARow), $"expert-exact: {who} failed outside a forward, backward or update"),
         };
     }
 }

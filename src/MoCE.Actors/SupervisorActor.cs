@@ -84,6 +84,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private bool started, awaitingPlacement;                         // restoring: waits for every expert to be placed
     private RunFinished? finished;
     private CutInFlight? cut;
+    private readonly Dictionary<int, string> peers = [];             // expert-exact in a cluster: the node keeping each expert's copy
     private bool cutDue;                                             // a cut came due while the previous one was being persisted
     private RunFailedException? fatal;
 
@@ -391,6 +392,15 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         var refs = fleet.Refs(E);
         trainer.Tell(new UseExperts(run.Step, refs));
         router.Tell(new UseExperts(run.Step, refs));
+        if (!InCluster || setup.Policy != RecoveryPolicy.ExpertExact) return;
+        // expert-exact: every expert also keeps its state on a peer node, where it comes back if its own node is lost
+        peers.Clear();
+        foreach (var (e, actor) in refs.Select((a, e) => (e, a)).Where(x => !x.a.IsNobody()))
+        {
+            var node = Hosts.PeerOf(e);
+            if (node is not null) peers[e] = node;
+            actor.Tell(new CopyTo(run.Step, node is null ? ActorRefs.Nobody : Hosts.HostAt(node)!));
+        }
     }
 
     /// <summary>An expert lost with its node (or stopped unreported): every expert of that node goes at once, the trainer's
@@ -411,6 +421,9 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         // a cut still waiting for a lost expert's part can never complete: training goes on (expert-local), and the next
         // cut represents the expert by its last committed part (a rollback has abandoned it already)
         if (cut is not null && lost.Any(e => cut.Waits(OwnerRegistry.ExpertId(e)))) AbandonCut();
+        // expert-exact: each lost expert comes back on the node that keeps its copy (with no peers, where placement puts it)
+        foreach (var e in lost)
+            if (peers.Remove(e, out var peer) && Hosts.HostAt(peer) is not null) Hosts.Keep(e, peer);
         PlaceMissing();
     }
 

@@ -31,6 +31,31 @@ public sealed class PlacementTests : IDisposable
         Assert.Null(p.Choose(0));                                              // no host: the supervisor waits for one
     }
 
+    /// <summary>expert-exact's peers: each expert's copy is on the next node in address order (wrapping), never its own;
+    /// a lost expert kept on its peer is placed there; with one host left there is no peer.</summary>
+    [Fact]
+    public void Each_expert_s_peer_is_the_next_other_node_and_a_lost_expert_can_be_kept_on_it()
+    {
+        var p = new ExpertPlacement();
+        IActorRef a = system.ActorOf(Props.Empty, "pa"), b = system.ActorOf(Props.Empty, "pb"), c = system.ActorOf(Props.Empty, "pc");
+        p.AddHost("n2", b);
+        p.AddHost("n1", a);
+        Assert.Null(p.PeerOf(0));                                              // not placed
+        foreach (var e in Enumerable.Range(0, 3)) p.Choose(e);                  // n1, n2, n1
+        Assert.Equal(["n2", "n1", "n2"], Enumerable.Range(0, 3).Select(e => p.PeerOf(e)));
+        p.AddHost("n3", c);
+        Assert.Equal(["n2", "n3", "n2"], Enumerable.Range(0, 3).Select(e => p.PeerOf(e)));
+        p.Keep(3, "n3");
+        Assert.Equal("n1", p.PeerOf(3));                                       // wraps around
+
+        Assert.Equal([1], p.RemoveNode("n2"));
+        p.Keep(1, "n3");                                                       // the supervisor keeps the lost expert on its peer
+        Assert.Equal(("n3", c), p.Choose(1)!.Value);
+        Assert.Equal(["n3", "n1", "n3"], Enumerable.Range(0, 3).Select(e => p.PeerOf(e)));
+        p.RemoveNode("n3");
+        Assert.Null(p.PeerOf(0));                                              // one host: no peer
+    }
+
     [Fact]
     public void A_node_that_joins_gets_experts_from_the_busiest_until_shares_are_even_and_kept_experts_stay_put()
     {

@@ -315,16 +315,39 @@ public class RunStateTests
     }
 
     [Theory]
-    [InlineData(FaultKind.Lost, StepPhase.Other, true, "lost with its node")]
-    [InlineData(FaultKind.Failed, StepPhase.Checkpoint, true, "outside a forward, backward or update")]
-    [InlineData(FaultKind.Failed, StepPhase.Forward, false, "")]                // not training (a cut, a restore): global-rollback's own
+    [InlineData(FaultKind.Failed, StepPhase.Checkpoint, true, "expert-exact: expert-1 failed outside a forward, backward or update")]
+    [InlineData(FaultKind.Failed, StepPhase.Forward, false, "expert-exact: expert-1 failed while no step was being trained")]   // a cut, a restore
+    [InlineData(FaultKind.Lost, StepPhase.Other, false, "expert-exact: expert-1 lost while no step was being trained")]
     public void Expert_exact_leaves_what_no_copy_can_mend_to_global_rollback_and_says_why(FaultKind kind, StepPhase phase, bool training, string why)
     {
         var run = New(RecoveryPolicy.ExpertExact);
         var d = Assert.IsType<RollBack>(run.Decide(new Fault(["expert-1"], kind, "boom", 0, phase), training));
-        Assert.Contains(why, d.Fallback);
-        Assert.Equal(why.Length == 0, d.Fallback.Length == 0);
-        Assert.IsType<RollBack>(run.Decide(new Fault(["router"], FaultKind.Failed, "boom", 0, StepPhase.Forward), true));
+        Assert.Equal(why, d.Fallback);
+        Assert.Equal("", Assert.IsType<RollBack>(run.Decide(new Fault(["router"], FaultKind.Failed, "boom", 0, StepPhase.Forward), true)).Fallback);
+    }
+
+    /// <summary>A node lost mid-step: its experts come back elsewhere from their peer copies and the step is retried once
+    /// every copy is back; a copy one step behind (the last one was still in flight) falls back and says so.</summary>
+    [Fact]
+    public void Expert_exact_retries_the_step_a_node_was_lost_in_once_every_lost_expert_has_put_back_its_peer_copy()
+    {
+        var run = New(RecoveryPolicy.ExpertExact, every: 100);
+        for (int i = 0; i < 4; i++) Complete(run, 1, 1, 1);
+        int g = run.Generation;
+        var d = run.Decide(new Fault(["expert-0", "expert-2"], FaultKind.Lost, "lost with its node", 4), training: true);
+        Assert.Equal([0, 2], Assert.IsType<RetryFromCopy>(d).Experts);
+        Assert.False(run.Retry(new StepFailed(4, g, "the supervisor cancelled the step")));
+        Assert.IsType<Ignore>(run.CopyRestored(2, 4));                           // expert-0 is not back yet
+        Assert.IsType<RetryStep>(run.CopyRestored(0, 4));
+        Assert.Equal((4L, g + 1), (Assert.IsType<Train>(Boundary(run, 0)).Command.Step, run.Generation));
+        Complete(run, 1, 1, 1);
+        var records = Assert.IsType<ExactlyRecovered>(Boundary(run, 0)).Records;
+        Assert.Equal(["expert-0", "expert-2"], records.Select(r => r.Owner).Order());
+        Assert.All(records, r => Assert.Equal(("expert-exact", 4L, ""), (r.Policy, r.Step, r.Fallback)));
+
+        run.Decide(new Fault(["expert-1"], FaultKind.Lost, "lost with its node", 5), training: true);
+        var rb = Assert.IsType<RollBack>(run.CopyRestored(1, 4));
+        Assert.Equal("expert-exact: expert-1 had an in-memory copy of step 4, not one of step 5", rb.Fallback);
     }
 
     [Fact]

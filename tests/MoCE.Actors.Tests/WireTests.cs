@@ -114,7 +114,8 @@ public sealed class WireTests : IDisposable
             new CheckpointCommitted(40, [r, r with { Owner = "trainer" }], [new RoutedTokens(38, [5, 0, 11]), new RoutedTokens(39, [0, 16, 0])]), rec, new Incarnation(0, 3), new ExpertActor.ExpertSnapshot(40, r),
             new GetHostInfo(3), new HostInfo(3, "akka.tcp://moce@127.0.0.1:4051", ["cpu", "cuda:1"], ["run-1/2"]), new HostExpert(3, 2, spec, true),
             new ExpertHosted(3, 2, actor, "akka.tcp://moce@127.0.0.1:4051", "cuda:1"), new OwnerFailure(-1, "expert-2", "chaos", true), new OwnerFailure(13, "expert-2", "chaos", true, StepPhase.Apply),
-            new UseExperts(4, [actor, actor]), new ExpertLost(4, 1), new GetExperts(-1), new StopExpert(5, "run-1", 2),
+            new UseExperts(4, [actor, actor]), new ExpertLost(4, 1), new CopyTo(4, actor), new CopyTo(4, ActorRefs.Nobody),
+            new PeerCopy(41, "run-1", 2, 41, [("blocks.1.mlp.experts.2.fc1.weight", T(8, 4)), ("blocks.1.mlp.experts.2.fc1.weight.exp_avg", T(8, 4))]), new GetExperts(-1), new StopExpert(5, "run-1", 2),
             new ExpertsSlow(70, 3, 1, [2], 250.0), new KillNode(90),
             new ChaosFired(70, "expert-0", "duplicate", "backward message between the router and expert-0"),
             new AddExperts(-1, 2, "akka.tcp://moce@127.0.0.1:4555", 60), new ExpertsAddedReply(60, [3, 4], [1, 1], ""),
@@ -141,6 +142,12 @@ public sealed class WireTests : IDisposable
         {
             object? a = p.GetValue(expected), b = p.GetValue(actual);
             if (a is Tensor ta) Assert.True(MoCE.Core.Tests.Tiny.Same(ta, (Tensor)b!), $"{expected.GetType().Name}.{p.Name}");
+            else if (a is IReadOnlyList<(string, Tensor)> na)                      // named tensors: names in order, elements bit for bit
+            {
+                var nb = (IReadOnlyList<(string, Tensor)>)b!;
+                Assert.Equal(na.Select(x => x.Item1), nb.Select(x => x.Item1));
+                for (int i = 0; i < na.Count; i++) Assert.True(MoCE.Core.Tests.Tiny.Same(na[i].Item2, nb[i].Item2), $"{expected.GetType().Name}.{p.Name}[{na[i].Item1}]");
+            }
             else if (a is not null && a.GetType().Namespace?.StartsWith("MoCE", StringComparison.Ordinal) == true && !a.GetType().IsEnum) AssertSame(a, b!);   // nested records (configs)
             else if (a is System.Collections.IEnumerable ea && a is not string)
                 Assert.Equal(ea.Cast<object>().OrderBy(x => x.ToString()), ((System.Collections.IEnumerable)b!).Cast<object>().OrderBy(x => x.ToString()));
@@ -212,7 +219,12 @@ public sealed class WireTests : IDisposable
         var args = ctor.GetParameters().Select(p =>
         {
             var v = m.GetType().GetProperty(p.Name!, System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.IgnoreCase)!.GetValue(m);
-            return v is Tensor t ? t.clone() : v;
+            return v switch
+            {
+                Tensor t => t.clone(),
+                IReadOnlyList<(string, Tensor)> named => named.Select(x => (x.Item1, x.Item2.clone())).ToList(),
+                _ => v,
+            };
         }).ToArray();
         var copy = ctor.Invoke(args);
         var positional = ctor.GetParameters().Select(p => p.Name!).ToHashSet(StringComparer.OrdinalIgnoreCase);

@@ -463,6 +463,33 @@ public class ClusterProcessTests(ClusterRunFixture fx, ITestOutputHelper output)
         AssertEqualsOneProcess(c.Run, "a schedule's node kill and router failure");
     }
 
+    /// <summary>expert-exact across nodes: each expert also keeps its state on the other expert node. A schedule kills expert
+    /// node 1 at a step boundary; its experts come back on node 2, each putting back the copy node 1 sent there after its
+    /// last update, and only the step in flight is retried: no rollback, no replay, no fallback, and the run equals the
+    /// one-process run bit for bit.</summary>
+    [Fact]
+    public void Under_expert_exact_a_killed_expert_nodes_experts_come_back_on_the_other_node_from_its_copies_and_the_run_is_exact()
+    {
+        using var c = StartWithSchedule(ports => "chaos { events = [\n" +
+            $"  {{ kind = kill-node, node = \"127.0.0.1:{ports[2]}\", step = 40 }}\n] }}\n",
+            ["-o", "node.chaos-kill=true", "-o", "actors.policy=expert-exact"]);
+        c.C1.WaitFor(@"Chaos at step 40: \S+ kill-node", RunTimeout);
+        var lost = c.C1.WaitFor(@"Owner (\S+) failed at step (\d+): lost with its node", RunTimeout);
+        var exact = c.C1.WaitFor(@"(expert-\d+) recovered exactly from its failure in step (\d+)", RunTimeout);
+        Finish(c, killed: c.X1);
+        string step = lost.Groups[2].Value;
+        output.WriteLine($"{lost.Value}; {exact.Value}");
+        Assert.Equal(step, exact.Groups[2].Value);
+        foreach (var e in lost.Groups[1].Value.Split(','))
+        {
+            Assert.Matches($@"{e} put back its in-memory copy of the start of step {step}", c.X2.Output);   // node 1's copy, kept on node 2
+            Assert.Matches($@"{e} recovered exactly from its failure in step {step}", c.C1.Output);
+        }
+        Assert.DoesNotContain("Falling back to global-rollback", c.C1.Output);
+        Assert.DoesNotContain("Recovered from", c.C1.Output);                  // no global rollback: nothing was replayed
+        AssertEqualsOneProcess(c.Run, "expert-exact after a node kill");
+    }
+
     /// <summary>A cluster of real processes over mutual TLS with the test's CA, paced: while it trains, a node with a
     /// certificate of another CA and a node whose certificate is revoked try to join, a client with a node's certificate
     /// (not an operator's) asks to drain a node, to add an expert and to stop the run, and a member with an operator's

@@ -91,6 +91,14 @@ public sealed class ExpertPlacement
     /// <summary>Expert e already runs on <paramref name="node"/> (found there after a coordinator failover): keep it there.</summary>
     public void Keep(int expert, string node) => assigned[expert] = node;
 
+    /// <summary>The node that keeps a copy of expert e's state besides its own (expert-exact): the next host after the
+    /// expert's node in address order, wrapping around. Null when the expert has no node or there is no other host.</summary>
+    public string? PeerOf(int expert)
+    {
+        if (!assigned.TryGetValue(expert, out var node) || hosts.Count < 2) return null;
+        return hosts.Keys.FirstOrDefault(n => string.CompareOrdinal(n, node) > 0) ?? hosts.Keys.First(n => n != node);
+    }
+
     /// <summary>Where expert e goes: where it is kept, else the least-loaded host; null when there is none.</summary>
     public (string node, IActorRef host)? Choose(int expert)
     {

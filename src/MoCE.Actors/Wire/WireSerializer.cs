@@ -64,6 +64,21 @@ public sealed class WireSerializer : SerializerWithStringManifest
             (ref WireReader r, byte _) => new ExpertBackward(r.I64(), r.I32(), r.I32(), TensorFrame.Read(ref r)));
         Add<ExpertInputGrad>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.I32(m.Block); w.I32(m.Expert); Tensor(w, m.GradInput); },
             (ref WireReader r, byte _) => new ExpertInputGrad(r.I64(), r.I32(), r.I32(), r.I32(), TensorFrame.Read(ref r)));
+        Add<CopyTo>((w, m) => { w.I64(m.Step); ActorRef(w, m.Host); }, (ref WireReader r, byte _) => new CopyTo(r.I64(), ActorRef(ref r)));
+        Add<PeerCopy>((w, m) =>
+        {
+            w.I64(m.Step); w.Str(m.RunId); w.I32(m.Expert); w.I64(m.OptimizerSteps); w.U32((uint)m.State.Count);
+            foreach (var (name, t) in m.State) { w.Str(name); TensorFrame.Write(w, t, WireEncoding.Raw); t.Dispose(); }   // exact: never bf16
+        }, (ref WireReader r, byte _) =>
+        {
+            long step = r.I64();
+            var run = r.Str();
+            int expert = r.I32();
+            long optimizerSteps = r.I64();
+            var state = new (string, torch.Tensor)[r.Count(8)];
+            for (int i = 0; i < state.Length; i++) state[i] = (r.Str(), TensorFrame.Read(ref r));
+            return new PeerCopy(step, run, expert, optimizerSteps, state);
+        });
 
         // trainer ↔ router
         Add<Route>((w, m) => { w.I64(m.Step); w.I32(m.Generation); w.I32(m.Block); Tensor(w, m.Hidden); Tensor(w, m.ClusterIds); Ints(w, m.Down); },
@@ -280,7 +295,7 @@ public sealed class WireSerializer : SerializerWithStringManifest
     private static void Ref(WireWriter w, CheckpointRef r) { w.Str(r.Owner); w.I64(r.Step); w.Str(r.File); w.Str(r.Sha256); }
     private static CheckpointRef Ref(ref WireReader r) => new(r.Str(), r.I64(), r.Str(), r.Str());
 
-    private void ActorRef(WireWriter w, IActorRef a) => w.Str(Akka.Serialization.Serialization.SerializedActorPath(a));
+    private void ActorRef(WireWriter w, IActorRef a) => w.Str(a.IsNobody() ? "" : Akka.Serialization.Serialization.SerializedActorPath(a));   // "": Nobody
     private IActorRef ActorRef(ref WireReader r)
     {
         var path = r.Str();
