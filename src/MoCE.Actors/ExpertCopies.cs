@@ -32,6 +32,17 @@ public sealed class ExpertCopy : IDisposable
         ClearLog();
     }
 
+    /// <summary>Keeps these tensors themselves as the start of <paramref name="step"/> (a peer node's copy, which arrives as
+    /// new tensors: no second copy); the state they replace is disposed, and the log cleared.</summary>
+    public void Take(long step, IEnumerable<(string name, Tensor tensor)> tensors, long optimizerSteps)
+    {
+        foreach (var t in state.Values) t.Dispose();
+        state.Clear();
+        foreach (var (name, t) in tensors) state[name] = t;
+        (Step, OptimizerSteps) = (step, optimizerSteps);
+        ClearLog();
+    }
+
     /// <summary>The log now records this attempt: what an older attempt left goes.</summary>
     public void LogAttempt(int generation, long step)
     {
@@ -80,9 +91,9 @@ public static class Buffers
     }
 }
 
-/// <summary>A node's in-memory copies of the experts it hosts (expert-exact), by run and expert. They outlive an expert's
-/// actor instance (a restart finds its copy) but not its node: copies on a peer node are not kept, so an expert lost
-/// with its node is recovered by global-rollback, which its recovery record says.</summary>
+/// <summary>A node's in-memory copies (expert-exact), by run and expert: of the experts it hosts, and of the experts whose
+/// peer it is (sent from their own node after each update). They outlive an expert's actor instance (a restart finds
+/// its copy), and a peer's copy outlives the expert's node (the expert is placed where its copy is).</summary>
 public sealed class ExpertCopies
 {
     private readonly ConcurrentDictionary<(string run, int expert), ExpertCopy> copies = new();

@@ -116,12 +116,8 @@ public sealed class ExpertHostActor : ReceiveActor
     /// it if it is placed here after its node is lost. Ignored while the expert runs here (a late copy from its old node).</summary>
     private void KeepPeerCopy(PeerCopy m)
     {
-        try
-        {
-            if (hosted.Values.Any(h => h.RunId == m.RunId && h.Expert == m.Expert)) return;
-            resources.Copies.For(m.RunId, m.Expert).Keep(m.Step, m.State, m.OptimizerSteps);
-        }
-        finally { foreach (var (_, t) in m.State) t.Dispose(); }
+        if (hosted.Values.Any(h => h.RunId == m.RunId && h.Expert == m.Expert)) { foreach (var (_, t) in m.State) t.Dispose(); return; }
+        resources.Copies.For(m.RunId, m.Expert).Take(m.Step, m.State, m.OptimizerSteps);   // the copy owns the message's tensors
     }
 
     private static string ChildName(string runId, int expert) =>

@@ -168,7 +168,8 @@ public sealed record CliArgs(string Command, string? Preset, IReadOnlyList<strin
         root.Subcommands.Add(Cmd("bench-data", "images/s the loader decodes and augments (moce.data.workers) against images/s the dense trainer consumes, on the configured data and model",
             [.. Common(), Opt("--warmup", "untimed batches (default 2)"), Opt("--steps", "timed batches (default 10)")]));
         root.Subcommands.Add(Cmd("bench-recovery", "time from an expert's failure to the next commit under each policy; throughput under a 5× straggler with and without the timeout",
-            [.. Common(), Opt("--steps", "steps per run (default 80)")]));
+            [.. Common(), Opt("--steps", "steps per run (default 80)"),
+             new System.CommandLine.Option<bool>("--node-loss") { Description = "instead: an expert node killed in a cluster of 3 processes, under expert-exact and global-rollback (needs $MOCE_POSTGRES)" }]));
         root.Subcommands.Add(Cmd("config", "print the resolved configuration and exit", Common()));
         return root;
     }

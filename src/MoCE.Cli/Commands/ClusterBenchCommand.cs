@@ -89,7 +89,7 @@ public static class ClusterBenchCommand
         return 1000 * (wall[last] - wall[warmup - 1]) / (last - (warmup - 1));
     }
 
-    private static string NewRun(string baseRun, string to)
+    internal static string NewRun(string baseRun, string to)
     {
         foreach (var d in Directory.GetDirectories(baseRun, "*", SearchOption.AllDirectories)) Directory.CreateDirectory(d.Replace(baseRun, to));
         foreach (var f in Directory.GetFiles(baseRun, "*", SearchOption.AllDirectories)) File.Copy(f, f.Replace(baseRun, to));
@@ -98,7 +98,7 @@ public static class ClusterBenchCommand
     }
 
     /// <summary>A child `moce` process whose output goes to root/NAME.log.</summary>
-    private sealed class Child : IDisposable
+    internal sealed class Child : IDisposable
     {
         private readonly StreamWriter log;
         public Process Process { get; }
@@ -131,7 +131,7 @@ public static class ClusterBenchCommand
         }
     }
 
-    private static void Moce(string root, string name, string[] args)
+    internal static void Moce(string root, string name, string[] args)
     {
         using var p = new Child(root, name, args);
         if (!p.Process.WaitForExit(TimeSpan.FromMinutes(30))) throw new TimeoutException($"{name} did not finish in 30 min; see {root}/{name}.log");

@@ -20,14 +20,15 @@ namespace MoCE.Cli.Commands;
 /// weights equal the run without the failure bit for bit; the steady-state cost of expert-exact's in-memory copies
 /// (clean runs, ABBA); and the throughput while one expert is a 5× straggler, with and without the straggler timeout
 /// (set to the measured step time), against no straggler. Faults come from a <see cref="ChaosPlan"/> through the real
-/// paths.</summary>
+/// paths. With --node-loss, instead: the loss of an expert node in a cluster of three processes (<see cref="NodeLossBench"/>).</summary>
 public static class RecoveryBenchCommand
 {
     public static int Run(CliArgs cli)
     {
-        cli.RejectFlagsExcept("steps");
+        cli.RejectFlagsExcept("steps", "node-loss");
         int steps = cli.FlagInt("steps", 80);
         if (steps < 40) throw new ConfigException("--steps", $"must be at least 40 (the failure is at step steps/2 − 5), got {steps}");
+        if (cli.Flags.ContainsKey("node-loss")) return NodeLossBench.Run(cli, steps);
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(cli.Preset ?? "bench", cli.Files, cli.Overrides));
         var (cfg, _) = ConfigLoader.Resolve(merged);
         var device = new torch.Device(cfg.Device);
@@ -130,16 +131,7 @@ public static class RecoveryBenchCommand
         public CheckpointCommitted? Last;
 
         /// <summary>The last commit's weights and optimizer state, every tensor by owner and name.</summary>
-        public State Weights()
-        {
-            var all = new State();
-            foreach (var part in Last!.Manifest)
-            {
-                using var c = store.Load(part);
-                foreach (var (name, t) in c.Tensors) all.Tensors[$"{part.Owner}/{name}"] = t.clone();
-            }
-            return all;
-        }
+        public State Weights() => State.Of(store, Last!.Manifest);
 
         public readonly Stopwatch Clock = Stopwatch.StartNew();
         public readonly Dictionary<long, double> Steps = [];
@@ -148,9 +140,21 @@ public static class RecoveryBenchCommand
         public readonly List<RecoveryRecord> Recoveries = [];
     }
 
-    private sealed class State : IDisposable
+    internal sealed class State : IDisposable
     {
         public readonly Dictionary<string, torch.Tensor> Tensors = [];
+
+        /// <summary>Every tensor of these parts (weights and optimizer state), by owner and name.</summary>
+        public static State Of(ICheckpointStore store, IEnumerable<CheckpointRef> parts)
+        {
+            var all = new State();
+            foreach (var part in parts)
+            {
+                using var c = store.Load(part);
+                foreach (var (name, t) in c.Tensors) all.Tensors[$"{part.Owner}/{name}"] = t.clone();
+            }
+            return all;
+        }
 
         public bool Equal(State other) => Tensors.Count == other.Tensors.Count &&
             Tensors.All(kv => other.Tensors.TryGetValue(kv.Key, out var o) && kv.Value.dtype == o.dtype && kv.Value.shape.SequenceEqual(o.shape) && kv.Value.bytes.SequenceEqual(o.bytes));
