@@ -53,6 +53,10 @@ public sealed record ActorContextSetup
     public required torch.Device Device { get; init; }
     public ChaosPlan Chaos { get; init; } = ChaosPlan.None;
     public RecoveryPolicy Policy { get; init; } = RecoveryPolicy.GlobalRollback;
+    /// <summary>moce.actors.peer-copies: under expert-exact in a cluster, each expert also sends its state after every update
+    /// to a peer node, where it comes back exactly if its own node is lost. Off: no such traffic, and a lost node's
+    /// experts fall back to global-rollback.</summary>
+    public bool PeerCopies { get; init; } = true;
     public RestartBackoff Backoff { get; init; } = RestartBackoff.Default;
     /// <summary>moce.actors.placement = spread: a node that joins a training run gets experts moved to it (commit, then
     /// restore) until the nodes hold equal shares; fill (false): only new and lost experts go to the least-loaded node.</summary>

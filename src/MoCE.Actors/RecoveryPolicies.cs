@@ -101,9 +101,9 @@ public sealed class ExpertLocalPolicy : IRecoveryPolicy
 /// step is trained, comes back on the peer node that keeps a copy of its state, and the step is retried (a loss while
 /// owners apply the step fails the trainer itself, which rolls back). Nothing else goes back, and the run equals one
 /// without the failure bit for bit. A failure or loss outside a step's compute (a cut, a restore) is not a step's:
-/// it falls back to global-rollback, and so does a recovery whose copy turns out missing or of another step; the record
-/// says why.</summary>
-public sealed class ExpertExactPolicy(RestartBackoff backoff) : IRecoveryPolicy
+/// it falls back to global-rollback, and so does a lost node without peer copies (<paramref name="peerCopies"/> off) and a
+/// recovery whose copy turns out missing or of another step; the record says why.</summary>
+public sealed class ExpertExactPolicy(RestartBackoff backoff, bool peerCopies = true) : IRecoveryPolicy
 {
     public Decision? Decide(Fault fault, FaultContext context)
     {
@@ -111,6 +111,8 @@ public sealed class ExpertExactPolicy(RestartBackoff backoff) : IRecoveryPolicy
         string who = string.Join(",", fault.Owners);
         if (!context.Training)
             return new RollBack(backoff.Delay(context.FailuresInARow), $"expert-exact: {who} {(fault.Kind == FaultKind.Lost ? "lost" : "failed")} while no step was being trained");
+        if (fault.Kind == FaultKind.Lost && !peerCopies)
+            return new RollBack(backoff.Delay(context.FailuresInARow), $"expert-exact: {who} lost with its node, and peer copies are off (moce.actors.peer-copies)");
         return (fault.Kind, fault.Phase) switch
         {
             (FaultKind.Lost, _) or (_, StepPhase.Forward or StepPhase.Backward) => new RetryFromCopy(fault.Experts),

@@ -77,7 +77,7 @@ public sealed class RunState(long checkpointEvery, RestartBackoff backoff, IRead
         [new StragglerTimeoutPolicy(setup.StragglerSitOut), .. setup.Policy switch
         {
             RecoveryPolicy.ExpertLocal => [new ExpertLocalPolicy()],
-            RecoveryPolicy.ExpertExact => [new ExpertExactPolicy(setup.Backoff)],
+            RecoveryPolicy.ExpertExact => [new ExpertExactPolicy(setup.Backoff, setup.PeerCopies)],
             _ => Array.Empty<IRecoveryPolicy>(),
         }, new GlobalRollbackPolicy(setup.Backoff)]);
 

@@ -392,7 +392,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         var refs = fleet.Refs(E);
         trainer.Tell(new UseExperts(run.Step, refs));
         router.Tell(new UseExperts(run.Step, refs));
-        if (!InCluster || setup.Policy != RecoveryPolicy.ExpertExact) return;
+        if (!InCluster || setup.Policy != RecoveryPolicy.ExpertExact || !setup.PeerCopies) return;
         // expert-exact: every expert also keeps its state on a peer node, where it comes back if its own node is lost
         peers.Clear();
         foreach (var (e, actor) in refs.Select((a, e) => (e, a)).Where(x => !x.a.IsNobody()))

@@ -348,6 +348,9 @@ public class RunStateTests
         run.Decide(new Fault(["expert-1"], FaultKind.Lost, "lost with its node", 5), training: true);
         var rb = Assert.IsType<RollBack>(run.CopyRestored(1, 4));
         Assert.Equal("expert-exact: expert-1 had an in-memory copy of step 4, not one of step 5", rb.Fallback);
+
+        var off = new ExpertExactPolicy(Backoff, peerCopies: false).Decide(new Fault(["expert-1"], FaultKind.Lost, "lost with its node", 5), new FaultContext(true, 1));
+        Assert.Equal("expert-exact: expert-1 lost with its node, and peer copies are off (moce.actors.peer-copies)", Assert.IsType<RollBack>(off).Fallback);
     }
 
     [Fact]

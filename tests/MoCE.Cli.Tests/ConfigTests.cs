@@ -159,6 +159,27 @@ public class ConfigTests
         Assert.Equal((MoCE.Actors.RecoveryPolicy.ExpertLocal, TimeSpan.FromSeconds(2.5), "local"), (c.RecoveryPolicy, c.AskTimeout, c.Engine));
         Assert.Equal(new MoCE.Actors.RestartBackoff(TimeSpan.FromSeconds(0.5), TimeSpan.FromSeconds(30), 3), c.Backoff);
         Assert.Equal("actors", Load().Engine);
+        Assert.Equal((true, false), (Load().PeerCopies, Load("actors.peer-copies=off").PeerCopies));
+    }
+
+    /// <summary>hocon/fast-failover.conf takes effect: Akka reads each of its keys (a misspelt key would be ignored without a
+    /// word, and detection would stay at the defaults' 10 s).</summary>
+    [Fact]
+    public void The_fast_failover_preset_sets_the_cluster_s_failure_detector_and_downing()
+    {
+        var fast = Akka.Configuration.ConfigurationFactory.ParseString(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "hocon", "fast-failover.conf")))
+            .WithFallback(Akka.Configuration.ConfigurationFactory.ParseString(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "hocon", "akka.conf"))))
+            .WithFallback(Akka.Configuration.ConfigurationFactory.FromResource<Akka.Cluster.ClusterSettings>("Akka.Cluster.Configuration.Cluster.conf"));
+        var cluster = new Akka.Cluster.ClusterSettings(fast, "moce");
+        Assert.Equal((TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(100)),
+            (cluster.HeartbeatInterval, cluster.HeartbeatExpectedResponseAfter, cluster.UnreachableNodesReaperInterval, cluster.GossipInterval, cluster.LeaderActionsInterval));
+        Assert.Equal((TimeSpan.FromMilliseconds(400), TimeSpan.FromMilliseconds(50)),
+            (cluster.FailureDetectorConfig.GetTimeSpan("acceptable-heartbeat-pause"), cluster.FailureDetectorConfig.GetTimeSpan("min-std-deviation")));
+        Assert.Equal(TimeSpan.FromMilliseconds(300), fast.GetTimeSpan("akka.cluster.split-brain-resolver.stable-after"));
+        string[] keys = ["failure-detector.heartbeat-interval", "failure-detector.acceptable-heartbeat-pause", "failure-detector.min-std-deviation",
+                         "failure-detector.expected-response-after", "unreachable-nodes-reaper-interval", "gossip-interval", "leader-actions-interval", "split-brain-resolver.stable-after"];
+        Assert.Equal(keys.Length, File.ReadLines(Path.Combine(AppContext.BaseDirectory, "hocon", "fast-failover.conf")).Count(l => !l.TrimStart().StartsWith('#') && l.Contains(" = ")));
+        Assert.All(keys, k => Assert.True(Akka.Configuration.ConfigurationFactory.FromResource<Akka.Cluster.ClusterSettings>("Akka.Cluster.Configuration.Cluster.conf").HasPath("akka.cluster." + k), $"akka.cluster.{k} is not a key Akka.Cluster knows"));
     }
 
     [Fact]

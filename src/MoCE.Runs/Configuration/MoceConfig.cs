@@ -13,6 +13,8 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
     /// <summary>Default engine of `moce train`: "actors" or "local".</summary>
     public required string Engine { get; init; }
     public required MoCE.Actors.RecoveryPolicy RecoveryPolicy { get; init; }
+    /// <summary>moce.actors.peer-copies: under expert-exact in a cluster, each expert also keeps its state on a peer node.</summary>
+    public required bool PeerCopies { get; init; }
     /// <summary>moce.actors.placement: "spread" (a node that joins gets experts moved to it) or "fill".</summary>
     public required string Placement { get; init; }
     /// <summary>moce.actors.split-margin: how decisively an added expert and the one it splits divide its clusters.</summary>
@@ -58,7 +60,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
         "moce.device", "moce.threads", "moce.data.fallback-to-sample", "moce.data.workers",
         "moce.pretrain.log-every", "moce.pretrain.collect-every", "moce.pretrain.steps", "moce.pretrain.checkpoint-every", "moce.pretrain.keep-checkpoints",
         "moce.moe.method", "moce.train.log-every", "moce.train.collect-every", "moce.train.checkpoint-every", "moce.train.keep-checkpoints",
-        "moce.cluster.feature-batch", "moce.actors.engine", "moce.actors.policy", "moce.actors.ask-timeout", "moce.actors.owner-threads",
+        "moce.cluster.feature-batch", "moce.actors.engine", "moce.actors.policy", "moce.actors.peer-copies", "moce.actors.ask-timeout", "moce.actors.owner-threads",
         "moce.actors.backoff-min", "moce.actors.backoff-max", "moce.actors.max-failures", "moce.actors.placement", "moce.actors.split-margin", "moce.actors.straggler-timeout", "moce.actors.straggler-sit-out",
     };
 
@@ -210,6 +212,7 @@ public sealed record MoceConfig(string Device, int Threads, DataConfig Data, Mae
             Engine = t.String("moce.actors.engine") is "actors" or "local" ? t.String("moce.actors.engine")
                 : throw new ConfigException("moce.actors.engine", $"expected actors or local, got '{t.String("moce.actors.engine")}'"),
             RecoveryPolicy = t.Enum<MoCE.Actors.RecoveryPolicy>("moce.actors.policy"),
+            PeerCopies = t.Bool("moce.actors.peer-copies"),
             Placement = t.String("moce.actors.placement") is "spread" or "fill" ? t.String("moce.actors.placement")
                 : throw new ConfigException("moce.actors.placement", $"expected spread or fill, got '{t.String("moce.actors.placement")}'"),
             StragglerTimeout = TimeSpan.FromMilliseconds(t.Double("moce.actors.straggler-timeout") >= 0 ? t.Double("moce.actors.straggler-timeout")

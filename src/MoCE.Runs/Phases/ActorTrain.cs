@@ -29,6 +29,7 @@ public static class ActorTrain
             AskTimeout = s.Config.AskTimeout,
             Backoff = s.Config.Backoff,
             Policy = s.Config.RecoveryPolicy,
+            PeerCopies = s.Config.PeerCopies,
             SpreadOnJoin = s.Config.Placement == "spread",
             SplitMargin = s.Config.SplitMargin,
             StragglerTimeout = s.Config.StragglerTimeout,
