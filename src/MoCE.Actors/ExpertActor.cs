@@ -21,8 +21,9 @@ public sealed record ExpertSetup(ExpertSpec Spec, int Expert, ICheckpointStore S
 /// commit, and each restore, it snapshots its part {step, file, sha256} (never the weights), so on its own it can come
 /// back to the last committed state it had (expert-local recovery). Under expert-exact it also keeps, in its node's
 /// memory, its state at the start of the current step and the log of what it received in the step
-/// (<see cref="ExpertCopy"/>): restarted, it puts that state back, and a failed update is replayed from the log. Runs on
-/// its own thread.</summary>
+/// (<see cref="ExpertCopy"/>): restarted, it puts that state back, and a failed update is replayed from the log. In a
+/// cluster it also sends that state to a peer node's host after each update (<see cref="CopyTo"/>, <see cref="PeerCopy"/>),
+/// where a new instance of it finds the copy if its own node is lost. Runs on its own thread.</summary>
 public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
 {
     public ITimerScheduler Timers { get; set; } = null!;

@@ -48,6 +48,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private sealed record RecoveryWaitTimedOut;
     private sealed record Grown(int Generation, IReadOnlyList<int> Sources, CheckpointCommitted Commit);
     private sealed record GrowFailed(int Generation, Exception Error);
+    private sealed record LeaveNow(string Node);
     private enum Phase { Placing, Training, Cutting, Committing, Growing, Restoring, Waiting, Finished, Stopped }
 
     /// <summary>The cut being taken and persisted (at most one): the owners that have yet to copy their part, the parts
@@ -253,6 +254,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             else log.Warning("Adding {0} expert(s) {1}{2}", m.Count, m.AtStep < 0 ? "at the next step boundary" : $"at step {m.AtStep}", m.Node.Length > 0 ? $" on {m.Node}" : "");
         });
         Command<MalformedFrame>(m => log.Error(m.Failure(Sender).Message));          // a request that did not parse: nothing to do
+        Command<LeaveNow>(m => Cluster.Get(Context.System).Leave(Address.Parse(m.Node)));
         Command<GetRunStatus>(_ => Sender.Tell(new RunStatusResponse(run.Step, journal.LastCommit?.Step ?? -1, journal.Recoveries)));
         Command<GetExperts>(_ => Sender.Tell(new ExpertsStatus(run.Step, journal.LastCommit?.Step ?? -1, Enumerable.Range(0, E)
             .Select(e => fleet.Info(e, run.Outages.ContainsKey(e), lastRouting.Where(r => r.Expert == e).Sum(r => r.Tokens))).ToList())));
@@ -664,6 +666,18 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         if (setup.Chaos.InMove(mv.Number, p, run.Step) is { } owner) registry[owner]?.Tell(new Crash(run.Step, $"fails in the {p.ToString().ToLowerInvariant()} of planned move {mv.Number}"));
     }
 
+    /// <summary>A drained node is asked to leave the cluster. A tool's answer travels back through the cluster receptionist
+    /// it reached the run by, on some node: when that is the drained node itself, the node leaves a little later
+    /// (<see cref="AnswerGrace"/>), so that its leaving does not drop the answer on the way.</summary>
+    private void AskToLeave(string node, IActorRef? requester)
+    {
+        if (requester is not null && requester.Path.Address.ToString() == node) Timers.StartSingleTimer($"leave {node}", new LeaveNow(node), AnswerGrace);
+        else Cluster.Get(Context.System).Leave(Address.Parse(node));
+    }
+
+    /// <summary>How long a drained node that relays the drain's answer stays before it leaves.</summary>
+    private static readonly TimeSpan AnswerGrace = TimeSpan.FromSeconds(2);
+
     /// <summary>The grown commit is on disk: journal the add with it (one event), create the new experts, restore.</summary>
     private void AddGrown(Grown m)
     {
@@ -725,7 +739,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             log.Warning("{0}: experts [{1}] moved, restored from commit {2}{3}", mv.What, string.Join(",", mv.Experts), step, mv.LeavingNode is null ? "" : "; the node is asked to leave");
             mv.Requester?.Tell(new NodeDrained(step, mv.LeavingNode ?? "", mv.Experts, ""));
             hooks.OnMove?.Invoke(mv, step);
-            if (mv.LeavingNode is not null && InCluster) Cluster.Get(Context.System).Leave(Address.Parse(mv.LeavingNode));
+            if (mv.LeavingNode is not null && InCluster) AskToLeave(mv.LeavingNode, mv.Requester);
         }
         if (o.Resume)
         {

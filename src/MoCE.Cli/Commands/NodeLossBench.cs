@@ -13,8 +13,8 @@ namespace MoCE.Cli.Commands;
 /// coordinator and two expert nodes on 127.0.0.1, journal in PostgreSQL, the failure detector and downing of
 /// hocon/fast-failover.conf), on the bench configuration. A chaos schedule has the coordinator kill expert node 1 at a
 /// step boundary (the process dies as under SIGKILL); the cost is the wall time from the end of the step before the kill
-/// to the end of a later step, detection included, against the same interval without the kill, under expert-exact and
-/// under global-rollback. The final commit of each run with a kill is compared with the run without it, tensor by tensor
+/// to the end of the step retried (expert-exact) and to the end of a later step (both policies; the steps after the loss
+/// run on one expert node fewer), detection included, against the same intervals without the kill. The final commit of each run with a kill is compared with the run without it, tensor by tensor
 /// (weights and optimizer state). Clean runs of both policies, in ABBA order around the runs with a kill, also give the
 /// steady-state cost of expert-exact's copies (each expert's state sent to its peer node after every update).</summary>
 public static class NodeLossBench
@@ -67,7 +67,7 @@ public static class NodeLossBench
                 var store = new CheckpointStore(Path.Combine(run, "train-moce", "checkpoints"));
                 var last = new CommitLog(store).Commits[^1];
                 if (last.Step != steps) throw new InvalidOperationException($"{name}: the last commit is of step {last.Step}, not {steps}; see {root}");
-                var outcome = new Outcome(1000 * (wall[until] - wall[kill - 1]), 1000 * (wall[steps - 1] - wall[steps / 4]) / (steps - 1 - steps / 4),
+                var outcome = new Outcome(1000 * (wall[until] - wall[kill - 1]), 1000 * (wall[kill] - wall[kill - 1]), 1000 * (wall[steps - 1] - wall[steps / 4]) / (steps - 1 - steps / 4),
                                           RecoveryBenchCommand.State.Of(store, last.Parts), log);
                 Log.Information("{Run}: steps {From}..{Until} in {Ms:F0} ms, {StepMs:F1} ms/step", name, kill, until, outcome.IntervalMs, outcome.StepMs);
                 return outcome;
@@ -86,8 +86,11 @@ public static class NodeLossBench
 
                 double cleanMs = (exactA.IntervalMs + exactB.IntervalMs + rollbackA.IntervalMs + rollbackB.IntervalMs) / 4;
                 Console.WriteLine($"  no failure: {cleanMs:F0} ms (expert-exact {exactA.IntervalMs:F0}, {exactB.IntervalMs:F0}; global-rollback {rollbackA.IntervalMs:F0}, {rollbackB.IntervalMs:F0})");
+                double cleanStep = (exactA.KilledStepMs + exactB.KilledStepMs + rollbackA.KilledStepMs + rollbackB.KilledStepMs) / 4;
+                Console.WriteLine($"  expert-exact     expert node 1 killed: from the end of step {kill - 1} to the end of the retried step {kill}: {exactKill.KilledStepMs:F0} ms " +
+                                  $"({exactKill.KilledStepMs - cleanStep:+0;-0} ms against that step without the kill, {cleanStep:F0} ms): the recovery's cost, detection included");
                 foreach (var (policy, o) in new[] { ("expert-exact", exactKill), ("global-rollback", rollbackKill) })
-                    Console.WriteLine($"  {policy,-16} expert node 1 killed: {o.IntervalMs:F0} ms ({o.IntervalMs - cleanMs:+0;-0} ms against no failure, detection included); " +
+                    Console.WriteLine($"  {policy,-16} expert node 1 killed: {o.IntervalMs:F0} ms to step {until} ({o.IntervalMs - cleanMs:+0;-0} ms against no failure; the steps after it run on one expert node); " +
                                       $"final state {(o.State.Equal(exactA.State) ? "bit-equal to" : "differs from")} the run without the kill; {o.Recovery()}");
                 Console.WriteLine($"  peer copies (expert-exact, no failure): {exactA.StepMs:F1} and {exactB.StepMs:F1} ms/step, without copies (global-rollback) {rollbackA.StepMs:F1} and " +
                                   $"{rollbackB.StepMs:F1} ms/step (ABBA, steps {steps / 4}..{steps - 1}): {(exactA.StepMs + exactB.StepMs) / (rollbackA.StepMs + rollbackB.StepMs):F4}×");
@@ -103,9 +106,10 @@ public static class NodeLossBench
         }
     }
 
-    /// <summary>One cluster run: the timed interval, the mean step after the first commit, its final commit's state, and
-    /// its coordinator's log.</summary>
-    private sealed record Outcome(double IntervalMs, double StepMs, RecoveryBenchCommand.State State, string Log) : IDisposable
+    /// <summary>One cluster run: the timed interval, the step the kill came before (from the end of the step before it: under
+    /// expert-exact that is the step retried, the kill included; a rollback rewrites the earlier step's row, so not there),
+    /// the mean step after the first commit, its final commit's state, and its coordinator's log.</summary>
+    private sealed record Outcome(double IntervalMs, double KilledStepMs, double StepMs, RecoveryBenchCommand.State State, string Log) : IDisposable
     {
         /// <summary>What the coordinator logged about the recovery: exact (with its own interval), a fallback, a rollback.</summary>
         public string Recovery()
