@@ -312,7 +312,7 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
         // dL/dh = Σ_e scatter(dL/dInput_e) (+ the gate's path for TokenMoE), folded in plan order as the gradients arrive
         p.GradRows ??= zeros_like(p.Rows).MoveToOuterDisposeScope();
         for (; p.FoldedGrads < p.Plan.Count && p.InputGrads.TryGetValue(p.Plan[p.FoldedGrads].Expert, out var g); p.FoldedGrads++)
-            p.GradRows.index_add_(0, p.Plan[p.FoldedGrads].Rows, g, 1.0);
+            p.GradRows.index_add_(0, p.Plan[p.FoldedGrads].Rows, g, MoCE.Core.Runtime.Scalars.One);
         if (p.FoldedGrads < p.Plan.Count) return;
         var dh = p.GradRows.reshape(p.Hidden.shape);
         if (p.Hidden.grad is not null) dh = dh + p.Hidden.grad;

@@ -33,7 +33,7 @@ public static class KMeans
             var newAssign = ids.data<long>().ToArray();
             inertia = d2.sum().to_type(ScalarType.Float64).item<double>();
             // update: c_j = mean of the points assigned to j (an empty cluster takes the farthest point)
-            var sums = zeros(k, pts.shape[1]).index_add_(0, ids, pts, 1.0);
+            var sums = zeros(k, pts.shape[1]).index_add_(0, ids, pts, Runtime.Scalars.One);
             var counts = bincount(ids, minlength: k).to_type(ScalarType.Float32);
             var next = sums / counts.clamp_min(1).unsqueeze(1);
             var empty = counts.eq(0).nonzero().flatten().data<long>().ToArray();

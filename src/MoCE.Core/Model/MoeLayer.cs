@@ -254,7 +254,7 @@ public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteSt
     }
 
     /// <summary>One term of <see cref="Combine"/>: y + scatter(w_e·out_e).</summary>
-    public static Tensor CombineOne(Tensor y, ExpertRows e, Tensor output) => y.index_add(0, e.Rows, output * e.Weights.view(-1, 1, 1), 1.0);
+    public static Tensor CombineOne(Tensor y, ExpertRows e, Tensor output) => y.index_add(0, e.Rows, output * e.Weights.view(-1, 1, 1), Runtime.Scalars.One);
 
     /// <summary>Routing regularizer: mean_c H(g(c)) − H(mean_c g(c)) over the batch's images [N, E] (each row is
     /// its image's g(c), so clusters count by their images). Confident per cluster, balanced overall; minimizing
