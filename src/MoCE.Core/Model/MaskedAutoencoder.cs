@@ -207,12 +207,12 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
         {
             var mean = target.mean(new long[] { -1 }, keepdim: true);
             var variance = target.var(-1, unbiased: true, keepdim: true);
-            target = (target - mean) / (variance + 1e-6).sqrt();
+            target = (target - mean) / (variance + Runtime.Scalars.Of(1e-6)).sqrt();
         }
-        var perPatch = (pred - target).pow(2).mean(new long[] { -1 });                  // [N, L]
+        var perPatch = (pred - target).pow(Runtime.Scalars.Two).mean(new long[] { -1 });                  // [N, L]
         // loss = Σ (perPatch · mask) / Σ mask
         var masked = perPatch * mask;
-        return (masked.sum() / mask.sum(), masked.sum(1) / mask.sum(1).clamp_min(1));
+        return (masked.sum() / mask.sum(), masked.sum(1) / mask.sum(1).clamp_min(Runtime.Scalars.Of(1)));
     }
 
     public override MaeOutput forward(Tensor imgs, Tensor noise) => Forward(imgs, noise, null);

@@ -268,5 +268,5 @@ public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteSt
         return experts * (f * probs.mean(new long[] { 0 })).sum();
     }
 
-    private static Tensor Entropy(Tensor p) => -(p * p.clamp_min(1e-12).log()).sum(-1);
+    private static Tensor Entropy(Tensor p) => -(p * p.clamp_min(Runtime.Scalars.Of(1e-12)).log()).sum(-1);
 }

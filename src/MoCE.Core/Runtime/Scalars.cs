@@ -1,13 +1,26 @@
+using System.Collections.Concurrent;
 using TorchSharp;
 
 namespace MoCE.Core.Runtime;
 
-/// <summary>Scalars that live as long as the process. TorchSharp turns a number argument (index_add_'s alpha = 1.0, say)
-/// into a temporary <see cref="Scalar"/> whose native object only its finalizer frees; nothing keeps the managed object
-/// alive during the native call it is passed to, so a collection at that moment can free the scalar while libtorch reads
-/// it. That was seen: "false INTERNAL ASSERT FAILED at c10/core/Scalar.h:279" from index_add_ in the router. A static
-/// scalar is always reachable, and libtorch only reads it, so threads share it safely.</summary>
+/// <summary>Scalars that live as long as the process. TorchSharp turns a number argument (index_add_'s alpha = 1.0,
+/// clamp_min's bound, a tensor times a double) into a temporary <see cref="Scalar"/> whose native object only its
+/// finalizer frees; nothing keeps the managed object alive during the native call it is passed to, so a collection at
+/// that moment can free the scalar while libtorch reads it. That was seen: "false INTERNAL ASSERT FAILED at
+/// c10/core/Scalar.h:279" from index_add_ in the router. A scalar from here is always reachable, and libtorch only reads
+/// it, so threads share it safely. For the constants of the per-step code; a number that changes every step (a
+/// learning rate) is a scalar the step holds with <c>using</c> instead.</summary>
 public static class Scalars
 {
-    public static readonly Scalar One = 1.0.ToScalar();
+    private static readonly ConcurrentDictionary<double, Scalar> Doubles = new();
+    private static readonly ConcurrentDictionary<long, Scalar> Integers = new();
+
+    public static readonly Scalar One = Of(1.0);
+    public static readonly Scalar Two = Of(2);
+
+    /// <summary>The double scalar of this value (as the implicit conversion of a double makes it).</summary>
+    public static Scalar Of(double value) => Doubles.GetOrAdd(value, v => v.ToScalar());
+
+    /// <summary>The integer scalar of this value (as the implicit conversion of an int makes it).</summary>
+    public static Scalar Of(int value) => Integers.GetOrAdd(value, v => ((int)v).ToScalar());
 }

@@ -47,7 +47,7 @@ public sealed class AdamW : IDisposable
     public double SquaredGradNorm()
     {
         using var scope = NewDisposeScope();
-        var parts = slots.Where(s => s.Param.grad is not null).Select(s => s.Param.grad!.pow(2).sum()).ToArray();
+        var parts = slots.Where(s => s.Param.grad is not null).Select(s => s.Param.grad!.pow(Runtime.Scalars.Two).sum()).ToArray();
         return parts.Length == 0 ? 0.0 : stack(parts).sum().to_type(ScalarType.Float64).item<double>();
     }
 
@@ -68,18 +68,21 @@ public sealed class AdamW : IDisposable
         double bc1 = 1 - Math.Pow(b1, StepCount), bc2 = 1 - Math.Pow(b2, StepCount);
         using var _ = no_grad();
         using var scope = NewDisposeScope();
+        // the step's numbers as scalars held until it ends (an implicit temporary can be freed mid-call: Runtime.Scalars)
+        using Scalar scale = gradScale.ToScalar(), decay = (1 - lr * cfg.WeightDecay).ToScalar(), beta1 = b1.ToScalar(), rest1 = (1 - b1).ToScalar(),
+                     beta2 = b2.ToScalar(), rest2 = (1 - b2).ToScalar(), root2 = Math.Sqrt(bc2).ToScalar(), eps = cfg.Eps.ToScalar(), rate = (-lr / bc1).ToScalar();
         foreach (var s in slots)
         {
             var g = s.Param.grad;
             if (g is null) continue;                          // no gradient in this step: no decay, no moment update
-            if (gradScale != 1.0) g.mul_(gradScale);
-            if (s.Decay && cfg.WeightDecay > 0) s.Param.mul_(1 - lr * cfg.WeightDecay);
+            if (gradScale != 1.0) g.mul_(scale);
+            if (s.Decay && cfg.WeightDecay > 0) s.Param.mul_(decay);
             // m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
-            s.ExpAvg.mul_(b1).add_(g, alpha: 1 - b1);
-            s.ExpAvgSq.mul_(b2).addcmul_(g, g, value: 1 - b2);
+            s.ExpAvg.mul_(beta1).add_(g, alpha: rest1);
+            s.ExpAvgSq.mul_(beta2).addcmul_(g, g, value: rest2);
             // θ ← θ − lr/(1−β1ᵗ) · m / (sqrt(v)/sqrt(1−β2ᵗ) + ε)
-            var denom = (s.ExpAvgSq.sqrt() / Math.Sqrt(bc2)).add_(cfg.Eps);
-            s.Param.addcdiv_(s.ExpAvg, denom, value: -lr / bc1);
+            var denom = (s.ExpAvgSq.sqrt() / root2).add_(eps);
+            s.Param.addcdiv_(s.ExpAvg, denom, value: rate);
         }
     }
 

@@ -33,7 +33,7 @@ public sealed record ExpertStat(int Block, int Expert, long Tokens, double LossS
         {
             var top1 = r.Choice[.., 0].cpu().data<long>().ToArray();
             var probs = r.Probs.detach();
-            double entropy = (-(probs * probs.clamp_min(1e-12).log()).sum(1)).mean().item<float>();
+            double entropy = (-(probs * probs.clamp_min(Runtime.Scalars.Of(1e-12)).log()).sum(1)).mean().item<float>();
             long rowsPerImage = top1.Length / perImage.Length;
             var tokens = new long[experts];
             var loss = new double[experts];
@@ -159,7 +159,7 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
         {
             Tensor target;
             using (no_grad()) target = Teacher.ForwardEncoder(imgs, noise).latent;
-            loss = loss + moe.LambdaDistill * Distill(o.Latent, target);
+            loss = loss + Runtime.Scalars.Of(moe.LambdaDistill) * Distill(o.Latent, target);
         }
         if (o.Routes.Count > 0)
         {
