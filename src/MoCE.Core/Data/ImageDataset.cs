@@ -260,9 +260,9 @@ public sealed class ImageDataset : IDisposable
     private Tensor Normalize(byte[] px, ReadOnlySpan<int> indices)
     {
         using var raw = torch.tensor(px, new long[] { indices.Length, Channels, Height, Width }, ScalarType.Byte);
-        var x = raw.to_type(ScalarType.Float32).div_(255.0);
+        var x = raw.to_type(ScalarType.Float32).div_(Runtime.Scalars.Of(255.0));
         if (norms.Length == 1 && norms[0].Mean.Distinct().Count() == 1 && norms[0].Std.Distinct().Count() == 1)
-            return x.sub_(norms[0].Mean[0]).div_(norms[0].Std[0]);
+            return x.sub_(Runtime.Scalars.Of(norms[0].Mean[0])).div_(Runtime.Scalars.Of(norms[0].Std[0]));
         var mean = new float[indices.Length * Channels];
         var std = new float[indices.Length * Channels];
         for (int b = 0; b < indices.Length; b++)

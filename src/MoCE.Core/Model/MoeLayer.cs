@@ -265,7 +265,7 @@ public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteSt
     public static Tensor LoadBalance(Tensor probs, Tensor choice, int experts)
     {
         var f = functional.one_hot(choice[.., 0], experts).to_type(probs.dtype).mean(new long[] { 0 });
-        return experts * (f * probs.mean(new long[] { 0 })).sum();
+        return Runtime.Scalars.Of(experts) * (f * probs.mean(new long[] { 0 })).sum();
     }
 
     private static Tensor Entropy(Tensor p) => -(p * p.clamp_min(Runtime.Scalars.Of(1e-12)).log()).sum(-1);
