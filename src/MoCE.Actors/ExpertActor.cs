@@ -157,9 +157,9 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
     {
         if (peer.IsNobody()) return;
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-        using (no_grad())
-        using (NewDisposeScope())
-            peer.Tell(new PeerCopy(c.Step, setup.Spec.RunId, expert, c.OptimizerSteps, c.State.Select(kv => (kv.Key, kv.Value.cpu().clone().DetachFromDisposeScope())).ToList()));
+        using (no_grad())      // one copy each: a device tensor's cpu() is one already, a CPU tensor's would be itself
+            peer.Tell(new PeerCopy(c.Step, setup.Spec.RunId, expert, c.OptimizerSteps,
+                c.State.Select(kv => (kv.Key, (kv.Value.device_type == DeviceType.CPU ? kv.Value.clone() : kv.Value.cpu()).DetachFromDisposeScope())).ToList()));
         NodeMetrics.ExpertCopySeconds.WithLabels(Name).Inc(System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds);
     }
 

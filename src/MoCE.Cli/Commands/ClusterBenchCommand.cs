@@ -25,18 +25,13 @@ public static class ClusterBenchCommand
         var preset = cli.Preset ?? "bench";
         var merged = ConfigLoader.Merge(new ConfigLoader.Sources(preset, cli.Files, cli.Overrides));
         var (cfg, _) = ConfigLoader.Resolve(merged);
-        string[] common = ["--preset", preset, .. cli.Files.SelectMany(f => new[] { "--config", f }), .. cli.Overrides.SelectMany(o => new[] { "-o", o }),
-                           "-o", "pretrain.steps=20", "-o", $"train.steps={warmup + steps}", "-o", $"train.checkpoint-every={warmup + steps}",
-                           "-o", $"train.log-every={warmup + steps}"];
+        string[] common = ChildArgs(cli, preset, "-o", $"train.steps={warmup + steps}", "-o", $"train.checkpoint-every={warmup + steps}", "-o", $"train.log-every={warmup + steps}");
         var root = Path.Combine(Path.GetTempPath(), $"moce-bench-cluster-{Guid.NewGuid():N}");
         var pg = Path.Combine(AppContext.BaseDirectory, "hocon", "persistence-postgres.conf");
         Directory.CreateDirectory(root);
         try
         {
-            var baseRun = Path.Combine(root, "base");
-            Log.Information("bench-cluster: a dense model of 20 steps and its clustering in {Dir}", baseRun);
-            Moce(root, "pretrain", ["pretrain", "--run", baseRun, .. common]);
-            Moce(root, "cluster", ["cluster", "--run", baseRun, .. common]);
+            var baseRun = BaseRun(root, common, "bench-cluster");
             var one = new List<double>();
             var three = new List<double>();
             double bytesPerStep = 0;
@@ -83,10 +78,29 @@ public static class ClusterBenchCommand
     /// <summary>Mean wall time per step after the warm-up steps, from a run's metrics.csv.</summary>
     private static double StepMs(string run, int warmup)
     {
-        var wall = File.ReadAllLines(Path.Combine(run, "train-moce", "metrics.csv")).Skip(1)
-            .Select(l => l.Split(',')).ToDictionary(c => long.Parse(c[0], CultureInfo.InvariantCulture), c => double.Parse(c[6], CultureInfo.InvariantCulture));
+        var wall = Wall(run);
         long last = wall.Keys.Max();
         return 1000 * (wall[last] - wall[warmup - 1]) / (last - (warmup - 1));
+    }
+
+    /// <summary>The wall clock (s) at the end of each step of a run's MoCE phase, from its metrics.csv.</summary>
+    internal static Dictionary<long, double> Wall(string run) =>
+        File.ReadAllLines(Path.Combine(run, "train-moce", "metrics.csv")).Skip(1).Select(l => l.Split(','))
+            .ToDictionary(c => long.Parse(c[0], CultureInfo.InvariantCulture), c => double.Parse(c[6], CultureInfo.InvariantCulture));
+
+    /// <summary>The arguments every child `moce` gets: the command's preset, --config files and -o overrides, a 20-step
+    /// pre-training, then these.</summary>
+    internal static string[] ChildArgs(CliArgs cli, string preset, params string[] more) =>
+        ["--preset", preset, .. cli.Files.SelectMany(f => new[] { "--config", f }), .. cli.Overrides.SelectMany(o => new[] { "-o", o }), "-o", "pretrain.steps=20", .. more];
+
+    /// <summary>A dense model of 20 steps and its clustering in ROOT/base, which each timed run copies (<see cref="NewRun"/>).</summary>
+    internal static string BaseRun(string root, string[] common, string bench)
+    {
+        var baseRun = Path.Combine(root, "base");
+        Log.Information("{Bench}: a dense model of 20 steps and its clustering in {Dir}", bench, baseRun);
+        Moce(root, "pretrain", ["pretrain", "--run", baseRun, .. common]);
+        Moce(root, "cluster", ["cluster", "--run", baseRun, .. common]);
+        return baseRun;
     }
 
     internal static string NewRun(string baseRun, string to)

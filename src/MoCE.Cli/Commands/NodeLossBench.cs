@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.RegularExpressions;
 using MoCE.Actors;
 using MoCE.Core.Checkpoints;
@@ -26,17 +25,13 @@ public static class NodeLossBench
         var preset = cli.Preset ?? "bench";
         var (cfg, _) = ConfigLoader.Resolve(ConfigLoader.Merge(new ConfigLoader.Sources(preset, cli.Files, cli.Overrides)));
         long kill = steps / 2, until = kill + 10;                                  // the kill at a step boundary; timed to the end of step `until`
-        string[] common = ["--preset", preset, .. cli.Files.SelectMany(f => new[] { "--config", f }), .. cli.Overrides.SelectMany(o => new[] { "-o", o }),
-                           "-o", "pretrain.steps=20", "-o", $"train.steps={steps}", "-o", $"train.checkpoint-every={steps / 4}", "-o", "train.log-every=10"];
+        string[] common = ChildArgs(cli, preset, "-o", $"train.steps={steps}", "-o", $"train.checkpoint-every={steps / 4}", "-o", "train.log-every=10");
         var root = Path.Combine(Path.GetTempPath(), $"moce-bench-node-loss-{Guid.NewGuid():N}");
         var hocon = Path.Combine(AppContext.BaseDirectory, "hocon");
         Directory.CreateDirectory(root);
         try
         {
-            var baseRun = Path.Combine(root, "base");
-            Log.Information("bench-recovery --node-loss: a dense model of 20 steps and its clustering in {Dir}", baseRun);
-            Moce(root, "pretrain", ["pretrain", "--run", baseRun, .. common]);
-            Moce(root, "cluster", ["cluster", "--run", baseRun, .. common]);
+            var baseRun = BaseRun(root, common, "bench-recovery --node-loss");
             Console.WriteLine($"bench-recovery --node-loss: bench configuration, {steps} steps of {cfg.Train.BatchSize}, commit every {steps / 4}, E={cfg.Moe.Experts}; " +
                               "3 processes on 127.0.0.1 (a coordinator, 2 expert nodes), PostgreSQL journal, hocon/fast-failover.conf on every node");
             Console.WriteLine($"  the kill: at the boundary before step {kill}; timed from the end of step {kill - 1} to the end of step {until}");
@@ -61,8 +56,7 @@ public static class NodeLossBench
                     if (!x1.Process.HasExited) x1.Terminate();
                     x2.Terminate();
                 }
-                var wall = File.ReadAllLines(Path.Combine(run, "train-moce", "metrics.csv")).Skip(1).Select(l => l.Split(','))
-                    .ToDictionary(c => long.Parse(c[0], CultureInfo.InvariantCulture), c => double.Parse(c[6], CultureInfo.InvariantCulture));
+                var wall = Wall(run);
                 var log = File.ReadAllText(Path.Combine(root, $"{name}-coordinator.log"));
                 var store = new CheckpointStore(Path.Combine(run, "train-moce", "checkpoints"));
                 var last = new CommitLog(store).Commits[^1];

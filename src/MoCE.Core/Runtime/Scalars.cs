@@ -13,7 +13,7 @@ namespace MoCE.Core.Runtime;
 public static class Scalars
 {
     private static readonly ConcurrentDictionary<double, Scalar> Doubles = new();
-    private static readonly ConcurrentDictionary<long, Scalar> Integers = new();
+    private static readonly ConcurrentDictionary<int, Scalar> Integers = new();
 
     public static readonly Scalar One = Of(1.0);
     public static readonly Scalar Two = Of(2);
@@ -22,5 +22,5 @@ public static class Scalars
     public static Scalar Of(double value) => Doubles.GetOrAdd(value, v => v.ToScalar());
 
     /// <summary>The integer scalar of this value (as the implicit conversion of an int makes it).</summary>
-    public static Scalar Of(int value) => Integers.GetOrAdd(value, v => ((int)v).ToScalar());
+    public static Scalar Of(int value) => Integers.GetOrAdd(value, v => v.ToScalar());
 }
