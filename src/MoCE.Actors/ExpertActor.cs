@@ -316,7 +316,7 @@ public sealed class ExpertActor : ReceivePersistentActor, IWithTimers
                 ((ExtendedActorSystem)Context.System).Provider.DefaultAddress, setup.Device, p.Step, tokens);
             p.ReplyTo.Tell(new CheckpointWritten(p.Step, r, p.Generation));
         }
-        catch (Exception e) { throw new StepPhaseException(StepPhase.Checkpoint, p.Step, e); }
+        catch (Exception e) when (e is not StepPhaseException) { throw new StepPhaseException(StepPhase.Checkpoint, p.Step, e); }
     }
 
     private void HandleRestore(RestoreCheckpoint m)

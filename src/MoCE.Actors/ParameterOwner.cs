@@ -129,8 +129,8 @@ public static class CutParts
     }
 
     /// <summary>The outcome, on the owner's thread: null when stale (the owner has taken a newer cut since); an error
-    /// when the write failed (the owner then fails, and the cut with it).</summary>
+    /// in the checkpoint phase when the write failed (the owner then fails, and the cut with it).</summary>
     public static CheckpointRef? Persisted(ParameterOwner owner, PartPersisted p) =>
         p.Cut < owner.LastCut ? null
-        : p.Ref ?? throw new IOException($"{owner.Name} could not write its part of the cut after step {p.Step}: {p.Error}");
+        : p.Ref ?? throw new StepPhaseException(StepPhase.Checkpoint, p.Step, new IOException($"{owner.Name} could not write its part of the cut after step {p.Step}: {p.Error}"));
 }

@@ -43,7 +43,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private sealed record CutFailed(long Step, int Generation, string Error);
     private sealed record RestoreDone(CheckpointCommitted Target, int Generation);
     private sealed record OperationFailed(int Generation, Exception Error);
-    private sealed record OwnerFailed(string Owner, string Error);
+    private sealed record OwnerFailed(string Owner, string Error, StepPhase Phase);
     private sealed record RestoreAfterBackoff(int Generation);
     private sealed record RecoveryWaitTimedOut;
     private sealed record Grown(int Generation, IReadOnlyList<int> Sources, CheckpointCommitted Commit);
@@ -87,6 +87,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     private CutInFlight? cut;
     private readonly Dictionary<int, string> peers = [];             // expert-exact in a cluster: the node keeping each expert's copy
     private bool cutDue;                                             // a cut came due while the previous one was being persisted
+    private bool restoreAwaitsCut;                                   // a rollback restores the cut in flight once it is journaled
     private RunFailedException? fatal;
 
     public override string PersistenceId { get; }
@@ -207,7 +208,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         });
         Command<ClusterEvent.IMemberEvent>(_ => { });
         Command<Terminated>(HandleTerminated);
-        Command<OwnerFailed>(m => OnFault(new Fault([m.Owner], FaultKind.Failed, m.Error, run.Step)));
+        Command<OwnerFailed>(m => OnFault(new Fault([m.Owner], FaultKind.Failed, m.Error, run.Step, m.Phase)));
         Command<OwnerFailure>(m => { if (m.Restarted) OnFault(new Fault([m.Owner], FaultKind.Failed, m.Error, run.Step, m.Phase)); else stopCauses[m.Owner] = m.Error; });
         Command<ExpertCopyRestored>(m =>
         {
@@ -234,11 +235,11 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                 .PipeTo(Self, success: () => new CutVerified(s, g), failure: e => new CutFailed(s, g, e.GetBaseException().Message));
         });
         Command<CutVerified>(m => { if (cut is not null && m.Step == cut.Step && m.Generation == cut.Generation) Commit(cut); });
-        Command<CutFailed>(m => { if (cut is not null && m.Step == cut.Step && m.Generation == cut.Generation) OnFault(new Fault(["supervisor"], FaultKind.Failed, m.Error, run.Step)); });
+        Command<CutFailed>(m => { if (cut is not null && m.Step == cut.Step && m.Generation == cut.Generation) OnFault(new Fault(["supervisor"], FaultKind.Failed, m.Error, run.Step, StepPhase.Checkpoint)); });
         Command<CutTimedOut>(m =>
         {
             if (cut is not null && m.Step == cut.Step && m.Generation == cut.Generation)
-                OnFault(new Fault(["supervisor"], FaultKind.Failed, $"the cut after step {m.Step} was not written within {2 * setup.AskTimeout.TotalSeconds:F0} s (2 × moce.actors.ask-timeout)", run.Step));
+                OnFault(new Fault(["supervisor"], FaultKind.Failed, $"the cut after step {m.Step} was not written within {2 * setup.AskTimeout.TotalSeconds:F0} s (2 × moce.actors.ask-timeout)", run.Step, StepPhase.Checkpoint));
         });
         Command<ExpertRecovered>(m => { if (run.Recovered(m.Expert, m.Step) && phase == Phase.Waiting) { Timers.Cancel("recovery-wait"); Next(); } });
         Command<DrainNode>(m =>
@@ -319,7 +320,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     protected override SupervisorStrategy SupervisorStrategy() => new ReportingStrategy((child, cause, restart) =>
     {
         var id = registry.IdOf(child) ?? child.Path.Name;
-        if (restart) Self.Tell(new OwnerFailed(id, cause.Message));
+        if (restart) Self.Tell(new OwnerFailed(id, cause.Message, (cause as StepPhaseException)?.Phase ?? StepPhase.Other));
         else stopCauses[id] = cause.GetBaseException().Message;
     });
 
@@ -565,15 +566,17 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
                 log.Warning("{0} failed in its update of step {1}: it puts back its in-memory copy of the step's start and replays its part from its log",
                     string.Join(",", r.Experts.Select(OwnerRegistry.ExpertId)), f.Step);
                 break;
-            case RollBack r: RollBackAfter(r); break;
+            case RollBack r: RollBackAfter(r, f); break;
         }
     }
 
-    /// <summary>The restarted owners wait for the restore, after the backoff.</summary>
-    private void RollBackAfter(RollBack r)
+    /// <summary>The restarted owners wait for the restore, after the backoff. A cut in flight that outlives the fault
+    /// (<see cref="CutSurvives"/>) is kept, and the restore waits for its commit and restores it.</summary>
+    private void RollBackAfter(RollBack r, Fault? f = null)
     {
         if (r.Fallback.Length > 0) log.Warning("Falling back to global-rollback: {0}", r.Fallback);
-        AbandonCut();
+        restoreAwaitsCut = cutDue = false;                        // the restore decides again; the replayed steps cut again
+        if (!CutSurvives(f)) AbandonCut();
         Go(Phase.Restoring);
         awaitingPlacement = false;
         if (r.Delay <= TimeSpan.Zero) { Restore(); return; }
@@ -600,13 +603,23 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
         Timers.StartSingleTimer("cut", new CutTimedOut(s, g), 2 * setup.AskTimeout);
     }
 
-    /// <summary>A rollback abandons the cut in flight: its parts may still be written, but it is never journaled.</summary>
+    /// <summary>Whether the cut in flight outlives a fault: every part is copied, so it is a consistent state after its
+    /// step, newer than the last commit, and the fault is not in writing it. Its writes go on in the background whatever
+    /// failed since (a restarted owner's own write still reports, to the new instance), so a rollback restores it
+    /// instead of the commit before it. A cut still being copied, one whose write or verification failed, and one that
+    /// waits for a lost expert's part are abandoned.</summary>
+    private bool CutSurvives(Fault? f) =>
+        cut is { Copying.Count: 0 } c && (f is null || f.Phase != StepPhase.Checkpoint && !(f.Kind == FaultKind.Lost && f.Owners.Any(c.Waits)));
+
+    /// <summary>The cut in flight will not be journaled: its parts may still be written, but it is never committed. A
+    /// restore that waited for it goes to the commit before it.</summary>
     private void AbandonCut()
     {
         if (cut is not null) log.Info("The cut after step {0} is abandoned: it will not be committed", cut.Step);
         cut = null;
         cutDue = false;
         Timers.Cancel("cut");
+        if (restoreAwaitsCut) { restoreAwaitsCut = false; Restore(); }
     }
 
     private void ChaosJournaled(ChaosFired c)
@@ -632,6 +645,7 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             foreach (var x in Enumerable.Range(0, E)) registry[OwnerRegistry.ExpertId(x)]?.Tell(new Committed(e.Step));
             Context.Parent.Tell(Akka.Pattern.BackoffSupervisor.Reset.Instance);   // the journal works: failures in a row start again
             hooks.OnCommit?.Invoke(e);
+            if (restoreAwaitsCut) { restoreAwaitsCut = false; Restore(); return; }   // a rollback waited for this commit
             if (phase != Phase.Committing) return;                    // training went on meanwhile
             if (cutDue) { cutDue = false; Cut(run.Step); }
             else Next();
@@ -707,6 +721,13 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
     /// <summary>Every owner restores the newest commit whose files all verify (falling back past a corrupt or missing file).</summary>
     private void Restore()
     {
+        if (cut is { Copying.Count: 0 } waited)                // kept by the rollback: restore it once it is journaled
+        {
+            if (!restoreAwaitsCut) log.Info("Restoring once the cut after step {0} is committed: its parts are copied and being written", waited.Step);
+            restoreAwaitsCut = true;
+            return;
+        }
+        AbandonCut();                                           // none, or one still being copied
         var target = journal.RestoreTarget(setup.Store.Verify, (c, e) => log.Warning("Commit {0} is unusable, falling back to the previous one: {1}", c.Step, e.Message));
         if (target is null)
         {
