@@ -49,6 +49,9 @@ public static class NodeMetrics
     public static readonly Counter RoutedTokens = Metrics.CreateCounter("moce_routed_tokens_total", "Tokens the router sent to each expert (top-1) in each MoE block, on the coordinator.", "block", "expert");
     public static readonly Counter ExpertTokens = Metrics.CreateCounter("moce_expert_tokens_total", "Token rows through an expert's forward on this node (replays included: that is work done).", "expert");
     public static readonly Counter ExpertCopySeconds = Metrics.CreateCounter("moce_expert_copy_seconds_total", "Time experts on this node spent keeping their in-memory copies (expert-exact), on their own threads before they answer an update.", "expert");
+    public static readonly Counter CutBackgroundCpuSeconds = Metrics.CreateCounter("moce_cut_background_cpu_seconds_total", "CPU time (user and system) this process spent off the steps' path writing its parts of cuts and verifying them before a commit: what asynchronous commits still take from the cores.");
+    /// <summary>Adds background cut work's CPU time (<see cref="CutBackgroundCpuSeconds"/>).</summary>
+    public static void CutBackgroundCpu(TimeSpan t) => CutBackgroundCpuSeconds.Inc(t.TotalSeconds);
     public static readonly Counter Recoveries = Metrics.CreateCounter("moce_recoveries_total", "Recoveries from failures, by policy.", "policy");
     public static readonly Gauge CommittedStep = Metrics.CreateGauge("moce_committed_step", "The last committed checkpoint's step.");
     public static readonly Gauge CommitLag = Metrics.CreateGauge("moce_commit_lag_steps", "Steps done since the last commit: what a crash now would replay.");

@@ -1,6 +1,7 @@
 using MoCE.Actors.Messages;
 using MoCE.Core.Checkpoints;
 using MoCE.Core.Config;
+using MoCE.Core.Runtime;
 using MoCE.Core.Training;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -65,7 +66,7 @@ public sealed class ParameterOwner : IDisposable
         var persist = Task.Run(async () =>
         {
             if (slower > TimeSpan.Zero) await Task.Delay(slower);               // chaos: a slow disk
-            return store.Save(Name, step, all, tensors);
+            return ThreadCpuTime.Measure(() => store.Save(Name, step, all, tensors), NodeMetrics.CutBackgroundCpu);
         });
         persisting = persist;
         return (LastCut, persist);

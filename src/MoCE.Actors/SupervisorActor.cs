@@ -7,6 +7,7 @@ using MoCE.Actors.Messages;
 using MoCE.Actors.Placement;
 using MoCE.Actors.Wire;
 using MoCE.Core.Checkpoints;
+using MoCE.Core.Runtime;
 
 namespace MoCE.Actors;
 
@@ -231,8 +232,8 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             // a commit never names a bad file, then journal it
             cut.Verifying = true;
             var (refs, s, g) = (cut.Written.Values.ToList(), cut.Step, cut.Generation);
-            Task.Run(() => { foreach (var r in refs) setup.Store.Verify(r); })
-                .PipeTo(Self, success: () => new CutVerified(s, g), failure: e => new CutFailed(s, g, e.GetBaseException().Message));
+            Task.Run(() => ThreadCpuTime.Measure(() => { foreach (var r in refs) setup.Store.Verify(r); return true; }, NodeMetrics.CutBackgroundCpu))
+                .PipeTo(Self, success: _ => new CutVerified(s, g), failure: e => new CutFailed(s, g, e.GetBaseException().Message));
         });
         Command<CutVerified>(m => { if (cut is not null && m.Step == cut.Step && m.Generation == cut.Generation) Commit(cut); });
         Command<CutFailed>(m => { if (cut is not null && m.Step == cut.Step && m.Generation == cut.Generation) OnFault(new Fault(["supervisor"], FaultKind.Failed, m.Error, run.Step, StepPhase.Checkpoint)); });

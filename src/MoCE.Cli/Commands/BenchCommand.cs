@@ -77,7 +77,7 @@ public static class BenchCommand
             // the teacher's prefetch overlaps the trainer: with distillation off nothing hides the runtime's own overhead
             var noDistill = cfg with { Moe = cfg.Moe with { LambdaDistill = 0 } };
             var (actorNd, refNd, _, _, _, _) = cfg.Moe.LambdaDistill > 0 ? ActorVersusReference(noDistill, data, clustering, ckpt, device, warmup, steps, rounds) : (actorRounds, refRounds, 0, 0, 0, 0);
-            var (withCommits, withoutCommits, stepMs, cuts, blocking) = CommitCost(cfg, data, clustering, ckpt, device, every: 50, cuts: 5);
+            var (withCommits, withoutCommits, stepMs, cuts, blocking, backgroundCpu) = CommitCost(cfg, data, clustering, ckpt, device, every: 50, cuts: 5);
             double matmul = (matmulBefore + ComputeThread.Run("bench-matmul", threads, MatmulMs)) / 2;
             double actorMs = actorRounds.Average(), refMs = refRounds.Average();
 
@@ -101,6 +101,8 @@ public static class BenchCommand
             Console.WriteLine($"ratio wall time with commits / without: {withCommits.Average() / withoutCommits.Average():F4}");
             Console.WriteLine($"a cut's blocking part (every owner copies its part; the write is in the background): {blocking.Average():F1} ms on average over {blocking.Count} cuts " +
                               $"(max {blocking.Max():F1} ms), {blocking.Average() / (50 * stepMs) * 100:F3}% of the wall time at one cut per 50 steps of {stepMs:F1} ms");
+            Console.WriteLine($"a cut's background work (writing every part, then reading each back against its hash): {backgroundCpu:F1} ms of CPU per cut; " +
+                              $"with the blocking part, at most {(blocking.Average() + backgroundCpu) / (50 * stepMs) * 100:F3}% of the wall time if every background CPU millisecond delayed the steps by one");
             Console.WriteLine($"ratio dense-step / matmul: {denseMs / matmul:F2}");
             Console.WriteLine($"({steps} timed steps each after {warmup} warm-up steps; dense and MoCE reference interleaved in rounds of {Round}, actor engine and reference in {rounds} rounds in ABBA order)");
         }
@@ -206,12 +208,15 @@ public static class BenchCommand
     /// against the same run without them, over <paramref name="cuts"/> cuts, in ABBA order (with, without, without, with)
     /// so that neither side always runs on a warmer machine. Each run is fresh from the same dense start; the window is
     /// from its first completed step to its last, so the start, the initial commit and the final one are outside it in
-    /// both. Returns the mean window of each side and the commits counted inside the windows of the runs with them.</summary>
-    private static (List<double> withMs, List<double> withoutMs, double stepMs, int cuts, List<double> blockingMs) CommitCost(MoCE.Runs.Configuration.MoceConfig cfg, ImageDataset data,
+    /// both. Returns the mean window of each side, the commits counted inside the windows of the runs with them, each
+    /// cut's blocking part, and the CPU time a cut's background work took on average (every cut of those runs).</summary>
+    private static (List<double> withMs, List<double> withoutMs, double stepMs, int cuts, List<double> blockingMs, double backgroundCpuMs) CommitCost(MoCE.Runs.Configuration.MoceConfig cfg, ImageDataset data,
         ClusteringResult clustering, CheckpointContent dense, Device device, long every, int cuts)
     {
         long total = every * cuts + every / 2;                                   // the last cut is followed by steps: inside the window
         var blocking = new List<double>();
+        double cpuMs = 0;                                                        // background CPU of every cut of these runs (the initial and final ones too)
+        int all = 0;
         (double ms, int commits) Once(long commitEvery)
         {
             var train = cfg.Train with { Steps = total };
@@ -223,6 +228,7 @@ public static class BenchCommand
             var sw = new Stopwatch();
             int inside = 0;
             double stepEnd = 0;
+            double cpuBefore = Actors.NodeMetrics.CutBackgroundCpuSeconds.Value;
             try
             {
                 Actors.ActorEngine.Run(setup, dir, total, commitEvery, 2, new Actors.SupervisorHooks(
@@ -233,9 +239,10 @@ public static class BenchCommand
                         stepEnd = sw.Elapsed.TotalMilliseconds;
                     },
                     OnCutTaken: s => { if (sw.IsRunning) blocking.Add(sw.Elapsed.TotalMilliseconds - stepEnd); },   // from the step's end to the next step's start
-                    OnCommit: _ => { if (sw.IsRunning) inside++; }));
+                    OnCommit: _ => { all++; if (sw.IsRunning) inside++; }));
             }
             finally { Directory.Delete(dir, recursive: true); }
+            cpuMs += (Actors.NodeMetrics.CutBackgroundCpuSeconds.Value - cpuBefore) * 1000;
             return (sw.Elapsed.TotalMilliseconds, inside);
         }
         var with = new List<double>();
@@ -246,7 +253,7 @@ public static class BenchCommand
             var (ms, n) = Once(commits ? every : long.MaxValue);
             if (commits) { with.Add(ms); counted += n; } else without.Add(ms);
         }
-        return (with, without, without.Average() / (total - 1), counted / with.Count, blocking);
+        return (with, without, without.Average() / (total - 1), counted / with.Count, blocking, cpuMs / all);
     }
 
     private static double MatmulMs()
