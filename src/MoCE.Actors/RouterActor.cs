@@ -315,7 +315,7 @@ public sealed class RouterActor : ReceiveActor, IWithTimers
             p.GradRows.index_add_(0, p.Plan[p.FoldedGrads].Rows, g, MoCE.Core.Runtime.Scalars.One);
         if (p.FoldedGrads < p.Plan.Count) return;
         var dh = p.GradRows.reshape(p.Hidden.shape);
-        if (p.Hidden.grad is not null) dh = dh + p.Hidden.grad;
+        if (p.Hidden.grad is not null) dh = dh.Plus(p.Hidden.grad);
         p.ReplyTo.Tell(new RoutedBackward(m.Step, m.Block, dh.detach().MoveToOuterDisposeScope()));
     }
 

@@ -153,7 +153,7 @@ public sealed class TrainerActor : ReceiveActor
                 var t = Wait(() => target).Latent.On(setup.Device);
                 scope.Attach(t);
                 target = null;
-                loss = loss + MoCE.Core.Runtime.Scalars.Of(setup.Moe.LambdaDistill) * MoceTrainer.Distill(o.Latent, t);
+                loss = loss.Plus(MoCE.Core.Runtime.Scalars.Of(setup.Moe.LambdaDistill) * MoceTrainer.Distill(o.Latent, t));
             }
         }
         finally { target?.ContinueWith(t => t.Result.Latent.Dispose(), TaskContinuationOptions.OnlyOnRanToCompletion); }   // a failed step's target is dropped

@@ -85,7 +85,7 @@ public static class Probes
             using var c = NewDisposeScope();
             var q = te.narrow(0, s, Math.Min(chunk, te.shape[0] - s));
             var (sim, idx) = q.matmul(tr.t()).topk(kk, dim: 1);                       // [B, k]
-            var votes = zeros(q.shape[0], classes).scatter_add_(1, ys[idx], (sim / temperature).exp());
+            var votes = zeros(q.shape[0], classes).scatter_add_(1, ys[idx], (sim / Runtime.Scalars.Of(temperature)).exp());
             var pred = votes.argmax(1);
             correct += pred.eq(tensor(testY[(int)s..(int)(s + q.shape[0])])).sum().item<long>();
         }

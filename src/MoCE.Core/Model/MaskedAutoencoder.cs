@@ -1,4 +1,5 @@
 using MoCE.Core.Config;
+using MoCE.Core.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -153,9 +154,9 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
     /// <summary>Patch embedding + position, masking, prepended class token: [N, 1 + L_vis, D].</summary>
     public (Tensor x, Tensor mask, Tensor idsRestore) EmbedAndMask(Tensor imgs, Tensor noise)
     {
-        var x = patch_embed.forward(imgs) + pos_embed[.., 1..];                  // [N, L, D]
+        var x = patch_embed.forward(imgs).Plus(pos_embed[.., 1..]);             // [N, L, D]
         var (kept, mask, idsRestore) = RandomMasking(x, noise);
-        var cls = (cls_token + pos_embed[.., ..1]).expand(kept.shape[0], -1, -1); // [N, 1, D]
+        var cls = cls_token.Plus(pos_embed[.., ..1]).expand(kept.shape[0], -1, -1); // [N, 1, D]
         return (cat(new[] { cls, kept }, 1), mask, idsRestore);
     }
 
@@ -178,8 +179,8 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
     /// patch tokens after the final norm: [N, D].</summary>
     public Tensor ForwardFeatures(Tensor imgs, GateInput? gate = null, List<RouteStats>? routes = null)
     {
-        var x = patch_embed.forward(imgs) + pos_embed[.., 1..];
-        var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
+        var x = patch_embed.forward(imgs).Plus(pos_embed[.., 1..]);
+        var cls = cls_token.Plus(pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
         return ForwardBlocks(cat(new[] { cls, x }, 1), gate, routes)[.., 1..].mean(new long[] { 1 });
     }
 
@@ -191,7 +192,7 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
         var maskTokens = mask_token.expand(n, l + 1 - x.shape[1], dd);
         var x_ = cat(new[] { x[.., 1..], maskTokens }, 1);                             // [N, L, Dd] shuffled
         x_ = x_.gather(1, idsRestore.unsqueeze(-1).expand(n, l, dd));                   // unshuffled
-        x = cat(new[] { x[.., ..1], x_ }, 1) + decoder_pos_embed;                      // [N, 1 + L, Dd]
+        x = cat(new[] { x[.., ..1], x_ }, 1).Plus(decoder_pos_embed);                      // [N, 1 + L, Dd]
         foreach (var blk in decoder_blocks) x = blk.forward(x);
         return decoder_pred.forward(decoder_norm.forward(x))[.., 1..];                  // [N, L, P]
     }
@@ -240,7 +241,7 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
             var x1Leaf = x1.detach().requires_grad_(true);
             var hLeaf = remote.Shared is null ? null : h.detach().requires_grad_(true);
             boundaries.Add(new Boundary(b, x1, h, x1Leaf, y, hLeaf));
-            x = x1Leaf + (hLeaf is null ? y : y + remote.Shared!.forward(hLeaf));      // x = x1 + Σ_e g_e·E_e(h) + shared(h)
+            x = x1Leaf.Plus(hLeaf is null ? y : y.Plus(remote.Shared!.forward(hLeaf)));  // x = x1 + Σ_e g_e·E_e(h) + shared(h)
         }
         var latent = norm.forward(x);
         var pred = ForwardDecoder(latent, idsRestore);
@@ -261,7 +262,7 @@ public sealed class MaskedAutoencoder : Module<Tensor, Tensor, MaeOutput>
             var dy = c.Output.grad ?? zeros_like(c.Output);
             var dx1 = c.ResidualLeaf.grad ?? zeros_like(c.ResidualLeaf);
             var dh = moeBackward(c.Block, dy);
-            if (c.HiddenLeaf?.grad is { } ds) dh = dh + ds;
+            if (c.HiddenLeaf?.grad is { } ds) dh = dh.Plus(ds);
             autograd.backward([c.Residual, c.Hidden], [dx1, dh]);
         }
     }

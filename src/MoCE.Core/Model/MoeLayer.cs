@@ -1,5 +1,6 @@
 using MoCE.Core.Config;
 using MoCE.Core.Training;
+using MoCE.Core.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -124,7 +125,7 @@ public sealed class MoeGate : Module<Tensor, GateInput, Tensor>
     public Tensor ClusterGate()
     {
         if (emb is null) throw new InvalidOperationException("only a MoCE layer has a cluster gate");
-        return softmax(w_gate.forward(emb) / cfg.Temperature, 1);
+        return softmax(w_gate.forward(emb) / Runtime.Scalars.Of(cfg.Temperature), 1);
     }
 
     /// <summary>Gate probabilities [R, E]; x is [N, T, D] (read by TokenMoE only).</summary>
@@ -136,9 +137,9 @@ public sealed class MoeGate : Module<Tensor, GateInput, Tensor>
         if (gate.Noise is not null && cfg.GateNoise > 0)
         {
             using var gen = gate.Noise.For(block);
-            logits = logits + randn(logits.shape, generator: gen).to(logits.device) * cfg.GateNoise;
+            logits = logits.Plus(randn(logits.shape, generator: gen).to(logits.device) * Runtime.Scalars.Of(cfg.GateNoise));
         }
-        return softmax(logits / cfg.Temperature, 1);
+        return softmax(logits / Runtime.Scalars.Of(cfg.Temperature), 1);
     }
 
     /// <summary>Top-k experts per row; the combination weights are their gate probabilities (not renormalized),
@@ -226,7 +227,7 @@ public sealed class MoeLayer : Module<Tensor, GateInput, (Tensor output, RouteSt
         var plan = Plan(choice, weights, experts.Count);
         var outputs = plan.Select(p => experts[p.Expert].forward(rows.index_select(0, p.Rows))).ToList();
         var y = Combine(rows, plan, outputs).reshape(n, t, d);
-        if (shared is not null) y = y + shared.forward(x);                          // as ForwardRemote adds the trunk's
+        if (shared is not null) y = y.Plus(shared.forward(x));                          // as ForwardRemote adds the trunk's
         return (y, new RouteStats(blockIndex, probs, choice, weights, gate.Aux(probs, choice), gate.PerToken ? 1 : t));
     }
 

@@ -1,3 +1,4 @@
+using MoCE.Core.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -88,7 +89,7 @@ public sealed class Block : Module<Tensor, Tensor>
     public Tensor Attend(Tensor x)
     {
         using var a = attn.forward(norm1.forward(x));
-        return x + a;
+        return x.Plus(a);
     }
 
     /// <summary>norm2(x): the input of the MLP half.</summary>
@@ -105,10 +106,10 @@ public sealed class Block : Module<Tensor, Tensor>
         {
             var (y, stats) = moe.forward(h, gate ?? throw new InvalidOperationException("a MoE block needs the images' cluster ids"));
             routes?.Add(stats);
-            using (y) return x1 + y;
+            using (y) return x1.Plus(y);
         }
         using var m = ((Module<Tensor, Tensor>)mlp).forward(h);
-        return x1 + m;
+        return x1.Plus(m);
     }
 }
 

@@ -24,3 +24,16 @@ public static class Scalars
     /// <summary>The integer scalar of this value (as the implicit conversion of an int makes it).</summary>
     public static Scalar Of(int value) => Integers.GetOrAdd(value, v => v.ToScalar());
 }
+
+/// <summary>Tensor sums as TorchSharp's <c>+</c> computes them (<c>add</c> with alpha = 1), but with an alpha that stays
+/// alive: the operator passes a temporary integer <see cref="Scalar"/>, which a collection during the call can free
+/// while libtorch reads it (<c>−</c> passes none). Seen: "Expected false to be true ... toFloat at
+/// c10/core/Scalar.h:140" from <c>Tensor.op_Addition</c> in the teacher's patch embedding. For the per-step code.</summary>
+public static class TensorSums
+{
+    private static readonly Scalar Alpha = Scalars.Of(1);                      // the operators' own alpha: an int 1
+
+    /// <summary>a + b.</summary>
+    public static torch.Tensor Plus(this torch.Tensor a, torch.Tensor b) => a.add(b, Alpha);
+}
+

@@ -159,12 +159,12 @@ public sealed class MoceTrainer : ITrainer, IRoutingMetrics, IDisposable
         {
             Tensor target;
             using (no_grad()) target = Teacher.ForwardEncoder(imgs, noise).latent;
-            loss = loss + Runtime.Scalars.Of(moe.LambdaDistill) * Distill(o.Latent, target);
+            loss = loss.Plus(Runtime.Scalars.Of(moe.LambdaDistill) * Distill(o.Latent, target));
         }
         if (o.Routes.Count > 0)
         {
             var aux = stack(o.Routes.Select(r => r.Aux).ToArray()).sum();
-            loss = loss + (moe.Method == MoeMethod.TokenMoe ? moe.LambdaBalance : moe.LambdaRoute) * aux;
+            loss = loss.Plus(Runtime.Scalars.Of(moe.Method == MoeMethod.TokenMoe ? moe.LambdaBalance : moe.LambdaRoute) * aux);
         }
         Optimizer.ZeroGrad();
         loss.backward();
