@@ -728,7 +728,6 @@ public sealed class SupervisorActor : ReceivePersistentActor, IWithTimers
             restoreAwaitsCut = true;
             return;
         }
-        AbandonCut();                                           // none, or one still being copied
         var target = journal.RestoreTarget(setup.Store.Verify, (c, e) => log.Warning("Commit {0} is unusable, falling back to the previous one: {1}", c.Step, e.Message));
         if (target is null)
         {

@@ -8,18 +8,24 @@ namespace MoCE.Actors.Tests;
 /// and what needs a commit (the end of the run) waits for it.</summary>
 public class AsyncCommitTests(MoceFixture fx) : IClassFixture<MoceFixture>
 {
+    private static readonly Core.Config.MoeConfig Moe = MoceFixture.Moe with { Layers = [0, 1] };
+    private static readonly Core.Config.TrainConfig Train = Tiny.Train(steps: 30);
+
+    /// <summary>A run of the test configuration with a commit every 10 steps, under <paramref name="chaos"/>.</summary>
+    private ActorRun Run(ChaosPlan? chaos = null)
+    {
+        var run = new ActorRun(fx, Moe, Train);
+        Assert.Equal(30, run.Run(until: 30, checkpointEvery: 10, chaos).Step);
+        return run;
+    }
+
     [Fact]
     public void Training_goes_on_while_a_commit_is_written_and_the_run_ends_bit_equal_to_one_whose_writes_were_quick()
     {
-        var moe = MoceFixture.Moe with { Layers = [0, 1] };
-        var train = Tiny.Train(steps: 30);
-        var quick = new ActorRun(fx, moe, train);
-        Assert.Equal(30, quick.Run(until: 30, checkpointEvery: 10).Step);
-
+        var quick = Run();
         // the router's part of the cut after step 10 takes 3 s longer to write (a slow disk)
-        var slow = new ActorRun(fx, moe, train);
         var chaos = new ChaosPlan().SlowPersist("router", 10, TimeSpan.FromSeconds(3));
-        Assert.Equal(30, slow.Run(until: 30, checkpointEvery: 10, chaos).Step);
+        var slow = Run(chaos);
 
         Assert.Contains(chaos.Events, e => e.Kind == "slow-persist" && e.Owner == "router" && e.Step == 10);
         var ten = slow.Commits.Single(c => c.step == 10);
@@ -38,14 +44,10 @@ public class AsyncCommitTests(MoceFixture fx) : IClassFixture<MoceFixture>
     [Fact]
     public void A_failure_while_a_commit_is_written_restores_that_commit_once_it_is_durable_and_the_run_is_exact()
     {
-        var moe = MoceFixture.Moe with { Layers = [0, 1] };
-        var train = Tiny.Train(steps: 30);
-        var quick = new ActorRun(fx, moe, train);
-        Assert.Equal(30, quick.Run(until: 30, checkpointEvery: 10).Step);
-
+        var quick = Run();
         // the router's part of the cut after step 10 takes 3 s to write; expert-1 fails in the forward of the step right
         // after the cut, which starts as soon as every part is copied: long before that write ends, on any machine
-        var run = new ActorRun(fx, moe, train);
+        var run = new ActorRun(fx, Moe, Train);
         var chaos = new ChaosPlan().SlowPersist("router", 10, TimeSpan.FromSeconds(3)).FailAt("expert-1", 10);
         var done = run.Run(until: 30, checkpointEvery: 10, chaos);
         Assert.Equal(30, done.Step);
